@@ -1,0 +1,178 @@
+//! Table-driven presets: a family is a static list of [`ModelSpec`]s, and
+//! [`plan`] does the resolution, sizing and runtime choice for all of them.
+
+use crate::runtime::{self, Runtime};
+use crate::sizing::{self, SizingInput, DEFAULT_MAX_MODEL_LEN, GIB};
+use crate::{ErrorKind, GpuShape, ModelInfo, PlanRequest, PluginError, PresetPlan, ResourcePlan};
+
+/// Extra disk reserved beside the weights for the download cache (KAITO: +80 GiB).
+pub const DISK_HEADROOM_BYTES: u64 = 80 * GIB;
+
+/// Static description of one model, written once per model in a family file.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSpec {
+    pub name: &'static str,
+    pub aliases: &'static [&'static str],
+    pub hf_id: &'static str,
+    pub family: &'static str,
+    pub architecture: &'static str,
+    /// Weights size in hundredths of a GiB, as catalogs list it (27.31 GiB = 2731).
+    pub weights_centi_gib: u64,
+    pub context_length: u32,
+    pub layers: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    /// Bytes per KV element (2 for bf16/fp16, 1 for fp8).
+    pub kv_dtype_bytes: u32,
+    pub license: &'static str,
+    pub runtimes: &'static [Runtime],
+    pub chat_template: Option<&'static str>,
+    pub tool_call_parser: Option<&'static str>,
+    pub reasoning_parser: Option<&'static str>,
+    pub supports_tuning: bool,
+    pub supports_multi_node: bool,
+    pub supports_lora: bool,
+}
+
+impl ModelSpec {
+    /// Weights size in bytes.
+    pub fn weights_bytes(&self) -> u64 {
+        self.weights_centi_gib * GIB / 100
+    }
+
+    /// Disk to reserve for the weights cache.
+    pub fn disk_bytes(&self) -> u64 {
+        self.weights_bytes() + DISK_HEADROOM_BYTES
+    }
+
+    /// KV-cache bytes per token: K and V, every layer, every KV head.
+    pub fn bytes_per_token(&self) -> u64 {
+        2 * self.layers as u64 * self.kv_heads as u64 * self.head_dim as u64 * self.kv_dtype_bytes as u64
+    }
+
+    /// Whether `query` (any case) names this model.
+    pub fn matches(&self, query: &str) -> bool {
+        let q = query.trim().to_ascii_lowercase();
+        q == self.name || q == self.hf_id.to_ascii_lowercase() || self.aliases.iter().any(|a| *a == q)
+    }
+
+    /// The contract's view of this model.
+    pub fn info(&self) -> ModelInfo {
+        ModelInfo {
+            name: self.name.into(),
+            aliases: self.aliases.iter().map(|a| a.to_string()).collect(),
+            hf_id: self.hf_id.into(),
+            family: self.family.into(),
+            architecture: self.architecture.into(),
+            weights_bytes: self.weights_bytes(),
+            disk_bytes: self.disk_bytes(),
+            context_length: self.context_length,
+            bytes_per_token: self.bytes_per_token(),
+            license: self.license.into(),
+            runtimes: self.runtimes.iter().map(|r| r.name().to_string()).collect(),
+            chat_template: self.chat_template.map(Into::into),
+            tool_call_parser: self.tool_call_parser.map(Into::into),
+            reasoning_parser: self.reasoning_parser.map(Into::into),
+            supports_tuning: self.supports_tuning,
+            supports_multi_node: self.supports_multi_node,
+            supports_lora: self.supports_lora,
+        }
+    }
+}
+
+/// Contract view of a whole table.
+pub fn models(specs: &[ModelSpec]) -> Vec<ModelInfo> {
+    specs.iter().map(ModelSpec::info).collect()
+}
+
+/// Levenshtein distance, for "did you mean" lists.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Up to `n` names closest to `query`, nearest first (ties by name).
+pub fn nearest<'a>(query: &str, names: impl IntoIterator<Item = &'a str>, n: usize) -> Vec<&'a str> {
+    let q = query.to_ascii_lowercase();
+    let mut scored: Vec<(usize, &str)> = names.into_iter().map(|c| (edit_distance(&q, &c.to_ascii_lowercase()), c)).collect();
+    scored.sort();
+    scored.dedup_by(|a, b| a.1 == b.1);
+    scored.into_iter().take(n).map(|(_, c)| c).collect()
+}
+
+/// Find the model a request names, or say which names are close.
+pub fn resolve<'a>(specs: &'a [ModelSpec], query: &str) -> Result<&'a ModelSpec, PluginError> {
+    if let Some(spec) = specs.iter().find(|s| s.matches(query)) {
+        return Ok(spec);
+    }
+    let close = nearest(query, specs.iter().flat_map(|s| std::iter::once(s.name).chain(s.aliases.iter().copied())), 3);
+    Err(PluginError::new(
+        ErrorKind::UnknownModel,
+        "inference.preset.name",
+        format!("this plugin has no model named {query:?}"),
+        Some(format!("closest names here: {}", close.join(", "))),
+    ))
+}
+
+/// Resolve, size and plan one request against a family table.
+pub fn plan(specs: &[ModelSpec], request: PlanRequest, shape: GpuShape) -> Result<PresetPlan, PluginError> {
+    let spec = resolve(specs, &request.model)?;
+    if request.workspace.is_empty() {
+        return Err(PluginError::invalid("metadata.name", "the Workspace has no name"));
+    }
+    if request.min_nodes == 0 {
+        return Err(PluginError::invalid("resource.count", "node count must be at least 1"));
+    }
+    if shape.max_nodes == 0 {
+        return Err(PluginError::invalid("resource.instanceType", "no nodes are available for this Workspace"));
+    }
+    if let Some(len) = request.max_model_len {
+        if len == 0 || len > spec.context_length {
+            return Err(PluginError::new(
+                ErrorKind::InvalidInput,
+                "inference.config",
+                format!("max-model-len {len} is outside 1..={} for {}", spec.context_length, spec.name),
+                Some(format!("set vllm.max-model-len to at most {}", spec.context_length)),
+            ));
+        }
+    }
+    if let Some((i, _)) = request.adapters.iter().enumerate().next() {
+        return Err(PluginError::new(
+            ErrorKind::Unsupported,
+            &format!("inference.adapters[{i}]"),
+            "LoRA adapters are not supported by this version of the preset plugins",
+            Some("remove inference.adapters; adapter support is planned".into()),
+        ));
+    }
+    let sizing = sizing::estimate(&SizingInput {
+        weights_bytes: spec.weights_bytes(),
+        bytes_per_token: spec.bytes_per_token(),
+        max_model_len: request.max_model_len.unwrap_or(DEFAULT_MAX_MODEL_LEN),
+        shape: shape.clone(),
+        min_nodes: request.min_nodes,
+        supports_multi_node: spec.supports_multi_node,
+    })?;
+    let (runtime, notes) = runtime::choose(spec, &request, &shape, &sizing)?;
+    let workload = runtime::workload(runtime, spec, &request, &shape, &sizing);
+    Ok(PresetPlan {
+        runtime: runtime.name().into(),
+        notes,
+        resources: ResourcePlan {
+            node_count: sizing.node_count,
+            gpus_per_node: shape.gpus_per_node,
+            gpu_memory_bytes: sizing.model_bytes,
+            disk_bytes: spec.disk_bytes(),
+            parallelism: sizing.parallelism,
+        },
+        workload,
+    })
+}

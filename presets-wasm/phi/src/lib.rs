@@ -1,0 +1,160 @@
+//! Phi-3, Phi-3.5 and Phi-4 presets (facts from the KAITO model catalog and
+//! each model's Hugging Face `config.json`).
+
+use kaito_plugin_sdk::catalog::{self, ModelSpec};
+use kaito_plugin_sdk::runtime::Runtime;
+use kaito_plugin_sdk::{GpuShape, ModelInfo, PlanRequest, PluginError, PluginInfo, Preset, PresetPlan};
+
+const RUNTIMES: &[Runtime] = &[Runtime::Tch, Runtime::Vllm];
+
+/// Phi-3-mini geometry: 32 layers, 32 KV heads of 96 dims.
+const fn phi3_mini(name: &'static str, hf_id: &'static str, context_length: u32) -> ModelSpec {
+    ModelSpec {
+        name,
+        aliases: &[],
+        hf_id,
+        family: "phi",
+        architecture: "Phi3ForCausalLM",
+        weights_centi_gib: 712,
+        context_length,
+        layers: 32,
+        kv_heads: 32,
+        head_dim: 96,
+        kv_dtype_bytes: 2,
+        license: "mit",
+        runtimes: RUNTIMES,
+        chat_template: None,
+        tool_call_parser: None,
+        reasoning_parser: None,
+        supports_tuning: true,
+        supports_multi_node: true,
+        supports_lora: true,
+    }
+}
+
+/// Phi-3-medium / Phi-4 geometry: 40 layers, 10 KV heads of 128 dims.
+const fn phi_medium(name: &'static str, hf_id: &'static str, weights_centi_gib: u64, context_length: u32) -> ModelSpec {
+    ModelSpec { weights_centi_gib, layers: 40, kv_heads: 10, head_dim: 128, ..phi3_mini(name, hf_id, context_length) }
+}
+
+/// Every model of the family.
+pub const MODELS: &[ModelSpec] = &[
+    phi_medium("phi-4", "microsoft/phi-4", 2731, 16_384),
+    ModelSpec {
+        weights_centi_gib: 715,
+        kv_heads: 8,
+        head_dim: 128,
+        chat_template: Some("tool-chat-phi4-mini.jinja"),
+        ..phi3_mini("phi-4-mini-instruct", "microsoft/Phi-4-mini-instruct", 131_072)
+    },
+    phi3_mini("phi-3-mini-4k-instruct", "microsoft/Phi-3-mini-4k-instruct", 4_096),
+    phi3_mini("phi-3-mini-128k-instruct", "microsoft/Phi-3-mini-128k-instruct", 131_072),
+    phi_medium("phi-3-medium-4k-instruct", "microsoft/Phi-3-medium-4k-instruct", 2600, 4_096),
+    phi_medium("phi-3-medium-128k-instruct", "microsoft/Phi-3-medium-128k-instruct", 2600, 131_072),
+    phi3_mini("phi-3.5-mini-instruct", "microsoft/Phi-3.5-mini-instruct", 131_072),
+];
+
+/// The Phi family preset.
+pub struct Phi;
+
+impl Preset for Phi {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "preset-phi".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Microsoft Phi-3, Phi-3.5 and Phi-4 models".into(),
+        }
+    }
+
+    fn models() -> Vec<ModelInfo> {
+        catalog::models(MODELS)
+    }
+
+    fn plan(request: PlanRequest, shape: GpuShape) -> Result<PresetPlan, PluginError> {
+        catalog::plan(MODELS, request, shape)
+    }
+}
+
+kaito_plugin_sdk::export_preset!(Phi);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kaito_plugin_sdk::sizing::GIB;
+    use kaito_plugin_sdk::ErrorKind;
+
+    fn request(model: &str) -> PlanRequest {
+        PlanRequest {
+            workspace: "ws".into(),
+            namespace: "default".into(),
+            model: model.into(),
+            runtime: None,
+            model_access_secret: None,
+            adapters: vec![],
+            max_model_len: None,
+            min_nodes: 1,
+            image_registry: "registry.example/kaito".into(),
+            config_map: None,
+            annotations: vec![],
+        }
+    }
+
+    fn a100() -> GpuShape {
+        GpuShape { gpu_model: "A100".into(), gpus_per_node: 1, gpu_memory_bytes: 80 * GIB, max_nodes: 1, nvme: true }
+    }
+
+    #[test]
+    fn kv_bytes_follow_geometry() {
+        let by = |n: &str| MODELS.iter().find(|m| m.name == n).unwrap().bytes_per_token();
+        assert_eq!(by("phi-3.5-mini-instruct"), 2 * 32 * 32 * 96 * 2);
+        assert_eq!(by("phi-4"), 2 * 40 * 10 * 128 * 2);
+        assert_eq!(by("phi-4-mini-instruct"), 2 * 32 * 8 * 128 * 2);
+    }
+
+    #[test]
+    fn names_match_case_insensitively_including_hf_id() {
+        for q in ["PHI-3.5-MINI-INSTRUCT", "microsoft/phi-3.5-mini-instruct", "Microsoft/Phi-3.5-mini-instruct"] {
+            let plan = Phi::plan(request(q), a100()).unwrap();
+            assert!(plan.workload.args.contains(&"phi-3.5-mini-instruct".to_string()), "{q}");
+        }
+    }
+
+    #[test]
+    fn unknown_name_lists_close_names() {
+        let e = Phi::plan(request("phi-3.5-mini"), a100()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::UnknownModel);
+        assert_eq!(e.field, "inference.preset.name");
+        assert!(e.hint.unwrap().contains("phi-3.5-mini-instruct"));
+    }
+
+    #[test]
+    fn default_runtime_is_tch_when_one_gpu_suffices() {
+        let plan = Phi::plan(request("phi-3.5-mini-instruct"), a100()).unwrap();
+        assert_eq!(plan.runtime, "tch");
+        assert_eq!(plan.workload.command, vec!["kaito-inference"]);
+        assert!(plan.workload.image.starts_with("registry.example/kaito/kaito-inference:"));
+    }
+
+    #[test]
+    fn vllm_on_request_with_kaito_args() {
+        let mut r = request("phi-4");
+        r.runtime = Some("vllm".into());
+        let plan = Phi::plan(r, a100()).unwrap();
+        assert_eq!(plan.runtime, "vllm");
+        let cmd = plan.workload.command.join(" ");
+        assert!(cmd.contains("--tensor-parallel-size=1"), "{cmd}");
+        assert!(cmd.contains("--served-model-name=phi-4"), "{cmd}");
+        assert!(cmd.contains("--enable-lora"), "{cmd}");
+    }
+
+    #[test]
+    fn phi4_on_a10_falls_back_or_fails_with_numbers() {
+        let a10 = GpuShape { gpu_model: "A10".into(), gpus_per_node: 1, gpu_memory_bytes: 24 * GIB, max_nodes: 1, nvme: false };
+        let e = Phi::plan(request("phi-4"), a10.clone()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::DoesNotFit);
+        let plan = Phi::plan(request("phi-4"), GpuShape { max_nodes: 4, ..a10 }).unwrap();
+        assert_eq!(plan.runtime, "vllm");
+        assert!(plan.resources.node_count > 1);
+        assert!(!plan.notes.is_empty());
+    }
+}
