@@ -23,5 +23,10 @@ pub use error::{CallError, Fault, LoadError};
 pub use host::{HostConfig, PluginHost};
 pub use limits::{Limits, Policy};
 pub use plugin::{Plugin, PluginKind};
-pub use registry::{LoadFailure, Manifest, ManifestEntry, Registry, ResolveError};
+/// What plugins say about themselves.
+pub mod plugin_metadata {
+    pub use crate::plugin::Metadata;
+}
+pub use registry::{nearest, LoadFailure, Manifest, ManifestEntry, Registry, ResolveError};
+pub use wit::describe;
 pub use wit::latest::*;

@@ -1,0 +1,238 @@
+//! `kaito`: render Workspaces into the objects the operator creates, and
+//! list or test plugins. Kept as a library so tests drive it in-process.
+
+use clap::{Args, Parser, Subcommand};
+use kaito_crd::Workspace;
+use kaito_plugin_host::{conformance, CacheOutcome, HostConfig, Limits, PluginHost, PluginKind, Policy, Registry};
+use kaito_workload::{parse_nodes, render, to_yaml, RenderOptions, DEFAULT_IMAGE_REGISTRY, DEFAULT_MAX_NODES};
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Command line of `kaito`.
+#[derive(Debug, Parser)]
+#[command(name = "kaito", version, about = "KAITO with Wasm plugins: render Workspaces, manage plugins")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print, as multi-document YAML, every object the operator would create for a Workspace.
+    Render(RenderArgs),
+    /// Inspect and check plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+}
+
+/// `kaito plugins ...`
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// List loaded plugins with digest, contract version and what they provide.
+    List(PluginArgs),
+    /// Run the conformance suite on plugin files.
+    Test {
+        /// Component files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        plugins: PluginArgs,
+    },
+}
+
+/// Where plugins come from and the limits they run under.
+#[derive(Debug, Clone, Args)]
+pub struct PluginArgs {
+    /// Plugin directory (repeatable). Default: $KAITO_PLUGIN_DIRS (':'-separated), else the repository's built plugins.
+    #[arg(long = "plugins", value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+    /// Directory for precompiled plugins (default: $KAITO_PLUGIN_CACHE or ~/.cache/kaito/plugins).
+    #[arg(long, value_name = "DIR")]
+    pub plugin_cache: Option<PathBuf>,
+    /// Compile plugins on every start instead of caching them.
+    #[arg(long)]
+    pub no_plugin_cache: bool,
+    /// Deadline of one plugin call, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub plugin_deadline_ms: u64,
+    /// Memory cap of one plugin instance, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub plugin_memory_mib: usize,
+    /// Refuse plugins that no plugins.yaml pins by sha256.
+    #[arg(long)]
+    pub require_pins: bool,
+    /// Node path workloads may mount with hostPath (repeatable; none by default).
+    #[arg(long, value_name = "PATH")]
+    pub allow_host_path: Vec<String>,
+}
+
+/// `kaito render` options.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Workspace YAML (kaito.sh/v1beta1 or v1alpha1).
+    #[arg(short = 'f', long = "filename", value_name = "WORKSPACE.yaml")]
+    pub file: PathBuf,
+    /// Existing nodes (Node, List or NodeList YAML); implies the byo provisioner.
+    #[arg(long, value_name = "NODES.yaml")]
+    pub nodes: Option<PathBuf>,
+    /// Provisioner plugin: gpu-provisioner, byo, or any loaded provisioner.
+    #[arg(long)]
+    pub provisioner: Option<String>,
+    /// Registry prefix for runtime images.
+    #[arg(long, env = "KAITO_IMAGE_REGISTRY", default_value = DEFAULT_IMAGE_REGISTRY)]
+    pub image_registry: String,
+    /// Most nodes a Workspace may be given when provisioning.
+    #[arg(long, default_value_t = DEFAULT_MAX_NODES)]
+    pub max_nodes: u32,
+    #[command(flatten)]
+    pub plugins: PluginArgs,
+}
+
+/// Plugin directories used when none are given.
+pub fn default_plugin_dirs() -> Vec<PathBuf> {
+    if let Some(v) = std::env::var_os("KAITO_PLUGIN_DIRS") {
+        return std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect();
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    vec![repo.join("presets-wasm/dist"), repo.join("plugins/dist")]
+}
+
+impl PluginArgs {
+    /// The host these options describe.
+    pub fn host(&self) -> anyhow::Result<PluginHost> {
+        let limits = Limits { deadline: Duration::from_millis(self.plugin_deadline_ms), memory_bytes: self.plugin_memory_mib << 20, ..Limits::default() };
+        let cache_dir = if self.no_plugin_cache { None } else { self.plugin_cache.clone().or_else(kaito_plugin_host::ArtifactCache::default_dir) };
+        PluginHost::new(HostConfig { limits, policy: Policy { allowed_host_paths: self.allow_host_path.clone() }, cache_dir, require_pins: self.require_pins })
+    }
+
+    /// Load the plugin directories, reporting files that failed on `err`.
+    pub fn registry(&self, host: &PluginHost, err: &mut dyn Write) -> anyhow::Result<Registry> {
+        let dirs = if self.dirs.is_empty() { default_plugin_dirs() } else { self.dirs.clone() };
+        let present: Vec<PathBuf> = dirs.iter().filter(|d| d.is_dir()).cloned().collect();
+        if present.is_empty() {
+            anyhow::bail!(
+                "no plugin directory found (looked in {}); build the plugins with `cargo xtask plugins`, or pass --plugins DIR",
+                dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        let registry = host.load_dirs(&present);
+        for f in &registry.failures {
+            writeln!(err, "kaito: warning: plugin {} not loaded: {}", f.file.display(), f.error)?;
+        }
+        for p in &registry.plugins {
+            if let Some(reason) = p.quarantined() {
+                writeln!(err, "kaito: warning: plugin {} is quarantined: {reason}", p.name())?;
+            }
+        }
+        Ok(registry)
+    }
+}
+
+fn render_cmd(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<i32> {
+    let text = std::fs::read_to_string(&args.file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
+    let ws = Workspace::from_yaml(&text)?;
+    let nodes = match &args.nodes {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            Some(parse_nodes(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    let host = args.plugins.host()?;
+    let registry = args.plugins.registry(&host, err)?;
+    let opts = RenderOptions { provisioner: args.provisioner.clone(), nodes, image_registry: args.image_registry.clone(), max_nodes: args.max_nodes };
+    let rendered = render(&registry, &ws, &opts)?;
+    for note in &rendered.notes {
+        writeln!(err, "kaito: note: {note}")?;
+    }
+    out.write_all(to_yaml(&rendered.objects.documents()).as_bytes())?;
+    Ok(0)
+}
+
+fn list_cmd(args: &PluginArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<i32> {
+    let host = args.host()?;
+    let registry = args.registry(&host, err)?;
+    for p in &registry.plugins {
+        let version = match p.metadata() {
+            Some(kaito_plugin_host::plugin_metadata::Metadata::Preset { info, .. }) => info.version.clone(),
+            Some(kaito_plugin_host::plugin_metadata::Metadata::Provisioner { info, .. }) => info.plugin.version.clone(),
+            None => "?".into(),
+        };
+        writeln!(out, "{} {version} ({} plugin, kaito:plugin@{})", p.name(), p.kind().as_str(), p.contract())?;
+        writeln!(out, "  file:     {}", p.file().display())?;
+        writeln!(out, "  sha256:   {}", p.digest())?;
+        writeln!(out, "  compiled: {}", if p.cache_outcome() == CacheOutcome::Hit { "from cache" } else { "now" })?;
+        writeln!(out, "  status:   {}", p.quarantined().map(|r| format!("quarantined: {r}")).unwrap_or_else(|| "ok".into()))?;
+        match p.kind() {
+            PluginKind::Preset => {
+                writeln!(out, "  models:   {}", p.models().len())?;
+                for m in p.models() {
+                    writeln!(out, "    {:<32} {:<44} {:>8.2} GiB  ctx {:<7} {}", m.name, m.hf_id, m.weights_bytes as f64 / (1u64 << 30) as f64, m.context_length, m.runtimes.join(","))?;
+                }
+            }
+            PluginKind::Provisioner => {
+                if let Some(info) = p.provisioner_info() {
+                    writeln!(out, "  mode:     {:?}, cloud {}", info.mode, info.cloud)?;
+                }
+                writeln!(out, "  instance types: {}", p.instance_types().len())?;
+                for t in p.instance_types() {
+                    writeln!(out, "    {:<28} {}x {:<6} {:>5} GiB{}", t.name, t.gpu_count, t.gpu_model, t.node_gpu_memory_bytes >> 30, if t.nvme { "  nvme" } else { "" })?;
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn test_cmd(files: &[PathBuf], args: &PluginArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let host = args.host()?;
+    let (mut passed, mut failed) = (0, 0);
+    for file in files {
+        let report = conformance::run(&host, file);
+        writeln!(out, "{} ({})", report.plugin, file.display())?;
+        for c in &report.checks {
+            writeln!(out, "  {} {}: {}", if c.passed { "PASS" } else { "FAIL" }, c.name, c.detail)?;
+            if c.passed {
+                passed += 1;
+            } else {
+                failed += 1;
+            }
+        }
+        if report.checks.is_empty() {
+            failed += 1;
+        }
+    }
+    writeln!(out, "{passed} passed, {failed} failed")?;
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// Run `kaito` with `args`; returns the exit code.
+pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = write!(err, "{}", e.render().ansi());
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KAITO_LOG").unwrap_or_else(|_| "error".into())).with_writer(std::io::stderr).try_init();
+    let result = match &cli.command {
+        Command::Render(args) => render_cmd(args, out, err),
+        Command::Plugins(PluginsCommand::List(args)) => list_cmd(args, out, err),
+        Command::Plugins(PluginsCommand::Test { files, plugins }) => test_cmd(files, plugins, out),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(err, "kaito: error: {e:#}");
+            1
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! From a Workspace to Kubernetes objects, through the plugins.
+//!
+//! [`render`] is the one code path shared by `kaito render` and the
+//! operator: resolve the preset, find the GPU shape (instance-type table or
+//! existing nodes), ask the preset plugin for a plan and the provisioner
+//! plugin for nodes, and build the NodeClaims/NodePool, Services and
+//! StatefulSet from those plans.
+
+mod nodes;
+mod objects;
+
+pub use nodes::{node_is_ready, parse_nodes};
+pub use objects::{quantity, Objects};
+
+use k8s_openapi::api::core::v1::Node;
+use kaito_crd::{FieldError, Workspace, RUNTIME_ANNOTATION};
+use kaito_plugin_host::{
+    describe, Adapter, CallError, GpuShape, KeyValue, NodePlan, NodeRequest, PlanRequest, Plugin, PresetPlan, ProvisionerMode, Registry,
+    ResolveError,
+};
+use std::sync::Arc;
+
+/// Provisioner used when nodes are auto-provisioned and none is named.
+pub const DEFAULT_PROVISIONER: &str = "gpu-provisioner";
+/// Provisioner used for bring-your-own nodes.
+pub const BYO_PROVISIONER: &str = "byo";
+/// Registry prefix for our runtime images unless configured.
+pub const DEFAULT_IMAGE_REGISTRY: &str = "ghcr.io/kaito-rs";
+/// Most nodes one Workspace may be given unless configured.
+pub const DEFAULT_MAX_NODES: u32 = 16;
+
+/// Knobs of a render.
+#[derive(Debug, Clone)]
+pub struct RenderOptions {
+    /// Provisioner plugin name; `None` picks `byo` when nodes are given, else gpu-provisioner.
+    pub provisioner: Option<String>,
+    /// Existing nodes (bring-your-own).
+    pub nodes: Option<Vec<Node>>,
+    pub image_registry: String,
+    pub max_nodes: u32,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        RenderOptions { provisioner: None, nodes: None, image_registry: DEFAULT_IMAGE_REGISTRY.into(), max_nodes: DEFAULT_MAX_NODES }
+    }
+}
+
+/// Why a Workspace could not be rendered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RenderError {
+    #[error("{0}")]
+    Invalid(#[from] FieldError),
+    #[error("{0}")]
+    Resolve(#[from] ResolveError),
+    #[error("{0}")]
+    Plugin(#[from] CallError),
+}
+
+impl RenderError {
+    /// Short reason, usable as a condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RenderError::Invalid(_) => "InvalidWorkspace",
+            RenderError::Resolve(e) => e.reason(),
+            RenderError::Plugin(e) => e.reason(),
+        }
+    }
+}
+
+/// Everything a render decided.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub objects: Objects,
+    /// Decisions the user should hear about (runtime fallbacks, unused GPUs).
+    pub notes: Vec<String>,
+    /// The preset's plan (absent for template Workspaces).
+    pub plan: Option<PresetPlan>,
+    pub node_plan: NodePlan,
+    pub shape: Option<GpuShape>,
+}
+
+fn kvs<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>) -> Vec<KeyValue> {
+    pairs.into_iter().map(|(k, v)| kaito_plugin_host::wit::kv(k, v)).collect()
+}
+
+fn provisioner_for(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Result<Arc<Plugin>, RenderError> {
+    let name = opts.provisioner.clone().unwrap_or_else(|| if opts.nodes.is_some() { BYO_PROVISIONER.into() } else { DEFAULT_PROVISIONER.into() });
+    let _ = ws;
+    Ok(registry.provisioner(&name)?)
+}
+
+/// GPU shape for the Workspace: from the provisioner's instance-type table,
+/// or from the labels of the existing nodes it selects.
+fn gpu_shape(provisioner: &Plugin, mode: ProvisionerMode, ws: &Workspace, opts: &RenderOptions) -> Result<GpuShape, RenderError> {
+    if mode == ProvisionerMode::BringYourOwn {
+        return nodes::byo_shape(provisioner, ws, opts.nodes.as_deref().unwrap_or_default());
+    }
+    let wanted = ws.resource.instance_type.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| {
+        FieldError::new("resource.instanceType", "is required when the operator provisions nodes").hint(format!(
+            "set resource.instanceType to one of {}'s instance types, or use bring-your-own nodes",
+            provisioner.name()
+        ))
+    })?;
+    let Some(t) = provisioner.instance_type(wanted) else {
+        let close = kaito_plugin_host::nearest(wanted, provisioner.instance_types().iter().map(|t| t.name.clone()), 3);
+        return Err(FieldError::new("resource.instanceType", format!("{wanted:?} is not an instance type the {} provisioner knows", provisioner.name()))
+            .hint(format!("closest: {}", close.join(", ")))
+            .into());
+    };
+    Ok(GpuShape {
+        gpu_model: t.gpu_model.clone(),
+        gpus_per_node: t.gpu_count,
+        gpu_memory_bytes: t.node_gpu_memory_bytes / t.gpu_count as u64,
+        max_nodes: opts.max_nodes.max(ws.resource.count.unwrap_or(1).max(1) as u32),
+        nvme: t.nvme,
+    })
+}
+
+/// The preset plugin's request for this Workspace.
+pub fn plan_request(ws: &Workspace, model: &str, image_registry: &str) -> PlanRequest {
+    let inference = ws.inference.clone().unwrap_or_default();
+    let adapters = inference
+        .adapters
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| {
+            let source = a.source.unwrap_or_default();
+            Adapter { name: source.name.unwrap_or_default(), image: source.image, strength: a.strength }
+        })
+        .collect();
+    PlanRequest {
+        workspace: ws.name().into(),
+        namespace: ws.namespace().into(),
+        model: model.into(),
+        runtime: ws.annotation(RUNTIME_ANNOTATION).map(str::to_string),
+        model_access_secret: ws.preset().and_then(|p| p.preset_options.as_ref()).and_then(|o| o.model_access_secret.clone()),
+        adapters,
+        max_model_len: None,
+        min_nodes: ws.resource.count.unwrap_or(1).max(1) as u32,
+        image_registry: image_registry.into(),
+        config_map: inference.config,
+        annotations: kvs(ws.metadata.annotations.iter().flatten()),
+    }
+}
+
+/// Render every object the operator would create for `ws`.
+pub fn render(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Result<Rendered, RenderError> {
+    ws.validate()?;
+    let provisioner = provisioner_for(registry, ws, opts)?;
+    let mode = provisioner.provisioner_info().map(|i| i.mode).unwrap_or(ProvisionerMode::BringYourOwn);
+    let match_labels = ws.match_labels();
+    let node_request = |node_count: u32, disk_bytes: u64| NodeRequest {
+        workspace: ws.name().into(),
+        namespace: ws.namespace().into(),
+        instance_type: ws.resource.instance_type.clone().unwrap_or_default(),
+        node_count,
+        match_labels: kvs(&match_labels),
+        disk_bytes,
+        annotations: kvs(ws.metadata.annotations.iter().flatten()),
+    };
+    if let Some(preset) = ws.preset() {
+        let (plugin, model) = registry.find_model(&preset.name)?;
+        let shape = gpu_shape(&provisioner, mode, ws, opts)?;
+        let plan = plugin.plan(&plan_request(ws, &model.name, &opts.image_registry), &shape)?;
+        let node_plan = provisioner.plan_nodes(&node_request(plan.resources.node_count, plan.resources.disk_bytes))?;
+        let objects = Objects::for_preset(ws, &model, &plugin, &plan, &node_plan);
+        Ok(Rendered { objects, notes: plan.notes.clone(), plan: Some(plan), node_plan, shape: Some(shape) })
+    } else {
+        let template = ws.inference.as_ref().and_then(|i| i.template.clone()).unwrap_or_default();
+        let count = ws.resource.count.unwrap_or(1).max(1) as u32;
+        let node_plan = provisioner.plan_nodes(&node_request(count, 0))?;
+        let objects = Objects::for_template(ws, template, count, &node_plan)?;
+        Ok(Rendered { objects, notes: Vec::new(), plan: None, node_plan, shape: None })
+    }
+}
+
+/// Multi-document YAML of `docs`, each introduced by `---`.
+pub fn to_yaml(docs: &[serde_json::Value]) -> String {
+    docs.iter().map(|d| format!("---\n{}", serde_yaml::to_string(d).expect("JSON values always serialise"))).collect()
+}
+
+/// A plugin error rendered for people.
+pub fn describe_plugin_error(e: &kaito_plugin_host::PluginError) -> String {
+    describe(e)
+}

@@ -1,0 +1,357 @@
+//! Kubernetes objects built from plugin plans.
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar as K8sEnvVar, EnvVarSource,
+    ExecAction, HTTPGetAction, HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe as K8sProbe,
+    ResourceRequirements, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    TCPSocketAction, Toleration, Volume as K8sVolume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kaito_crd::{FieldError, Workspace, RUNTIME_ANNOTATION, V1BETA1, WORKSPACE_LABEL};
+use kaito_plugin_host::*;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+/// Extended resource name of NVIDIA GPUs.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+/// Bytes as a Kubernetes quantity, rounded up to whole GiB (MiB below 1 GiB).
+pub fn quantity(bytes: u64) -> Quantity {
+    if bytes >= GIB {
+        Quantity(format!("{}Gi", bytes.div_ceil(GIB)))
+    } else {
+        Quantity(format!("{}Mi", bytes.div_ceil(MIB).max(1)))
+    }
+}
+
+/// The objects of one Workspace, in the order they are applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Objects {
+    /// NodeClaims or NodePools (cluster-scoped, Karpenter API).
+    pub nodes: Vec<Value>,
+    pub service: Service,
+    pub headless: Service,
+    pub statefulset: StatefulSet,
+}
+
+impl Objects {
+    /// Every object as JSON, in apply order.
+    pub fn documents(&self) -> Vec<Value> {
+        let mut docs = self.nodes.clone();
+        docs.push(serde_json::to_value(&self.service).expect("Service serialises"));
+        docs.push(serde_json::to_value(&self.headless).expect("Service serialises"));
+        docs.push(serde_json::to_value(&self.statefulset).expect("StatefulSet serialises"));
+        docs
+    }
+
+    pub(crate) fn for_preset(ws: &Workspace, model: &ModelInfo, plugin: &Plugin, plan: &PresetPlan, node_plan: &NodePlan) -> Objects {
+        let w = &plan.workload;
+        let mut annotations = BTreeMap::from([
+            (RUNTIME_ANNOTATION.to_string(), plan.runtime.clone()),
+            ("kaito.sh/preset".to_string(), model.name.clone()),
+            ("kaito.sh/preset-plugin".to_string(), plugin.name().to_string()),
+        ]);
+        annotations.insert("kaito.sh/parallelism".into(), format!("tp={},pp={},dp={}", plan.resources.parallelism.tensor, plan.resources.parallelism.pipeline, plan.resources.parallelism.data));
+        let gpus = BTreeMap::from([(GPU_RESOURCE.to_string(), Quantity(w.gpus_per_pod.to_string()))]);
+        let container = Container {
+            name: ws.name().into(),
+            image: Some(w.image.clone()),
+            command: Some(w.command.clone()).filter(|c| !c.is_empty()),
+            args: Some(w.args.clone()).filter(|a| !a.is_empty()),
+            env: Some(w.env.iter().map(env_var).collect()).filter(|e: &Vec<_>| !e.is_empty()),
+            ports: Some(w.ports.iter().map(|p| ContainerPort { name: Some(p.name.clone()), container_port: p.container_port.into(), protocol: Some("TCP".into()), ..Default::default() }).collect()),
+            startup_probe: w.startup_probe.as_ref().map(probe),
+            readiness_probe: w.readiness_probe.as_ref().map(probe),
+            liveness_probe: w.liveness_probe.as_ref().map(probe),
+            resources: (w.gpus_per_pod > 0).then(|| ResourceRequirements { requests: Some(gpus.clone()), limits: Some(gpus), ..Default::default() }),
+            volume_mounts: Some(w.volumes.iter().map(|v| VolumeMount { name: v.name.clone(), mount_path: v.mount_path.clone(), read_only: v.read_only.then_some(true), ..Default::default() }).collect()).filter(|m: &Vec<_>| !m.is_empty()),
+            security_context: Some(SecurityContext { allow_privilege_escalation: Some(false), ..Default::default() }),
+            ..Default::default()
+        };
+        let volumes: Vec<K8sVolume> = w.volumes.iter().filter_map(volume).collect();
+        let claims: Vec<PersistentVolumeClaim> = w.volumes.iter().filter_map(claim_template).collect();
+        let pod_labels: BTreeMap<String, String> = w.labels.iter().map(|kv| (kv.key.clone(), kv.value.clone())).chain([(WORKSPACE_LABEL.to_string(), ws.name().to_string())]).collect();
+        let pod = PodSpec {
+            containers: vec![container],
+            affinity: affinity(ws, node_plan),
+            tolerations: Some(tolerations(node_plan)),
+            volumes: Some(volumes).filter(|v| !v.is_empty()),
+            ..Default::default()
+        };
+        let statefulset = statefulset(ws, plan.resources.node_count, annotations, PodTemplateSpec { metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }), spec: Some(pod) }, claims);
+        let service_ports: Vec<ServicePort> = w
+            .ports
+            .iter()
+            .filter_map(|p| p.service_port.map(|sp| ServicePort { name: Some(p.name.clone()), port: sp.into(), target_port: Some(IntOrString::Int(p.container_port.into())), protocol: Some("TCP".into()), ..Default::default() }))
+            .collect();
+        let headless_ports = w.ports.iter().map(|p| ServicePort { name: Some(p.name.clone()), port: p.container_port.into(), target_port: Some(IntOrString::Int(p.container_port.into())), protocol: Some("TCP".into()), ..Default::default() }).collect();
+        Objects { nodes: node_objects(node_plan), service: service(ws, service_ports), headless: headless(ws, headless_ports), statefulset }
+    }
+
+    pub(crate) fn for_template(ws: &Workspace, template: Value, replicas: u32, node_plan: &NodePlan) -> Result<Objects, FieldError> {
+        let mut template: PodTemplateSpec = serde_json::from_value(template).map_err(|e| FieldError::new("inference.template", format!("not a valid pod template: {e}")))?;
+        let spec = template.spec.as_mut().ok_or_else(|| FieldError::new("inference.template.spec", "is required"))?;
+        if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true) {
+            return Err(FieldError::new("inference.template.spec", "hostNetwork, hostPID and hostIPC are not allowed"));
+        }
+        spec.affinity = spec.affinity.take().or_else(|| affinity(ws, node_plan));
+        spec.tolerations.get_or_insert_with(Vec::new).extend(tolerations(node_plan));
+        let meta = template.metadata.get_or_insert_with(Default::default);
+        meta.labels.get_or_insert_with(BTreeMap::new).insert(WORKSPACE_LABEL.into(), ws.name().into());
+        let ports: Vec<ServicePort> = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .map(|p| ServicePort { name: p.name.clone(), port: p.container_port, target_port: Some(IntOrString::Int(p.container_port)), protocol: Some("TCP".into()), ..Default::default() })
+            .collect();
+        let service_ports = ports.iter().take(1).map(|p| ServicePort { port: 80, name: Some("http".into()), ..p.clone() }).collect();
+        let statefulset = statefulset(ws, replicas, BTreeMap::new(), template, Vec::new());
+        Ok(Objects { nodes: node_objects(node_plan), service: service(ws, service_ports), headless: headless(ws, ports), statefulset })
+    }
+}
+
+fn owner_refs(ws: &Workspace) -> Option<Vec<OwnerReference>> {
+    ws.metadata.uid.as_ref().map(|uid| {
+        vec![OwnerReference {
+            api_version: V1BETA1.into(),
+            kind: "Workspace".into(),
+            name: ws.name().into(),
+            uid: uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]
+    })
+}
+
+fn meta(ws: &Workspace, name: String, annotations: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(ws.namespace().into()),
+        labels: Some(BTreeMap::from([(WORKSPACE_LABEL.to_string(), ws.name().to_string())])),
+        annotations: Some(annotations).filter(|a| !a.is_empty()),
+        owner_references: owner_refs(ws),
+        ..Default::default()
+    }
+}
+
+fn selector(ws: &Workspace) -> BTreeMap<String, String> {
+    BTreeMap::from([(WORKSPACE_LABEL.to_string(), ws.name().to_string())])
+}
+
+fn statefulset(ws: &Workspace, replicas: u32, annotations: BTreeMap<String, String>, template: PodTemplateSpec, claims: Vec<PersistentVolumeClaim>) -> StatefulSet {
+    StatefulSet {
+        metadata: meta(ws, ws.name().into(), annotations),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas as i32),
+            pod_management_policy: Some("Parallel".into()),
+            service_name: Some(format!("{}-headless", ws.name())),
+            selector: LabelSelector { match_labels: Some(selector(ws)), ..Default::default() },
+            template,
+            volume_claim_templates: Some(claims).filter(|c| !c.is_empty()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn service(ws: &Workspace, ports: Vec<ServicePort>) -> Service {
+    let lb = ws.annotation("kaito.sh/enablelb").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let mut sel = selector(ws);
+    // Multi-node workloads serve from the leader only.
+    sel.insert("statefulset.kubernetes.io/pod-name".into(), format!("{}-0", ws.name()));
+    Service {
+        metadata: meta(ws, ws.name().into(), BTreeMap::new()),
+        spec: Some(ServiceSpec {
+            type_: Some(if lb { "LoadBalancer" } else { "ClusterIP" }.into()),
+            selector: Some(sel),
+            ports: Some(ports),
+            publish_not_ready_addresses: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn headless(ws: &Workspace, ports: Vec<ServicePort>) -> Service {
+    Service {
+        metadata: meta(ws, format!("{}-headless", ws.name()), BTreeMap::new()),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector(ws)),
+            ports: Some(ports),
+            publish_not_ready_addresses: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn affinity(ws: &Workspace, node_plan: &NodePlan) -> Option<Affinity> {
+    let mut labels = ws.match_labels();
+    labels.extend(node_plan.pod_node_labels.iter().map(|kv| (kv.key.clone(), kv.value.clone())));
+    if labels.is_empty() {
+        return None;
+    }
+    let match_expressions = labels.into_iter().map(|(key, v)| NodeSelectorRequirement { key, operator: "In".into(), values: Some(vec![v]) }).collect();
+    Some(Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector { node_selector_terms: vec![NodeSelectorTerm { match_expressions: Some(match_expressions), ..Default::default() }] }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn effect(e: TaintEffect) -> &'static str {
+    match e {
+        TaintEffect::NoSchedule => "NoSchedule",
+        TaintEffect::PreferNoSchedule => "PreferNoSchedule",
+        TaintEffect::NoExecute => "NoExecute",
+    }
+}
+
+fn tolerations(node_plan: &NodePlan) -> Vec<Toleration> {
+    let mut out = vec![Toleration { key: Some(GPU_RESOURCE.into()), operator: Some("Exists".into()), effect: Some("NoSchedule".into()), ..Default::default() }];
+    for t in node_plan.objects.iter().flat_map(|o| &o.taints) {
+        let tol = Toleration { key: Some(t.key.clone()), operator: Some("Equal".into()), value: Some(t.value.clone()), effect: Some(effect(t.effect).into()), ..Default::default() };
+        if !out.contains(&tol) {
+            out.push(tol);
+        }
+    }
+    out
+}
+
+fn env_var(e: &EnvVar) -> K8sEnvVar {
+    let (value, value_from) = match &e.value {
+        EnvSource::Literal(v) => (Some(v.clone()), None),
+        EnvSource::SecretKey(s) => (None, Some(EnvVarSource { secret_key_ref: Some(SecretKeySelector { name: s.name.clone(), key: s.key.clone(), optional: s.optional.then_some(true) }), ..Default::default() })),
+        EnvSource::FieldPath(p) => (None, Some(EnvVarSource { field_ref: Some(ObjectFieldSelector { field_path: p.clone(), ..Default::default() }), ..Default::default() })),
+    };
+    K8sEnvVar { name: e.name.clone(), value, value_from }
+}
+
+fn probe(p: &Probe) -> K8sProbe {
+    let mut out = K8sProbe {
+        initial_delay_seconds: Some(p.initial_delay_seconds as i32).filter(|d| *d > 0),
+        period_seconds: Some(p.period_seconds as i32),
+        timeout_seconds: Some(p.timeout_seconds as i32),
+        failure_threshold: Some(p.failure_threshold as i32),
+        ..Default::default()
+    };
+    match &p.action {
+        ProbeAction::HttpGet(h) => out.http_get = Some(HTTPGetAction { path: Some(h.path.clone()), port: IntOrString::Int(h.port.into()), ..Default::default() }),
+        ProbeAction::Exec(cmd) => out.exec = Some(ExecAction { command: Some(cmd.clone()) }),
+        ProbeAction::TcpSocket(port) => out.tcp_socket = Some(TCPSocketAction { port: IntOrString::Int((*port).into()), ..Default::default() }),
+    }
+    out
+}
+
+fn volume(v: &Volume) -> Option<K8sVolume> {
+    let mut out = K8sVolume { name: v.name.clone(), ..Default::default() };
+    match &v.source {
+        VolumeSource::EmptyDir(limit) => out.empty_dir = Some(EmptyDirVolumeSource { size_limit: limit.map(quantity), ..Default::default() }),
+        VolumeSource::Memory(limit) => out.empty_dir = Some(EmptyDirVolumeSource { medium: Some("Memory".into()), size_limit: limit.map(quantity), ..Default::default() }),
+        VolumeSource::ConfigMap(name) => out.config_map = Some(ConfigMapVolumeSource { name: name.clone(), ..Default::default() }),
+        VolumeSource::Secret(name) => out.secret = Some(SecretVolumeSource { secret_name: Some(name.clone()), ..Default::default() }),
+        VolumeSource::HostPath(path) => out.host_path = Some(HostPathVolumeSource { path: path.clone(), type_: Some("Directory".into()) }),
+        VolumeSource::Persistent(_) => return None,
+    }
+    Some(out)
+}
+
+fn claim_template(v: &Volume) -> Option<PersistentVolumeClaim> {
+    let VolumeSource::Persistent(c) = &v.source else { return None };
+    Some(PersistentVolumeClaim {
+        metadata: ObjectMeta { name: Some(v.name.clone()), ..Default::default() },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: c.storage_class.clone(),
+            resources: Some(VolumeResourceRequirements { requests: Some(BTreeMap::from([("storage".to_string(), quantity(c.size_bytes))])), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn operator(o: RequirementOperator) -> &'static str {
+    match o {
+        RequirementOperator::IsIn => "In",
+        RequirementOperator::NotIn => "NotIn",
+        RequirementOperator::Exists => "Exists",
+        RequirementOperator::DoesNotExist => "DoesNotExist",
+        RequirementOperator::Gt => "Gt",
+        RequirementOperator::Lt => "Lt",
+    }
+}
+
+fn map(pairs: &[KeyValue]) -> Value {
+    Value::Object(pairs.iter().map(|kv| (kv.key.clone(), Value::String(kv.value.clone()))).collect())
+}
+
+/// NodeClaims (karpenter.sh/v1) or a NodePool from a provisioner's plan.
+fn node_objects(plan: &NodePlan) -> Vec<Value> {
+    plan.objects
+        .iter()
+        .map(|o| {
+            let requirements: Vec<Value> = o
+                .requirements
+                .iter()
+                .map(|r| {
+                    let mut req = json!({"key": r.key, "operator": operator(r.operator)});
+                    if !r.values.is_empty() {
+                        req["values"] = json!(r.values);
+                    }
+                    req
+                })
+                .collect();
+            let taints: Vec<Value> = o.taints.iter().map(|t| json!({"key": t.key, "value": t.value, "effect": effect(t.effect)})).collect();
+            let class = o.node_class_ref.as_ref().map(|c| json!({"group": c.group, "kind": c.kind, "name": c.name}));
+            let metadata = json!({"name": o.name, "labels": map(&o.labels), "annotations": map(&o.annotations)});
+            match o.kind {
+                NodeObjectKind::NodeClaim => {
+                    let mut spec = json!({"requirements": requirements, "taints": taints});
+                    if let Some(c) = class {
+                        spec["nodeClassRef"] = c;
+                    }
+                    if let Some(s) = o.storage_bytes {
+                        spec["resources"] = json!({"requests": {"storage": quantity(s).0}});
+                    }
+                    json!({"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim", "metadata": metadata, "spec": spec})
+                }
+                NodeObjectKind::NodePool => {
+                    let mut template_spec = json!({"requirements": requirements, "taints": taints, "expireAfter": "Never"});
+                    if let Some(c) = class {
+                        template_spec["nodeClassRef"] = c;
+                    }
+                    let mut spec = json!({
+                        "template": {"metadata": {"labels": map(&o.labels)}, "spec": template_spec},
+                        "disruption": {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "0s", "budgets": [{"nodes": "1", "reasons": ["Drifted"]}]},
+                    });
+                    if let Some(n) = o.node_limit {
+                        spec["replicas"] = json!(n);
+                    }
+                    json!({"apiVersion": "karpenter.sh/v1", "kind": "NodePool", "metadata": metadata, "spec": spec})
+                }
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_round_up() {
+        assert_eq!(quantity(GIB).0, "1Gi");
+        assert_eq!(quantity(GIB + 1).0, "2Gi");
+        assert_eq!(quantity(3 * MIB).0, "3Mi");
+        assert_eq!(quantity(1).0, "1Mi");
+    }
+}
