@@ -84,10 +84,17 @@ pub struct Registry {
     pub failures: Vec<LoadFailure>,
 }
 
-/// Up to `n` candidates closest to `query` (case-insensitive edit distance).
+/// Up to `n` candidates closest to `query`: names containing it first, then
+/// by case-insensitive edit distance.
 pub fn nearest(query: &str, candidates: impl IntoIterator<Item = String>, n: usize) -> Vec<String> {
     let q = query.to_lowercase();
-    let mut scored: Vec<(usize, String)> = candidates.into_iter().map(|c| (strsim::levenshtein(&q, &c.to_lowercase()), c)).collect();
+    let mut scored: Vec<((bool, usize), String)> = candidates
+        .into_iter()
+        .map(|c| {
+            let l = c.to_lowercase();
+            ((!l.contains(&q), strsim::levenshtein(&q, &l)), c)
+        })
+        .collect();
     scored.sort();
     scored.dedup_by(|a, b| a.1 == b.1);
     scored.into_iter().take(n).map(|(_, c)| c).collect()

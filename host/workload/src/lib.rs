@@ -49,11 +49,11 @@ impl Default for RenderOptions {
 /// Why a Workspace could not be rendered.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RenderError {
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] FieldError),
-    #[error("{0}")]
+    #[error(transparent)]
     Resolve(#[from] ResolveError),
-    #[error("{0}")]
+    #[error(transparent)]
     Plugin(#[from] CallError),
 }
 
@@ -104,7 +104,7 @@ fn gpu_shape(provisioner: &Plugin, mode: ProvisionerMode, ws: &Workspace, opts: 
     })?;
     let Some(t) = provisioner.instance_type(wanted) else {
         let close = kaito_plugin_host::nearest(wanted, provisioner.instance_types().iter().map(|t| t.name.clone()), 3);
-        return Err(FieldError::new("resource.instanceType", format!("{wanted:?} is not an instance type the {} provisioner knows", provisioner.name()))
+        return Err(FieldError::new("resource.instanceType", format!("{wanted:?} is not an instance type the {} plugin knows", provisioner.name()))
             .hint(format!("closest: {}", close.join(", ")))
             .into());
     };

@@ -45,11 +45,12 @@ pub(crate) fn byo_shape(provisioner: &Plugin, ws: &Workspace, nodes: &[Node]) ->
         .collect();
     let selected = matching.len();
     matching.retain(|n| node_is_ready(n));
+    let ready = matching.len();
     matching.sort_by_key(|n| n.metadata.name.clone());
     let Some(first) = matching.first() else {
         return Err(FieldError::new(
             "resource.labelSelector.matchLabels",
-            format!("no Ready node matches {} ({} node(s) given, {selected} match but none is Ready)", shown.join(","), nodes.len()),
+            format!("no Ready node matches {} ({} node(s) given, {selected} match, {ready} of them Ready)", shown.join(","), nodes.len()),
         )
         .hint("label your GPU nodes with these labels, or change matchLabels")
         .into());

@@ -172,8 +172,8 @@ pub fn workload(runtime: Runtime, spec: &ModelSpec, request: &PlanRequest, shape
     if let Some(cm) = &request.config_map {
         volumes.push(Volume { name: "config".into(), mount_path: "/mnt/config".into(), read_only: true, source: VolumeSource::ConfigMap(cm.clone()) });
     }
-    let startup = http_probe(0, startup_seconds(spec.weights_bytes()) / 10);
-    let (image, command, args, readiness, liveness) = match runtime {
+    let startup_threshold = startup_seconds(spec.weights_bytes()) / 10;
+    let (image, command, args, startup, readiness, liveness) = match runtime {
         Runtime::Tch => {
             let mut args: Vec<String> = vec![
                 "--model".into(),
@@ -195,7 +195,7 @@ pub fn workload(runtime: Runtime, spec: &ModelSpec, request: &PlanRequest, shape
                 args.extend(["--max-model-len".into(), len.to_string()]);
             }
             let image = format!("{}/kaito-inference:{TCH_IMAGE_TAG}", request.image_registry.trim_end_matches('/'));
-            (image, vec!["kaito-inference".to_string()], args, http_probe(30, 3), http_probe(0, 3))
+            (image, vec!["kaito-inference".to_string()], args, http_probe(0, startup_threshold), http_probe(30, 3), http_probe(0, 3))
         }
         Runtime::Vllm => {
             env.push(literal("VLLM_USE_FLASHINFER_SAMPLER", "0"));
@@ -249,18 +249,20 @@ pub fn workload(runtime: Runtime, spec: &ModelSpec, request: &PlanRequest, shape
                 let check = format!(
                     "if [ \"$POD_INDEX\" = \"0\" ]; then python3 -c 'import urllib.request; urllib.request.urlopen(\"http://localhost:{HTTP_PORT}/health\", timeout=5)'; else ray health-check --address {leader}:6379; fi"
                 );
-                let exec = |initial_delay| Probe {
+                // Workers never serve /health: every probe runs the same
+                // leader-or-ray check.
+                let exec = |initial_delay, failure_threshold| Probe {
                     action: ProbeAction::Exec(vec!["/bin/sh".into(), "-c".into(), check.clone()]),
                     initial_delay_seconds: initial_delay,
                     period_seconds: 10,
                     timeout_seconds: 10,
-                    failure_threshold: 3,
+                    failure_threshold,
                 };
-                (VLLM_IMAGE.to_string(), vec!["/bin/sh".into(), "-c".into()], vec![script], exec(30), exec(0))
+                (VLLM_IMAGE.to_string(), vec!["/bin/sh".into(), "-c".into()], vec![script], exec(0, startup_threshold), exec(30, 3), exec(0, 3))
             } else {
                 let mut command = vec!["python3".to_string(), "/workspace/vllm/inference_api.py".to_string()];
                 command.append(&mut vllm);
-                (VLLM_IMAGE.to_string(), command, Vec::new(), http_probe(30, 3), http_probe(0, 3))
+                (VLLM_IMAGE.to_string(), command, Vec::new(), http_probe(0, startup_threshold), http_probe(30, 3), http_probe(0, 3))
             }
         }
     };

@@ -1,0 +1,48 @@
+//! Helpers shared by the cross-crate tests in `tests/tests/`.
+
+use std::path::{Path, PathBuf};
+
+/// Repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root").to_path_buf()
+}
+
+/// A built plugin directory; panics with the fix when it is missing.
+pub fn plugin_dir(rel: &str) -> PathBuf {
+    let d = root().join(rel);
+    let has_wasm = std::fs::read_dir(&d).map(|rd| rd.flatten().any(|e| e.path().extension().is_some_and(|x| x == "wasm"))).unwrap_or(false);
+    assert!(has_wasm, "{} has no plugins: run `cargo xtask plugins` first", d.display());
+    d
+}
+
+/// Output of one in-process `kaito` run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `kaito` in-process with the shipped plugins and a private artifact cache.
+pub fn kaito(args: &[&str], cache: &Path) -> Run {
+    let presets = plugin_dir("presets-wasm/dist");
+    let plugins = plugin_dir("plugins/dist");
+    let mut argv: Vec<String> = std::iter::once("kaito".to_string()).chain(args.iter().map(|s| s.to_string())).collect();
+    if matches!(args.first(), Some(&"render")) || matches!(args.get(1), Some(&"list")) {
+        argv.extend(["--plugins".into(), presets.display().to_string(), "--plugins".into(), plugins.display().to_string()]);
+    }
+    argv.extend(["--plugin-cache".into(), cache.display().to_string()]);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = kaito_cli::run(argv, &mut out, &mut err);
+    Run { code, stdout: String::from_utf8(out).expect("utf-8"), stderr: String::from_utf8(err).expect("utf-8") }
+}
+
+/// Compare `actual` with the golden file `tests/golden/<name>`; `KAITO_BLESS=1` rewrites it.
+pub fn golden(name: &str, actual: &str) {
+    let path = root().join("tests/golden").join(name);
+    if std::env::var_os("KAITO_BLESS").is_some() {
+        std::fs::write(&path, actual).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{} is missing: run with KAITO_BLESS=1 to create it", path.display()));
+    assert!(expected == actual, "{} differs from the render (KAITO_BLESS=1 rewrites it)\n--- expected\n{expected}\n--- actual\n{actual}", path.display());
+}
