@@ -10,7 +10,9 @@ pub fn root() -> PathBuf {
 /// A built plugin directory; panics with the fix when it is missing.
 pub fn plugin_dir(rel: &str) -> PathBuf {
     let d = root().join(rel);
-    let has_wasm = std::fs::read_dir(&d).map(|rd| rd.flatten().any(|e| e.path().extension().is_some_and(|x| x == "wasm"))).unwrap_or(false);
+    let has_wasm = std::fs::read_dir(&d)
+        .map(|rd| rd.flatten().any(|e| e.path().extension().is_some_and(|x| x == "wasm")))
+        .unwrap_or(false);
     assert!(has_wasm, "{} has no plugins: run `cargo xtask plugins` first", d.display());
     d
 }
@@ -26,9 +28,15 @@ pub struct Run {
 pub fn kaito(args: &[&str], cache: &Path) -> Run {
     let presets = plugin_dir("presets-wasm/dist");
     let plugins = plugin_dir("plugins/dist");
-    let mut argv: Vec<String> = std::iter::once("kaito".to_string()).chain(args.iter().map(|s| s.to_string())).collect();
+    let mut argv: Vec<String> =
+        std::iter::once("kaito".to_string()).chain(args.iter().map(|s| s.to_string())).collect();
     if matches!(args.first(), Some(&"render")) || matches!(args.get(1), Some(&"list")) {
-        argv.extend(["--plugins".into(), presets.display().to_string(), "--plugins".into(), plugins.display().to_string()]);
+        argv.extend([
+            "--plugins".into(),
+            presets.display().to_string(),
+            "--plugins".into(),
+            plugins.display().to_string(),
+        ]);
     }
     argv.extend(["--plugin-cache".into(), cache.display().to_string()]);
     let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -43,6 +51,11 @@ pub fn golden(name: &str, actual: &str) {
         std::fs::write(&path, actual).expect("write golden");
         return;
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{} is missing: run with KAITO_BLESS=1 to create it", path.display()));
-    assert!(expected == actual, "{} differs from the render (KAITO_BLESS=1 rewrites it)\n--- expected\n{expected}\n--- actual\n{actual}", path.display());
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} is missing: run with KAITO_BLESS=1 to create it", path.display()));
+    assert!(
+        expected == actual,
+        "{} differs from the render (KAITO_BLESS=1 rewrites it)\n--- expected\n{expected}\n--- actual\n{actual}",
+        path.display()
+    );
 }

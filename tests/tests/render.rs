@@ -1,7 +1,7 @@
 //! Golden tests of `kaito render`: the seed Workspace, bring-your-own nodes,
 //! a multi-node vLLM plan, and the error cases with their messages.
 
-use kaito_tests::{golden, kaito, root, Run};
+use kaito_tests::{Run, golden, kaito, root};
 use std::path::{Path, PathBuf};
 
 const SEED: &str = "examples/inference/kaito_workspace_phi_3.5-instruct.yaml";
@@ -43,7 +43,8 @@ fn seed_phi_3_5_on_nc24ads_a100_v4() {
 
 #[test]
 fn byo_nodes_from_file() {
-    let run = render(&["-f", &path("tests/fixtures/byo-workspace.yaml"), "--nodes", &path("tests/fixtures/byo-nodes.yaml")]);
+    let run =
+        render(&["-f", &path("tests/fixtures/byo-workspace.yaml"), "--nodes", &path("tests/fixtures/byo-nodes.yaml")]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(!run.stdout.contains("NodeClaim"), "BYO creates no NodeClaims");
     golden("byo-phi-3-mini.yaml", &run.stdout);

@@ -3,8 +3,8 @@
 
 use clap::{Args, Parser, Subcommand};
 use kaito_crd::Workspace;
-use kaito_plugin_host::{conformance, CacheOutcome, HostConfig, Limits, PluginHost, PluginKind, Policy, Registry};
-use kaito_workload::{parse_nodes, render, to_yaml, RenderOptions, DEFAULT_IMAGE_REGISTRY, DEFAULT_MAX_NODES};
+use kaito_plugin_host::{CacheOutcome, HostConfig, Limits, PluginHost, PluginKind, Policy, Registry, conformance};
+use kaito_workload::{DEFAULT_IMAGE_REGISTRY, DEFAULT_MAX_NODES, RenderOptions, parse_nodes, render, to_yaml};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -103,9 +103,22 @@ pub fn default_plugin_dirs() -> Vec<PathBuf> {
 impl PluginArgs {
     /// The host these options describe.
     pub fn host(&self) -> anyhow::Result<PluginHost> {
-        let limits = Limits { deadline: Duration::from_millis(self.plugin_deadline_ms), memory_bytes: self.plugin_memory_mib << 20, ..Limits::default() };
-        let cache_dir = if self.no_plugin_cache { None } else { self.plugin_cache.clone().or_else(kaito_plugin_host::ArtifactCache::default_dir) };
-        PluginHost::new(HostConfig { limits, policy: Policy { allowed_host_paths: self.allow_host_path.clone() }, cache_dir, require_pins: self.require_pins })
+        let limits = Limits {
+            deadline: Duration::from_millis(self.plugin_deadline_ms),
+            memory_bytes: self.plugin_memory_mib << 20,
+            ..Limits::default()
+        };
+        let cache_dir = if self.no_plugin_cache {
+            None
+        } else {
+            self.plugin_cache.clone().or_else(kaito_plugin_host::ArtifactCache::default_dir)
+        };
+        PluginHost::new(HostConfig {
+            limits,
+            policy: Policy { allowed_host_paths: self.allow_host_path.clone() },
+            cache_dir,
+            require_pins: self.require_pins,
+        })
     }
 
     /// Load the plugin directories, reporting files that failed on `err`.
@@ -132,18 +145,25 @@ impl PluginArgs {
 }
 
 fn render_cmd(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<i32> {
-    let text = std::fs::read_to_string(&args.file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
+    let text =
+        std::fs::read_to_string(&args.file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
     let ws = Workspace::from_yaml(&text)?;
     let nodes = match &args.nodes {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
             Some(parse_nodes(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
         }
         None => None,
     };
     let host = args.plugins.host()?;
     let registry = args.plugins.registry(&host, err)?;
-    let opts = RenderOptions { provisioner: args.provisioner.clone(), nodes, image_registry: args.image_registry.clone(), max_nodes: args.max_nodes };
+    let opts = RenderOptions {
+        provisioner: args.provisioner.clone(),
+        nodes,
+        image_registry: args.image_registry.clone(),
+        max_nodes: args.max_nodes,
+    };
     let rendered = render(&registry, &ws, &opts)?;
     for note in &rendered.notes {
         writeln!(err, "kaito: note: {note}")?;
@@ -165,12 +185,24 @@ fn list_cmd(args: &PluginArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyh
         writeln!(out, "  file:     {}", p.file().display())?;
         writeln!(out, "  sha256:   {}", p.digest())?;
         writeln!(out, "  compiled: {}", if p.cache_outcome() == CacheOutcome::Hit { "from cache" } else { "now" })?;
-        writeln!(out, "  status:   {}", p.quarantined().map(|r| format!("quarantined: {r}")).unwrap_or_else(|| "ok".into()))?;
+        writeln!(
+            out,
+            "  status:   {}",
+            p.quarantined().map(|r| format!("quarantined: {r}")).unwrap_or_else(|| "ok".into())
+        )?;
         match p.kind() {
             PluginKind::Preset => {
                 writeln!(out, "  models:   {}", p.models().len())?;
                 for m in p.models() {
-                    writeln!(out, "    {:<32} {:<44} {:>8.2} GiB  ctx {:<7} {}", m.name, m.hf_id, m.weights_bytes as f64 / (1u64 << 30) as f64, m.context_length, m.runtimes.join(","))?;
+                    writeln!(
+                        out,
+                        "    {:<32} {:<44} {:>8.2} GiB  ctx {:<7} {}",
+                        m.name,
+                        m.hf_id,
+                        m.weights_bytes as f64 / (1u64 << 30) as f64,
+                        m.context_length,
+                        m.runtimes.join(",")
+                    )?;
                 }
             }
             PluginKind::Provisioner => {
@@ -179,7 +211,15 @@ fn list_cmd(args: &PluginArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyh
                 }
                 writeln!(out, "  instance types: {}", p.instance_types().len())?;
                 for t in p.instance_types() {
-                    writeln!(out, "    {:<28} {}x {:<6} {:>5} GiB{}", t.name, t.gpu_count, t.gpu_model, t.node_gpu_memory_bytes >> 30, if t.nvme { "  nvme" } else { "" })?;
+                    writeln!(
+                        out,
+                        "    {:<28} {}x {:<6} {:>5} GiB{}",
+                        t.name,
+                        t.gpu_count,
+                        t.gpu_model,
+                        t.node_gpu_memory_bytes >> 30,
+                        if t.nvme { "  nvme" } else { "" }
+                    )?;
                 }
             }
         }
@@ -222,7 +262,11 @@ where
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KAITO_LOG").unwrap_or_else(|_| "error".into())).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KAITO_LOG").unwrap_or_else(|_| "error".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
     let result = match &cli.command {
         Command::Render(args) => render_cmd(args, out, err),
         Command::Plugins(PluginsCommand::List(args)) => list_cmd(args, out, err),

@@ -24,8 +24,10 @@ pub const MAX_ADAPTERS: usize = 10;
 
 /// Label keys users may not select on: the operator owns them.
 pub fn is_reserved_label(key: &str) -> bool {
-    matches!(key, "kaito.sh/workspace" | "kaito.sh/workspacenamespace" | "kaito.sh/ragengine" | "kaito.sh/ragenginenamespace")
-        || key.starts_with("karpenter.kaito.sh/")
+    matches!(
+        key,
+        "kaito.sh/workspace" | "kaito.sh/workspacenamespace" | "kaito.sh/ragengine" | "kaito.sh/ragenginenamespace"
+    ) || key.starts_with("karpenter.kaito.sh/")
 }
 
 /// A KAITO Workspace: GPU resources plus an inference or tuning workload.
@@ -238,17 +240,23 @@ fn dns_label(s: &str) -> bool {
 impl Workspace {
     /// Parse one Workspace from YAML (or JSON), naming the field of any error.
     pub fn from_yaml(text: &str) -> Result<Workspace, FieldError> {
-        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| FieldError::new("(document)", format!("not valid YAML: {e}")))?;
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| FieldError::new("(document)", format!("not valid YAML: {e}")))?;
         let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default().to_string();
         let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or_default();
         if kind != "Workspace" {
             return Err(FieldError::new("kind", format!("expected Workspace, found {kind:?}")));
         }
         if api_version != V1BETA1 && api_version != V1ALPHA1 {
-            return Err(FieldError::new("apiVersion", format!("{api_version:?} is not a served Workspace version")).hint(format!("use {V1BETA1} (or {V1ALPHA1})")));
+            return Err(FieldError::new("apiVersion", format!("{api_version:?} is not a served Workspace version"))
+                .hint(format!("use {V1BETA1} (or {V1ALPHA1})")));
         }
         if value.get("spec").is_some() {
-            return Err(FieldError::new("spec", "Workspaces have no spec: resource, inference and tuning sit at the top level").hint("move the fields under spec one level up"));
+            return Err(FieldError::new(
+                "spec",
+                "Workspaces have no spec: resource, inference and tuning sit at the top level",
+            )
+            .hint("move the fields under spec one level up"));
         }
         let mut ws: Workspace = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
@@ -290,44 +298,71 @@ impl Workspace {
     pub fn validate(&self) -> Result<(), FieldError> {
         let name = self.name();
         if !dns_label(name) {
-            return Err(FieldError::new("metadata.name", format!("{name:?} is not a DNS-1123 label")).hint("use at most 63 lowercase letters, digits and '-'"));
+            return Err(FieldError::new("metadata.name", format!("{name:?} is not a DNS-1123 label"))
+                .hint("use at most 63 lowercase letters, digits and '-'"));
         }
         match (&self.inference, &self.tuning) {
             (Some(_), Some(_)) => return Err(FieldError::new("inference", "set inference or tuning, not both")),
-            (None, None) => return Err(FieldError::new("inference", "a Workspace needs inference or tuning").hint("add inference.preset.name")),
+            (None, None) => {
+                return Err(FieldError::new("inference", "a Workspace needs inference or tuning")
+                    .hint("add inference.preset.name"));
+            }
             _ => {}
         }
         let selector = self.resource.label_selector.as_ref().ok_or_else(|| {
-            FieldError::new("resource.labelSelector", "is required").hint("add resource.labelSelector.matchLabels, e.g. apps: my-model")
+            FieldError::new("resource.labelSelector", "is required")
+                .hint("add resource.labelSelector.matchLabels, e.g. apps: my-model")
         })?;
         let given = selector.match_labels.as_ref().map_or(0, |m| m.len());
         if given > 0 && self.match_labels().is_empty() {
-            return Err(FieldError::new("resource.labelSelector.matchLabels", "every label is reserved for the operator (kaito.sh/*, karpenter.kaito.sh/*)").hint("add a label of your own"));
+            return Err(FieldError::new(
+                "resource.labelSelector.matchLabels",
+                "every label is reserved for the operator (kaito.sh/*, karpenter.kaito.sh/*)",
+            )
+            .hint("add a label of your own"));
         }
-        if let Some(count) = self.resource.count {
-            if count < 1 {
-                return Err(FieldError::new("resource.count", format!("{count} is not a positive node count")));
-            }
+        if let Some(count) = self.resource.count.filter(|c| *c < 1) {
+            return Err(FieldError::new("resource.count", format!("{count} is not a positive node count")));
         }
         if self.resource.partition.is_some() {
-            return Err(FieldError::new("resource.partition", "GPU partitioning (MIG/accelerator) is not supported yet").hint("remove resource.partition"));
+            return Err(FieldError::new(
+                "resource.partition",
+                "GPU partitioning (MIG/accelerator) is not supported yet",
+            )
+            .hint("remove resource.partition"));
         }
         if let Some(inf) = &self.inference {
             match (&inf.preset, &inf.template) {
-                (Some(_), Some(_)) => return Err(FieldError::new("inference.template", "set inference.preset or inference.template, not both")),
-                (None, None) => return Err(FieldError::new("inference.preset", "inference needs a preset or a template").hint("add inference.preset.name")),
-                (Some(p), None) if p.name.trim().is_empty() => return Err(FieldError::new("inference.preset.name", "is empty")),
+                (Some(_), Some(_)) => {
+                    return Err(FieldError::new(
+                        "inference.template",
+                        "set inference.preset or inference.template, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(FieldError::new("inference.preset", "inference needs a preset or a template")
+                        .hint("add inference.preset.name"));
+                }
+                (Some(p), None) if p.name.trim().is_empty() => {
+                    return Err(FieldError::new("inference.preset.name", "is empty"));
+                }
                 _ => {}
             }
             let adapters = inf.adapters.as_deref().unwrap_or_default();
             if adapters.len() > MAX_ADAPTERS {
-                return Err(FieldError::new("inference.adapters", format!("{} adapters, at most {MAX_ADAPTERS} allowed", adapters.len())));
+                return Err(FieldError::new(
+                    "inference.adapters",
+                    format!("{} adapters, at most {MAX_ADAPTERS} allowed", adapters.len()),
+                ));
             }
             let mut seen = std::collections::BTreeSet::new();
             for (i, a) in adapters.iter().enumerate() {
                 let n = a.source.as_ref().and_then(|s| s.name.as_deref()).unwrap_or_default();
                 if !seen.insert(n) {
-                    return Err(FieldError::new(format!("inference.adapters[{i}].source.name"), format!("{n:?} is used by another adapter")));
+                    return Err(FieldError::new(
+                        format!("inference.adapters[{i}].source.name"),
+                        format!("{n:?} is used by another adapter"),
+                    ));
                 }
             }
         }
@@ -373,7 +408,8 @@ inference:
 
     #[test]
     fn spec_wrapper_is_rejected_with_a_fix() {
-        let e = Workspace::from_yaml("apiVersion: kaito.sh/v1beta1\nkind: Workspace\nmetadata: {name: a}\nspec: {}\n").unwrap_err();
+        let e = Workspace::from_yaml("apiVersion: kaito.sh/v1beta1\nkind: Workspace\nmetadata: {name: a}\nspec: {}\n")
+            .unwrap_err();
         assert_eq!(e.field, "spec");
     }
 
@@ -386,7 +422,10 @@ inference:
 
     #[test]
     fn v1alpha1_defaults_instance_type() {
-        let ws = Workspace::from_yaml(&SEED.replace("v1beta1", "v1alpha1").replace("  instanceType: \"Standard_NC24ads_A100_v4\"\n", "")).unwrap();
+        let ws = Workspace::from_yaml(
+            &SEED.replace("v1beta1", "v1alpha1").replace("  instanceType: \"Standard_NC24ads_A100_v4\"\n", ""),
+        )
+        .unwrap();
         assert_eq!(ws.resource.instance_type.as_deref(), Some(V1ALPHA1_DEFAULT_INSTANCE_TYPE));
     }
 

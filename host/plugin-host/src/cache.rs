@@ -57,7 +57,12 @@ impl ArtifactCache {
     }
 
     /// Load the artifact for `digest`, or compile `bytes` and store it.
-    pub fn load_or_compile(&self, engine: &Engine, bytes: &[u8], digest: &str) -> anyhow::Result<(Component, CacheOutcome)> {
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        digest: &str,
+    ) -> anyhow::Result<(Component, CacheOutcome)> {
         let path = self.path_for(digest);
         if path.is_file() {
             // SAFETY: only files this host wrote live under this name (digest + engine key).
@@ -73,7 +78,8 @@ impl ArtifactCache {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         // A private temporary file and a rename: concurrent loaders of the
         // same plugin never see a half-written artifact.
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).with_context(|| format!("creating a file in {}", self.dir.display()))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)
+            .with_context(|| format!("creating a file in {}", self.dir.display()))?;
         std::io::Write::write_all(&mut tmp, &artifact).context("writing precompiled plugin")?;
         tmp.persist(&path).with_context(|| format!("storing {}", path.display()))?;
         // SAFETY: `artifact` was produced by this engine a moment ago.

@@ -1,10 +1,10 @@
 //! `kaito plugins test`: a conformance suite any plugin must pass.
 
+use crate::CallError;
 use crate::host::PluginHost;
 use crate::plugin::{Plugin, PluginKind};
 use crate::wit::kv;
 use crate::wit::latest::*;
-use crate::CallError;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -43,8 +43,20 @@ const GIB: u64 = 1 << 30;
 
 /// GPU shapes every preset is asked about: small, medium and very large nodes.
 pub fn reference_shapes() -> Vec<GpuShape> {
-    let shape = |m: &str, n: u32, gib: u64, nodes: u32, nvme: bool| GpuShape { gpu_model: m.into(), gpus_per_node: n, gpu_memory_bytes: gib * GIB, max_nodes: nodes, nvme };
-    vec![shape("A10", 1, 24, 4, false), shape("A100", 1, 80, 4, true), shape("A100", 8, 40, 4, false), shape("H100", 8, 80, 4, true), shape("H200", 8, 141, 4, true)]
+    let shape = |m: &str, n: u32, gib: u64, nodes: u32, nvme: bool| GpuShape {
+        gpu_model: m.into(),
+        gpus_per_node: n,
+        gpu_memory_bytes: gib * GIB,
+        max_nodes: nodes,
+        nvme,
+    };
+    vec![
+        shape("A10", 1, 24, 4, false),
+        shape("A100", 1, 80, 4, true),
+        shape("A100", 8, 40, 4, false),
+        shape("H100", 8, 80, 4, true),
+        shape("H200", 8, 141, 4, true),
+    ]
 }
 
 /// A well-formed request for `model`.
@@ -79,7 +91,11 @@ pub fn run(host: &PluginHost, file: &Path) -> Report {
         }
     };
     report.plugin = plugin.name().to_string();
-    report.push("loads", true, format!("contract kaito:plugin@{}, {} plugin", plugin.contract(), plugin.kind().as_str()));
+    report.push(
+        "loads",
+        true,
+        format!("contract kaito:plugin@{}, {} plugin", plugin.contract(), plugin.kind().as_str()),
+    );
     match plugin.metadata() {
         Some(_) => report.push("metadata", true, "info and catalog are well-formed"),
         None => {
@@ -115,7 +131,10 @@ fn preset_checks(plugin: &Arc<Plugin>, report: &mut Report) {
                     _ => false,
                 };
                 if !same {
-                    problems.push(format!("{}x{}: two identical calls gave different answers", shape.gpus_per_node, shape.gpu_model));
+                    problems.push(format!(
+                        "{}x{}: two identical calls gave different answers",
+                        shape.gpus_per_node, shape.gpu_model
+                    ));
                 }
             }
         }
@@ -123,7 +142,15 @@ fn preset_checks(plugin: &Arc<Plugin>, report: &mut Report) {
             problems.push("fits none of the reference shapes (up to 4 nodes of 8x H200)".into());
         }
         planned += ok_shapes;
-        report.push(format!("plan {}", model.name), problems.is_empty(), if problems.is_empty() { format!("valid and deterministic on {ok_shapes} of {} shapes", reference_shapes().len()) } else { problems.join("; ") });
+        report.push(
+            format!("plan {}", model.name),
+            problems.is_empty(),
+            if problems.is_empty() {
+                format!("valid and deterministic on {ok_shapes} of {} shapes", reference_shapes().len())
+            } else {
+                problems.join("; ")
+            },
+        );
     }
     let _ = planned;
     let first = plugin.models().first().map(|m| m.name.clone()).unwrap_or_default();
@@ -134,7 +161,11 @@ fn preset_checks(plugin: &Arc<Plugin>, report: &mut Report) {
         ("zero nodes", PlanRequest { min_nodes: 0, ..reference_request(&first) }, shape.clone()),
         ("no nodes available", reference_request(&first), GpuShape { max_nodes: 0, ..shape.clone() }),
         ("empty workspace name", PlanRequest { workspace: String::new(), ..reference_request(&first) }, shape.clone()),
-        ("unknown runtime", PlanRequest { runtime: Some("no-such-runtime".into()), ..reference_request(&first) }, shape.clone()),
+        (
+            "unknown runtime",
+            PlanRequest { runtime: Some("no-such-runtime".into()), ..reference_request(&first) },
+            shape.clone(),
+        ),
     ];
     for (what, req, shape) in nonsense {
         let r = plugin.plan(&req, &shape);
@@ -183,24 +214,44 @@ fn provisioner_checks(plugin: &Arc<Plugin>, report: &mut Report) {
     }
     if info.mode != ProvisionerMode::BringYourOwn {
         let r = plugin.plan_nodes(&request("no-such-instance-type", 1));
-        report.push("rejects unknown instance type", matches!(r, Err(CallError::Plugin { .. })), match &r {
-            Err(e) => e.to_string(),
-            Ok(_) => "accepted it".into(),
-        });
-        if let Some(t) = types.first() {
-            let r = plugin.plan_nodes(&request(t, 0));
-            report.push("rejects zero nodes", matches!(r, Err(CallError::Plugin { .. })), match &r {
+        report.push(
+            "rejects unknown instance type",
+            matches!(r, Err(CallError::Plugin { .. })),
+            match &r {
                 Err(e) => e.to_string(),
                 Ok(_) => "accepted it".into(),
-            });
+            },
+        );
+        if let Some(t) = types.first() {
+            let r = plugin.plan_nodes(&request(t, 0));
+            report.push(
+                "rejects zero nodes",
+                matches!(r, Err(CallError::Plugin { .. })),
+                match &r {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "accepted it".into(),
+                },
+            );
         }
     }
-    let labels = vec![kv("nvidia.com/gpu.product", "NVIDIA-A100-SXM4-80GB"), kv("nvidia.com/gpu.count", "8"), kv("nvidia.com/gpu.memory", "81920")];
+    let labels = vec![
+        kv("nvidia.com/gpu.product", "NVIDIA-A100-SXM4-80GB"),
+        kv("nvidia.com/gpu.count", "8"),
+        kv("nvidia.com/gpu.memory", "81920"),
+    ];
     let r = plugin.gpu_from_labels(&labels);
-    report.push("reads GPU feature discovery labels", matches!(&r, Ok(g) if g.gpu_count == 8 && g.gpu_memory_bytes == 80 * GIB), format!("{r:?}"));
+    report.push(
+        "reads GPU feature discovery labels",
+        matches!(&r, Ok(g) if g.gpu_count == 8 && g.gpu_memory_bytes == 80 * GIB),
+        format!("{r:?}"),
+    );
     let r = plugin.gpu_from_labels(&[]);
-    report.push("rejects a node without GPU labels", matches!(r, Err(CallError::Plugin { .. })), match &r {
-        Err(e) => e.to_string(),
-        Ok(g) => format!("accepted it: {g:?}"),
-    });
+    report.push(
+        "rejects a node without GPU labels",
+        matches!(r, Err(CallError::Plugin { .. })),
+        match &r {
+            Err(e) => e.to_string(),
+            Ok(g) => format!("accepted it: {g:?}"),
+        },
+    );
 }

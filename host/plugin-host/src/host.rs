@@ -8,8 +8,8 @@ use crate::registry::{LoadFailure, Manifest, Registry};
 use crate::wit::v0_1_0;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -70,7 +70,11 @@ fn engine(limits: &Limits) -> wasmtime::Result<Engine> {
             .max_tables_per_component(8)
             .max_core_instances_per_component(32)
             .max_memory_size(limits.max_memory_override.max(limits.memory_bytes))
-            .table_elements(limits.table_elements);
+            .table_elements(limits.table_elements)
+            // Reusing a slot's first pages with memset beats madvise plus a
+            // page fault per page on every fresh instance.
+            .linear_memory_keep_resident(limits.keep_resident_bytes)
+            .table_keep_resident(limits.keep_resident_bytes);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     Engine::new(&config)
@@ -81,7 +85,8 @@ impl PluginHost {
     pub fn new(config: HostConfig) -> anyhow::Result<Self> {
         let engine = engine(&config.limits).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let mut linker = Linker::new(&engine);
-        v0_1_0::preset::kaito::plugin::log::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        v0_1_0::preset::kaito::plugin::log::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         {
             let (engine, stop, tick) = (engine.clone(), stop.clone(), config.limits.epoch_tick);
@@ -120,13 +125,19 @@ impl PluginHost {
     pub fn compile(&self, file: &Path, bytes: &[u8], digest: &str) -> Result<(Component, CacheOutcome), LoadError> {
         let compiled = match &self.shared.cache {
             Some(cache) => cache.load_or_compile(&self.shared.engine, bytes, digest),
-            None => Component::new(&self.shared.engine, bytes).map(|c| (c, CacheOutcome::Uncached)).map_err(|e| anyhow::anyhow!("{e:#}")),
+            None => Component::new(&self.shared.engine, bytes)
+                .map(|c| (c, CacheOutcome::Uncached))
+                .map_err(|e| anyhow::anyhow!("{e:#}")),
         };
         compiled.map_err(|e| LoadError::Compile { file: file.to_path_buf(), detail: format!("{e:#}") })
     }
 
     /// Load one plugin file, checking it against an optional sha256 pin.
-    pub fn load_file(&self, file: &Path, entry: Option<&crate::registry::ManifestEntry>) -> Result<Arc<Plugin>, LoadError> {
+    pub fn load_file(
+        &self,
+        file: &Path,
+        entry: Option<&crate::registry::ManifestEntry>,
+    ) -> Result<Arc<Plugin>, LoadError> {
         let io = |source| LoadError::Io { file: file.to_path_buf(), source };
         let size = std::fs::metadata(file).map_err(io)?.len();
         let max = self.shared.limits.max_component_bytes;
@@ -137,7 +148,11 @@ impl PluginHost {
         let digest = hex::encode(Sha256::digest(&bytes));
         match entry.and_then(|e| e.sha256.as_deref()) {
             Some(pin) if !pin.eq_ignore_ascii_case(&digest) => {
-                return Err(LoadError::DigestMismatch { file: file.to_path_buf(), expected: pin.to_string(), actual: digest });
+                return Err(LoadError::DigestMismatch {
+                    file: file.to_path_buf(),
+                    expected: pin.to_string(),
+                    actual: digest,
+                });
             }
             None if self.shared.require_pins => return Err(LoadError::Unpinned { file: file.to_path_buf() }),
             _ => {}
@@ -159,9 +174,14 @@ impl PluginHost {
                 }
             };
             let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-                Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "wasm")).collect(),
+                Ok(rd) => rd
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+                    .collect(),
                 Err(e) => {
-                    registry.failures.push(LoadFailure { file: dir.clone(), error: format!("cannot read plugin directory: {e}") });
+                    registry
+                        .failures
+                        .push(LoadFailure { file: dir.clone(), error: format!("cannot read plugin directory: {e}") });
                     continue;
                 }
             };

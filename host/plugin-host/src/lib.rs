@@ -27,6 +27,6 @@ pub use plugin::{Plugin, PluginKind};
 pub mod plugin_metadata {
     pub use crate::plugin::Metadata;
 }
-pub use registry::{nearest, LoadFailure, Manifest, ManifestEntry, Registry, ResolveError};
+pub use registry::{LoadFailure, Manifest, ManifestEntry, Registry, ResolveError, nearest};
 pub use wit::describe;
 pub use wit::latest::*;

@@ -34,6 +34,8 @@ pub struct Limits {
     pub pooling: bool,
     /// Instances that may run at once when pooling.
     pub max_concurrent_instances: u32,
+    /// Bytes of a pooled memory or table kept resident between instances.
+    pub keep_resident_bytes: usize,
 }
 
 impl Default for Limits {
@@ -52,6 +54,7 @@ impl Default for Limits {
             max_memory_override: 512 << 20,
             pooling: true,
             max_concurrent_instances: 64,
+            keep_resident_bytes: 4 << 20,
         }
     }
 }

@@ -115,7 +115,11 @@ pub struct Plugin {
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("name", &self.name()).field("file", &self.file).field("kind", &self.kind).finish()
+        f.debug_struct("Plugin")
+            .field("name", &self.name())
+            .field("file", &self.file)
+            .field("kind", &self.kind)
+            .finish()
     }
 }
 
@@ -152,14 +156,18 @@ impl Plugin {
                 allowed: allowed.join(", "),
             });
         }
-        let instantiate_err = |e: wasmtime::Error| LoadError::Instantiate { file: file.to_path_buf(), detail: format!("{e:#}") };
+        let instantiate_err =
+            |e: wasmtime::Error| LoadError::Instantiate { file: file.to_path_buf(), detail: format!("{e:#}") };
         let has = |name: &str| exports.iter().any(|e| e == name);
         let (kind, pre) = if has(v0_1_0::PRESET_EXPORT) {
             let ip = shared.linker.instantiate_pre(&component).map_err(instantiate_err)?;
             (PluginKind::Preset, Pre::PresetV0_1_0(v0_1_0::preset::PresetPre::new(ip).map_err(instantiate_err)?))
         } else if has(v0_1_0::PROVISIONER_EXPORT) {
             let ip = shared.linker.instantiate_pre(&component).map_err(instantiate_err)?;
-            (PluginKind::Provisioner, Pre::ProvisionerV0_1_0(v0_1_0::provisioner::ProvisionerPre::new(ip).map_err(instantiate_err)?))
+            (
+                PluginKind::Provisioner,
+                Pre::ProvisionerV0_1_0(v0_1_0::provisioner::ProvisionerPre::new(ip).map_err(instantiate_err)?),
+            )
         } else {
             return Err(LoadError::NoContract {
                 file: file.to_path_buf(),
@@ -172,7 +180,11 @@ impl Plugin {
             .and_then(|e| e.memory_mib)
             .map(|m| ((m as usize) << 20).min(limits.max_memory_override))
             .unwrap_or(limits.memory_bytes);
-        let deadline = entry.and_then(|e| e.deadline_ms).map(Duration::from_millis).map(|d| d.min(Duration::from_secs(10))).unwrap_or(limits.deadline);
+        let deadline = entry
+            .and_then(|e| e.deadline_ms)
+            .map(Duration::from_millis)
+            .map(|d| d.min(Duration::from_secs(10)))
+            .unwrap_or(limits.deadline);
         let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
         let mut plugin = Plugin {
             shared: shared.clone(),
@@ -210,7 +222,9 @@ impl Plugin {
                     let api = api.kaito_plugin_preset_api();
                     Ok((api.call_info(&mut *store)?, api.call_models(&mut *store)?))
                 })?;
-                validate::plugin_info(&info, limits).and_then(|_| validate::models(&models, limits)).map_err(|e| self.fault(Fault::InvalidOutput(e)))?;
+                validate::plugin_info(&info, limits)
+                    .and_then(|_| validate::models(&models, limits))
+                    .map_err(|e| self.fault(Fault::InvalidOutput(e)))?;
                 Ok(Metadata::Preset { info, models })
             }
             Pre::ProvisionerV0_1_0(pre) => {
@@ -340,7 +354,10 @@ impl Plugin {
     }
 
     fn wrong_kind(&self, want: PluginKind) -> CallError {
-        CallError::Quarantined { plugin: self.name().to_string(), reason: format!("is a {} plugin, not a {} plugin", self.kind.as_str(), want.as_str()) }
+        CallError::Quarantined {
+            plugin: self.name().to_string(),
+            reason: format!("is a {} plugin, not a {} plugin", self.kind.as_str(), want.as_str()),
+        }
     }
 
     fn typed_error(&self, error: PluginError) -> CallError {
@@ -350,12 +367,23 @@ impl Plugin {
         }
     }
 
+    /// Instantiate in a fresh store without calling an export (health checks, benchmarks).
+    pub fn instantiate_check(&self) -> Result<(), CallError> {
+        match &self.pre {
+            Pre::PresetV0_1_0(pre) => self.call(|store| pre.instantiate(&mut *store).map(drop)),
+            Pre::ProvisionerV0_1_0(pre) => self.call(|store| pre.instantiate(&mut *store).map(drop)),
+        }
+    }
+
     /// Ask a preset plugin to size and plan one model.
     pub fn plan(&self, request: &PlanRequest, shape: &GpuShape) -> Result<PresetPlan, CallError> {
         let Pre::PresetV0_1_0(pre) = &self.pre else { return Err(self.wrong_kind(PluginKind::Preset)) };
-        let answer = self.call(|store| pre.instantiate(&mut *store)?.kaito_plugin_preset_api().call_plan(&mut *store, request, shape))?;
+        let answer = self.call(|store| {
+            pre.instantiate(&mut *store)?.kaito_plugin_preset_api().call_plan(&mut *store, request, shape)
+        })?;
         let plan = answer.map_err(|e| self.typed_error(e))?;
-        validate::preset_plan(&plan, shape, &self.shared.limits, &self.shared.policy).map_err(|e| self.fault(Fault::InvalidOutput(e)))?;
+        validate::preset_plan(&plan, shape, &self.shared.limits, &self.shared.policy)
+            .map_err(|e| self.fault(Fault::InvalidOutput(e)))?;
         Ok(plan)
     }
 
@@ -363,16 +391,21 @@ impl Plugin {
     pub fn plan_nodes(&self, request: &NodeRequest) -> Result<NodePlan, CallError> {
         let Pre::ProvisionerV0_1_0(pre) = &self.pre else { return Err(self.wrong_kind(PluginKind::Provisioner)) };
         let mode = self.provisioner_info().map(|i| i.mode).ok_or_else(|| self.wrong_kind(PluginKind::Provisioner))?;
-        let answer = self.call(|store| pre.instantiate(&mut *store)?.kaito_plugin_provisioner_api().call_plan_nodes(&mut *store, request))?;
+        let answer = self.call(|store| {
+            pre.instantiate(&mut *store)?.kaito_plugin_provisioner_api().call_plan_nodes(&mut *store, request)
+        })?;
         let plan = answer.map_err(|e| self.typed_error(e))?;
-        validate::node_plan(&plan, request, mode, &self.shared.limits).map_err(|e| self.fault(Fault::InvalidOutput(e)))?;
+        validate::node_plan(&plan, request, mode, &self.shared.limits)
+            .map_err(|e| self.fault(Fault::InvalidOutput(e)))?;
         Ok(plan)
     }
 
     /// Ask a provisioner plugin to read a node's GPU shape from its labels.
     pub fn gpu_from_labels(&self, labels: &[KeyValue]) -> Result<NodeGpu, CallError> {
         let Pre::ProvisionerV0_1_0(pre) = &self.pre else { return Err(self.wrong_kind(PluginKind::Provisioner)) };
-        let answer = self.call(|store| pre.instantiate(&mut *store)?.kaito_plugin_provisioner_api().call_gpu_from_labels(&mut *store, labels))?;
+        let answer = self.call(|store| {
+            pre.instantiate(&mut *store)?.kaito_plugin_provisioner_api().call_gpu_from_labels(&mut *store, labels)
+        })?;
         let gpu = answer.map_err(|e| self.typed_error(e))?;
         validate::node_gpu(&gpu, &self.shared.limits).map_err(|e| self.fault(Fault::InvalidOutput(e)))?;
         Ok(gpu)

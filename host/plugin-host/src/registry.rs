@@ -101,7 +101,9 @@ pub fn nearest(query: &str, candidates: impl IntoIterator<Item = String>, n: usi
 }
 
 fn names_of(m: &ModelInfo) -> impl Iterator<Item = &str> {
-    std::iter::once(m.name.as_str()).chain(m.aliases.iter().map(String::as_str)).chain(std::iter::once(m.hf_id.as_str()))
+    std::iter::once(m.name.as_str())
+        .chain(m.aliases.iter().map(String::as_str))
+        .chain(std::iter::once(m.hf_id.as_str()))
 }
 
 impl Registry {
@@ -114,7 +116,12 @@ impl Registry {
         for model in plugin.models() {
             for name in names_of(model) {
                 if let Some((other, _)) = self.find_model_any(name) {
-                    tracing::warn!(model = name, first = other.name(), second = plugin.name(), "model provided twice; the first plugin wins");
+                    tracing::warn!(
+                        model = name,
+                        first = other.name(),
+                        second = plugin.name(),
+                        "model provided twice; the first plugin wins"
+                    );
                 }
             }
         }
@@ -128,22 +135,32 @@ impl Registry {
 
     fn find_model_any(&self, query: &str) -> Option<(&Arc<Plugin>, &ModelInfo)> {
         let q = query.trim().to_lowercase();
-        self.of_kind(PluginKind::Preset).find_map(|p| p.models().iter().find(|m| names_of(m).any(|n| n.to_lowercase() == q)).map(|m| (p, m)))
+        self.of_kind(PluginKind::Preset)
+            .find_map(|p| p.models().iter().find(|m| names_of(m).any(|n| n.to_lowercase() == q)).map(|m| (p, m)))
     }
 
     /// Every model name and alias offered, for suggestions.
     pub fn model_names(&self) -> Vec<String> {
-        self.of_kind(PluginKind::Preset).flat_map(|p| p.models().iter().flat_map(|m| names_of(m).map(str::to_string).collect::<Vec<_>>())).collect()
+        self.of_kind(PluginKind::Preset)
+            .flat_map(|p| p.models().iter().flat_map(|m| names_of(m).map(str::to_string).collect::<Vec<_>>()))
+            .collect()
     }
 
     /// The preset plugin and model a Workspace's `inference.preset.name` names.
     pub fn find_model(&self, query: &str) -> Result<(Arc<Plugin>, ModelInfo), ResolveError> {
         match self.find_model_any(query) {
             Some((p, m)) => match p.quarantined() {
-                Some(reason) => Err(ResolveError::Quarantined { plugin: p.name().into(), what: format!("model {}", m.name), reason }),
+                Some(reason) => Err(ResolveError::Quarantined {
+                    plugin: p.name().into(),
+                    what: format!("model {}", m.name),
+                    reason,
+                }),
                 None => Ok((p.clone(), m.clone())),
             },
-            None => Err(ResolveError::UnknownModel { query: query.to_string(), nearest: nearest(query, self.model_names(), 3) }),
+            None => Err(ResolveError::UnknownModel {
+                query: query.to_string(),
+                nearest: nearest(query, self.model_names(), 3),
+            }),
         }
     }
 
@@ -152,7 +169,9 @@ impl Registry {
         let found = self.of_kind(PluginKind::Provisioner).find(|p| p.name() == name);
         match found {
             Some(p) => match p.quarantined() {
-                Some(reason) => Err(ResolveError::Quarantined { plugin: p.name().into(), what: "node provisioning".into(), reason }),
+                Some(reason) => {
+                    Err(ResolveError::Quarantined { plugin: p.name().into(), what: "node provisioning".into(), reason })
+                }
                 None => Ok(p.clone()),
             },
             None => Err(ResolveError::UnknownProvisioner {

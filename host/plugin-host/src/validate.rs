@@ -13,11 +13,15 @@ fn ensure(ok: bool, msg: impl FnOnce() -> String) -> Check {
 }
 
 fn bounded(field: &str, s: &str, limits: &Limits) -> Check {
-    ensure(s.len() <= limits.max_string_bytes, || format!("{field} is {} bytes, over the {} byte limit", s.len(), limits.max_string_bytes))
+    ensure(s.len() <= limits.max_string_bytes, || {
+        format!("{field} is {} bytes, over the {} byte limit", s.len(), limits.max_string_bytes)
+    })
 }
 
 fn list<T>(field: &str, items: &[T], limits: &Limits) -> Check {
-    ensure(items.len() <= limits.max_list_len, || format!("{field} has {} entries, over the {} entry limit", items.len(), limits.max_list_len))
+    ensure(items.len() <= limits.max_list_len, || {
+        format!("{field} has {} entries, over the {} entry limit", items.len(), limits.max_list_len)
+    })
 }
 
 fn nonempty(field: &str, s: &str, limits: &Limits) -> Check {
@@ -26,12 +30,16 @@ fn nonempty(field: &str, s: &str, limits: &Limits) -> Check {
 }
 
 fn alnum_edges(s: &str) -> bool {
-    s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+    s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
 /// RFC 1123 label: lowercase alphanumerics and '-', at most 63.
 pub fn dns_label(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 63 && alnum_edges(s) && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    !s.is_empty()
+        && s.len() <= 63
+        && alnum_edges(s)
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// RFC 1123 subdomain: dot-separated labels, at most 253.
@@ -40,7 +48,10 @@ pub fn dns_subdomain(s: &str) -> bool {
 }
 
 fn label_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 63 && alnum_edges(s) && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !s.is_empty()
+        && s.len() <= 63
+        && alnum_edges(s)
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Kubernetes label key: optional DNS-subdomain prefix and a name of at most 63.
@@ -107,10 +118,18 @@ fn port_name(s: &str) -> bool {
 
 /// Downward-API field paths a workload may read.
 fn field_path(s: &str) -> bool {
-    matches!(s, "metadata.name" | "metadata.namespace" | "metadata.uid" | "spec.nodeName" | "spec.serviceAccountName" | "status.hostIP" | "status.podIP")
-        || ["metadata.labels['", "metadata.annotations['"]
-            .iter()
-            .any(|p| s.strip_prefix(p).and_then(|r| r.strip_suffix("']")).is_some_and(label_key))
+    matches!(
+        s,
+        "metadata.name"
+            | "metadata.namespace"
+            | "metadata.uid"
+            | "spec.nodeName"
+            | "spec.serviceAccountName"
+            | "status.hostIP"
+            | "status.podIP"
+    ) || ["metadata.labels['", "metadata.annotations['"]
+        .iter()
+        .any(|p| s.strip_prefix(p).and_then(|r| r.strip_suffix("']")).is_some_and(label_key))
 }
 
 /// `plugin-info` from any plugin.
@@ -121,11 +140,15 @@ pub fn plugin_info(info: &PluginInfo, limits: &Limits) -> Check {
 }
 
 fn model_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'))
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'))
 }
 
 fn hf_id(s: &str) -> bool {
-    let ok = |p: &str| !p.is_empty() && p.len() <= 96 && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    let ok = |p: &str| {
+        !p.is_empty() && p.len() <= 96 && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    };
     matches!(s.split_once('/'), Some((org, name)) if ok(org) && ok(name))
 }
 
@@ -135,11 +158,15 @@ pub const RUNTIMES: &[&str] = &["tch", "vllm", "transformers"];
 /// A preset's model list.
 pub fn models(models: &[ModelInfo], limits: &Limits) -> Check {
     ensure(!models.is_empty(), || "models() returned no models".into())?;
-    ensure(models.len() <= limits.max_models, || format!("models() returned {} models, over the {} limit", models.len(), limits.max_models))?;
+    ensure(models.len() <= limits.max_models, || {
+        format!("models() returned {} models, over the {} limit", models.len(), limits.max_models)
+    })?;
     let mut seen = HashSet::new();
     for (i, m) in models.iter().enumerate() {
         let f = |x: &str| format!("models[{i}].{x}");
-        ensure(model_name(&m.name), || format!("{} {:?} must be lowercase letters, digits, '-', '.', '_'", f("name"), m.name))?;
+        ensure(model_name(&m.name), || {
+            format!("{} {:?} must be lowercase letters, digits, '-', '.', '_'", f("name"), m.name)
+        })?;
         list(&f("aliases"), &m.aliases, limits)?;
         for a in &m.aliases {
             ensure(model_name(a), || format!("{} {a:?} must be lowercase", f("aliases")))?;
@@ -149,7 +176,9 @@ pub fn models(models: &[ModelInfo], limits: &Limits) -> Check {
             ensure(seen.insert(n.to_lowercase()), || format!("{}: name {n:?} is declared twice", f("name")))?;
         }
         nonempty(&f("family"), &m.family, limits)?;
-        ensure(!m.architecture.is_empty() && m.architecture.chars().all(|c| c.is_ascii_alphanumeric()), || format!("{} {:?} must be alphanumeric", f("architecture"), m.architecture))?;
+        ensure(!m.architecture.is_empty() && m.architecture.chars().all(|c| c.is_ascii_alphanumeric()), || {
+            format!("{} {:?} must be alphanumeric", f("architecture"), m.architecture)
+        })?;
         ensure(m.weights_bytes > 0, || format!("{} must be positive", f("weights-bytes")))?;
         ensure(m.disk_bytes >= m.weights_bytes, || format!("{} is smaller than the weights", f("disk-bytes")))?;
         ensure(m.context_length > 0, || format!("{} must be positive", f("context-length")))?;
@@ -157,9 +186,15 @@ pub fn models(models: &[ModelInfo], limits: &Limits) -> Check {
         nonempty(&f("license"), &m.license, limits)?;
         ensure(!m.runtimes.is_empty(), || format!("{} is empty", f("runtimes")))?;
         for r in &m.runtimes {
-            ensure(RUNTIMES.contains(&r.as_str()), || format!("{} has unknown runtime {r:?} (known: {})", f("runtimes"), RUNTIMES.join(", ")))?;
+            ensure(RUNTIMES.contains(&r.as_str()), || {
+                format!("{} has unknown runtime {r:?} (known: {})", f("runtimes"), RUNTIMES.join(", "))
+            })?;
         }
-        for (name, v) in [("chat-template", &m.chat_template), ("tool-call-parser", &m.tool_call_parser), ("reasoning-parser", &m.reasoning_parser)] {
+        for (name, v) in [
+            ("chat-template", &m.chat_template),
+            ("tool-call-parser", &m.tool_call_parser),
+            ("reasoning-parser", &m.reasoning_parser),
+        ] {
             if let Some(v) = v {
                 nonempty(&f(name), v, limits)?;
             }
@@ -170,13 +205,21 @@ pub fn models(models: &[ModelInfo], limits: &Limits) -> Check {
 
 /// A provisioner's instance-type table.
 pub fn instance_types(types: &[InstanceType], limits: &Limits) -> Check {
-    ensure(types.len() <= limits.max_models, || format!("instance-types() returned {} entries, over the limit", types.len()))?;
+    ensure(types.len() <= limits.max_models, || {
+        format!("instance-types() returned {} entries, over the limit", types.len())
+    })?;
     let mut seen = HashSet::new();
     for (i, t) in types.iter().enumerate() {
-        ensure(!t.name.is_empty() && t.name.len() <= 253 && label_value(&t.name), || format!("instance-types[{i}].name {:?} is not a valid label value", t.name))?;
-        ensure(seen.insert(t.name.to_lowercase()), || format!("instance-types[{i}].name {} is declared twice", t.name))?;
+        ensure(!t.name.is_empty() && t.name.len() <= 253 && label_value(&t.name), || {
+            format!("instance-types[{i}].name {:?} is not a valid label value", t.name)
+        })?;
+        ensure(seen.insert(t.name.to_lowercase()), || {
+            format!("instance-types[{i}].name {} is declared twice", t.name)
+        })?;
         nonempty(&format!("instance-types[{i}].gpu-model"), &t.gpu_model, limits)?;
-        ensure(t.gpu_count > 0 && t.gpu_count <= 64, || format!("instance-types[{i}].gpu-count {} is outside 1..=64", t.gpu_count))?;
+        ensure(t.gpu_count > 0 && t.gpu_count <= 64, || {
+            format!("instance-types[{i}].gpu-count {} is outside 1..=64", t.gpu_count)
+        })?;
         ensure(t.node_gpu_memory_bytes > 0, || format!("instance-types[{i}].node-gpu-memory-bytes must be positive"))?;
     }
     Ok(())
@@ -196,7 +239,9 @@ pub fn plugin_error(e: &PluginError, limits: &Limits) -> Check {
 pub fn node_gpu(g: &NodeGpu, limits: &Limits) -> Check {
     nonempty("node-gpu.gpu-model", &g.gpu_model, limits)?;
     ensure(g.gpu_count > 0 && g.gpu_count <= 64, || format!("node-gpu.gpu-count {} is outside 1..=64", g.gpu_count))?;
-    ensure(g.gpu_memory_bytes > 0 && g.gpu_memory_bytes <= 1 << 40, || format!("node-gpu.gpu-memory-bytes {} is outside 1 byte..=1 TiB", g.gpu_memory_bytes))
+    ensure(g.gpu_memory_bytes > 0 && g.gpu_memory_bytes <= 1 << 40, || {
+        format!("node-gpu.gpu-memory-bytes {} is outside 1 byte..=1 TiB", g.gpu_memory_bytes)
+    })
 }
 
 fn probe(field: &str, p: &Probe, limits: &Limits) -> Check {
@@ -215,28 +260,46 @@ fn probe(field: &str, p: &Probe, limits: &Limits) -> Check {
         }
         ProbeAction::TcpSocket(port) => ensure(*port > 0, || format!("{field}.tcp-socket must be a positive port"))?,
     }
-    ensure(p.period_seconds >= 1 && p.timeout_seconds >= 1 && p.failure_threshold >= 1, || format!("{field}: period, timeout and failure threshold must be at least 1"))?;
-    ensure(p.initial_delay_seconds <= 86_400 && p.period_seconds <= 3600 && p.failure_threshold <= 100_000, || format!("{field}: timings are out of range"))
+    ensure(p.period_seconds >= 1 && p.timeout_seconds >= 1 && p.failure_threshold >= 1, || {
+        format!("{field}: period, timeout and failure threshold must be at least 1")
+    })?;
+    ensure(p.initial_delay_seconds <= 86_400 && p.period_seconds <= 3600 && p.failure_threshold <= 100_000, || {
+        format!("{field}: timings are out of range")
+    })
 }
 
 /// A preset's plan, checked against the shape it was asked about and the host policy.
 pub fn preset_plan(plan: &PresetPlan, shape: &GpuShape, limits: &Limits, policy: &Policy) -> Check {
-    ensure(RUNTIMES.contains(&plan.runtime.as_str()), || format!("runtime {:?} is not one of {}", plan.runtime, RUNTIMES.join(", ")))?;
+    ensure(RUNTIMES.contains(&plan.runtime.as_str()), || {
+        format!("runtime {:?} is not one of {}", plan.runtime, RUNTIMES.join(", "))
+    })?;
     list("notes", &plan.notes, limits)?;
     for n in &plan.notes {
         bounded("notes[]", n, limits)?;
     }
     let r = &plan.resources;
-    ensure(r.node_count >= 1 && r.node_count <= shape.max_nodes, || format!("resources.node-count {} is outside 1..={}", r.node_count, shape.max_nodes))?;
-    ensure(r.gpus_per_node <= shape.gpus_per_node, || format!("resources.gpus-per-node {} exceeds the {} GPUs per node", r.gpus_per_node, shape.gpus_per_node))?;
+    ensure(r.node_count >= 1 && r.node_count <= shape.max_nodes, || {
+        format!("resources.node-count {} is outside 1..={}", r.node_count, shape.max_nodes)
+    })?;
+    ensure(r.gpus_per_node <= shape.gpus_per_node, || {
+        format!("resources.gpus-per-node {} exceeds the {} GPUs per node", r.gpus_per_node, shape.gpus_per_node)
+    })?;
     let p = &r.parallelism;
-    ensure(p.tensor >= 1 && p.pipeline >= 1 && p.data >= 1 && p.tensor <= 64 && p.pipeline <= 64 && p.data <= 64, || "resources.parallelism sizes must be within 1..=64".into())?;
+    ensure(
+        p.tensor >= 1 && p.pipeline >= 1 && p.data >= 1 && p.tensor <= 64 && p.pipeline <= 64 && p.data <= 64,
+        || "resources.parallelism sizes must be within 1..=64".into(),
+    )?;
     ensure(r.disk_bytes <= 64 << 40, || format!("resources.disk-bytes {} is over 64 TiB", r.disk_bytes))?;
 
     let w = &plan.workload;
     // The sandbox policy: none of these may reach a Kubernetes object.
     ensure(!w.privileged, || "workload.privileged: privileged containers are never allowed".into())?;
-    ensure(w.add_capabilities.is_empty(), || format!("workload.add-capabilities: adding Linux capabilities ({}) is never allowed", w.add_capabilities.join(", ")))?;
+    ensure(w.add_capabilities.is_empty(), || {
+        format!(
+            "workload.add-capabilities: adding Linux capabilities ({}) is never allowed",
+            w.add_capabilities.join(", ")
+        )
+    })?;
     ensure(!w.host_network, || "workload.host-network: host networking is never allowed".into())?;
     ensure(!w.host_pid, || "workload.host-pid: sharing the host PID namespace is never allowed".into())?;
     ensure(!w.host_ipc, || "workload.host-ipc: sharing the host IPC namespace is never allowed".into())?;
@@ -256,23 +319,37 @@ pub fn preset_plan(plan: &PresetPlan, shape: &GpuShape, limits: &Limits, policy:
         match &e.value {
             EnvSource::Literal(v) => bounded(&format!("workload.env[{}]", e.name), v, limits)?,
             EnvSource::SecretKey(s) => {
-                ensure(dns_subdomain(&s.name), || format!("workload.env[{}]: secret name {:?} is invalid", e.name, s.name))?;
+                ensure(dns_subdomain(&s.name), || {
+                    format!("workload.env[{}]: secret name {:?} is invalid", e.name, s.name)
+                })?;
                 ensure(env_name(&s.key), || format!("workload.env[{}]: secret key {:?} is invalid", e.name, s.key))?;
             }
-            EnvSource::FieldPath(p) => ensure(field_path(p), || format!("workload.env[{}]: field path {p:?} is not one a workload may read", e.name))?,
+            EnvSource::FieldPath(p) => ensure(field_path(p), || {
+                format!("workload.env[{}]: field path {p:?} is not one a workload may read", e.name)
+            })?,
         }
     }
     list("workload.ports", &w.ports, limits)?;
     let (mut names, mut cports, mut sports) = (HashSet::new(), HashSet::new(), HashSet::new());
     for p in &w.ports {
-        ensure(port_name(&p.name), || format!("workload.ports: {:?} is not a valid port name (<= 15 lowercase chars)", p.name))?;
+        ensure(port_name(&p.name), || {
+            format!("workload.ports: {:?} is not a valid port name (<= 15 lowercase chars)", p.name)
+        })?;
         ensure(names.insert(&p.name), || format!("workload.ports: name {} is used twice", p.name))?;
-        ensure(p.container_port > 0 && cports.insert(p.container_port), || format!("workload.ports[{}]: container port {} is zero or used twice", p.name, p.container_port))?;
+        ensure(p.container_port > 0 && cports.insert(p.container_port), || {
+            format!("workload.ports[{}]: container port {} is zero or used twice", p.name, p.container_port)
+        })?;
         if let Some(sp) = p.service_port {
-            ensure(sp > 0 && sports.insert(sp), || format!("workload.ports[{}]: service port {sp} is zero or used twice", p.name))?;
+            ensure(sp > 0 && sports.insert(sp), || {
+                format!("workload.ports[{}]: service port {sp} is zero or used twice", p.name)
+            })?;
         }
     }
-    for (name, pr) in [("startup-probe", &w.startup_probe), ("readiness-probe", &w.readiness_probe), ("liveness-probe", &w.liveness_probe)] {
+    for (name, pr) in [
+        ("startup-probe", &w.startup_probe),
+        ("readiness-probe", &w.readiness_probe),
+        ("liveness-probe", &w.liveness_probe),
+    ] {
         if let Some(pr) = pr {
             probe(&format!("workload.{name}"), pr, limits)?;
         }
@@ -283,15 +360,28 @@ pub fn preset_plan(plan: &PresetPlan, shape: &GpuShape, limits: &Limits, policy:
         let f = format!("workload.volumes[{}]", v.name);
         ensure(dns_label(&v.name), || format!("workload.volumes: {:?} is not a valid volume name", v.name))?;
         ensure(vnames.insert(&v.name), || format!("{f}: name used twice"))?;
-        ensure(abs_path(&v.mount_path) && v.mount_path != "/", || format!("{f}.mount-path {:?} must be an absolute path other than / without ..", v.mount_path))?;
+        ensure(abs_path(&v.mount_path) && v.mount_path != "/", || {
+            format!("{f}.mount-path {:?} must be an absolute path other than / without ..", v.mount_path)
+        })?;
         ensure(mounts.insert(&v.mount_path), || format!("{f}.mount-path {} is used twice", v.mount_path))?;
         match &v.source {
             VolumeSource::HostPath(p) => ensure(policy.allows_host_path(p), || {
-                format!("{f}: hostPath {p:?} is not allowed by the host policy (allowed: {})", if policy.allowed_host_paths.is_empty() { "none".into() } else { policy.allowed_host_paths.join(", ") })
+                format!(
+                    "{f}: hostPath {p:?} is not allowed by the host policy (allowed: {})",
+                    if policy.allowed_host_paths.is_empty() {
+                        "none".into()
+                    } else {
+                        policy.allowed_host_paths.join(", ")
+                    }
+                )
             })?,
-            VolumeSource::ConfigMap(n) | VolumeSource::Secret(n) => ensure(dns_subdomain(n), || format!("{f}: {n:?} is not a valid object name"))?,
+            VolumeSource::ConfigMap(n) | VolumeSource::Secret(n) => {
+                ensure(dns_subdomain(n), || format!("{f}: {n:?} is not a valid object name"))?
+            }
             VolumeSource::Persistent(c) => {
-                ensure(c.size_bytes > 0 && c.size_bytes <= 64 << 40, || format!("{f}: claim size {} is outside 1 byte..=64 TiB", c.size_bytes))?;
+                ensure(c.size_bytes > 0 && c.size_bytes <= 64 << 40, || {
+                    format!("{f}: claim size {} is outside 1 byte..=64 TiB", c.size_bytes)
+                })?;
                 if let Some(sc) = &c.storage_class {
                     ensure(dns_subdomain(sc), || format!("{f}: storage class {sc:?} is invalid"))?;
                 }
@@ -299,10 +389,14 @@ pub fn preset_plan(plan: &PresetPlan, shape: &GpuShape, limits: &Limits, policy:
             VolumeSource::EmptyDir(_) | VolumeSource::Memory(_) => {}
         }
     }
-    ensure(w.gpus_per_pod <= shape.gpus_per_node, || format!("workload.gpus-per-pod {} exceeds the {} GPUs per node", w.gpus_per_pod, shape.gpus_per_node))?;
+    ensure(w.gpus_per_pod <= shape.gpus_per_node, || {
+        format!("workload.gpus-per-pod {} exceeds the {} GPUs per node", w.gpus_per_pod, shape.gpus_per_node)
+    })?;
     labels("workload.labels", &w.labels, limits)?;
     for kv in &w.labels {
-        ensure(!kv.key.starts_with("kaito.sh/") && !kv.key.starts_with("statefulset.kubernetes.io/"), || format!("workload.labels: {} is reserved for the host", kv.key))?;
+        ensure(!kv.key.starts_with("kaito.sh/") && !kv.key.starts_with("statefulset.kubernetes.io/"), || {
+            format!("workload.labels: {} is reserved for the host", kv.key)
+        })?;
     }
     Ok(())
 }
@@ -314,7 +408,13 @@ pub fn node_plan(plan: &NodePlan, request: &NodeRequest, mode: ProvisionerMode, 
         ProvisionerMode::NodePool => (Some(NodeObjectKind::NodePool), 1),
         ProvisionerMode::BringYourOwn => (None, 0),
     };
-    ensure(plan.objects.len() == want_count, || format!("objects: {} planned for {} node(s), expected {want_count} for a {mode:?} provisioner", plan.objects.len(), request.node_count))?;
+    ensure(plan.objects.len() == want_count, || {
+        format!(
+            "objects: {} planned for {} node(s), expected {want_count} for a {mode:?} provisioner",
+            plan.objects.len(),
+            request.node_count
+        )
+    })?;
     labels("pod-node-labels", &plan.pod_node_labels, limits)?;
     let mut seen = HashSet::new();
     for (i, o) in plan.objects.iter().enumerate() {
@@ -326,7 +426,9 @@ pub fn node_plan(plan: &NodePlan, request: &NodeRequest, mode: ProvisionerMode, 
         annotations(&format!("{f}.annotations"), &o.annotations, limits)?;
         list(&format!("{f}.taints"), &o.taints, limits)?;
         for t in &o.taints {
-            ensure(label_key(&t.key) && label_value(&t.value), || format!("{f}.taints: {}={} is not a valid taint", t.key, t.value))?;
+            ensure(label_key(&t.key) && label_value(&t.value), || {
+                format!("{f}.taints: {}={} is not a valid taint", t.key, t.value)
+            })?;
         }
         list(&format!("{f}.requirements"), &o.requirements, limits)?;
         for r in &o.requirements {
@@ -334,20 +436,30 @@ pub fn node_plan(plan: &NodePlan, request: &NodeRequest, mode: ProvisionerMode, 
             list(&format!("{f}.requirements[{}].values", r.key), &r.values, limits)?;
             let n = r.values.len();
             let ok = match r.operator {
-                RequirementOperator::IsIn | RequirementOperator::NotIn => n >= 1 && r.values.iter().all(|v| label_value(v)),
+                RequirementOperator::IsIn | RequirementOperator::NotIn => {
+                    n >= 1 && r.values.iter().all(|v| label_value(v))
+                }
                 RequirementOperator::Exists | RequirementOperator::DoesNotExist => n == 0,
                 RequirementOperator::Gt | RequirementOperator::Lt => n == 1 && r.values[0].parse::<i64>().is_ok(),
             };
-            ensure(ok, || format!("{f}.requirements[{}]: values {:?} do not suit operator {:?}", r.key, r.values, r.operator))?;
+            ensure(ok, || {
+                format!("{f}.requirements[{}]: values {:?} do not suit operator {:?}", r.key, r.values, r.operator)
+            })?;
         }
         if let Some(c) = &o.node_class_ref {
-            ensure(dns_subdomain(&c.group) && !c.kind.is_empty() && c.kind.chars().all(|ch| ch.is_ascii_alphanumeric()) && dns_subdomain(&c.name), || format!("{f}.node-class-ref {}/{}/{} is invalid", c.group, c.kind, c.name))?;
+            ensure(
+                dns_subdomain(&c.group)
+                    && !c.kind.is_empty()
+                    && c.kind.chars().all(|ch| ch.is_ascii_alphanumeric())
+                    && dns_subdomain(&c.name),
+                || format!("{f}.node-class-ref {}/{}/{} is invalid", c.group, c.kind, c.name),
+            )?;
         }
         if let Some(s) = o.storage_bytes {
             ensure(s > 0 && s <= 64 << 40, || format!("{f}.storage-bytes {s} is outside 1 byte..=64 TiB"))?;
         }
         if let Some(n) = o.node_limit {
-            ensure(n >= 1 && n <= 1000, || format!("{f}.node-limit {n} is outside 1..=1000"))?;
+            ensure((1..=1000).contains(&n), || format!("{f}.node-limit {n} is outside 1..=1000"))?;
         }
     }
     Ok(())

@@ -44,9 +44,7 @@ pub mod latest {
         PresetPlan, Probe, ProbeAction, ResourcePlan, SecretKeyRef, Volume, VolumeSource, WorkloadPlan,
     };
     pub use super::v0_1_0::preset::kaito::plugin::log::Level;
-    pub use super::v0_1_0::preset::kaito::plugin::types::{
-        ErrorKind, GpuShape, KeyValue, PluginError, PluginInfo,
-    };
+    pub use super::v0_1_0::preset::kaito::plugin::types::{ErrorKind, GpuShape, KeyValue, PluginError, PluginInfo};
     pub use super::v0_1_0::provisioner::exports::kaito::plugin::provisioner_api::{
         InstanceType, NodeClassRef, NodeGpu, NodeObject, NodeObjectKind, NodePlan, NodeRequest, ProvisionerInfo,
         ProvisionerMode, Requirement, RequirementOperator, Taint, TaintEffect,

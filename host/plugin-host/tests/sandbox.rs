@@ -12,7 +12,11 @@ fn root() -> PathBuf {
 
 fn dir(rel: &str) -> PathBuf {
     let d = root().join(rel);
-    assert!(d.join(".").is_dir() && std::fs::read_dir(&d).unwrap().next().is_some(), "{} is empty: run `cargo xtask plugins` first", d.display());
+    assert!(
+        d.join(".").is_dir() && std::fs::read_dir(&d).unwrap().next().is_some(),
+        "{} is empty: run `cargo xtask plugins` first",
+        d.display()
+    );
     d
 }
 

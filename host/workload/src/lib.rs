@@ -10,13 +10,13 @@ mod nodes;
 mod objects;
 
 pub use nodes::{node_is_ready, parse_nodes};
-pub use objects::{quantity, Objects};
+pub use objects::{Objects, quantity};
 
 use k8s_openapi::api::core::v1::Node;
-use kaito_crd::{FieldError, Workspace, RUNTIME_ANNOTATION};
+use kaito_crd::{FieldError, RUNTIME_ANNOTATION, Workspace};
 use kaito_plugin_host::{
-    describe, Adapter, CallError, GpuShape, KeyValue, NodePlan, NodeRequest, PlanRequest, Plugin, PresetPlan, ProvisionerMode, Registry,
-    ResolveError,
+    Adapter, CallError, GpuShape, KeyValue, NodePlan, NodeRequest, PlanRequest, Plugin, PresetPlan, ProvisionerMode,
+    Registry, ResolveError, describe,
 };
 use std::sync::Arc;
 
@@ -42,7 +42,12 @@ pub struct RenderOptions {
 
 impl Default for RenderOptions {
     fn default() -> Self {
-        RenderOptions { provisioner: None, nodes: None, image_registry: DEFAULT_IMAGE_REGISTRY.into(), max_nodes: DEFAULT_MAX_NODES }
+        RenderOptions {
+            provisioner: None,
+            nodes: None,
+            image_registry: DEFAULT_IMAGE_REGISTRY.into(),
+            max_nodes: DEFAULT_MAX_NODES,
+        }
     }
 }
 
@@ -85,14 +90,22 @@ fn kvs<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>) -> Vec<Key
 }
 
 fn provisioner_for(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Result<Arc<Plugin>, RenderError> {
-    let name = opts.provisioner.clone().unwrap_or_else(|| if opts.nodes.is_some() { BYO_PROVISIONER.into() } else { DEFAULT_PROVISIONER.into() });
+    let name = opts
+        .provisioner
+        .clone()
+        .unwrap_or_else(|| if opts.nodes.is_some() { BYO_PROVISIONER.into() } else { DEFAULT_PROVISIONER.into() });
     let _ = ws;
     Ok(registry.provisioner(&name)?)
 }
 
 /// GPU shape for the Workspace: from the provisioner's instance-type table,
 /// or from the labels of the existing nodes it selects.
-fn gpu_shape(provisioner: &Plugin, mode: ProvisionerMode, ws: &Workspace, opts: &RenderOptions) -> Result<GpuShape, RenderError> {
+fn gpu_shape(
+    provisioner: &Plugin,
+    mode: ProvisionerMode,
+    ws: &Workspace,
+    opts: &RenderOptions,
+) -> Result<GpuShape, RenderError> {
     if mode == ProvisionerMode::BringYourOwn {
         return nodes::byo_shape(provisioner, ws, opts.nodes.as_deref().unwrap_or_default());
     }
@@ -104,9 +117,12 @@ fn gpu_shape(provisioner: &Plugin, mode: ProvisionerMode, ws: &Workspace, opts: 
     })?;
     let Some(t) = provisioner.instance_type(wanted) else {
         let close = kaito_plugin_host::nearest(wanted, provisioner.instance_types().iter().map(|t| t.name.clone()), 3);
-        return Err(FieldError::new("resource.instanceType", format!("{wanted:?} is not an instance type the {} plugin knows", provisioner.name()))
-            .hint(format!("closest: {}", close.join(", ")))
-            .into());
+        return Err(FieldError::new(
+            "resource.instanceType",
+            format!("{wanted:?} is not an instance type the {} plugin knows", provisioner.name()),
+        )
+        .hint(format!("closest: {}", close.join(", ")))
+        .into());
     };
     Ok(GpuShape {
         gpu_model: t.gpu_model.clone(),
@@ -134,7 +150,10 @@ pub fn plan_request(ws: &Workspace, model: &str, image_registry: &str) -> PlanRe
         namespace: ws.namespace().into(),
         model: model.into(),
         runtime: ws.annotation(RUNTIME_ANNOTATION).map(str::to_string),
-        model_access_secret: ws.preset().and_then(|p| p.preset_options.as_ref()).and_then(|o| o.model_access_secret.clone()),
+        model_access_secret: ws
+            .preset()
+            .and_then(|p| p.preset_options.as_ref())
+            .and_then(|o| o.model_access_secret.clone()),
         adapters,
         max_model_len: None,
         min_nodes: ws.resource.count.unwrap_or(1).max(1) as u32,

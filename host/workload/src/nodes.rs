@@ -9,7 +9,8 @@ use kaito_plugin_host::{GpuShape, Plugin};
 pub fn parse_nodes(text: &str) -> Result<Vec<Node>, FieldError> {
     let mut nodes = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let yaml: serde_yaml::Value = serde::Deserialize::deserialize(doc).map_err(|e| FieldError::new(format!("document {i}"), format!("not valid YAML: {e}")))?;
+        let yaml: serde_yaml::Value = serde::Deserialize::deserialize(doc)
+            .map_err(|e| FieldError::new(format!("document {i}"), format!("not valid YAML: {e}")))?;
         let value = serde_json::to_value(yaml).map_err(|e| FieldError::new(format!("document {i}"), e.to_string()))?;
         if value.is_null() {
             continue;
@@ -17,10 +18,16 @@ pub fn parse_nodes(text: &str) -> Result<Vec<Node>, FieldError> {
         let items = match value.get("kind").and_then(|k| k.as_str()) {
             Some("Node") => vec![value],
             Some("List" | "NodeList") => value.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default(),
-            other => return Err(FieldError::new(format!("document {i}.kind"), format!("expected Node, List or NodeList, found {other:?}"))),
+            other => {
+                return Err(FieldError::new(
+                    format!("document {i}.kind"),
+                    format!("expected Node, List or NodeList, found {other:?}"),
+                ));
+            }
         };
         for item in items {
-            let node: Node = serde_json::from_value(item).map_err(|e| FieldError::new(format!("document {i}"), format!("not a valid Node: {e}")))?;
+            let node: Node = serde_json::from_value(item)
+                .map_err(|e| FieldError::new(format!("document {i}"), format!("not a valid Node: {e}")))?;
             nodes.push(node);
         }
     }
@@ -29,7 +36,10 @@ pub fn parse_nodes(text: &str) -> Result<Vec<Node>, FieldError> {
 
 /// Whether a node reports condition Ready=True.
 pub fn node_is_ready(node: &Node) -> bool {
-    node.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// GPU shape of the Ready nodes a BYO Workspace selects; all must agree.
@@ -50,7 +60,11 @@ pub(crate) fn byo_shape(provisioner: &Plugin, ws: &Workspace, nodes: &[Node]) ->
     let Some(first) = matching.first() else {
         return Err(FieldError::new(
             "resource.labelSelector.matchLabels",
-            format!("no Ready node matches {} ({} node(s) given, {selected} match, {ready} of them Ready)", shown.join(","), nodes.len()),
+            format!(
+                "no Ready node matches {} ({} node(s) given, {selected} match, {ready} of them Ready)",
+                shown.join(","),
+                nodes.len()
+            ),
         )
         .hint("label your GPU nodes with these labels, or change matchLabels")
         .into());
@@ -79,5 +93,11 @@ pub(crate) fn byo_shape(provisioner: &Plugin, ws: &Workspace, nodes: &[Node]) ->
             .into());
         }
     }
-    Ok(GpuShape { gpu_model: gpu.gpu_model, gpus_per_node: gpu.gpu_count, gpu_memory_bytes: gpu.gpu_memory_bytes, max_nodes: matching.len() as u32, nvme: false })
+    Ok(GpuShape {
+        gpu_model: gpu.gpu_model,
+        gpus_per_node: gpu.gpu_count,
+        gpu_memory_bytes: gpu.gpu_memory_bytes,
+        max_nodes: matching.len() as u32,
+        nvme: false,
+    })
 }

@@ -3,17 +3,18 @@
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar as K8sEnvVar, EnvVarSource,
-    ExecAction, HTTPGetAction, HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe as K8sProbe,
-    ResourceRequirements, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    TCPSocketAction, Toleration, Volume as K8sVolume, VolumeMount, VolumeResourceRequirements,
+    ExecAction, HTTPGetAction, HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec,
+    Probe as K8sProbe, ResourceRequirements, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, TCPSocketAction, Toleration, Volume as K8sVolume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kaito_crd::{FieldError, Workspace, RUNTIME_ANNOTATION, V1BETA1, WORKSPACE_LABEL};
+use kaito_crd::{FieldError, RUNTIME_ANNOTATION, V1BETA1, WORKSPACE_LABEL, Workspace};
 use kaito_plugin_host::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 const GIB: u64 = 1 << 30;
@@ -50,14 +51,26 @@ impl Objects {
         docs
     }
 
-    pub(crate) fn for_preset(ws: &Workspace, model: &ModelInfo, plugin: &Plugin, plan: &PresetPlan, node_plan: &NodePlan) -> Objects {
+    pub(crate) fn for_preset(
+        ws: &Workspace,
+        model: &ModelInfo,
+        plugin: &Plugin,
+        plan: &PresetPlan,
+        node_plan: &NodePlan,
+    ) -> Objects {
         let w = &plan.workload;
         let mut annotations = BTreeMap::from([
             (RUNTIME_ANNOTATION.to_string(), plan.runtime.clone()),
             ("kaito.sh/preset".to_string(), model.name.clone()),
             ("kaito.sh/preset-plugin".to_string(), plugin.name().to_string()),
         ]);
-        annotations.insert("kaito.sh/parallelism".into(), format!("tp={},pp={},dp={}", plan.resources.parallelism.tensor, plan.resources.parallelism.pipeline, plan.resources.parallelism.data));
+        annotations.insert(
+            "kaito.sh/parallelism".into(),
+            format!(
+                "tp={},pp={},dp={}",
+                plan.resources.parallelism.tensor, plan.resources.parallelism.pipeline, plan.resources.parallelism.data
+            ),
+        );
         let gpus = BTreeMap::from([(GPU_RESOURCE.to_string(), Quantity(w.gpus_per_pod.to_string()))]);
         let container = Container {
             name: ws.name().into(),
@@ -65,18 +78,48 @@ impl Objects {
             command: Some(w.command.clone()).filter(|c| !c.is_empty()),
             args: Some(w.args.clone()).filter(|a| !a.is_empty()),
             env: Some(w.env.iter().map(env_var).collect()).filter(|e: &Vec<_>| !e.is_empty()),
-            ports: Some(w.ports.iter().map(|p| ContainerPort { name: Some(p.name.clone()), container_port: p.container_port.into(), protocol: Some("TCP".into()), ..Default::default() }).collect()),
+            ports: Some(
+                w.ports
+                    .iter()
+                    .map(|p| ContainerPort {
+                        name: Some(p.name.clone()),
+                        container_port: p.container_port.into(),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
             startup_probe: w.startup_probe.as_ref().map(probe),
             readiness_probe: w.readiness_probe.as_ref().map(probe),
             liveness_probe: w.liveness_probe.as_ref().map(probe),
-            resources: (w.gpus_per_pod > 0).then(|| ResourceRequirements { requests: Some(gpus.clone()), limits: Some(gpus), ..Default::default() }),
-            volume_mounts: Some(w.volumes.iter().map(|v| VolumeMount { name: v.name.clone(), mount_path: v.mount_path.clone(), read_only: v.read_only.then_some(true), ..Default::default() }).collect()).filter(|m: &Vec<_>| !m.is_empty()),
+            resources: (w.gpus_per_pod > 0).then(|| ResourceRequirements {
+                requests: Some(gpus.clone()),
+                limits: Some(gpus),
+                ..Default::default()
+            }),
+            volume_mounts: Some(
+                w.volumes
+                    .iter()
+                    .map(|v| VolumeMount {
+                        name: v.name.clone(),
+                        mount_path: v.mount_path.clone(),
+                        read_only: v.read_only.then_some(true),
+                        ..Default::default()
+                    })
+                    .collect(),
+            )
+            .filter(|m: &Vec<_>| !m.is_empty()),
             security_context: Some(SecurityContext { allow_privilege_escalation: Some(false), ..Default::default() }),
             ..Default::default()
         };
         let volumes: Vec<K8sVolume> = w.volumes.iter().filter_map(volume).collect();
         let claims: Vec<PersistentVolumeClaim> = w.volumes.iter().filter_map(claim_template).collect();
-        let pod_labels: BTreeMap<String, String> = w.labels.iter().map(|kv| (kv.key.clone(), kv.value.clone())).chain([(WORKSPACE_LABEL.to_string(), ws.name().to_string())]).collect();
+        let pod_labels: BTreeMap<String, String> = w
+            .labels
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .chain([(WORKSPACE_LABEL.to_string(), ws.name().to_string())])
+            .collect();
         let pod = PodSpec {
             containers: vec![container],
             affinity: affinity(ws, node_plan),
@@ -84,18 +127,56 @@ impl Objects {
             volumes: Some(volumes).filter(|v| !v.is_empty()),
             ..Default::default()
         };
-        let statefulset = statefulset(ws, plan.resources.node_count, annotations, PodTemplateSpec { metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }), spec: Some(pod) }, claims);
+        let statefulset = statefulset(
+            ws,
+            plan.resources.node_count,
+            annotations,
+            PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }),
+                spec: Some(pod),
+            },
+            claims,
+        );
         let service_ports: Vec<ServicePort> = w
             .ports
             .iter()
-            .filter_map(|p| p.service_port.map(|sp| ServicePort { name: Some(p.name.clone()), port: sp.into(), target_port: Some(IntOrString::Int(p.container_port.into())), protocol: Some("TCP".into()), ..Default::default() }))
+            .filter_map(|p| {
+                p.service_port.map(|sp| ServicePort {
+                    name: Some(p.name.clone()),
+                    port: sp.into(),
+                    target_port: Some(IntOrString::Int(p.container_port.into())),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                })
+            })
             .collect();
-        let headless_ports = w.ports.iter().map(|p| ServicePort { name: Some(p.name.clone()), port: p.container_port.into(), target_port: Some(IntOrString::Int(p.container_port.into())), protocol: Some("TCP".into()), ..Default::default() }).collect();
-        Objects { nodes: node_objects(node_plan), service: service(ws, service_ports), headless: headless(ws, headless_ports), statefulset }
+        let headless_ports = w
+            .ports
+            .iter()
+            .map(|p| ServicePort {
+                name: Some(p.name.clone()),
+                port: p.container_port.into(),
+                target_port: Some(IntOrString::Int(p.container_port.into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            })
+            .collect();
+        Objects {
+            nodes: node_objects(node_plan),
+            service: service(ws, service_ports),
+            headless: headless(ws, headless_ports),
+            statefulset,
+        }
     }
 
-    pub(crate) fn for_template(ws: &Workspace, template: Value, replicas: u32, node_plan: &NodePlan) -> Result<Objects, FieldError> {
-        let mut template: PodTemplateSpec = serde_json::from_value(template).map_err(|e| FieldError::new("inference.template", format!("not a valid pod template: {e}")))?;
+    pub(crate) fn for_template(
+        ws: &Workspace,
+        template: Value,
+        replicas: u32,
+        node_plan: &NodePlan,
+    ) -> Result<Objects, FieldError> {
+        let mut template: PodTemplateSpec = serde_json::from_value(template)
+            .map_err(|e| FieldError::new("inference.template", format!("not a valid pod template: {e}")))?;
         let spec = template.spec.as_mut().ok_or_else(|| FieldError::new("inference.template.spec", "is required"))?;
         if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true) {
             return Err(FieldError::new("inference.template.spec", "hostNetwork, hostPID and hostIPC are not allowed"));
@@ -108,11 +189,23 @@ impl Objects {
             .containers
             .iter()
             .flat_map(|c| c.ports.iter().flatten())
-            .map(|p| ServicePort { name: p.name.clone(), port: p.container_port, target_port: Some(IntOrString::Int(p.container_port)), protocol: Some("TCP".into()), ..Default::default() })
+            .map(|p| ServicePort {
+                name: p.name.clone(),
+                port: p.container_port,
+                target_port: Some(IntOrString::Int(p.container_port)),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            })
             .collect();
-        let service_ports = ports.iter().take(1).map(|p| ServicePort { port: 80, name: Some("http".into()), ..p.clone() }).collect();
+        let service_ports =
+            ports.iter().take(1).map(|p| ServicePort { port: 80, name: Some("http".into()), ..p.clone() }).collect();
         let statefulset = statefulset(ws, replicas, BTreeMap::new(), template, Vec::new());
-        Ok(Objects { nodes: node_objects(node_plan), service: service(ws, service_ports), headless: headless(ws, ports), statefulset })
+        Ok(Objects {
+            nodes: node_objects(node_plan),
+            service: service(ws, service_ports),
+            headless: headless(ws, ports),
+            statefulset,
+        })
     }
 }
 
@@ -144,7 +237,13 @@ fn selector(ws: &Workspace) -> BTreeMap<String, String> {
     BTreeMap::from([(WORKSPACE_LABEL.to_string(), ws.name().to_string())])
 }
 
-fn statefulset(ws: &Workspace, replicas: u32, annotations: BTreeMap<String, String>, template: PodTemplateSpec, claims: Vec<PersistentVolumeClaim>) -> StatefulSet {
+fn statefulset(
+    ws: &Workspace,
+    replicas: u32,
+    annotations: BTreeMap<String, String>,
+    template: PodTemplateSpec,
+    claims: Vec<PersistentVolumeClaim>,
+) -> StatefulSet {
     StatefulSet {
         metadata: meta(ws, ws.name().into(), annotations),
         spec: Some(StatefulSetSpec {
@@ -198,10 +297,18 @@ fn affinity(ws: &Workspace, node_plan: &NodePlan) -> Option<Affinity> {
     if labels.is_empty() {
         return None;
     }
-    let match_expressions = labels.into_iter().map(|(key, v)| NodeSelectorRequirement { key, operator: "In".into(), values: Some(vec![v]) }).collect();
+    let match_expressions = labels
+        .into_iter()
+        .map(|(key, v)| NodeSelectorRequirement { key, operator: "In".into(), values: Some(vec![v]) })
+        .collect();
     Some(Affinity {
         node_affinity: Some(NodeAffinity {
-            required_during_scheduling_ignored_during_execution: Some(NodeSelector { node_selector_terms: vec![NodeSelectorTerm { match_expressions: Some(match_expressions), ..Default::default() }] }),
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(match_expressions),
+                    ..Default::default()
+                }],
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -217,9 +324,20 @@ fn effect(e: TaintEffect) -> &'static str {
 }
 
 fn tolerations(node_plan: &NodePlan) -> Vec<Toleration> {
-    let mut out = vec![Toleration { key: Some(GPU_RESOURCE.into()), operator: Some("Exists".into()), effect: Some("NoSchedule".into()), ..Default::default() }];
+    let mut out = vec![Toleration {
+        key: Some(GPU_RESOURCE.into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    }];
     for t in node_plan.objects.iter().flat_map(|o| &o.taints) {
-        let tol = Toleration { key: Some(t.key.clone()), operator: Some("Equal".into()), value: Some(t.value.clone()), effect: Some(effect(t.effect).into()), ..Default::default() };
+        let tol = Toleration {
+            key: Some(t.key.clone()),
+            operator: Some("Equal".into()),
+            value: Some(t.value.clone()),
+            effect: Some(effect(t.effect).into()),
+            ..Default::default()
+        };
         if !out.contains(&tol) {
             out.push(tol);
         }
@@ -230,8 +348,24 @@ fn tolerations(node_plan: &NodePlan) -> Vec<Toleration> {
 fn env_var(e: &EnvVar) -> K8sEnvVar {
     let (value, value_from) = match &e.value {
         EnvSource::Literal(v) => (Some(v.clone()), None),
-        EnvSource::SecretKey(s) => (None, Some(EnvVarSource { secret_key_ref: Some(SecretKeySelector { name: s.name.clone(), key: s.key.clone(), optional: s.optional.then_some(true) }), ..Default::default() })),
-        EnvSource::FieldPath(p) => (None, Some(EnvVarSource { field_ref: Some(ObjectFieldSelector { field_path: p.clone(), ..Default::default() }), ..Default::default() })),
+        EnvSource::SecretKey(s) => (
+            None,
+            Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: s.name.clone(),
+                    key: s.key.clone(),
+                    optional: s.optional.then_some(true),
+                }),
+                ..Default::default()
+            }),
+        ),
+        EnvSource::FieldPath(p) => (
+            None,
+            Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector { field_path: p.clone(), ..Default::default() }),
+                ..Default::default()
+            }),
+        ),
     };
     K8sEnvVar { name: e.name.clone(), value, value_from }
 }
@@ -245,9 +379,17 @@ fn probe(p: &Probe) -> K8sProbe {
         ..Default::default()
     };
     match &p.action {
-        ProbeAction::HttpGet(h) => out.http_get = Some(HTTPGetAction { path: Some(h.path.clone()), port: IntOrString::Int(h.port.into()), ..Default::default() }),
+        ProbeAction::HttpGet(h) => {
+            out.http_get = Some(HTTPGetAction {
+                path: Some(h.path.clone()),
+                port: IntOrString::Int(h.port.into()),
+                ..Default::default()
+            })
+        }
         ProbeAction::Exec(cmd) => out.exec = Some(ExecAction { command: Some(cmd.clone()) }),
-        ProbeAction::TcpSocket(port) => out.tcp_socket = Some(TCPSocketAction { port: IntOrString::Int((*port).into()), ..Default::default() }),
+        ProbeAction::TcpSocket(port) => {
+            out.tcp_socket = Some(TCPSocketAction { port: IntOrString::Int((*port).into()), ..Default::default() })
+        }
     }
     out
 }
@@ -255,11 +397,22 @@ fn probe(p: &Probe) -> K8sProbe {
 fn volume(v: &Volume) -> Option<K8sVolume> {
     let mut out = K8sVolume { name: v.name.clone(), ..Default::default() };
     match &v.source {
-        VolumeSource::EmptyDir(limit) => out.empty_dir = Some(EmptyDirVolumeSource { size_limit: limit.map(quantity), ..Default::default() }),
-        VolumeSource::Memory(limit) => out.empty_dir = Some(EmptyDirVolumeSource { medium: Some("Memory".into()), size_limit: limit.map(quantity), ..Default::default() }),
-        VolumeSource::ConfigMap(name) => out.config_map = Some(ConfigMapVolumeSource { name: name.clone(), ..Default::default() }),
-        VolumeSource::Secret(name) => out.secret = Some(SecretVolumeSource { secret_name: Some(name.clone()), ..Default::default() }),
-        VolumeSource::HostPath(path) => out.host_path = Some(HostPathVolumeSource { path: path.clone(), type_: Some("Directory".into()) }),
+        VolumeSource::EmptyDir(limit) => {
+            out.empty_dir = Some(EmptyDirVolumeSource { size_limit: limit.map(quantity), ..Default::default() })
+        }
+        VolumeSource::Memory(limit) => {
+            out.empty_dir =
+                Some(EmptyDirVolumeSource { medium: Some("Memory".into()), size_limit: limit.map(quantity) })
+        }
+        VolumeSource::ConfigMap(name) => {
+            out.config_map = Some(ConfigMapVolumeSource { name: name.clone(), ..Default::default() })
+        }
+        VolumeSource::Secret(name) => {
+            out.secret = Some(SecretVolumeSource { secret_name: Some(name.clone()), ..Default::default() })
+        }
+        VolumeSource::HostPath(path) => {
+            out.host_path = Some(HostPathVolumeSource { path: path.clone(), type_: Some("Directory".into()) })
+        }
         VolumeSource::Persistent(_) => return None,
     }
     Some(out)
@@ -272,7 +425,10 @@ fn claim_template(v: &Volume) -> Option<PersistentVolumeClaim> {
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: c.storage_class.clone(),
-            resources: Some(VolumeResourceRequirements { requests: Some(BTreeMap::from([("storage".to_string(), quantity(c.size_bytes))])), ..Default::default() }),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), quantity(c.size_bytes))])),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()

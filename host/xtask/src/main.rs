@@ -6,7 +6,7 @@
 //!   phi-3.5 Workspace.
 //! - `test`: everything CI checks (format, lints, guest and host tests).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -63,7 +63,11 @@ fn plan_builds(root: &Path) -> Result<Vec<Build>> {
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let mut builds = Vec::new();
     for pkg in meta["packages"].as_array().context("packages")? {
-        let is_cdylib = pkg["targets"].as_array().into_iter().flatten().any(|t| t["crate_types"].as_array().into_iter().flatten().any(|c| c == "cdylib"));
+        let is_cdylib = pkg["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["crate_types"].as_array().into_iter().flatten().any(|c| c == "cdylib"));
         if !is_cdylib {
             continue;
         }
@@ -77,12 +81,19 @@ fn plan_builds(root: &Path) -> Result<Vec<Build>> {
             root.join("plugins/dist")
         };
         let kaito = &pkg["metadata"]["kaito"];
-        let stem = kaito["output"].as_str().map(str::to_string).unwrap_or_else(|| name.trim_start_matches("kaito-").to_string());
+        let stem = kaito["output"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| name.trim_start_matches("kaito-").to_string());
         match kaito["variants"].as_array() {
             Some(variants) => {
                 for v in variants {
                     let v = v.as_str().context("variant")?;
-                    builds.push(Build { package: name.clone(), feature: Some(v.into()), output: dist.join(format!("{stem}-{v}.wasm")) });
+                    builds.push(Build {
+                        package: name.clone(),
+                        feature: Some(v.into()),
+                        output: dist.join(format!("{stem}-{v}.wasm")),
+                    });
                 }
             }
             None => builds.push(Build { package: name, feature: None, output: dist.join(format!("{stem}.wasm")) }),
@@ -99,7 +110,9 @@ fn plugins() -> Result<()> {
     let target_dir = guest_target_dir(&root);
     for b in plan_builds(&root)? {
         let mut cmd = cargo();
-        cmd.args(["build", "--quiet", "--release", "--target", GUEST_TARGET, "--manifest-path"])
+        // Run inside plugins/ so its .cargo/config.toml (guest link flags) applies.
+        cmd.current_dir(root.join("plugins"))
+            .args(["build", "--quiet", "--release", "--target", GUEST_TARGET, "--manifest-path"])
             .arg(root.join("plugins/Cargo.toml"))
             .args(["--package", &b.package])
             .env("CARGO_TARGET_DIR", &target_dir);
@@ -107,7 +120,8 @@ fn plugins() -> Result<()> {
             cmd.args(["--features", f]);
         }
         run(&mut cmd)?;
-        let module_path = target_dir.join(GUEST_TARGET).join("release").join(format!("{}.wasm", b.package.replace('-', "_")));
+        let module_path =
+            target_dir.join(GUEST_TARGET).join("release").join(format!("{}.wasm", b.package.replace('-', "_")));
         let module = std::fs::read(&module_path).with_context(|| format!("reading {}", module_path.display()))?;
         let component = wit_component::ComponentEncoder::default()
             .module(&module)
@@ -115,7 +129,11 @@ fn plugins() -> Result<()> {
             .with_context(|| format!("turning {} into a component", module_path.display()))?;
         std::fs::create_dir_all(b.output.parent().expect("dist dir"))?;
         std::fs::write(&b.output, &component)?;
-        eprintln!("xtask: wrote {} ({} bytes)", b.output.strip_prefix(&root).unwrap_or(&b.output).display(), component.len());
+        eprintln!(
+            "xtask: wrote {} ({} bytes)",
+            b.output.strip_prefix(&root).unwrap_or(&b.output).display(),
+            component.len()
+        );
     }
     Ok(())
 }
@@ -123,7 +141,10 @@ fn plugins() -> Result<()> {
 fn quickstart() -> Result<()> {
     plugins()?;
     let root = root();
-    run(cargo().current_dir(&root).args(["run", "--quiet", "--release", "--package", "kaito-cli", "--bin", "kaito", "--", "render", "-f"]).arg(root.join("examples/inference/kaito_workspace_phi_3.5-instruct.yaml")))
+    run(cargo()
+        .current_dir(&root)
+        .args(["run", "--quiet", "--package", "kaito-cli", "--bin", "kaito", "--", "render", "-f"])
+        .arg(root.join("examples/inference/kaito_workspace_phi_3.5-instruct.yaml")))
 }
 
 fn test() -> Result<()> {
@@ -131,9 +152,23 @@ fn test() -> Result<()> {
     let root = root();
     run(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
     run(cargo().current_dir(root.join("plugins")).args(["fmt", "--all", "--check"]))?;
-    run(cargo().current_dir(&root).args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]))?;
-    run(cargo().current_dir(root.join("plugins")).args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]).env("CARGO_TARGET_DIR", guest_target_dir(&root)))?;
-    run(cargo().current_dir(root.join("plugins")).args(["test", "--workspace", "--quiet"]).env("CARGO_TARGET_DIR", guest_target_dir(&root)))?;
+    run(cargo().current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--quiet",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo()
+        .current_dir(root.join("plugins"))
+        .args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])
+        .env("CARGO_TARGET_DIR", guest_target_dir(&root)))?;
+    run(cargo()
+        .current_dir(root.join("plugins"))
+        .args(["test", "--workspace", "--quiet"])
+        .env("CARGO_TARGET_DIR", guest_target_dir(&root)))?;
     run(cargo().current_dir(&root).args(["test", "--workspace"]))
 }
 

@@ -2,7 +2,7 @@
 //! [`plan`] does the resolution, sizing and runtime choice for all of them.
 
 use crate::runtime::{self, Runtime};
-use crate::sizing::{self, SizingInput, DEFAULT_MAX_MODEL_LEN, GIB};
+use crate::sizing::{self, DEFAULT_MAX_MODEL_LEN, GIB, SizingInput};
 use crate::{ErrorKind, GpuShape, ModelInfo, PlanRequest, PluginError, PresetPlan, ResourcePlan};
 
 /// Extra disk reserved beside the weights for the download cache (KAITO: +80 GiB).
@@ -103,7 +103,8 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 /// Up to `n` names closest to `query`, nearest first (ties by name).
 pub fn nearest<'a>(query: &str, names: impl IntoIterator<Item = &'a str>, n: usize) -> Vec<&'a str> {
     let q = query.to_ascii_lowercase();
-    let mut scored: Vec<(usize, &str)> = names.into_iter().map(|c| (edit_distance(&q, &c.to_ascii_lowercase()), c)).collect();
+    let mut scored: Vec<(usize, &str)> =
+        names.into_iter().map(|c| (edit_distance(&q, &c.to_ascii_lowercase()), c)).collect();
     scored.sort();
     scored.dedup_by(|a, b| a.1 == b.1);
     scored.into_iter().take(n).map(|(_, c)| c).collect()
@@ -135,15 +136,13 @@ pub fn plan(specs: &[ModelSpec], request: PlanRequest, shape: GpuShape) -> Resul
     if shape.max_nodes == 0 {
         return Err(PluginError::invalid("resource.instanceType", "no nodes are available for this Workspace"));
     }
-    if let Some(len) = request.max_model_len {
-        if len == 0 || len > spec.context_length {
-            return Err(PluginError::new(
-                ErrorKind::InvalidInput,
-                "inference.config",
-                format!("max-model-len {len} is outside 1..={} for {}", spec.context_length, spec.name),
-                Some(format!("set vllm.max-model-len to at most {}", spec.context_length)),
-            ));
-        }
+    if let Some(len) = request.max_model_len.filter(|l| *l == 0 || *l > spec.context_length) {
+        return Err(PluginError::new(
+            ErrorKind::InvalidInput,
+            "inference.config",
+            format!("max-model-len {len} is outside 1..={} for {}", spec.context_length, spec.name),
+            Some(format!("set vllm.max-model-len to at most {}", spec.context_length)),
+        ));
     }
     if let Some((i, _)) = request.adapters.iter().enumerate().next() {
         return Err(PluginError::new(

@@ -1,6 +1,6 @@
 //! GPU facts from NVIDIA GPU feature discovery node labels.
 
-use crate::{kv, lookup, ErrorKind, KeyValue, NodeGpu, PluginError};
+use crate::{ErrorKind, KeyValue, NodeGpu, PluginError, kv, lookup};
 
 /// Label with the GPU product name, e.g. `NVIDIA-A100-SXM4-80GB`.
 pub const PRODUCT: &str = "nvidia.com/gpu.product";
@@ -22,9 +22,15 @@ fn missing(label: &str, what: &str) -> PluginError {
 pub fn node_gpu(labels: &[KeyValue]) -> Result<NodeGpu, PluginError> {
     let product = lookup(labels, PRODUCT).filter(|p| !p.trim().is_empty()).ok_or_else(|| missing(PRODUCT, "absent"))?;
     let count = lookup(labels, COUNT).ok_or_else(|| missing(COUNT, "absent"))?;
-    let count: u32 = count.trim().parse().ok().filter(|c| *c > 0).ok_or_else(|| missing(COUNT, "not a positive integer"))?;
+    let count: u32 =
+        count.trim().parse().ok().filter(|c| *c > 0).ok_or_else(|| missing(COUNT, "not a positive integer"))?;
     let mib = lookup(labels, MEMORY_MIB).ok_or_else(|| missing(MEMORY_MIB, "absent"))?;
-    let mib: u64 = mib.trim().parse().ok().filter(|m| *m > 0).ok_or_else(|| missing(MEMORY_MIB, "not a positive integer of MiB"))?;
+    let mib: u64 = mib
+        .trim()
+        .parse()
+        .ok()
+        .filter(|m| *m > 0)
+        .ok_or_else(|| missing(MEMORY_MIB, "not a positive integer of MiB"))?;
     Ok(NodeGpu { gpu_model: product.trim().to_string(), gpu_count: count, gpu_memory_bytes: mib << 20 })
 }
 

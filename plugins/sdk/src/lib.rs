@@ -45,16 +45,13 @@ pub mod __private {
 }
 
 pub use __private::preset::exports::kaito::plugin::preset_api::{
-    Adapter, EnvSource, EnvVar, HttpGetAction, ModelInfo, Parallelism, PersistentClaim, PlanRequest,
-    Port, PresetPlan, Probe, ProbeAction, ResourcePlan, SecretKeyRef, Volume, VolumeSource,
-    WorkloadPlan,
+    Adapter, EnvSource, EnvVar, HttpGetAction, ModelInfo, Parallelism, PersistentClaim, PlanRequest, Port, PresetPlan,
+    Probe, ProbeAction, ResourcePlan, SecretKeyRef, Volume, VolumeSource, WorkloadPlan,
 };
-pub use __private::preset::kaito::plugin::types::{
-    ErrorKind, GpuShape, KeyValue, PluginError, PluginInfo,
-};
+pub use __private::preset::kaito::plugin::types::{ErrorKind, GpuShape, KeyValue, PluginError, PluginInfo};
 pub use __private::provisioner::exports::kaito::plugin::provisioner_api::{
-    InstanceType, NodeClassRef, NodeGpu, NodeObject, NodeObjectKind, NodePlan, NodeRequest,
-    ProvisionerInfo, ProvisionerMode, Requirement, RequirementOperator, Taint, TaintEffect,
+    InstanceType, NodeClassRef, NodeGpu, NodeObject, NodeObjectKind, NodePlan, NodeRequest, ProvisionerInfo,
+    ProvisionerMode, Requirement, RequirementOperator, Taint, TaintEffect,
 };
 
 /// Contract version this SDK builds against.
@@ -126,7 +123,7 @@ macro_rules! export_preset {
                     <$t as $crate::Preset>::plan(request, shape)
                 }
             }
-            $crate::__private::preset::export_preset_world!(KaitoPresetExport with_types_in $crate::__private::preset);
+    $crate::__private::preset::export_preset_world!(KaitoPresetExport with_types_in $crate::__private::preset);
         };
     };
 }

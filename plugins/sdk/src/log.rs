@@ -3,7 +3,7 @@
 //! Natively (tests, benchmarks) lines go to stderr instead, because there is
 //! no host to import from.
 
-use crate::__private::preset::kaito::plugin::log::{emit, Level};
+use crate::__private::preset::kaito::plugin::log::{Level, emit};
 
 fn send(level: Level, message: &str) {
     if cfg!(target_arch = "wasm32") {

@@ -2,7 +2,7 @@
 //! target: our own tch server (`kaito-inference`) and KAITO's vLLM image.
 
 use crate::catalog::ModelSpec;
-use crate::sizing::{Sizing, GIB};
+use crate::sizing::{GIB, Sizing};
 use crate::{
     EnvSource, EnvVar, ErrorKind, GpuShape, HttpGetAction, PersistentClaim, PlanRequest, PluginError, Port, Probe,
     ProbeAction, SecretKeyRef, Volume, VolumeSource, WorkloadPlan,
@@ -19,7 +19,8 @@ pub const WEIGHTS_DIR: &str = "/workspace/weights";
 /// StorageClass of the local-NVMe weights cache.
 pub const NVME_STORAGE_CLASS: &str = "kaito-local-nvme-disk";
 /// Architectures the tch server implements (see host/inference).
-pub const TCH_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Phi3ForCausalLM"];
+pub const TCH_ARCHITECTURES: &[&str] =
+    &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Phi3ForCausalLM"];
 /// Annotation that selects the runtime.
 pub const RUNTIME_ANNOTATION: &str = "kaito.sh/runtime";
 
@@ -61,7 +62,12 @@ fn fits_one_gpu(sizing: &Sizing) -> bool {
 
 /// Pick the runtime: the annotation when set, else tch when it can serve the
 /// model from one GPU, else vLLM, saying why in a note.
-pub fn choose(spec: &ModelSpec, request: &PlanRequest, shape: &GpuShape, sizing: &Sizing) -> Result<(Runtime, Vec<String>), PluginError> {
+pub fn choose(
+    spec: &ModelSpec,
+    request: &PlanRequest,
+    shape: &GpuShape,
+    sizing: &Sizing,
+) -> Result<(Runtime, Vec<String>), PluginError> {
     let supported: Vec<&str> = spec.runtimes.iter().map(|r| r.name()).collect();
     let mut notes = Vec::new();
     let runtime = match request.runtime.as_deref() {
@@ -146,7 +152,13 @@ fn leader_host(request: &PlanRequest) -> String {
 }
 
 /// The workload plan for `runtime`.
-pub fn workload(runtime: Runtime, spec: &ModelSpec, request: &PlanRequest, shape: &GpuShape, sizing: &Sizing) -> WorkloadPlan {
+pub fn workload(
+    runtime: Runtime,
+    spec: &ModelSpec,
+    request: &PlanRequest,
+    shape: &GpuShape,
+    sizing: &Sizing,
+) -> WorkloadPlan {
     let multi_node = sizing.node_count > 1;
     let mut env = Vec::new();
     if let Some(secret) = &request.model_access_secret {
@@ -157,20 +169,33 @@ pub fn workload(runtime: Runtime, spec: &ModelSpec, request: &PlanRequest, shape
     }
     let mut ports = vec![Port { name: "http".into(), container_port: HTTP_PORT, service_port: Some(80) }];
     let mut volumes = vec![
-        Volume { name: "dshm".into(), mount_path: "/dev/shm".into(), read_only: false, source: VolumeSource::Memory(None) },
+        Volume {
+            name: "dshm".into(),
+            mount_path: "/dev/shm".into(),
+            read_only: false,
+            source: VolumeSource::Memory(None),
+        },
         Volume {
             name: "weights".into(),
             mount_path: WEIGHTS_DIR.into(),
             read_only: false,
             source: if shape.nvme {
-                VolumeSource::Persistent(PersistentClaim { storage_class: Some(NVME_STORAGE_CLASS.into()), size_bytes: spec.disk_bytes() })
+                VolumeSource::Persistent(PersistentClaim {
+                    storage_class: Some(NVME_STORAGE_CLASS.into()),
+                    size_bytes: spec.disk_bytes(),
+                })
             } else {
                 VolumeSource::EmptyDir(None)
             },
         },
     ];
     if let Some(cm) = &request.config_map {
-        volumes.push(Volume { name: "config".into(), mount_path: "/mnt/config".into(), read_only: true, source: VolumeSource::ConfigMap(cm.clone()) });
+        volumes.push(Volume {
+            name: "config".into(),
+            mount_path: "/mnt/config".into(),
+            read_only: true,
+            source: VolumeSource::ConfigMap(cm.clone()),
+        });
     }
     let startup_threshold = startup_seconds(spec.weights_bytes()) / 10;
     let (image, command, args, startup, readiness, liveness) = match runtime {
@@ -195,7 +220,14 @@ pub fn workload(runtime: Runtime, spec: &ModelSpec, request: &PlanRequest, shape
                 args.extend(["--max-model-len".into(), len.to_string()]);
             }
             let image = format!("{}/kaito-inference:{TCH_IMAGE_TAG}", request.image_registry.trim_end_matches('/'));
-            (image, vec!["kaito-inference".to_string()], args, http_probe(0, startup_threshold), http_probe(30, 3), http_probe(0, 3))
+            (
+                image,
+                vec!["kaito-inference".to_string()],
+                args,
+                http_probe(0, startup_threshold),
+                http_probe(30, 3),
+                http_probe(0, 3),
+            )
         }
         Runtime::Vllm => {
             env.push(literal("VLLM_USE_FLASHINFER_SAMPLER", "0"));
@@ -258,11 +290,25 @@ pub fn workload(runtime: Runtime, spec: &ModelSpec, request: &PlanRequest, shape
                     timeout_seconds: 10,
                     failure_threshold,
                 };
-                (VLLM_IMAGE.to_string(), vec!["/bin/sh".into(), "-c".into()], vec![script], exec(0, startup_threshold), exec(30, 3), exec(0, 3))
+                (
+                    VLLM_IMAGE.to_string(),
+                    vec!["/bin/sh".into(), "-c".into()],
+                    vec![script],
+                    exec(0, startup_threshold),
+                    exec(30, 3),
+                    exec(0, 3),
+                )
             } else {
                 let mut command = vec!["python3".to_string(), "/workspace/vllm/inference_api.py".to_string()];
                 command.append(&mut vllm);
-                (VLLM_IMAGE.to_string(), command, Vec::new(), http_probe(0, startup_threshold), http_probe(30, 3), http_probe(0, 3))
+                (
+                    VLLM_IMAGE.to_string(),
+                    command,
+                    Vec::new(),
+                    http_probe(0, startup_threshold),
+                    http_probe(30, 3),
+                    http_probe(0, 3),
+                )
             }
         }
     };

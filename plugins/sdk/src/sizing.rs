@@ -46,11 +46,7 @@ pub struct Sizing {
 /// Memory-utilisation cap for a GPU model name.
 pub fn utilization_for(gpu_model: &str) -> f64 {
     let m = gpu_model.to_ascii_uppercase().replace("NVIDIA", "").replace(['-', '_', ' '], "");
-    if m == "A10" || m == "A10G" {
-        GPU_MEMORY_UTILIZATION_A10
-    } else {
-        GPU_MEMORY_UTILIZATION
-    }
+    if m == "A10" || m == "A10G" { GPU_MEMORY_UTILIZATION_A10 } else { GPU_MEMORY_UTILIZATION }
 }
 
 /// Render bytes as GiB with two decimals, for error messages.
@@ -65,8 +61,14 @@ pub fn estimate(input: &SizingInput) -> Result<Sizing, PluginError> {
         return Err(PluginError::new(
             ErrorKind::InvalidInput,
             "resource.instanceType",
-            format!("the target nodes report no GPUs ({} GPUs of {} bytes)", shape.gpus_per_node, shape.gpu_memory_bytes),
-            Some("pick a GPU instance type, or label BYO nodes with nvidia.com/gpu.count and nvidia.com/gpu.memory".into()),
+            format!(
+                "the target nodes report no GPUs ({} GPUs of {} bytes)",
+                shape.gpus_per_node, shape.gpu_memory_bytes
+            ),
+            Some(
+                "pick a GPU instance type, or label BYO nodes with nvidia.com/gpu.count and nvidia.com/gpu.memory"
+                    .into(),
+            ),
         ));
     }
     let util = utilization_for(&shape.gpu_model);
@@ -117,7 +119,10 @@ pub fn estimate(input: &SizingInput) -> Result<Sizing, PluginError> {
         return Err(PluginError::new(
             ErrorKind::Unsupported,
             "resource.instanceType",
-            format!("the model needs {node_count} nodes of {}x {} but does not support multi-node inference", shape.gpus_per_node, shape.gpu_model),
+            format!(
+                "the model needs {node_count} nodes of {}x {} but does not support multi-node inference",
+                shape.gpus_per_node, shape.gpu_model
+            ),
             Some("choose an instance type whose GPUs hold the whole model on one node".into()),
         ));
     }
@@ -140,7 +145,13 @@ mod tests {
     use super::*;
 
     fn shape(model: &str, gpus: u32, gib_per_gpu: u64, max_nodes: u32) -> GpuShape {
-        GpuShape { gpu_model: model.into(), gpus_per_node: gpus, gpu_memory_bytes: gib_per_gpu * GIB, max_nodes, nvme: false }
+        GpuShape {
+            gpu_model: model.into(),
+            gpus_per_node: gpus,
+            gpu_memory_bytes: gib_per_gpu * GIB,
+            max_nodes,
+            nvme: false,
+        }
     }
 
     fn input(weights_gib: f64, shape: GpuShape) -> SizingInput {

@@ -80,8 +80,8 @@ kaito_plugin_sdk::export_preset!(Phi);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kaito_plugin_sdk::sizing::GIB;
     use kaito_plugin_sdk::ErrorKind;
+    use kaito_plugin_sdk::sizing::GIB;
 
     fn request(model: &str) -> PlanRequest {
         PlanRequest {
@@ -149,7 +149,13 @@ mod tests {
 
     #[test]
     fn phi4_on_a10_falls_back_or_fails_with_numbers() {
-        let a10 = GpuShape { gpu_model: "A10".into(), gpus_per_node: 1, gpu_memory_bytes: 24 * GIB, max_nodes: 1, nvme: false };
+        let a10 = GpuShape {
+            gpu_model: "A10".into(),
+            gpus_per_node: 1,
+            gpu_memory_bytes: 24 * GIB,
+            max_nodes: 1,
+            nvme: false,
+        };
         let e = Phi::plan(request("phi-4"), a10.clone()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::DoesNotFit);
         let plan = Phi::plan(request("phi-4"), GpuShape { max_nodes: 4, ..a10 }).unwrap();

@@ -4,9 +4,9 @@
 use kaito_plugin_sdk::catalog::nearest;
 use kaito_plugin_sdk::sizing::GIB;
 use kaito_plugin_sdk::{
-    gfd, kv, lookup, ErrorKind, InstanceType, KeyValue, NodeClassRef, NodeGpu, NodeObject, NodeObjectKind, NodePlan,
-    NodeRequest, PluginError, PluginInfo, ProvisionerInfo, ProvisionerMode, Provisioner, Requirement,
-    RequirementOperator, Taint, TaintEffect,
+    ErrorKind, InstanceType, KeyValue, NodeClassRef, NodeGpu, NodeObject, NodeObjectKind, NodePlan, NodeRequest,
+    PluginError, PluginInfo, Provisioner, ProvisionerInfo, ProvisionerMode, Requirement, RequirementOperator, Taint,
+    TaintEffect, gfd, kv, lookup,
 };
 
 /// (SKU, GPU model, GPUs, node GPU memory in GiB, local NVMe).
@@ -91,7 +91,10 @@ impl Provisioner for Azure {
             ));
         };
         if request.node_count == 0 || request.node_count > MAX_NODES {
-            return Err(PluginError::invalid("resource.count", format!("node count {} is outside 1..={MAX_NODES}", request.node_count)));
+            return Err(PluginError::invalid(
+                "resource.count",
+                format!("node count {} is outside 1..={MAX_NODES}", request.node_count),
+            ));
         }
         let image_family = lookup(&request.annotations, "kaito.sh/node-image-family").unwrap_or("ubuntu");
         if !matches!(image_family, "ubuntu" | "azurelinux") {
@@ -101,7 +104,8 @@ impl Provisioner for Azure {
             ));
         }
         let class = lookup(&request.annotations, "kaito.sh/node-class-name").unwrap_or("default");
-        let owner = vec![kv("kaito.sh/workspace", &request.workspace), kv("kaito.sh/workspacenamespace", &request.namespace)];
+        let owner =
+            vec![kv("kaito.sh/workspace", &request.workspace), kv("kaito.sh/workspacenamespace", &request.namespace)];
         let mut labels: Vec<KeyValue> = vec![kv(NODEPOOL_LABEL, "kaito")];
         labels.extend(owner.iter().cloned());
         labels.extend(request.match_labels.iter().cloned());
@@ -111,7 +115,10 @@ impl Provisioner for Azure {
                 kind: NodeObjectKind::NodeClaim,
                 name: claim_name(&request.namespace, &request.workspace, i),
                 labels: labels.clone(),
-                annotations: vec![kv("karpenter.sh/do-not-disrupt", "true"), kv("kaito.sh/node-image-family", image_family)],
+                annotations: vec![
+                    kv("karpenter.sh/do-not-disrupt", "true"),
+                    kv("kaito.sh/node-image-family", image_family),
+                ],
                 taints: vec![Taint { key: "sku".into(), value: "gpu".into(), effect: TaintEffect::NoSchedule }],
                 requirements: vec![
                     requirement(NODEPOOL_LABEL, "kaito"),
@@ -119,7 +126,11 @@ impl Provisioner for Azure {
                     requirement("kubernetes.io/os", "linux"),
                     requirement("karpenter.azure.com/sku-name", sku_name),
                 ],
-                node_class_ref: Some(NodeClassRef { group: "kaito.sh".into(), kind: "KaitoNodeClass".into(), name: class.into() }),
+                node_class_ref: Some(NodeClassRef {
+                    group: "kaito.sh".into(),
+                    kind: "KaitoNodeClass".into(),
+                    name: class.into(),
+                }),
                 storage_bytes: Some(disk),
                 node_limit: None,
             })
@@ -160,10 +171,22 @@ mod tests {
         assert_eq!(plan.objects.len(), 2);
         let names: Vec<_> = plan.objects.iter().map(|o| o.name.clone()).collect();
         assert_ne!(names[0], names[1]);
-        assert!(names.iter().all(|n| n.len() == 11 && n.starts_with("ws") && n.chars().all(|c| c.is_ascii_alphanumeric())));
-        assert_eq!(names, Azure::plan_nodes(request("Standard_NC24ads_A100_v4", 2)).unwrap().objects.iter().map(|o| o.name.clone()).collect::<Vec<_>>());
+        assert!(
+            names.iter().all(|n| n.len() == 11 && n.starts_with("ws") && n.chars().all(|c| c.is_ascii_alphanumeric()))
+        );
+        assert_eq!(
+            names,
+            Azure::plan_nodes(request("Standard_NC24ads_A100_v4", 2))
+                .unwrap()
+                .objects
+                .iter()
+                .map(|o| o.name.clone())
+                .collect::<Vec<_>>()
+        );
         let req = &plan.objects[0].requirements;
-        assert!(req.iter().any(|r| r.key == "karpenter.azure.com/sku-name" && r.values == ["Standard_NC24ads_A100_v4"]));
+        assert!(
+            req.iter().any(|r| r.key == "karpenter.azure.com/sku-name" && r.values == ["Standard_NC24ads_A100_v4"])
+        );
         assert_eq!(plan.objects[0].storage_bytes, Some(DEFAULT_DISK_BYTES));
     }
 

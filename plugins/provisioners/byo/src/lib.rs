@@ -2,8 +2,8 @@
 //! feature discovery labels on the nodes the Workspace selects.
 
 use kaito_plugin_sdk::{
-    gfd, InstanceType, KeyValue, NodeGpu, NodePlan, NodeRequest, PluginError, PluginInfo, ProvisionerInfo,
-    ProvisionerMode, Provisioner,
+    InstanceType, KeyValue, NodeGpu, NodePlan, NodeRequest, PluginError, PluginInfo, Provisioner, ProvisionerInfo,
+    ProvisionerMode, gfd,
 };
 
 /// The BYO provisioner plugin.
