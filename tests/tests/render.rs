@@ -2,7 +2,6 @@
 //! a multi-node vLLM plan, and the error cases with their messages.
 
 use kaito_tests::{Run, golden, kaito, root};
-use std::path::{Path, PathBuf};
 
 const SEED: &str = "examples/inference/kaito_workspace_phi_3.5-instruct.yaml";
 
@@ -17,20 +16,21 @@ fn render(args: &[&str]) -> Run {
     kaito(&all, cache.path())
 }
 
-/// The seed with `from` replaced by `to`, written to a temporary file.
-fn variant(dir: &Path, name: &str, from: &str, to: &str) -> PathBuf {
-    let seed = std::fs::read_to_string(root().join(SEED)).unwrap();
-    assert!(seed.contains(from), "seed has no {from:?}");
-    let p = dir.join(name);
-    std::fs::write(&p, seed.replace(from, to)).unwrap();
-    p
-}
-
-/// Error output with the temporary directory masked, for a stable golden file.
-fn error_text(run: &Run, dir: &Path) -> String {
+/// Render `base` with `from` replaced by `to` (plus `extra` arguments), expect
+/// failure, and compare stderr, with the temporary directory masked, to a golden file.
+fn error_golden(name: &str, base: &str, from: &str, to: &str, extra: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::fs::read_to_string(root().join(base)).unwrap();
+    assert!(src.contains(from), "{base} has no {from:?}");
+    let file = dir.path().join("ws.yaml");
+    std::fs::write(&file, src.replace(from, to)).unwrap();
+    let file = file.display().to_string();
+    let mut args = vec!["-f", file.as_str()];
+    args.extend_from_slice(extra);
+    let run = render(&args);
     assert_eq!(run.code, 1, "expected failure, got stdout:\n{}", run.stdout);
     assert!(run.stdout.is_empty(), "nothing on stdout when failing");
-    run.stderr.replace(&dir.display().to_string(), "$TMP")
+    golden(name, &run.stderr.replace(&dir.path().display().to_string(), "$TMP"));
 }
 
 #[test]
@@ -79,59 +79,51 @@ fn every_example_renders() {
 
 #[test]
 fn error_unknown_preset_lists_close_names() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = variant(dir.path(), "ws.yaml", "name: phi-3.5-mini-instruct", "name: phi-3.5-mini");
-    let run = render(&["-f", &f.display().to_string()]);
-    golden("error-unknown-preset.stderr", &error_text(&run, dir.path()));
+    error_golden("error-unknown-preset.stderr", SEED, "name: phi-3.5-mini-instruct", "name: phi-3.5-mini", &[]);
 }
 
 #[test]
 fn error_unknown_instance_type_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = variant(dir.path(), "ws.yaml", "Standard_NC24ads_A100_v4", "Standard_NC24ads_A100");
-    let run = render(&["-f", &f.display().to_string()]);
-    golden("error-unknown-instance-type.stderr", &error_text(&run, dir.path()));
+    error_golden("error-unknown-instance-type.stderr", SEED, "Standard_NC24ads_A100_v4", "Standard_NC24ads_A100", &[]);
 }
 
 #[test]
 fn error_model_too_big_for_instance_type_gives_numbers() {
-    let run = render(&["-f", &path("tests/fixtures/phi-4-a10-vllm.yaml"), "--max-nodes", "1"]);
-    let dir = tempfile::tempdir().unwrap();
-    golden("error-does-not-fit.stderr", &error_text(&run, dir.path()));
+    error_golden(
+        "error-does-not-fit.stderr",
+        "tests/fixtures/phi-4-a10-vllm.yaml",
+        "phi-4",
+        "phi-4",
+        &["--max-nodes", "1"],
+    );
 }
 
 #[test]
 fn error_tch_runtime_cannot_span_gpus() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = std::fs::read_to_string(root().join("tests/fixtures/phi-4-a10-vllm.yaml")).unwrap();
-    let f = dir.path().join("ws.yaml");
-    std::fs::write(&f, src.replace("kaito.sh/runtime: vllm", "kaito.sh/runtime: tch")).unwrap();
-    let run = render(&["-f", &f.display().to_string()]);
-    golden("error-tch-multi-gpu.stderr", &error_text(&run, dir.path()));
+    let f = "tests/fixtures/phi-4-a10-vllm.yaml";
+    error_golden("error-tch-multi-gpu.stderr", f, "kaito.sh/runtime: vllm", "kaito.sh/runtime: tch", &[]);
 }
 
 #[test]
 fn error_missing_label_selector() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = variant(dir.path(), "ws.yaml", "  labelSelector:\n    matchLabels:\n      apps: phi-3-5\n", "");
-    let run = render(&["-f", &f.display().to_string()]);
-    golden("error-missing-label-selector.stderr", &error_text(&run, dir.path()));
+    let selector = "  labelSelector:\n    matchLabels:\n      apps: phi-3-5\n";
+    error_golden("error-missing-label-selector.stderr", SEED, selector, "", &[]);
 }
 
 #[test]
-fn error_spec_wrapper_and_unknown_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = variant(dir.path(), "ws.yaml", "    name: phi-3.5-mini-instruct", "    nmae: phi-3.5-mini-instruct");
-    let run = render(&["-f", &f.display().to_string()]);
-    golden("error-unknown-field.stderr", &error_text(&run, dir.path()));
+fn error_unknown_field_is_named() {
+    error_golden(
+        "error-unknown-field.stderr",
+        SEED,
+        "    name: phi-3.5-mini-instruct",
+        "    nmae: phi-3.5-mini-instruct",
+        &[],
+    );
 }
 
 #[test]
 fn error_byo_without_matching_ready_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = std::fs::read_to_string(root().join("tests/fixtures/byo-workspace.yaml")).unwrap();
-    let f = dir.path().join("ws.yaml");
-    std::fs::write(&f, src.replace("apps: byo-phi", "apps: nowhere")).unwrap();
-    let run = render(&["-f", &f.display().to_string(), "--nodes", &path("tests/fixtures/byo-nodes.yaml")]);
-    golden("error-byo-no-nodes.stderr", &error_text(&run, dir.path()));
+    let nodes = path("tests/fixtures/byo-nodes.yaml");
+    let f = "tests/fixtures/byo-workspace.yaml";
+    error_golden("error-byo-no-nodes.stderr", f, "apps: byo-phi", "apps: nowhere", &["--nodes", &nodes]);
 }

@@ -73,7 +73,6 @@ fn main() {
     });
 
     let mut rows = vec![("native Rust plan (same code, no sandbox)", native)];
-    let mut pooled_p50 = Duration::ZERO;
     for pooling in [true, false] {
         let cache = tempfile::tempdir().unwrap();
         let host = PluginHost::new(HostConfig {
@@ -88,7 +87,6 @@ fn main() {
             std::hint::black_box(plugin.plan(&req, &shape).unwrap());
         });
         if pooling {
-            pooled_p50 = stats.p50;
             rows.push((
                 "  of which: fresh Store + instantiate",
                 measure(iters, || plugin.instantiate_check().unwrap()),
@@ -125,7 +123,6 @@ fn main() {
             s.p50.as_secs_f64() / rows[0].1.p50.as_secs_f64()
         );
     }
-    let _ = pooled_p50;
 
     let loads = 20;
     let cold = measure(loads, || {

@@ -111,7 +111,6 @@ pub fn run(host: &PluginHost, file: &Path) -> Report {
 }
 
 fn preset_checks(plugin: &Arc<Plugin>, report: &mut Report) {
-    let mut planned = 0;
     for model in plugin.models() {
         let mut ok_shapes = 0;
         let mut problems = Vec::new();
@@ -141,7 +140,6 @@ fn preset_checks(plugin: &Arc<Plugin>, report: &mut Report) {
         if ok_shapes == 0 && problems.is_empty() {
             problems.push("fits none of the reference shapes (up to 4 nodes of 8x H200)".into());
         }
-        planned += ok_shapes;
         report.push(
             format!("plan {}", model.name),
             problems.is_empty(),
@@ -152,7 +150,6 @@ fn preset_checks(plugin: &Arc<Plugin>, report: &mut Report) {
             },
         );
     }
-    let _ = planned;
     let first = plugin.models().first().map(|m| m.name.clone()).unwrap_or_default();
     let shape = reference_shapes().remove(1);
     let nonsense: Vec<(&str, PlanRequest, GpuShape)> = vec![

@@ -41,6 +41,9 @@ pub enum CallError {
     /// The plugin misbehaved earlier and is not called any more.
     #[error("plugin {plugin} is quarantined: {reason}")]
     Quarantined { plugin: String, reason: String },
+    /// The caller asked a plugin for an export of the other kind.
+    #[error("plugin {plugin} is a {actual} plugin, not a {wanted} plugin")]
+    WrongKind { plugin: String, actual: &'static str, wanted: &'static str },
     /// The host had no free instance slot; retry later.
     #[error("plugin {plugin}: no free instance slot, retry later")]
     Busy { plugin: String },
@@ -53,6 +56,7 @@ impl CallError {
             CallError::Plugin { .. } => "PluginRejected",
             CallError::Fault { fault, .. } => fault.reason(),
             CallError::Quarantined { .. } => "PluginQuarantined",
+            CallError::WrongKind { .. } => "PluginWrongKind",
             CallError::Busy { .. } => "PluginBusy",
         }
     }

@@ -354,10 +354,7 @@ impl Plugin {
     }
 
     fn wrong_kind(&self, want: PluginKind) -> CallError {
-        CallError::Quarantined {
-            plugin: self.name().to_string(),
-            reason: format!("is a {} plugin, not a {} plugin", self.kind.as_str(), want.as_str()),
-        }
+        CallError::WrongKind { plugin: self.name().to_string(), actual: self.kind.as_str(), wanted: want.as_str() }
     }
 
     fn typed_error(&self, error: PluginError) -> CallError {

@@ -89,12 +89,11 @@ fn kvs<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>) -> Vec<Key
     pairs.into_iter().map(|(k, v)| kaito_plugin_host::wit::kv(k, v)).collect()
 }
 
-fn provisioner_for(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Result<Arc<Plugin>, RenderError> {
+fn provisioner_for(registry: &Registry, opts: &RenderOptions) -> Result<Arc<Plugin>, RenderError> {
     let name = opts
         .provisioner
         .clone()
         .unwrap_or_else(|| if opts.nodes.is_some() { BYO_PROVISIONER.into() } else { DEFAULT_PROVISIONER.into() });
-    let _ = ws;
     Ok(registry.provisioner(&name)?)
 }
 
@@ -166,7 +165,7 @@ pub fn plan_request(ws: &Workspace, model: &str, image_registry: &str) -> PlanRe
 /// Render every object the operator would create for `ws`.
 pub fn render(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Result<Rendered, RenderError> {
     ws.validate()?;
-    let provisioner = provisioner_for(registry, ws, opts)?;
+    let provisioner = provisioner_for(registry, opts)?;
     let mode = provisioner.provisioner_info().map(|i| i.mode).unwrap_or(ProvisionerMode::BringYourOwn);
     let match_labels = ws.match_labels();
     let node_request = |node_count: u32, disk_bytes: u64| NodeRequest {
