@@ -139,10 +139,16 @@ pub fn plugin_info(info: &PluginInfo, limits: &Limits) -> Check {
     bounded("info.description", &info.description, limits)
 }
 
+/// Lowercase preset name; models offered only by Hugging Face id use that id (`org/model`).
 fn model_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'))
+    let part = |p: &str| {
+        !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'))
+    };
+    s.len() <= 253
+        && match s.split_once('/') {
+            Some((org, name)) => part(org) && part(name),
+            None => part(s),
+        }
 }
 
 fn hf_id(s: &str) -> bool {
@@ -165,14 +171,20 @@ pub fn models(models: &[ModelInfo], limits: &Limits) -> Check {
     for (i, m) in models.iter().enumerate() {
         let f = |x: &str| format!("models[{i}].{x}");
         ensure(model_name(&m.name), || {
-            format!("{} {:?} must be lowercase letters, digits, '-', '.', '_'", f("name"), m.name)
+            format!(
+                "{} {:?} must be lowercase letters, digits, '-', '.', '_' (or a lowercase org/model)",
+                f("name"),
+                m.name
+            )
         })?;
         list(&f("aliases"), &m.aliases, limits)?;
         for a in &m.aliases {
             ensure(model_name(a), || format!("{} {a:?} must be lowercase", f("aliases")))?;
         }
         ensure(hf_id(&m.hf_id), || format!("{} {:?} must look like org/model", f("hf-id"), m.hf_id))?;
-        for n in std::iter::once(&m.name).chain(&m.aliases).chain(std::iter::once(&m.hf_id)) {
+        // A model offered by HF id alone has that id as its name too.
+        let hf = (!m.hf_id.eq_ignore_ascii_case(&m.name)).then_some(&m.hf_id);
+        for n in std::iter::once(&m.name).chain(&m.aliases).chain(hf) {
             ensure(seen.insert(n.to_lowercase()), || format!("{}: name {n:?} is declared twice", f("name")))?;
         }
         nonempty(&f("family"), &m.family, limits)?;

@@ -6,7 +6,29 @@ use crate::sizing::{self, DEFAULT_MAX_MODEL_LEN, GIB, SizingInput};
 use crate::{ErrorKind, GpuShape, ModelInfo, PlanRequest, PluginError, PresetPlan, ResourcePlan};
 
 /// Extra disk reserved beside the weights for the download cache (KAITO: +80 GiB).
-pub const DISK_HEADROOM_BYTES: u64 = 80 * GIB;
+pub const DISK_HEADROOM_GIB: u64 = 80;
+
+/// Shape of a model's KV cache, for the bytes it needs per token.
+#[derive(Debug, Clone, Copy)]
+pub enum KvCache {
+    /// Multi-head or grouped-query attention: K and V per KV head.
+    Gqa { layers: u32, kv_heads: u32, head_dim: u32 },
+    /// DeepSeek-style multi-head latent attention: one compressed latent plus the RoPE part.
+    Mla { layers: u32, kv_lora_rank: u32, rope_dim: u32 },
+}
+
+impl KvCache {
+    /// Elements cached per token, over all layers.
+    pub fn elements_per_token(self) -> u64 {
+        match self {
+            KvCache::Gqa { layers, kv_heads, head_dim } => 2 * layers as u64 * kv_heads as u64 * head_dim as u64,
+            KvCache::Mla { layers, kv_lora_rank, rope_dim } => layers as u64 * (kv_lora_rank as u64 + rope_dim as u64),
+        }
+    }
+}
+
+/// Bytes per cached element (fp16/bf16, as KAITO assumes).
+pub const KV_DTYPE_BYTES: u64 = 2;
 
 /// Static description of one model, written once per model in a family file.
 #[derive(Debug, Clone, Copy)]
@@ -19,11 +41,7 @@ pub struct ModelSpec {
     /// Weights size in hundredths of a GiB, as catalogs list it (27.31 GiB = 2731).
     pub weights_centi_gib: u64,
     pub context_length: u32,
-    pub layers: u32,
-    pub kv_heads: u32,
-    pub head_dim: u32,
-    /// Bytes per KV element (2 for bf16/fp16, 1 for fp8).
-    pub kv_dtype_bytes: u32,
+    pub kv: KvCache,
     pub license: &'static str,
     pub runtimes: &'static [Runtime],
     pub chat_template: Option<&'static str>,
@@ -32,6 +50,8 @@ pub struct ModelSpec {
     pub supports_tuning: bool,
     pub supports_multi_node: bool,
     pub supports_lora: bool,
+    /// Extra vLLM arguments this model needs (e.g. Mistral's native format).
+    pub vllm_args: &'static [&'static str],
 }
 
 impl ModelSpec {
@@ -40,14 +60,14 @@ impl ModelSpec {
         self.weights_centi_gib * GIB / 100
     }
 
-    /// Disk to reserve for the weights cache.
+    /// Disk to reserve for the weights cache: weights + 80 GiB, whole GiB rounded down (as KAITO).
     pub fn disk_bytes(&self) -> u64 {
-        self.weights_bytes() + DISK_HEADROOM_BYTES
+        (self.weights_centi_gib / 100 + DISK_HEADROOM_GIB) * GIB
     }
 
-    /// KV-cache bytes per token: K and V, every layer, every KV head.
+    /// KV-cache bytes per token.
     pub fn bytes_per_token(&self) -> u64 {
-        2 * self.layers as u64 * self.kv_heads as u64 * self.head_dim as u64 * self.kv_dtype_bytes as u64
+        self.kv.elements_per_token() * KV_DTYPE_BYTES
     }
 
     /// Whether `query` (any case) names this model.
@@ -161,6 +181,11 @@ pub fn plan(specs: &[ModelSpec], request: PlanRequest, shape: GpuShape) -> Resul
         supports_multi_node: spec.supports_multi_node,
     })?;
     let (runtime, notes) = runtime::choose(spec, &request, &shape, &sizing)?;
+    let mut sizing = sizing;
+    if runtime == Runtime::Tch {
+        // The tch server runs one process on one GPU: no parallelism to report.
+        sizing.parallelism = crate::Parallelism { tensor: 1, pipeline: 1, data: 1 };
+    }
     let workload = runtime::workload(runtime, spec, &request, &shape, &sizing);
     Ok(PresetPlan {
         runtime: runtime.name().into(),

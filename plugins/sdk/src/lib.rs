@@ -101,6 +101,40 @@ pub fn lookup<'a>(pairs: &'a [KeyValue], key: &str) -> Option<&'a str> {
     pairs.iter().find(|p| p.key == key).map(|p| p.value.as_str())
 }
 
+/// A whole table-driven family plugin in one line: defines `$name`, implements
+/// [`Preset`] with [`catalog::models`] and [`catalog::plan`] over `$models`, and
+/// exports it.
+#[macro_export]
+macro_rules! catalog_preset {
+    ($name:ident, $plugin:literal, $description:literal, $models:expr) => {
+        /// The family's preset plugin.
+        pub struct $name;
+
+        impl $crate::Preset for $name {
+            fn info() -> $crate::PluginInfo {
+                $crate::PluginInfo {
+                    name: $plugin.into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    description: $description.into(),
+                }
+            }
+
+            fn models() -> ::std::vec::Vec<$crate::ModelInfo> {
+                $crate::catalog::models($models)
+            }
+
+            fn plan(
+                request: $crate::PlanRequest,
+                shape: $crate::GpuShape,
+            ) -> ::core::result::Result<$crate::PresetPlan, $crate::PluginError> {
+                $crate::catalog::plan($models, request, shape)
+            }
+        }
+
+        $crate::export_preset!($name);
+    };
+}
+
 /// Export a [`Preset`] implementation as the plugin's `preset-api`.
 #[macro_export]
 macro_rules! export_preset {

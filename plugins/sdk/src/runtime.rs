@@ -242,7 +242,10 @@ pub fn workload(
                 },
                 format!("--gpu-memory-utilization={}", sizing.gpu_memory_utilization),
                 format!("--tensor-parallel-size={}", sizing.parallelism.tensor),
+                "--dtype=bfloat16".into(),
+                "--trust-remote-code".into(),
             ];
+            vllm.extend(spec.vllm_args.iter().map(|a| a.to_string()));
             if sizing.parallelism.data > 1 {
                 vllm.push(format!("--data-parallel-size={}", sizing.parallelism.data));
             }

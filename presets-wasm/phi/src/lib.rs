@@ -1,9 +1,8 @@
 //! Phi-3, Phi-3.5 and Phi-4 presets (facts from the KAITO model catalog and
 //! each model's Hugging Face `config.json`).
 
-use kaito_plugin_sdk::catalog::{self, ModelSpec};
+use kaito_plugin_sdk::catalog::{KvCache, ModelSpec};
 use kaito_plugin_sdk::runtime::Runtime;
-use kaito_plugin_sdk::{GpuShape, ModelInfo, PlanRequest, PluginError, PluginInfo, Preset, PresetPlan};
 
 const RUNTIMES: &[Runtime] = &[Runtime::Tch, Runtime::Vllm];
 
@@ -17,10 +16,7 @@ const fn phi3_mini(name: &'static str, hf_id: &'static str, context_length: u32)
         architecture: "Phi3ForCausalLM",
         weights_centi_gib: 712,
         context_length,
-        layers: 32,
-        kv_heads: 32,
-        head_dim: 96,
-        kv_dtype_bytes: 2,
+        kv: KvCache::Gqa { layers: 32, kv_heads: 32, head_dim: 96 },
         license: "mit",
         runtimes: RUNTIMES,
         chat_template: None,
@@ -29,12 +25,17 @@ const fn phi3_mini(name: &'static str, hf_id: &'static str, context_length: u32)
         supports_tuning: true,
         supports_multi_node: true,
         supports_lora: true,
+        vllm_args: &[],
     }
 }
 
 /// Phi-3-medium / Phi-4 geometry: 40 layers, 10 KV heads of 128 dims.
 const fn phi_medium(name: &'static str, hf_id: &'static str, weights_centi_gib: u64, context_length: u32) -> ModelSpec {
-    ModelSpec { weights_centi_gib, layers: 40, kv_heads: 10, head_dim: 128, ..phi3_mini(name, hf_id, context_length) }
+    ModelSpec {
+        weights_centi_gib,
+        kv: KvCache::Gqa { layers: 40, kv_heads: 10, head_dim: 128 },
+        ..phi3_mini(name, hf_id, context_length)
+    }
 }
 
 /// Every model of the family.
@@ -42,9 +43,7 @@ pub const MODELS: &[ModelSpec] = &[
     phi_medium("phi-4", "microsoft/phi-4", 2731, 16_384),
     ModelSpec {
         weights_centi_gib: 715,
-        kv_heads: 8,
-        head_dim: 128,
-        chat_template: Some("tool-chat-phi4-mini.jinja"),
+        kv: KvCache::Gqa { layers: 32, kv_heads: 8, head_dim: 128 },
         ..phi3_mini("phi-4-mini-instruct", "microsoft/Phi-4-mini-instruct", 131_072)
     },
     phi3_mini("phi-3-mini-4k-instruct", "microsoft/Phi-3-mini-4k-instruct", 4_096),
@@ -54,34 +53,13 @@ pub const MODELS: &[ModelSpec] = &[
     phi3_mini("phi-3.5-mini-instruct", "microsoft/Phi-3.5-mini-instruct", 131_072),
 ];
 
-/// The Phi family preset.
-pub struct Phi;
-
-impl Preset for Phi {
-    fn info() -> PluginInfo {
-        PluginInfo {
-            name: "preset-phi".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Microsoft Phi-3, Phi-3.5 and Phi-4 models".into(),
-        }
-    }
-
-    fn models() -> Vec<ModelInfo> {
-        catalog::models(MODELS)
-    }
-
-    fn plan(request: PlanRequest, shape: GpuShape) -> Result<PresetPlan, PluginError> {
-        catalog::plan(MODELS, request, shape)
-    }
-}
-
-kaito_plugin_sdk::export_preset!(Phi);
+kaito_plugin_sdk::catalog_preset!(Phi, "preset-phi", "Microsoft Phi-3, Phi-3.5 and Phi-4 models", MODELS);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kaito_plugin_sdk::ErrorKind;
     use kaito_plugin_sdk::sizing::GIB;
+    use kaito_plugin_sdk::{ErrorKind, GpuShape, PlanRequest, Preset};
 
     fn request(model: &str) -> PlanRequest {
         PlanRequest {
