@@ -26,17 +26,17 @@ pub struct Run {
 
 /// Run `kaito` in-process with the shipped plugins and a private artifact cache.
 pub fn kaito(args: &[&str], cache: &Path) -> Run {
-    let presets = plugin_dir("presets-wasm/dist");
-    let plugins = plugin_dir("plugins/dist");
+    kaito_with(args, &[plugin_dir("presets-wasm/dist"), plugin_dir("plugins/dist")], cache)
+}
+
+/// Run `kaito` in-process with `dirs` as plugin directories (for render and list).
+pub fn kaito_with(args: &[&str], dirs: &[PathBuf], cache: &Path) -> Run {
     let mut argv: Vec<String> =
         std::iter::once("kaito".to_string()).chain(args.iter().map(|s| s.to_string())).collect();
     if matches!(args.first(), Some(&"render")) || matches!(args.get(1), Some(&"list")) {
-        argv.extend([
-            "--plugins".into(),
-            presets.display().to_string(),
-            "--plugins".into(),
-            plugins.display().to_string(),
-        ]);
+        for d in dirs {
+            argv.extend(["--plugins".into(), d.display().to_string()]);
+        }
     }
     argv.extend(["--plugin-cache".into(), cache.display().to_string()]);
     let (mut out, mut err) = (Vec::new(), Vec::new());

@@ -11,7 +11,9 @@ fn root() -> PathBuf {
 fn wasm_in(rel: &str) -> Vec<PathBuf> {
     let dir = root().join(rel);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|_| panic!("{} missing: run `cargo xtask plugins` first", dir.display()))
+        .unwrap_or_else(|_| {
+            panic!("{} missing: run `cargo xtask plugins` (and plugin-js, plugin-py) first", dir.display())
+        })
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
         .collect();
@@ -39,6 +41,8 @@ fn conformance_passes_on_every_shipped_plugin() {
     let cache = tempfile::tempdir().unwrap();
     let mut files = wasm_in("presets-wasm/dist");
     files.extend(wasm_in("plugins/dist"));
+    files.extend(wasm_in("plugins/polyglot/phi-py/dist"));
+    files.extend(wasm_in("plugins/polyglot/phi-js/dist"));
     let mut args = vec!["plugins", "test"];
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     args.extend(names.iter().map(String::as_str));

@@ -42,6 +42,47 @@ fn us(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e6)
 }
 
+/// The Phi preset in three languages, side by side: fresh Store per call, precompiled.
+fn polyglot(iters: usize) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let req = reference_request("phi-3.5-mini-instruct");
+    let shape = reference_shapes()[1].clone();
+    println!();
+    println!("polyglot: the same preset in three languages, same request, fresh Store per call, precompiled");
+    println!(
+        "{:<12} {:>10} {:>14} {:>14} {:>12} {:>12} {:>10}",
+        "language", "size KB", "instantiate p50", "instantiate p99", "plan p50 us", "plan p99 us", "calls"
+    );
+    for (lang, rel, n) in [
+        ("Rust", "presets-wasm/dist/preset-phi.wasm", iters),
+        ("JavaScript", "plugins/polyglot/phi-js/dist/preset-phi-js.wasm", iters / 10),
+        ("Python", "plugins/polyglot/phi-py/dist/preset-phi-py.wasm", iters / 20),
+    ] {
+        let file = root.join(rel);
+        if !file.is_file() {
+            println!("{lang:<12} missing {rel}: run `cargo xtask plugin-js` / `plugin-py`");
+            continue;
+        }
+        let cache = tempfile::tempdir().unwrap();
+        let host = PluginHost::new(HostConfig { cache_dir: Some(cache.path().into()), ..Default::default() }).unwrap();
+        let plugin = host.load_file(&file, None).unwrap();
+        let inst = measure(n, || plugin.instantiate_check().unwrap());
+        let plan = measure(n, || {
+            std::hint::black_box(plugin.plan(&req, &shape).unwrap());
+        });
+        println!(
+            "{:<12} {:>10} {:>14} {:>14} {:>12} {:>12} {:>10}",
+            lang,
+            std::fs::metadata(&file).unwrap().len() / 1024,
+            us(inst.p50),
+            us(inst.p99),
+            us(plan.p50),
+            us(plan.p99),
+            n
+        );
+    }
+}
+
 fn main() {
     let iters: usize = std::env::var("KAITO_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let file = phi_wasm();
@@ -123,6 +164,8 @@ fn main() {
             s.p50.as_secs_f64() / rows[0].1.p50.as_secs_f64()
         );
     }
+
+    polyglot(iters);
 
     let loads = 20;
     let cold = measure(loads, || {

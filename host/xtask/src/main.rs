@@ -4,6 +4,8 @@
 //!   for wasm32-unknown-unknown and wrap it into a component.
 //! - `quickstart`: build plugins and the `kaito` CLI, then render the seed's
 //!   phi-3.5 Workspace.
+//! - `plugin-js` / `plugin-py`: build the JavaScript / Python ports of the
+//!   Phi preset (jco from npm with its lockfile; componentize-py from PyPI).
 //! - `test`: everything CI checks (format, lints, guest and host tests).
 
 use anyhow::{Context, Result, bail};
@@ -138,6 +140,43 @@ fn plugins() -> Result<()> {
     Ok(())
 }
 
+/// componentize-py release the Python preset is built with.
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+
+/// Build the JavaScript Phi preset: `npm ci` (lockfile pins jco) then `npm run build`.
+fn plugin_js() -> Result<()> {
+    let dir = root().join("plugins/polyglot/phi-js");
+    std::fs::create_dir_all(dir.join("dist"))?;
+    if !dir.join("node_modules/.package-lock.json").is_file() {
+        run(Command::new("npm").current_dir(&dir).args(["ci", "--no-audit", "--no-fund"]))?;
+    }
+    run(Command::new("npm").current_dir(&dir).args(["run", "--silent", "build"]))
+}
+
+/// Build the Python Phi preset with componentize-py from a venv kept outside the repository.
+fn plugin_py() -> Result<()> {
+    let dir = root().join("plugins/polyglot/phi-py");
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let venv = PathBuf::from(home).join(".cache/kaito/componentize-py");
+    let tool = venv.join("bin/componentize-py");
+    if !tool.is_file() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", COMPONENTIZE_PY]))?;
+    }
+    std::fs::create_dir_all(dir.join("dist"))?;
+    run(Command::new(tool).current_dir(&dir).args([
+        "-d",
+        "../../../wit/v0.1.0",
+        "-w",
+        "preset",
+        "componentize",
+        "--stub-wasi",
+        "app",
+        "-o",
+        "dist/preset-phi-py.wasm",
+    ]))
+}
+
 fn quickstart() -> Result<()> {
     plugins()?;
     let root = root();
@@ -149,6 +188,8 @@ fn quickstart() -> Result<()> {
 
 fn test() -> Result<()> {
     plugins()?;
+    plugin_js()?;
+    plugin_py()?;
     let root = root();
     run(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
     run(cargo().current_dir(root.join("plugins")).args(["fmt", "--all", "--check"]))?;
@@ -176,10 +217,12 @@ fn main() -> Result<()> {
     let cmd = std::env::args().nth(1).unwrap_or_default();
     match cmd.as_str() {
         "plugins" => plugins(),
+        "plugin-js" => plugin_js(),
+        "plugin-py" => plugin_py(),
         "quickstart" => quickstart(),
         "test" => test(),
         _ => {
-            eprintln!("usage: cargo xtask <plugins|quickstart|test>");
+            eprintln!("usage: cargo xtask <plugins|plugin-js|plugin-py|quickstart|test>");
             std::process::exit(2)
         }
     }
