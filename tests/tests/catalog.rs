@@ -35,6 +35,45 @@ const ALIASES: &[&str] = &[
     "mistral-large-3-675b-instruct",
 ];
 
+/// KAITO's other catalog models, served by Hugging Face id (reference inventory §3).
+const BY_HF_ID: &[&str] = &[
+    "nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-BF16",
+    "nvidia/Nemotron-Cascade-2-30B-A3B",
+    "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16",
+    "nvidia/NVIDIA-Nemotron-Nano-12B-v2-VL-BF16",
+    "nvidia/NVIDIA-Nemotron-Nano-9B-v2",
+    "nvidia/NVIDIA-Nemotron-3-Nano-4B-BF16",
+    "Qwen/Qwen3-8B-AWQ",
+    "google/gemma-4-31B-it",
+    "google/gemma-4-26B-A4B-it",
+    "google/gemma-4-E4B-it",
+    "google/gemma-4-E2B-it",
+    "mistralai/Mistral-Small-4-119B-2603",
+    "mistralai/Mistral-Small-4-119B-2603-NVFP4",
+    "Qwen/Qwen3.5-2B",
+    "Qwen/Qwen3.5-4B",
+    "Qwen/Qwen3.5-9B",
+    "Qwen/Qwen3.5-122B-A10B-GPTQ-Int4",
+    "Qwen/Qwen3.5-122B-A10B",
+    "Qwen/Qwen3.6-35B-A3B-FP8",
+    "Qwen/Qwen3.6-35B-A3B",
+    "Qwen/Qwen3.6-27B",
+    "Qwen/Qwen3.5-397B-A17B-GPTQ-Int4",
+    "moonshotai/Kimi-K2.5",
+    "moonshotai/Kimi-K2.6",
+    "MiniMaxAI/MiniMax-M2.7",
+    "mistralai/Mistral-Medium-3.5-128B",
+    "deepseek-ai/DeepSeek-V4-Flash-0731",
+    "deepseek-ai/DeepSeek-V4-Pro",
+    "google/gemma-4-12B-it",
+    "zai-org/GLM-5.2-FP8",
+    "moonshotai/Kimi-K2.7-Code",
+    "nvidia/NVIDIA-Nemotron-3-Ultra-550B-A55B-NVFP4",
+    "deepseek-ai/DeepSeek-V3.2",
+    "ibm-granite/granite-4.1-8b",
+    "Qwen/Qwen3.8-27B",
+];
+
 fn shapes() -> Vec<(&'static str, GpuShape)> {
     let s = |m: &str, n: u32, gib: u64| GpuShape {
         gpu_model: m.into(),
@@ -52,13 +91,13 @@ fn shapes() -> Vec<(&'static str, GpuShape)> {
 }
 
 #[test]
-fn every_alias_is_served_by_a_preset_plugin() {
+fn every_catalog_model_is_served_by_a_preset_plugin() {
     let cache = tempfile::tempdir().unwrap();
     let host = PluginHost::new(HostConfig { cache_dir: Some(cache.path().into()), ..Default::default() }).unwrap();
     let registry = host.load_dirs(&[plugin_dir("presets-wasm/dist")]);
     assert!(registry.failures.is_empty(), "{:?}", registry.failures);
     let mut table = String::from(
-        "# Sizing of every KAITO alias (max 8 nodes), as the preset plugins plan it\n\n\
+        "# Sizing of every KAITO catalog model (max 8 nodes), as the preset plugins plan it\n\n\
          Cells: nodes x GPUs/node, tp/pp/dp, runtime; or the error kind. Regenerate with KAITO_BLESS=1.\n\n| alias |",
     );
     for (name, _) in shapes() {
@@ -67,13 +106,13 @@ fn every_alias_is_served_by_a_preset_plugin() {
     table.push_str("\n|---|");
     table.push_str(&"---|".repeat(shapes().len()));
     table.push('\n');
-    for alias in ALIASES {
-        let (plugin, model) = registry.find_model(alias).unwrap_or_else(|e| panic!("{alias}: {e}"));
-        assert_eq!(&model.name, alias);
+    for alias in ALIASES.iter().chain(BY_HF_ID) {
+        let (plugin, model) = registry.find_model(&alias.to_uppercase()).unwrap_or_else(|e| panic!("{alias}: {e}"));
+        assert!(model.name == *alias || model.hf_id == *alias, "{alias} resolved to {}", model.name);
         table.push_str(&format!("| {alias} |"));
         let mut fits = 0;
         for (_, shape) in shapes() {
-            let req = kaito_plugin_host::conformance::reference_request(alias);
+            let req = kaito_plugin_host::conformance::reference_request(&model.name);
             let cell = match plugin.plan(&req, &shape) {
                 Ok(p) => {
                     fits += 1;
@@ -98,7 +137,7 @@ fn every_alias_is_served_by_a_preset_plugin() {
             "{alias} fits no shape"
         );
     }
-    assert_eq!(registry.of_kind(PluginKind::Preset).count(), 7);
+    assert_eq!(registry.of_kind(PluginKind::Preset).count(), 12);
     golden("sizing.md", &table);
 }
 

@@ -188,9 +188,10 @@ pub fn models(models: &[ModelInfo], limits: &Limits) -> Check {
             ensure(seen.insert(n.to_lowercase()), || format!("{}: name {n:?} is declared twice", f("name")))?;
         }
         nonempty(&f("family"), &m.family, limits)?;
-        ensure(!m.architecture.is_empty() && m.architecture.chars().all(|c| c.is_ascii_alphanumeric()), || {
-            format!("{} {:?} must be alphanumeric", f("architecture"), m.architecture)
-        })?;
+        ensure(
+            !m.architecture.is_empty() && m.architecture.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            || format!("{} {:?} must be letters, digits and '_'", f("architecture"), m.architecture),
+        )?;
         ensure(m.weights_bytes > 0, || format!("{} must be positive", f("weights-bytes")))?;
         ensure(m.disk_bytes >= m.weights_bytes, || format!("{} is smaller than the weights", f("disk-bytes")))?;
         ensure(m.context_length > 0, || format!("{} must be positive", f("context-length")))?;

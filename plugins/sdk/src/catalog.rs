@@ -54,7 +54,45 @@ pub struct ModelSpec {
     pub vllm_args: &'static [&'static str],
 }
 
+/// Parsers of a model for vLLM: (tool-call, reasoning).
+pub type Parsers = (Option<&'static str>, Option<&'static str>);
+
 impl ModelSpec {
+    /// A model KAITO serves by Hugging Face id only: vLLM, multi-node, no tuning,
+    /// no LoRA; its preset name is the lowercase HF id.
+    #[allow(clippy::too_many_arguments)]
+    pub const fn vllm_only(
+        name: &'static str,
+        hf_id: &'static str,
+        family: &'static str,
+        architecture: &'static str,
+        weights_centi_gib: u64,
+        context_length: u32,
+        kv: KvCache,
+        license: &'static str,
+        parsers: Parsers,
+    ) -> ModelSpec {
+        ModelSpec {
+            name,
+            aliases: &[],
+            hf_id,
+            family,
+            architecture,
+            weights_centi_gib,
+            context_length,
+            kv,
+            license,
+            runtimes: &[Runtime::Vllm],
+            chat_template: None,
+            tool_call_parser: parsers.0,
+            reasoning_parser: parsers.1,
+            supports_tuning: false,
+            supports_multi_node: true,
+            supports_lora: false,
+            vllm_args: &[],
+        }
+    }
+
     /// Weights size in bytes.
     pub fn weights_bytes(&self) -> u64 {
         self.weights_centi_gib * GIB / 100

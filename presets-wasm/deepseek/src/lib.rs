@@ -51,6 +51,40 @@ pub const MODELS: &[ModelSpec] = &[
     distill("deepseek-r1-distill-qwen-14b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "Qwen2ForCausalLM", 2751, 48),
     v3("deepseek-r1-0528", "deepseek-ai/DeepSeek-R1-0528", "deepseek_r1"),
     v3("deepseek-v3-0324", "deepseek-ai/DeepSeek-V3-0324", "deepseek_v3"),
+    // Served by Hugging Face id only (KAITO catalog).
+    ModelSpec::vllm_only(
+        "deepseek-ai/deepseek-v4-flash-0731",
+        "deepseek-ai/DeepSeek-V4-Flash-0731",
+        "deepseek",
+        "DeepseekV4ForCausalLM",
+        15543,
+        1_048_576,
+        KvCache::Gqa { layers: 43, kv_heads: 1, head_dim: 512 },
+        "mit",
+        (Some("deepseek_v4"), Some("deepseek_v4")),
+    ),
+    ModelSpec::vllm_only(
+        "deepseek-ai/deepseek-v4-pro",
+        "deepseek-ai/DeepSeek-V4-Pro",
+        "deepseek",
+        "DeepseekV4ForCausalLM",
+        80534,
+        1_048_576,
+        KvCache::Gqa { layers: 61, kv_heads: 1, head_dim: 512 },
+        "mit",
+        (Some("deepseek_v4"), Some("deepseek_v4")),
+    ),
+    ModelSpec::vllm_only(
+        "deepseek-ai/deepseek-v3.2",
+        "deepseek-ai/DeepSeek-V3.2",
+        "deepseek",
+        "DeepseekV32ForCausalLM",
+        64214,
+        163_840,
+        KvCache::Mla { layers: 61, kv_lora_rank: 512, rope_dim: 64 },
+        "mit",
+        (Some("deepseek_v32"), Some("deepseek_v3")),
+    ),
 ];
 
 kaito_plugin_sdk::catalog_preset!(DeepSeek, "preset-deepseek", "DeepSeek R1, V3 and R1 distills", MODELS);

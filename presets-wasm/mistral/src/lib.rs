@@ -58,6 +58,49 @@ pub const MODELS: &[ModelSpec] = &[
         supports_lora: false,
         ..mistral7b("mistral-large-3-675b-instruct", "mistralai/Mistral-Large-3-675B-Instruct-2512", false)
     },
+    // Served by Hugging Face id only (KAITO catalog).
+    ModelSpec {
+        vllm_args: MISTRAL_FORMAT,
+        ..ModelSpec::vllm_only(
+            "mistralai/mistral-small-4-119b-2603",
+            "mistralai/Mistral-Small-4-119B-2603",
+            "mistral",
+            "Mistral3ForConditionalGeneration",
+            11263,
+            1_048_576,
+            KvCache::Mla { layers: 36, kv_lora_rank: 256, rope_dim: 64 },
+            "apache-2.0",
+            (Some("mistral"), Some("mistral")),
+        )
+    },
+    ModelSpec {
+        vllm_args: MISTRAL_FORMAT,
+        ..ModelSpec::vllm_only(
+            "mistralai/mistral-small-4-119b-2603-nvfp4",
+            "mistralai/Mistral-Small-4-119B-2603-NVFP4",
+            "mistral",
+            "Mistral3ForConditionalGeneration",
+            6595,
+            1_048_576,
+            KvCache::Mla { layers: 36, kv_lora_rank: 256, rope_dim: 64 },
+            "apache-2.0",
+            (Some("mistral"), Some("mistral")),
+        )
+    },
+    ModelSpec {
+        vllm_args: MISTRAL_FORMAT,
+        ..ModelSpec::vllm_only(
+            "mistralai/mistral-medium-3.5-128b",
+            "mistralai/Mistral-Medium-3.5-128B",
+            "mistral",
+            "Mistral3ForConditionalGeneration",
+            12443,
+            262_144,
+            KvCache::Gqa { layers: 88, kv_heads: 8, head_dim: 128 },
+            "other",
+            (Some("mistral"), Some("mistral")),
+        )
+    },
 ];
 
 kaito_plugin_sdk::catalog_preset!(Mistral, "preset-mistral", "Mistral 7B, Ministral 3 and Mistral Large 3", MODELS);
