@@ -1,7 +1,7 @@
 //! The preset catalog as the Wasm plugins serve it: every alias sized on the
 //! reference GPU shapes, as a golden table, and every alias has an example.
 
-use kaito_plugin_host::{CallError, GpuShape, HostConfig, PluginHost, PluginKind};
+use kaito_plugin_host::{CallError, GpuShape, HostConfig, PlanRequest, PluginHost, PluginKind};
 use kaito_tests::{golden, plugin_dir, root};
 
 const GIB: u64 = 1 << 30;
@@ -98,7 +98,9 @@ fn every_catalog_model_is_served_by_a_preset_plugin() {
     assert!(registry.failures.is_empty(), "{:?}", registry.failures);
     let mut table = String::from(
         "# Sizing of every KAITO catalog model (max 8 nodes), as the preset plugins plan it\n\n\
-         Cells: nodes x GPUs/node, tp/pp/dp, runtime; or the error kind. Regenerate with KAITO_BLESS=1.\n\n| alias |",
+         Cells: nodes x GPUs/node, tensor/pipeline/data parallelism, runtime; or the error kind. KAITO always runs vLLM with \
+         the same estimator: where we choose the tch server (the model fits one GPU), the cell also shows KAITO's plan. \
+         Regenerate with KAITO_BLESS=1.\n\n| alias |",
     );
     for (name, _) in shapes() {
         table.push_str(&format!(" {name} |"));
@@ -113,15 +115,24 @@ fn every_catalog_model_is_served_by_a_preset_plugin() {
         let mut fits = 0;
         for (_, shape) in shapes() {
             let req = kaito_plugin_host::conformance::reference_request(&model.name);
+            let describe = |p: &kaito_plugin_host::PresetPlan| {
+                let (r, par) = (&p.resources, &p.resources.parallelism);
+                format!(
+                    "{}x{} {}/{}/{} {}",
+                    r.node_count, r.gpus_per_node, par.tensor, par.pipeline, par.data, p.runtime
+                )
+            };
             let cell = match plugin.plan(&req, &shape) {
+                // KAITO always runs vLLM; where we pick tch, show what KAITO would plan.
+                Ok(p) if p.runtime == "tch" => {
+                    fits += 1;
+                    let vllm = PlanRequest { runtime: Some("vllm".into()), ..req.clone() };
+                    let kaito = plugin.plan(&vllm, &shape).unwrap_or_else(|e| panic!("{alias}: {e}"));
+                    format!("{} (KAITO: {})", describe(&p), describe(&kaito))
+                }
                 Ok(p) => {
                     fits += 1;
-                    let r = &p.resources;
-                    let par = &r.parallelism;
-                    format!(
-                        "{}x{} {}/{}/{} {}",
-                        r.node_count, r.gpus_per_node, par.tensor, par.pipeline, par.data, p.runtime
-                    )
+                    describe(&p)
                 }
                 Err(CallError::Plugin { error, .. }) => format!("{:?}", error.kind).replace("ErrorKind::", ""),
                 Err(e) => panic!("{alias}: plugin fault: {e}"),
