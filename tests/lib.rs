@@ -1,6 +1,15 @@
 //! Helpers shared by the cross-crate tests in `tests/tests/`.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// One artifact cache for every test in this process: artifacts are keyed by
+/// digest and written atomically, so sharing is safe and saves recompiling
+/// each plugin in every test.
+pub fn shared_cache() -> &'static Path {
+    static CACHE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    CACHE.get_or_init(|| tempfile::tempdir().expect("temporary directory")).path()
+}
 
 /// Repository root.
 pub fn root() -> PathBuf {

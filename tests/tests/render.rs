@@ -1,7 +1,7 @@
 //! Golden tests of `kaito render`: the seed Workspace, bring-your-own nodes,
 //! a multi-node vLLM plan, and the error cases with their messages.
 
-use kaito_tests::{Run, golden, kaito, root};
+use kaito_tests::{Run, golden, kaito, root, shared_cache};
 
 const SEED: &str = "examples/inference/kaito_workspace_phi_3.5-instruct.yaml";
 
@@ -10,10 +10,9 @@ fn path(rel: &str) -> String {
 }
 
 fn render(args: &[&str]) -> Run {
-    let cache = tempfile::tempdir().unwrap();
     let mut all = vec!["render"];
     all.extend_from_slice(args);
-    kaito(&all, cache.path())
+    kaito(&all, shared_cache())
 }
 
 /// Render `base` with `from` replaced by `to` (plus `extra` arguments), expect
@@ -58,6 +57,15 @@ fn phi_4_on_a10_needs_two_nodes_with_vllm_pipeline_parallelism() {
     assert_eq!(run.stdout.matches("kind: NodeClaim").count(), 2);
     assert!(run.stdout.contains("--pipeline-parallel-size=2"));
     golden("phi-4-nv36ads-a10-vllm.yaml", &run.stdout);
+}
+
+#[test]
+fn karpenter_plans_one_node_pool_on_aws() {
+    let run = render(&["-f", &path("tests/fixtures/llama-3.3-70b-aws.yaml"), "--provisioner", "karpenter"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.matches("kind: NodePool").count(), 1);
+    assert!(!run.stdout.contains("kind: NodeClaim"));
+    golden("llama-3.3-70b-p5-karpenter.yaml", &run.stdout);
 }
 
 #[test]
