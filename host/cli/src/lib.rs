@@ -26,6 +26,8 @@ pub enum Command {
     /// Inspect and check plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Print the Workspace CustomResourceDefinition generated from the types.
+    Crd,
 }
 
 /// `kaito plugins ...`
@@ -271,6 +273,7 @@ where
         Command::Render(args) => render_cmd(args, out, err),
         Command::Plugins(PluginsCommand::List(args)) => list_cmd(args, out, err),
         Command::Plugins(PluginsCommand::Test { files, plugins }) => test_cmd(files, plugins, out),
+        Command::Crd => out.write_all(kaito_crd::workspace_crd_yaml().as_bytes()).map(|_| 0).map_err(Into::into),
     };
     match result {
         Ok(code) => code,

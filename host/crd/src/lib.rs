@@ -2,8 +2,10 @@
 //! shape: `resource`, `inference` and `tuning` sit at the top level, beside
 //! `metadata`, with no `spec` wrapper.
 
+pub mod crd;
 pub mod workspace;
 
+pub use crd::{WORKSPACE_CRD_PATH, workspace_crd, workspace_crd_yaml};
 pub use workspace::*;
 
 /// API group of every KAITO resource.

@@ -34,11 +34,15 @@ pub fn is_reserved_label(key: &str) -> bool {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Workspace {
+    // The API server owns apiVersion, kind and metadata: a CRD schema leaves them out.
     #[serde(default = "default_api_version")]
+    #[schemars(skip)]
     pub api_version: String,
     #[serde(default = "default_kind")]
+    #[schemars(skip)]
     pub kind: String,
     #[serde(default)]
+    #[schemars(skip)]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub resource: ResourceSpec,

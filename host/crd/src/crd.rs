@@ -1,0 +1,212 @@
+//! The Workspace CustomResourceDefinition, generated from the Rust types.
+//!
+//! `kaito crd` prints it; the committed copy lives in
+//! `charts/kaito-workspace/crds/` and a test fails when it drifts.
+//! Rules KAITO's validating webhook enforces that CEL can express are in the
+//! schema as `x-kubernetes-validations`; the rest stay in the controller.
+
+use crate::workspace::{MAX_ADAPTERS, Workspace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceColumnDefinition, CustomResourceDefinition, CustomResourceDefinitionNames,
+    CustomResourceDefinitionSpec, CustomResourceDefinitionVersion, CustomResourceSubresources,
+    CustomResourceValidation, JSONSchemaProps,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::{Value, json};
+
+/// Path of the committed CRD, relative to the repository root.
+pub const WORKSPACE_CRD_PATH: &str = "charts/kaito-workspace/crds/kaito.sh_workspaces.yaml";
+
+fn at<'a>(schema: &'a mut Value, path: &[&str]) -> &'a mut Value {
+    path.iter().fold(schema, |node, key| {
+        node.get_mut("properties")
+            .and_then(|p| p.get_mut(*key))
+            .unwrap_or_else(|| panic!("schema has no {key} in {path:?}"))
+    })
+}
+
+fn rule(schema: &mut Value, path: &[&str], rule: &str, message: &str) {
+    let node = at(schema, path);
+    let rules =
+        node.as_object_mut().expect("object schema").entry("x-kubernetes-validations").or_insert_with(|| json!([]));
+    rules.as_array_mut().expect("array").push(json!({"rule": rule, "message": message}));
+}
+
+/// The openAPIV3Schema of a Workspace, with KAITO's webhook rules as CEL.
+pub fn workspace_schema() -> Value {
+    let generator = schemars::generate::SchemaSettings::openapi3()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .with_transform(schemars::transform::AddNullable::default())
+        .with_transform(kube::core::schema::StructuralSchemaRewriter)
+        .with_transform(kube::core::schema::OptionalEnum)
+        .with_transform(kube::core::schema::OptionalIntOrString)
+        .into_generator();
+    let mut schema = serde_json::to_value(generator.into_root_schema_for::<Workspace>()).expect("schema serialises");
+    if let Some(o) = schema.as_object_mut() {
+        o.remove("title");
+        o.remove("description");
+    }
+    // Schemaless in KAITO: a pod template and volume sources pass through as written.
+    let schemaless = |description: &str| json!({"type": "object", "nullable": true, "x-kubernetes-preserve-unknown-fields": true, "description": description});
+    *at(&mut schema, &["inference", "template"]) = schemaless("Pod template run instead of a preset (schemaless).");
+    let volume = "A Kubernetes volume source (schemaless).";
+    at(&mut schema, &["inference", "adapters"])["items"]["properties"]["source"]["properties"]["volumeSource"] =
+        schemaless(volume);
+    *at(&mut schema, &["tuning", "input", "volumeSource"]) = schemaless(volume);
+    *at(&mut schema, &["tuning", "output", "volumeSource"]) = schemaless(volume);
+    at(&mut schema, &["inference", "adapters"])["maxItems"] = json!(MAX_ADAPTERS);
+    at(&mut schema, &["resource", "count"])["default"] = json!(1);
+    at(&mut schema, &["resource", "count"])["minimum"] = json!(1);
+    let resource = at(&mut schema, &["resource"]);
+    resource["required"] = json!(["labelSelector"]);
+
+    rule(&mut schema, &[], "has(self.inference) != has(self.tuning)", "set exactly one of inference or tuning");
+    rule(
+        &mut schema,
+        &[],
+        "has(self.inference) == has(oldSelf.inference)",
+        "a Workspace cannot switch between inference and tuning",
+    );
+    rule(
+        &mut schema,
+        &[],
+        "!has(self.inference) || !has(oldSelf.inference) || has(self.inference.template) == has(oldSelf.inference.template)",
+        "inference.template cannot be set or unset after creation",
+    );
+    rule(&mut schema, &["resource", "instanceType"], "self == oldSelf", "resource.instanceType is immutable");
+    rule(&mut schema, &["resource", "count"], "self == oldSelf", "resource.count is immutable");
+    rule(&mut schema, &["resource", "labelSelector"], "self == oldSelf", "resource.labelSelector is immutable");
+    rule(
+        &mut schema,
+        &["resource", "labelSelector", "matchLabels"],
+        "self.exists(k, !(k in ['kaito.sh/workspace', 'kaito.sh/workspacenamespace', 'kaito.sh/ragengine', 'kaito.sh/ragenginenamespace']) && !k.startsWith('karpenter.kaito.sh/'))",
+        "resource.labelSelector.matchLabels needs a label that is not reserved for the operator (kaito.sh/*, karpenter.kaito.sh/*)",
+    );
+    rule(
+        &mut schema,
+        &["inference"],
+        "has(self.preset) != has(self.template)",
+        "set inference.preset or inference.template, not both",
+    );
+    rule(&mut schema, &["inference", "preset", "name"], "self == oldSelf", "inference.preset.name is immutable");
+    rule(
+        &mut schema,
+        &["inference", "adapters"],
+        "self.all(a, !has(a.source) || !has(a.source.name) || self.filter(b, has(b.source) && has(b.source.name) && b.source.name == a.source.name).size() == 1)",
+        "inference.adapters names must be unique",
+    );
+    rule(&mut schema, &["tuning", "preset", "name"], "self == oldSelf", "tuning.preset.name is immutable");
+    schema
+}
+
+fn condition_column(name: &str) -> CustomResourceColumnDefinition {
+    CustomResourceColumnDefinition {
+        name: name.into(),
+        type_: "string".into(),
+        json_path: format!(".status.conditions[?(@.type==\"{name}\")].status"),
+        ..Default::default()
+    }
+}
+
+/// The Workspace CRD: v1beta1 stored, v1alpha1 served, same schema.
+pub fn workspace_crd() -> CustomResourceDefinition {
+    let schema: JSONSchemaProps = serde_json::from_value(workspace_schema()).expect("valid JSONSchemaProps");
+    let columns = vec![
+        CustomResourceColumnDefinition {
+            name: "Instance".into(),
+            type_: "string".into(),
+            json_path: ".resource.instanceType".into(),
+            ..Default::default()
+        },
+        condition_column("ResourceReady"),
+        condition_column("InferenceReady"),
+        condition_column("JobStarted"),
+        condition_column("WorkspaceSucceeded"),
+        CustomResourceColumnDefinition {
+            name: "State".into(),
+            type_: "string".into(),
+            json_path: ".status.state".into(),
+            ..Default::default()
+        },
+        CustomResourceColumnDefinition {
+            name: "Age".into(),
+            type_: "date".into(),
+            json_path: ".metadata.creationTimestamp".into(),
+            ..Default::default()
+        },
+    ];
+    let version = |name: &str, storage: bool| CustomResourceDefinitionVersion {
+        name: name.into(),
+        served: true,
+        storage,
+        additional_printer_columns: Some(columns.clone()),
+        schema: Some(CustomResourceValidation { open_api_v3_schema: Some(schema.clone()) }),
+        subresources: Some(CustomResourceSubresources { status: Some(Default::default()), scale: None }),
+        ..Default::default()
+    };
+    CustomResourceDefinition {
+        metadata: ObjectMeta { name: Some("workspaces.kaito.sh".into()), ..Default::default() },
+        spec: CustomResourceDefinitionSpec {
+            group: crate::GROUP.into(),
+            names: CustomResourceDefinitionNames {
+                kind: "Workspace".into(),
+                list_kind: Some("WorkspaceList".into()),
+                plural: "workspaces".into(),
+                singular: Some("workspace".into()),
+                short_names: Some(vec!["wk".into(), "wks".into()]),
+                ..Default::default()
+            },
+            scope: "Namespaced".into(),
+            versions: vec![version("v1beta1", true), version("v1alpha1", false)],
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+/// The CRD as the YAML committed at [`WORKSPACE_CRD_PATH`].
+pub fn workspace_crd_yaml() -> String {
+    format!(
+        "# Generated by `kaito crd` from host/crd; do not edit. A test fails when this file drifts.\n{}",
+        serde_yaml::to_string(&workspace_crd()).expect("CRD serialises")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_leaves_metadata_to_the_api_server_and_keeps_cel_rules() {
+        let s = workspace_schema();
+        assert!(s["properties"].get("metadata").is_none());
+        assert!(s["properties"].get("apiVersion").is_none());
+        assert_eq!(s["properties"]["resource"]["properties"]["count"]["default"], 1);
+        assert_eq!(s["properties"]["inference"]["properties"]["adapters"]["maxItems"], 10);
+        assert!(s["x-kubernetes-validations"].as_array().unwrap().len() >= 3);
+        assert_eq!(
+            s["properties"]["inference"]["properties"]["template"]["x-kubernetes-preserve-unknown-fields"],
+            true
+        );
+    }
+
+    #[test]
+    fn committed_crd_matches_the_types() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let path = root.join(WORKSPACE_CRD_PATH);
+        let want = workspace_crd_yaml();
+        if std::env::var_os("KAITO_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "{} drifted from the Rust types: run `cargo run -p kaito-cli -- crd > {WORKSPACE_CRD_PATH}`",
+            path.display()
+        );
+    }
+}
