@@ -1,0 +1,98 @@
+//! The CRD's CEL rules, evaluated client-side with kube's CEL validator: every
+//! example passes, and each webhook rule rejects what KAITO's webhook rejects.
+
+use kaito_crd::crd::workspace_schema;
+use kube::core::cel::Validator;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn yaml(path: &Path) -> Value {
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn check(object: &Value, old: Option<&Value>) -> Result<(), String> {
+    Validator::new().validate(&workspace_schema(), object, old).map_err(|e| format!("{e:?}"))
+}
+
+fn seed() -> Value {
+    yaml(&root().join("examples/inference/kaito_workspace_phi_3.5-instruct.yaml"))
+}
+
+fn rejected(object: &Value, old: Option<&Value>, message: &str) {
+    let err = check(object, old).expect_err("rule should reject");
+    assert!(err.contains(message), "expected {message:?} in {err}");
+}
+
+#[test]
+fn every_example_and_fixture_passes_the_rules() {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for dir in ["examples/inference", "tests/fixtures"] {
+        for e in std::fs::read_dir(root().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml")
+                && std::fs::read_to_string(&p).unwrap().contains("kind: Workspace")
+            {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() > 25);
+    for f in files {
+        let ws = yaml(&f);
+        check(&ws, None).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        check(&ws, Some(&ws)).unwrap_or_else(|e| panic!("{} (update to itself): {e}", f.display()));
+    }
+}
+
+#[test]
+fn exactly_one_of_inference_and_tuning() {
+    let mut both = seed();
+    both["tuning"] = json!({"method": "lora"});
+    rejected(&both, None, "set exactly one of inference or tuning");
+    let mut neither = seed();
+    neither.as_object_mut().unwrap().remove("inference");
+    rejected(&neither, None, "set exactly one of inference or tuning");
+}
+
+#[test]
+fn only_reserved_labels_are_rejected() {
+    let mut ws = seed();
+    ws["resource"]["labelSelector"]["matchLabels"] = json!({"kaito.sh/workspace": "x", "karpenter.kaito.sh/pool": "y"});
+    rejected(&ws, None, "needs a label that is not reserved");
+}
+
+#[test]
+fn preset_and_template_are_exclusive() {
+    let mut ws = seed();
+    ws["inference"]["template"] = json!({"spec": {"containers": []}});
+    rejected(&ws, None, "set inference.preset or inference.template, not both");
+}
+
+#[test]
+fn adapter_names_are_unique() {
+    let mut ws = seed();
+    let adapter = json!({"source": {"name": "a", "image": "example.com/a:1"}});
+    ws["inference"]["adapters"] = json!([adapter.clone(), adapter]);
+    rejected(&ws, None, "inference.adapters names must be unique");
+}
+
+#[test]
+fn immutable_fields_cannot_change() {
+    let old = seed();
+    let mut new = old.clone();
+    new["resource"]["instanceType"] = json!("Standard_NC48ads_A100_v4");
+    rejected(&new, Some(&old), "resource.instanceType is immutable");
+    let mut new = old.clone();
+    new["inference"]["preset"]["name"] = json!("phi-4");
+    rejected(&new, Some(&old), "inference.preset.name is immutable");
+    let mut new = old.clone();
+    new["resource"]["labelSelector"]["matchLabels"]["apps"] = json!("other");
+    rejected(&new, Some(&old), "resource.labelSelector is immutable");
+    let mut new = old.clone();
+    new["metadata"]["annotations"] = json!({"kaito.sh/runtime": "vllm"});
+    check(&new, Some(&old)).unwrap();
+}
