@@ -194,3 +194,4 @@ macro_rules! export_provisioner {
 }
 
 pub mod gfd;
+pub mod provisioning;

@@ -1,12 +1,12 @@
 //! Azure gpu-provisioner: one Karpenter `NodeClaim` per GPU node, which the
 //! gpu-provisioner controller turns into a single-VM AKS agent pool.
 
-use kaito_plugin_sdk::catalog::nearest;
+use kaito_plugin_sdk::provisioning;
 use kaito_plugin_sdk::sizing::GIB;
 use kaito_plugin_sdk::{
-    ErrorKind, InstanceType, KeyValue, NodeClassRef, NodeGpu, NodeObject, NodeObjectKind, NodePlan, NodeRequest,
-    PluginError, PluginInfo, Provisioner, ProvisionerInfo, ProvisionerMode, Requirement, RequirementOperator, Taint,
-    TaintEffect, gfd, kv, lookup,
+    InstanceType, KeyValue, NodeClassRef, NodeGpu, NodeObject, NodeObjectKind, NodePlan, NodeRequest, PluginError,
+    PluginInfo, Provisioner, ProvisionerInfo, ProvisionerMode, Requirement, RequirementOperator, Taint, TaintEffect,
+    gfd, kv, lookup,
 };
 
 /// (SKU, GPU model, GPUs, node GPU memory in GiB, local NVMe).
@@ -82,20 +82,13 @@ impl Provisioner for Azure {
 
     fn plan_nodes(request: NodeRequest) -> Result<NodePlan, PluginError> {
         let Some(&(sku_name, ..)) = sku(&request.instance_type) else {
-            let close = nearest(&request.instance_type, SKUS.iter().map(|s| s.0), 3);
-            return Err(PluginError::new(
-                ErrorKind::UnknownInstanceType,
-                "resource.instanceType",
-                format!("{:?} is not a GPU instance type gpu-provisioner knows", request.instance_type),
-                Some(format!("closest: {}", close.join(", "))),
+            return Err(provisioning::unknown_instance_type(
+                &request.instance_type,
+                SKUS.iter().map(|s| s.0),
+                "gpu-provisioner",
             ));
         };
-        if request.node_count == 0 || request.node_count > MAX_NODES {
-            return Err(PluginError::invalid(
-                "resource.count",
-                format!("node count {} is outside 1..={MAX_NODES}", request.node_count),
-            ));
-        }
+        provisioning::check_node_count(&request, MAX_NODES)?;
         let image_family = lookup(&request.annotations, "kaito.sh/node-image-family").unwrap_or("ubuntu");
         if !matches!(image_family, "ubuntu" | "azurelinux") {
             return Err(PluginError::invalid(
@@ -104,8 +97,7 @@ impl Provisioner for Azure {
             ));
         }
         let class = lookup(&request.annotations, "kaito.sh/node-class-name").unwrap_or("default");
-        let owner =
-            vec![kv("kaito.sh/workspace", &request.workspace), kv("kaito.sh/workspacenamespace", &request.namespace)];
+        let owner = provisioning::owner_labels(&request);
         let mut labels: Vec<KeyValue> = vec![kv(NODEPOOL_LABEL, "kaito")];
         labels.extend(owner.iter().cloned());
         labels.extend(request.match_labels.iter().cloned());
@@ -152,6 +144,7 @@ kaito_plugin_sdk::export_provisioner!(Azure);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kaito_plugin_sdk::ErrorKind;
 
     fn request(sku: &str, count: u32) -> NodeRequest {
         NodeRequest {

@@ -1,12 +1,12 @@
 //! Karpenter on AWS: one `NodePool` per Workspace, sized by `replicas`, on an
 //! `EC2NodeClass`. Instance types are the NVIDIA GPU ones of KAITO's AWS table.
 
-use kaito_plugin_sdk::catalog::nearest;
+use kaito_plugin_sdk::provisioning;
 use kaito_plugin_sdk::sizing::GIB;
 use kaito_plugin_sdk::{
-    ErrorKind, InstanceType, KeyValue, NodeClassRef, NodeGpu, NodeObject, NodeObjectKind, NodePlan, NodeRequest,
-    PluginError, PluginInfo, Provisioner, ProvisionerInfo, ProvisionerMode, Requirement, RequirementOperator, Taint,
-    TaintEffect, gfd, kv, lookup,
+    InstanceType, KeyValue, NodeClassRef, NodeGpu, NodeObject, NodeObjectKind, NodePlan, NodeRequest, PluginError,
+    PluginInfo, Provisioner, ProvisionerInfo, ProvisionerMode, Requirement, RequirementOperator, Taint, TaintEffect,
+    gfd, lookup,
 };
 
 /// (instance type, GPU model, GPUs, GPU memory per GPU in GiB).
@@ -88,23 +88,15 @@ impl Provisioner for Karpenter {
 
     fn plan_nodes(request: NodeRequest) -> Result<NodePlan, PluginError> {
         let Some(&(sku_name, ..)) = sku(&request.instance_type) else {
-            let close = nearest(&request.instance_type, SKUS.iter().map(|s| s.0), 3);
-            return Err(PluginError::new(
-                ErrorKind::UnknownInstanceType,
-                "resource.instanceType",
-                format!("{:?} is not an NVIDIA GPU instance type this Karpenter plugin knows", request.instance_type),
-                Some(format!("closest: {}", close.join(", "))),
+            return Err(provisioning::unknown_instance_type(
+                &request.instance_type,
+                SKUS.iter().map(|s| s.0),
+                "the karpenter plugin (NVIDIA GPU types only)",
             ));
         };
-        if request.node_count == 0 || request.node_count > MAX_NODES {
-            return Err(PluginError::invalid(
-                "resource.count",
-                format!("node count {} is outside 1..={MAX_NODES}", request.node_count),
-            ));
-        }
+        provisioning::check_node_count(&request, MAX_NODES)?;
         let class = lookup(&request.annotations, "kaito.sh/node-class-name").unwrap_or("default");
-        let owner =
-            vec![kv("kaito.sh/workspace", &request.workspace), kv("kaito.sh/workspacenamespace", &request.namespace)];
+        let owner = provisioning::owner_labels(&request);
         let mut labels: Vec<KeyValue> = owner.clone();
         labels.extend(request.match_labels.iter().cloned());
         let pool = NodeObject {
@@ -142,6 +134,7 @@ kaito_plugin_sdk::export_provisioner!(Karpenter);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kaito_plugin_sdk::{ErrorKind, kv};
 
     fn request(sku: &str, count: u32) -> NodeRequest {
         NodeRequest {
