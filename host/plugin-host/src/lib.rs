@@ -30,3 +30,10 @@ pub mod plugin_metadata {
 pub use registry::{LoadFailure, Manifest, ManifestEntry, Registry, ResolveError, nearest};
 pub use wit::describe;
 pub use wit::latest::*;
+
+// The operator calls plugins from many reconcile tasks at once.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Registry>();
+    send_sync::<PluginHost>();
+};
