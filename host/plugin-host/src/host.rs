@@ -66,9 +66,9 @@ fn engine(limits: &Limits) -> wasmtime::Result<Engine> {
             .total_core_instances(n * 16)
             .total_memories(n * 4)
             .total_tables(n * 4)
-            .max_memories_per_component(8)
-            .max_tables_per_component(16)
-            .max_core_instances_per_component(64)
+            .max_memories_per_component(limits.pool_memories_per_component)
+            .max_tables_per_component(limits.pool_tables_per_component)
+            .max_core_instances_per_component(limits.pool_core_instances_per_component)
             .max_memory_size(limits.max_memory_override.max(limits.memory_bytes))
             .table_elements(limits.table_elements)
             // Reusing a slot's first pages with memset beats madvise plus a

@@ -36,6 +36,12 @@ pub struct Limits {
     pub max_concurrent_instances: u32,
     /// Bytes of a pooled memory or table kept resident between instances.
     pub keep_resident_bytes: usize,
+    /// Core module instances one component may hold when pooling (a Python component has 38).
+    pub pool_core_instances_per_component: u32,
+    /// Linear memories one component may hold when pooling.
+    pub pool_memories_per_component: u32,
+    /// Tables one component may hold when pooling.
+    pub pool_tables_per_component: u32,
 }
 
 impl Default for Limits {
@@ -55,6 +61,9 @@ impl Default for Limits {
             pooling: true,
             max_concurrent_instances: 64,
             keep_resident_bytes: 4 << 20,
+            pool_core_instances_per_component: 64,
+            pool_memories_per_component: 8,
+            pool_tables_per_component: 16,
         }
     }
 }
