@@ -178,11 +178,7 @@ fn list_cmd(args: &PluginArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyh
     let host = args.host()?;
     let registry = args.registry(&host, err)?;
     for p in &registry.plugins {
-        let version = match p.metadata() {
-            Some(kaito_plugin_host::plugin_metadata::Metadata::Preset { info, .. }) => info.version.clone(),
-            Some(kaito_plugin_host::plugin_metadata::Metadata::Provisioner { info, .. }) => info.plugin.version.clone(),
-            None => "?".into(),
-        };
+        let version = p.info().map_or("?", |i| i.version.as_str());
         writeln!(out, "{} {version} ({} plugin, kaito:plugin@{})", p.name(), p.kind().as_str(), p.contract())?;
         writeln!(out, "  file:     {}", p.file().display())?;
         writeln!(out, "  sha256:   {}", p.digest())?;

@@ -5,7 +5,7 @@
 //! Rules KAITO's validating webhook enforces that CEL can express are in the
 //! schema as `x-kubernetes-validations`; the rest stay in the controller.
 
-use crate::workspace::{MAX_ADAPTERS, Workspace};
+use crate::workspace::{MAX_ADAPTERS, RESERVED_LABEL_PREFIX, RESERVED_LABELS, Workspace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceColumnDefinition, CustomResourceDefinition, CustomResourceDefinitionNames,
     CustomResourceDefinitionSpec, CustomResourceDefinitionVersion, CustomResourceSubresources,
@@ -82,7 +82,10 @@ pub fn workspace_schema() -> Value {
     rule(
         &mut schema,
         &["resource", "labelSelector", "matchLabels"],
-        "self.exists(k, !(k in ['kaito.sh/workspace', 'kaito.sh/workspacenamespace', 'kaito.sh/ragengine', 'kaito.sh/ragenginenamespace']) && !k.startsWith('karpenter.kaito.sh/'))",
+        &format!(
+            "self.exists(k, !(k in [{}]) && !k.startsWith('{RESERVED_LABEL_PREFIX}'))",
+            RESERVED_LABELS.iter().map(|l| format!("'{l}'")).collect::<Vec<_>>().join(", ")
+        ),
         "resource.labelSelector.matchLabels needs a label that is not reserved for the operator (kaito.sh/*, karpenter.kaito.sh/*)",
     );
     rule(

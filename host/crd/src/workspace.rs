@@ -22,12 +22,15 @@ pub const RUNTIME_ANNOTATION: &str = "kaito.sh/runtime";
 /// Most adapters one Workspace may load.
 pub const MAX_ADAPTERS: usize = 10;
 
-/// Label keys users may not select on: the operator owns them.
+/// Label keys the operator owns; users may not select on them.
+pub const RESERVED_LABELS: &[&str] =
+    &["kaito.sh/workspace", "kaito.sh/workspacenamespace", "kaito.sh/ragengine", "kaito.sh/ragenginenamespace"];
+/// Label prefix the operator owns.
+pub const RESERVED_LABEL_PREFIX: &str = "karpenter.kaito.sh/";
+
+/// Whether users may not select on `key`: the operator owns it.
 pub fn is_reserved_label(key: &str) -> bool {
-    matches!(
-        key,
-        "kaito.sh/workspace" | "kaito.sh/workspacenamespace" | "kaito.sh/ragengine" | "kaito.sh/ragenginenamespace"
-    ) || key.starts_with("karpenter.kaito.sh/")
+    RESERVED_LABELS.contains(&key) || key.starts_with(RESERVED_LABEL_PREFIX)
 }
 
 /// A KAITO Workspace: GPU resources plus an inference or tuning workload.

@@ -24,13 +24,6 @@ pub struct HostConfig {
     pub require_pins: bool,
 }
 
-impl HostConfig {
-    /// Default limits and policy, with the default artifact cache.
-    pub fn with_default_cache() -> Self {
-        HostConfig { cache_dir: ArtifactCache::default_dir(), ..Default::default() }
-    }
-}
-
 pub(crate) struct Shared {
     pub engine: Engine,
     pub limits: Limits,

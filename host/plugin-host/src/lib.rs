@@ -22,11 +22,7 @@ pub use cache::{ArtifactCache, CacheOutcome};
 pub use error::{CallError, Fault, LoadError};
 pub use host::{HostConfig, PluginHost};
 pub use limits::{Limits, Policy};
-pub use plugin::{Plugin, PluginKind};
-/// What plugins say about themselves.
-pub mod plugin_metadata {
-    pub use crate::plugin::Metadata;
-}
+pub use plugin::{Metadata, Plugin, PluginKind};
 pub use registry::{LoadFailure, Manifest, ManifestEntry, Registry, ResolveError, nearest};
 pub use wit::describe;
 pub use wit::latest::*;

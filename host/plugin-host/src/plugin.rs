@@ -276,6 +276,14 @@ impl Plugin {
         self.metadata.get()
     }
 
+    /// Name, version and description, for plugins whose metadata loaded.
+    pub fn info(&self) -> Option<&PluginInfo> {
+        match self.metadata.get()? {
+            Metadata::Preset { info, .. } => Some(info),
+            Metadata::Provisioner { info, .. } => Some(&info.plugin),
+        }
+    }
+
     /// Models of a preset plugin.
     pub fn models(&self) -> &[ModelInfo] {
         match self.metadata.get() {

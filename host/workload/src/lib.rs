@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Node;
 use kaito_crd::{FieldError, RUNTIME_ANNOTATION, Workspace};
 use kaito_plugin_host::{
     Adapter, CallError, GpuShape, KeyValue, NodePlan, NodeRequest, PlanRequest, Plugin, PresetPlan, ProvisionerMode,
-    Registry, ResolveError, describe,
+    Registry, ResolveError,
 };
 use std::sync::Arc;
 
@@ -196,9 +196,4 @@ pub fn render(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Resu
 /// Multi-document YAML of `docs`, each introduced by `---`.
 pub fn to_yaml(docs: &[serde_json::Value]) -> String {
     docs.iter().map(|d| format!("---\n{}", serde_yaml::to_string(d).expect("JSON values always serialise"))).collect()
-}
-
-/// A plugin error rendered for people.
-pub fn describe_plugin_error(e: &kaito_plugin_host::PluginError) -> String {
-    describe(e)
 }
