@@ -1,5 +1,7 @@
 //! Helpers shared by the cross-crate tests in `tests/tests/`.
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -67,4 +69,36 @@ pub fn golden(name: &str, actual: &str) {
         "{} differs from the render (KAITO_BLESS=1 rewrites it)\n--- expected\n{expected}\n--- actual\n{actual}",
         path.display()
     );
+}
+
+/// Every shipped preset and provisioner, loaded once per test process.
+pub fn shipped_registry() -> std::sync::Arc<kaito_plugin_host::Registry> {
+    static REGISTRY: OnceLock<std::sync::Arc<kaito_plugin_host::Registry>> = OnceLock::new();
+    REGISTRY
+        .get_or_init(|| {
+            let host = kaito_plugin_host::PluginHost::new(kaito_plugin_host::HostConfig {
+                cache_dir: Some(shared_cache().to_path_buf()),
+                ..Default::default()
+            })
+            .expect("plugin host");
+            let registry = host.load_dirs(&[plugin_dir("presets-wasm/dist"), plugin_dir("plugins/dist")]);
+            assert!(registry.failures.is_empty(), "{:?}", registry.failures);
+            std::sync::Arc::new(registry)
+        })
+        .clone()
+}
+
+/// An operator context over `cluster`, with the named provisioner plugin.
+pub fn operator_context(
+    cluster: &cluster::Cluster,
+    registry: std::sync::Arc<kaito_plugin_host::Registry>,
+    provisioner: &str,
+) -> std::sync::Arc<kaito_operator::Context> {
+    let config = kaito_operator::Config { provisioner: provisioner.into(), ..Default::default() };
+    std::sync::Arc::new(kaito_operator::Context::new(cluster.client(), registry, config, Default::default()))
+}
+
+/// A YAML document as JSON.
+pub fn yaml(text: &str) -> serde_json::Value {
+    serde_yaml::from_str(text).expect("valid YAML")
 }

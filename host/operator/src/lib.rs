@@ -1,11 +1,28 @@
 //! The Workspace operator.
 //!
-//! So far this crate holds the parts of the controller that need no API
-//! server: the spec revision and the NodeClaims still missing
-//! ([`revision`]), and turning what the cluster shows (NodeClaims, nodes,
-//! the StatefulSet and its pods) into KAITO's status conditions and state,
-//! with reasons taken from the real failure ([`status`]). The kube-runtime
-//! controller that observes and applies is not written yet.
+//! [`controller`] runs kube-runtime's `Controller` over Workspaces, their
+//! StatefulSets and Services, and the NodeClaims or NodePools the provisioner
+//! plugin planned. The reconcile logic is in [`workspace::WorkspaceExt`]: it
+//! renders the Workspace through the same [`kaito_workload::render`] as
+//! `kaito render`, creates missing node objects, applies the workload with
+//! server-side apply once nodes are Ready, and patches status from what it
+//! observed ([`status`]). [`leader`] holds a Lease; [`server`] serves metrics
+//! and probes; [`rbac`] lists every API verb used.
 
+pub mod context;
+pub mod controller;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod rbac;
 pub mod revision;
+pub mod server;
 pub mod status;
+pub mod workspace;
+
+#[cfg(test)]
+mod scenarios;
+
+pub use context::{Config, Context};
+pub use controller::{error_policy, reconcile};
+pub use error::{Error, Result};

@@ -12,6 +12,7 @@ pub mod types {
     pub const RESOURCE_READY: &str = "ResourceReady";
     pub const INFERENCE_READY: &str = "InferenceReady";
     pub const WORKSPACE_SUCCEEDED: &str = "WorkspaceSucceeded";
+    pub const WORKSPACE_DELETING: &str = "WorkspaceDeleting";
 }
 
 /// Extended resource NVIDIA's device plugin reports.
@@ -87,7 +88,8 @@ pub fn claims_verdict(claims: &[Value], target: u32) -> Verdict {
     Verdict::ok("NodeClaimsReady", format!("{} NodeClaim(s) Ready", claims.len()))
 }
 
-fn node_ready_with_gpus(node: &Node) -> bool {
+/// A node counts when it is Ready and reports GPU capacity.
+pub fn node_ready_with_gpus(node: &Node) -> bool {
     let status = node.status.as_ref();
     let ready = status
         .and_then(|s| s.conditions.as_ref())

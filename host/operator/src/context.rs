@@ -1,0 +1,67 @@
+//! What every reconcile shares: the client, the plugins, the configuration, metrics and the event recorder.
+
+use crate::metrics::Metrics;
+use kaito_plugin_host::{ProvisionerMode, Registry};
+use kaito_workload::{BYO_PROVISIONER, DEFAULT_IMAGE_REGISTRY, DEFAULT_MAX_NODES, DEFAULT_PROVISIONER};
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Operator settings (flags and environment in the binary).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Provisioner plugin name: gpu-provisioner, karpenter, byo or any loaded provisioner.
+    pub provisioner: String,
+    pub image_registry: String,
+    pub max_nodes: u32,
+    /// How soon to look again while a Workspace is on its way.
+    pub poll: Duration,
+    /// How often to look at a Ready Workspace without being told.
+    pub resync: Duration,
+    /// How soon to retry after a plugin failure or a missing BYO node.
+    pub retry: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            provisioner: DEFAULT_PROVISIONER.into(),
+            image_registry: DEFAULT_IMAGE_REGISTRY.into(),
+            max_nodes: DEFAULT_MAX_NODES,
+            poll: Duration::from_secs(10),
+            resync: Duration::from_secs(300),
+            retry: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Shared state of the controller.
+pub struct Context {
+    pub client: Client,
+    pub registry: Arc<Registry>,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// How the configured provisioner makes nodes, fixed at start.
+    pub mode: ProvisionerMode,
+}
+
+impl Context {
+    /// A context for `client`; the provisioner's mode is read from its plugin once.
+    pub fn new(client: Client, registry: Arc<Registry>, config: Config, metrics: Arc<Metrics>) -> Context {
+        let mode = registry
+            .provisioner(&config.provisioner)
+            .ok()
+            .and_then(|p| p.provisioner_info().map(|i| i.mode))
+            // A broken plugin still needs its claims cleaned up; only `byo` is known to make none.
+            .unwrap_or(if config.provisioner == BYO_PROVISIONER {
+                ProvisionerMode::BringYourOwn
+            } else {
+                ProvisionerMode::NodeClaims
+            });
+        let reporter = Reporter { controller: "kaito-operator".into(), instance: std::env::var("POD_NAME").ok() };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Context { client, registry, config, metrics, recorder, mode }
+    }
+}

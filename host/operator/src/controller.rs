@@ -1,0 +1,83 @@
+//! The kube-runtime controller: thin `reconcile` and `error_policy`, and the watches.
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::workspace::{WorkspaceExt, node_resource};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use kaito_crd::{WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL, Workspace};
+use kaito_plugin_host::ProvisionerMode;
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+/// Reconcile one Workspace; the work is in [`WorkspaceExt`].
+pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action> {
+    let span = tracing::info_span!("reconcile", workspace = %format!("{}/{}", ws.namespace(), ws.name()));
+    let started = Instant::now();
+    let result = ws.reconcile(&ctx).instrument(span).await;
+    ctx.metrics.reconciled(started.elapsed());
+    result
+}
+
+/// Count the failure and retry soon; conflicts and API hiccups clear on their own.
+pub fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(workspace = %format!("{}/{}", ws.namespace(), ws.name()), %error, "reconcile failed");
+    ctx.metrics.failed(error.metric_label());
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Fail early, with the fix, when the Workspace CRD is not installed.
+pub async fn check_crd(ctx: &Context) -> anyhow::Result<()> {
+    let api: Api<Workspace> = Api::all(ctx.client.clone());
+    api.list(&ListParams::default().limit(1)).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot list workspaces.kaito.sh ({e}); install the CRD with `kubectl apply -f charts/kaito-workspace/crds/`"
+        )
+    })?;
+    Ok(())
+}
+
+/// Run the controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let owned = || watcher::Config::default().labels(WORKSPACE_LABEL);
+    let mut controller = Controller::new(Api::<Workspace>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<StatefulSet>::all(client.clone()), owned())
+        .owns(Api::<Service>::all(client.clone()), owned());
+    let kind = match ctx.mode {
+        ProvisionerMode::NodeClaims => Some("NodeClaim"),
+        ProvisionerMode::NodePool => Some("NodePool"),
+        ProvisionerMode::BringYourOwn => None,
+    };
+    if let Some(kind) = kind {
+        // Node objects are cluster-scoped and cannot carry a namespaced owner: map them back by label.
+        let ar = node_resource(kind);
+        controller = controller.watches_with(
+            Api::<DynamicObject>::all_with(client.clone(), &ar),
+            ar,
+            owned(),
+            |o: DynamicObject| {
+                let labels = o.metadata.labels.unwrap_or_default();
+                let name = labels.get(WORKSPACE_LABEL)?;
+                let ns = labels.get(WORKSPACE_NAMESPACE_LABEL)?;
+                Some(ObjectRef::<Workspace>::new(name).within(ns))
+            },
+        );
+    }
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(workspace = %object, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
+            }
+        })
+        .await;
+}

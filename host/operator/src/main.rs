@@ -1,0 +1,140 @@
+//! `kaito-operator`: reconciles Workspaces in the cluster the kubeconfig (or the pod's service account) points at.
+
+use anyhow::Context as _;
+use clap::Parser;
+use kaito_cli::PluginArgs;
+use kaito_operator::leader::LeaderElector;
+use kaito_operator::metrics::Metrics;
+use kaito_operator::server::{Health, router};
+use kaito_operator::{Config, Context, controller};
+use kaito_workload::{DEFAULT_IMAGE_REGISTRY, DEFAULT_MAX_NODES, DEFAULT_PROVISIONER};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kaito-operator",
+    version,
+    about = "The KAITO Workspace operator, with Wasm preset and provisioner plugins"
+)]
+struct Args {
+    /// Provisioner plugin: gpu-provisioner (Azure NodeClaims), karpenter (AWS NodePools), byo, or any loaded provisioner.
+    #[arg(long, env = "KAITO_PROVISIONER", default_value = DEFAULT_PROVISIONER)]
+    provisioner: String,
+    /// Registry prefix for runtime images.
+    #[arg(long, env = "KAITO_IMAGE_REGISTRY", default_value = DEFAULT_IMAGE_REGISTRY)]
+    image_registry: String,
+    /// Most nodes one Workspace may be given.
+    #[arg(long, default_value_t = DEFAULT_MAX_NODES)]
+    max_nodes: u32,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "KAITO_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Elect a leader through a Lease before reconciling (turn off only for a single replica).
+    #[arg(long, env = "KAITO_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (default: the pod's namespace, else kaito-system).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kaito-system")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "kaito-operator-leader")]
+    lease_name: String,
+    #[command(flatten)]
+    plugins: PluginArgs,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let host = args.plugins.host()?;
+    let registry = Arc::new(args.plugins.registry(&host, &mut std::io::stderr())?);
+    registry
+        .provisioner(&args.provisioner)
+        .with_context(|| format!("--provisioner {}: no such provisioner plugin is loaded", args.provisioner))?;
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes client: set KUBECONFIG or run in a pod with a service account")?;
+    let config = Config {
+        provisioner: args.provisioner.clone(),
+        image_registry: args.image_registry.clone(),
+        max_nodes: args.max_nodes,
+        ..Config::default()
+    };
+    let metrics = Arc::new(Metrics::default());
+    let ctx = Arc::new(Context::new(client.clone(), registry, config, metrics.clone()));
+    controller::check_crd(&ctx).await?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(
+        axum::serve(listener, router(Health { metrics, ready: ready.clone() }))
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .into_future(),
+    );
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(provisioner = %args.provisioner, mode = ?ctx.mode, "operator started");
+
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("kaito-operator-{}", std::process::id()));
+    let elector = LeaderElector::new(client, &args.lease_namespace, &args.lease_name, &identity);
+    let mut stopped = stop_rx.clone();
+    if args.leader_elect {
+        tokio::select! {
+            _ = elector.acquire() => tracing::info!(%identity, "leading"),
+            _ = stopped.wait_for(|s| *s) => { let _ = server.await; return Ok(()); }
+        }
+    }
+    let mut controller_stop = stop_rx.clone();
+    let run = controller::run(ctx, async move {
+        let _ = controller_stop.wait_for(|s| *s).await;
+    });
+    if args.leader_elect {
+        tokio::select! {
+            _ = run => {}
+            _ = elector.hold() => {
+                // Another replica may already be reconciling: stop at once and let the pod restart as a candidate.
+                anyhow::bail!("lost the leader Lease");
+            }
+        }
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), elector.release()).await.unwrap_or(Ok(())) {
+            tracing::warn!(error = %e, "could not release the leader Lease");
+        }
+    } else {
+        run.await;
+    }
+    let _ = server.await;
+    tracing::info!("operator stopped");
+    Ok(())
+}

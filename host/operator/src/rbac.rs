@@ -1,0 +1,52 @@
+//! Every API call the operator makes, in one table: the Helm chart's
+//! ClusterRole is checked against it, and the controller's API helpers take
+//! their verbs from here.
+
+/// One resource the operator touches and the verbs it uses on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permission {
+    /// API group (`""` for core).
+    pub group: &'static str,
+    /// Plural resource name, with `/subresource` where one is used.
+    pub resource: &'static str,
+    pub verbs: &'static [&'static str],
+}
+
+const fn p(group: &'static str, resource: &'static str, verbs: &'static [&'static str]) -> Permission {
+    Permission { group, resource, verbs }
+}
+
+/// What the controller, the event recorder and leader election need.
+pub const PERMISSIONS: &[Permission] = &[
+    p("kaito.sh", "workspaces", &["get", "list", "watch", "patch"]),
+    p("kaito.sh", "workspaces/status", &["patch"]),
+    p("kaito.sh", "workspaces/finalizers", &["update"]),
+    p("karpenter.sh", "nodeclaims", &["get", "list", "watch", "create", "delete"]),
+    p("karpenter.sh", "nodepools", &["get", "list", "watch", "patch", "delete"]),
+    p("", "nodes", &["get", "list", "watch"]),
+    p("", "pods", &["get", "list", "watch"]),
+    p("", "services", &["get", "list", "watch", "patch"]),
+    p("apps", "statefulsets", &["get", "list", "watch", "patch"]),
+    p("events.k8s.io", "events", &["create", "patch"]),
+    p("coordination.k8s.io", "leases", &["get", "create", "update"]),
+];
+
+/// Whether the table grants `verb` on `group`/`resource`.
+pub fn allows(group: &str, resource: &str, verb: &str) -> bool {
+    PERMISSIONS.iter().any(|p| p.group == group && p.resource == resource && p.verbs.contains(&verb))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_no_duplicates_and_no_wildcards() {
+        for (i, a) in PERMISSIONS.iter().enumerate() {
+            assert!(PERMISSIONS[i + 1..].iter().all(|b| (a.group, a.resource) != (b.group, b.resource)));
+            assert!(!a.verbs.contains(&"*") && a.resource != "*");
+        }
+        assert!(allows("karpenter.sh", "nodeclaims", "create"));
+        assert!(!allows("", "secrets", "get"));
+    }
+}
