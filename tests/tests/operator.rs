@@ -234,3 +234,39 @@ async fn bad_workspaces_get_conditions_not_crashes() {
     let message = ws["status"]["conditions"][0]["message"].as_str().unwrap();
     assert!(message.contains("resource.labelSelector"), "{message}");
 }
+
+#[tokio::test]
+async fn a_trapping_plugin_is_quarantined_and_the_rest_keep_serving() {
+    let host = kaito_plugin_host::PluginHost::new(kaito_plugin_host::HostConfig {
+        cache_dir: Some(kaito_tests::shared_cache().to_path_buf()),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut registry = kaito_plugin_host::Registry::default();
+    for file in ["presets-wasm/dist/preset-phi.wasm", "plugins/dist/provisioner-azure.wasm", "plugins/fixtures/dist/hostile-trap.wasm"] {
+        registry.add(host.load_file(&root().join(file), None).expect("loads"));
+    }
+    let cluster = Cluster::new();
+    let ctx = operator_context(&cluster, Arc::new(registry), "gpu-provisioner");
+    let mut hostile = seed();
+    hostile["metadata"]["name"] = json!("hostile");
+    hostile["inference"]["preset"]["name"] = json!("hostile-trap");
+    cluster.create(paths::WORKSPACES, hostile);
+    cluster.create(paths::WORKSPACES, seed());
+
+    assert_eq!(reconcile(&cluster, &ctx, "default", "hostile").await, Action::requeue(ctx.config.retry));
+    assert_eq!(condition(&workspace(&cluster, "hostile"), "WorkspaceSucceeded").1, "PluginTrap");
+    reconcile(&cluster, &ctx, "default", "hostile").await;
+    let ws = workspace(&cluster, "hostile");
+    assert_eq!(condition(&ws, "WorkspaceSucceeded").1, "PluginQuarantined", "later calls fail fast");
+    assert_eq!(state(&ws), "Failed");
+    assert!(cluster.list(paths::EVENTS).iter().any(|e| e["reason"] == "PluginTrap" && e["type"] == "Warning"));
+
+    reconcile(&cluster, &ctx, "default", "workspace-phi-3-5-mini").await;
+    cluster.provision(GPUS_PER_NODE);
+    reconcile(&cluster, &ctx, "default", "workspace-phi-3-5-mini").await;
+    cluster.run_pods();
+    reconcile(&cluster, &ctx, "default", "workspace-phi-3-5-mini").await;
+    assert_eq!(state(&workspace(&cluster, "workspace-phi-3-5-mini")), "Ready");
+    assert_eq!(cluster.list(paths::NODECLAIMS).len(), 1, "nothing was provisioned for the hostile Workspace");
+}

@@ -1,1 +1,305 @@
+//! Scenario tests in the controller-rs style: a scripted API server
+//! (tower-test) answers each request in turn, and every request's method,
+//! path, query (field manager, force) and body are asserted exactly.
 
+use crate::context::{Config, Context};
+use crate::metrics::Metrics;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use kaito_crd::Workspace;
+use kaito_plugin_host::{HostConfig, PluginHost, Registry};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+const WS: &str = "/apis/kaito.sh/v1beta1/namespaces/default/workspaces/workspace-phi-3-5-mini";
+const CLAIM: &str = "ws7987db8af";
+
+fn registry() -> Arc<Registry> {
+    static REGISTRY: OnceLock<Arc<Registry>> = OnceLock::new();
+    REGISTRY
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let files = [root.join("presets-wasm/dist/preset-phi.wasm"), root.join("plugins/dist/provisioner-azure.wasm")];
+            for f in &files {
+                assert!(f.exists(), "{} is missing: run `cargo xtask plugins` first", f.display());
+            }
+            let host = PluginHost::new(HostConfig::default()).expect("plugin host");
+            let mut registry = Registry::default();
+            for f in &files {
+                registry.add(host.load_file(f, None).expect("plugin loads"));
+            }
+            Arc::new(registry)
+        })
+        .clone()
+}
+
+/// One expected request: method and URI, a check of its body, and the reply.
+struct Expect {
+    method: &'static str,
+    uri: String,
+    check: Box<dyn FnOnce(&Value) + Send>,
+    reply: Value,
+    code: u16,
+}
+
+fn expect(method: &'static str, uri: impl Into<String>, check: impl FnOnce(&Value) + Send + 'static, reply: Value) -> Expect {
+    Expect { method, uri: uri.into(), check: Box::new(check), reply, code: 200 }
+}
+
+/// Serve `script` in order, then make sure nothing else was asked.
+async fn serve(mut handle: Handle, script: Vec<Expect>) {
+    for (i, e) in script.into_iter().enumerate() {
+        let (request, send) = handle.next_request().await.unwrap_or_else(|| panic!("request {i} ({} {}) never came", e.method, e.uri));
+        assert_eq!(
+            (request.method().as_str(), request.uri().to_string()),
+            (e.method, e.uri.clone()),
+            "request {i}"
+        );
+        let bytes = request.into_body().collect().await.expect("body").to_bytes();
+        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
+        (e.check)(&body);
+        let response = Response::builder().status(e.code).body(Body::from(serde_json::to_vec(&e.reply).unwrap())).unwrap();
+        send.send_response(response);
+    }
+}
+
+async fn run(ws: Value, script: Vec<Expect>) -> Action {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let ctx = Arc::new(Context::new(client, registry(), Config::default(), Arc::new(Metrics::default())));
+    let server = tokio::spawn(serve(handle, script));
+    let ws: Workspace = serde_json::from_value(ws).expect("workspace");
+    let action = tokio::time::timeout(Duration::from_secs(30), crate::reconcile(Arc::new(ws), ctx.clone()))
+        .await
+        .expect("reconcile finished")
+        .expect("reconcile succeeded");
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("script done").expect("script passed");
+    drop(ctx);
+    action
+}
+
+fn workspace(finalizers: Value, status: Value) -> Value {
+    json!({
+        "apiVersion": "kaito.sh/v1beta1", "kind": "Workspace",
+        "metadata": {"name": "workspace-phi-3-5-mini", "namespace": "default", "uid": "ws-uid", "generation": 1, "resourceVersion": "1", "finalizers": finalizers},
+        "resource": {"instanceType": "Standard_NC24ads_A100_v4", "labelSelector": {"matchLabels": {"apps": "phi-3-5"}}},
+        "inference": {"preset": {"name": "phi-3.5-mini-instruct"}},
+        "status": status
+    })
+}
+
+fn list(items: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "2"}, "items": items})
+}
+
+fn ready_node() -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": CLAIM, "labels": {"apps": "phi-3-5"}},
+           "status": {"conditions": [{"type": "Ready", "status": "True"}], "capacity": {"nvidia.com/gpu": "1"}}})
+}
+
+fn ready_claim() -> Value {
+    json!({"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
+           "metadata": {"name": CLAIM, "labels": {"kaito.sh/workspace": "workspace-phi-3-5-mini", "kaito.sh/workspacenamespace": "default"}},
+           "spec": {}, "status": {"nodeName": CLAIM, "conditions": [{"type": "Ready", "status": "True"}]}})
+}
+
+fn event(reason: &'static str, kind: &'static str) -> Expect {
+    expect(
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/default/events?",
+        move |b| {
+            assert_eq!((b["reason"].as_str(), b["type"].as_str()), (Some(reason), Some(kind)), "{b}");
+            assert_eq!(b["regarding"]["name"], "workspace-phi-3-5-mini");
+            assert_eq!(b["reportingController"], "kaito-operator");
+        },
+        json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"}, "eventTime": null}),
+    )
+}
+
+const NODES: &str = "/api/v1/nodes?&labelSelector=apps%3Dphi-3-5";
+const CLAIMS: &str =
+    "/apis/karpenter.sh/v1/nodeclaims?&labelSelector=kaito.sh%2Fworkspace%3Dworkspace-phi-3-5-mini%2Ckaito.sh%2Fworkspacenamespace%3Ddefault";
+const APPLY: &str = "?&force=true&fieldManager=kaito-operator";
+
+fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
+    status["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == kind)).unwrap_or(&Value::Null)
+}
+
+#[tokio::test]
+async fn first_reconcile_adds_the_finalizer_and_creates_the_nodeclaim() {
+    let script = vec![
+        expect(
+            "PATCH",
+            format!("{WS}?"),
+            |b| {
+                assert_eq!(
+                    b,
+                    &json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+                            {"op": "add", "path": "/metadata/finalizers", "value": ["workspace.finalizer.kaito.sh"]}])
+                )
+            },
+            workspace(json!(["workspace.finalizer.kaito.sh"]), Value::Null),
+        ),
+        expect("GET", NODES, |_| {}, list(vec![])),
+        expect("GET", CLAIMS, |_| {}, list(vec![])),
+        expect(
+            "POST",
+            "/apis/karpenter.sh/v1/nodeclaims?&fieldManager=kaito-operator",
+            |b| {
+                assert_eq!(b["kind"], "NodeClaim");
+                assert_eq!(b["metadata"]["name"], CLAIM);
+                assert_eq!(b["metadata"]["labels"]["kaito.sh/workspace"], "workspace-phi-3-5-mini");
+                assert_eq!(b["spec"]["requirements"][1]["values"][0], "Standard_NC24ads_A100_v4");
+            },
+            json!({"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim", "metadata": {"name": CLAIM}, "spec": {}}),
+        ),
+        event("NodeClaimCreated", "Normal"),
+        expect(
+            "PATCH",
+            format!("{WS}/status{APPLY}"),
+            |b| {
+                assert_eq!((b["apiVersion"].as_str(), b["kind"].as_str()), (Some("kaito.sh/v1beta1"), Some("Workspace")));
+                let s = &b["status"];
+                assert_eq!(s["state"], "Pending");
+                assert_eq!(s["targetNodeCount"], 1);
+                assert_eq!(condition(s, "NodeClaimReady")["reason"], "NodeClaimNotLaunched");
+                assert_eq!(condition(s, "WorkspaceSucceeded")["status"], "False");
+                assert_eq!(condition(s, "WorkspaceSucceeded")["observedGeneration"], 1);
+            },
+            workspace(json!(["workspace.finalizer.kaito.sh"]), Value::Null),
+        ),
+        event("NodeClaimNotLaunched", "Normal"),
+    ];
+    let action = run(workspace(Value::Null, Value::Null), script).await;
+    assert_eq!(action, Action::requeue(Config::default().poll));
+}
+
+#[tokio::test]
+async fn ready_nodes_get_the_workload_by_server_side_apply() {
+    let sts_reply = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "workspace-phi-3-5-mini", "namespace": "default"},
+        "spec": {"replicas": 1, "selector": {}, "serviceName": "workspace-phi-3-5-mini-headless", "template": {}}, "status": {"replicas": 1, "readyReplicas": 1}});
+    let svc = |name: &'static str| {
+        expect(
+            "PATCH",
+            format!("/api/v1/namespaces/default/services/{name}{APPLY}"),
+            move |b| {
+                assert_eq!(b["metadata"]["name"], name);
+                assert_eq!(b["metadata"]["ownerReferences"][0]["uid"], "ws-uid");
+            },
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}}),
+        )
+    };
+    let script = vec![
+        expect("GET", NODES, |_| {}, list(vec![ready_node()])),
+        expect("GET", CLAIMS, |_| {}, list(vec![ready_claim()])),
+        svc("workspace-phi-3-5-mini"),
+        svc("workspace-phi-3-5-mini-headless"),
+        expect(
+            "PATCH",
+            format!("/apis/apps/v1/namespaces/default/statefulsets/workspace-phi-3-5-mini{APPLY}"),
+            |b| {
+                assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "Workspace");
+                let template = &b["spec"]["template"];
+                assert!(template["metadata"]["annotations"]["workspace.kaito.io/revision"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("workspace-phi-3-5-mini-")));
+                assert_eq!(template["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], "1");
+            },
+            sts_reply,
+        ),
+        expect("GET", "/api/v1/namespaces/default/pods?&labelSelector=kaito.sh%2Fworkspace%3Dworkspace-phi-3-5-mini", |_| {}, list(vec![])),
+        expect(
+            "PATCH",
+            format!("{WS}/status{APPLY}"),
+            |b| {
+                let s = &b["status"];
+                assert_eq!(s["state"], "Ready");
+                assert_eq!(s["workerNodes"], json!([CLAIM]));
+                assert!(s["conditions"].as_array().unwrap().iter().all(|c| c["status"] == "True"), "{s}");
+            },
+            workspace(json!(["workspace.finalizer.kaito.sh"]), Value::Null),
+        ),
+        event("WorkspaceSucceeded", "Normal"),
+    ];
+    let action = run(workspace(json!(["workspace.finalizer.kaito.sh"]), Value::Null), script).await;
+    assert_eq!(action, Action::requeue(Config::default().resync));
+}
+
+#[tokio::test]
+async fn deletion_removes_nodeclaims_then_the_finalizer() {
+    let mut deleting = workspace(json!(["workspace.finalizer.kaito.sh"]), json!({"state": "Ready"}));
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-11-29T12:00:00Z");
+    let script = vec![
+        expect(
+            "PATCH",
+            format!("{WS}/status{APPLY}"),
+            |b| {
+                assert_eq!(b["status"]["state"], "Deleting");
+                assert_eq!(condition(&b["status"], "WorkspaceDeleting")["status"], "True");
+            },
+            deleting.clone(),
+        ),
+        event("WorkspaceDeleting", "Normal"),
+        expect("GET", CLAIMS, |_| {}, list(vec![ready_claim()])),
+        expect(
+            "DELETE",
+            format!("/apis/karpenter.sh/v1/nodeclaims/{CLAIM}?"),
+            |b| assert_eq!(b["propagationPolicy"], "Background"),
+            ready_claim(),
+        ),
+    ];
+    assert_eq!(run(deleting.clone(), script).await, Action::requeue(Config::default().poll));
+
+    deleting["status"] = json!({"state": "Deleting", "conditions": [{"type": "WorkspaceDeleting", "status": "True", "reason": "Deleting", "message": "", "lastTransitionTime": "2026-11-29T12:00:00Z"}]});
+    let script = vec![
+        expect("GET", CLAIMS, |_| {}, list(vec![])),
+        expect(
+            "PATCH",
+            format!("{WS}?"),
+            |b| {
+                assert_eq!(
+                    b,
+                    &json!([{"op": "test", "path": "/metadata/finalizers/0", "value": "workspace.finalizer.kaito.sh"},
+                            {"op": "remove", "path": "/metadata/finalizers/0"}])
+                )
+            },
+            deleting.clone(),
+        ),
+    ];
+    assert_eq!(run(deleting, script).await, Action::await_change());
+}
+
+#[tokio::test]
+async fn a_plugin_failure_is_a_condition_and_a_warning() {
+    let mut ws = workspace(json!(["workspace.finalizer.kaito.sh"]), Value::Null);
+    ws["inference"]["preset"]["name"] = json!("phi-5-mini-instruct");
+    let script = vec![
+        expect("GET", NODES, |_| {}, list(vec![])),
+        expect(
+            "PATCH",
+            format!("{WS}/status{APPLY}"),
+            |b| {
+                let s = &b["status"];
+                assert_eq!(s["state"], "Failed");
+                let c = condition(s, "WorkspaceSucceeded");
+                assert_eq!(c["status"], "False");
+                assert_eq!(c["reason"], "UnknownPreset");
+                assert!(c["message"].as_str().unwrap().contains("phi-4-mini-instruct"), "names close presets: {c}");
+            },
+            ws.clone(),
+        ),
+        expect(
+            "POST",
+            "/apis/events.k8s.io/v1/namespaces/default/events?",
+            |b| assert_eq!(b["type"], "Warning"),
+            json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"}, "eventTime": null}),
+        ),
+    ];
+    assert_eq!(run(ws, script).await, Action::requeue(Config::default().retry));
+}

@@ -223,8 +223,11 @@ pub fn evaluate(
         Verdict::not("WaitingForResources", "inference starts once the nodes are Ready")
     };
     out.push(condition(types::INFERENCE_READY, &inference, generation, now));
+    // The headline names what blocks the Workspace: the resource step while nodes are missing.
     let succeeded = if inference.ready {
         Verdict::ok("WorkspaceSucceeded", "the inference endpoint is serving")
+    } else if !resource.ready {
+        resource.clone()
     } else {
         inference.clone()
     };
