@@ -243,7 +243,11 @@ async fn a_trapping_plugin_is_quarantined_and_the_rest_keep_serving() {
     })
     .unwrap();
     let mut registry = kaito_plugin_host::Registry::default();
-    for file in ["presets-wasm/dist/preset-phi.wasm", "plugins/dist/provisioner-azure.wasm", "plugins/fixtures/dist/hostile-trap.wasm"] {
+    for file in [
+        "presets-wasm/dist/preset-phi.wasm",
+        "plugins/dist/provisioner-azure.wasm",
+        "plugins/fixtures/dist/hostile-trap.wasm",
+    ] {
         registry.add(host.load_file(&root().join(file), None).expect("loads"));
     }
     let cluster = Cluster::new();
@@ -269,4 +273,43 @@ async fn a_trapping_plugin_is_quarantined_and_the_rest_keep_serving() {
     reconcile(&cluster, &ctx, "default", "workspace-phi-3-5-mini").await;
     assert_eq!(state(&workspace(&cluster, "workspace-phi-3-5-mini")), "Ready");
     assert_eq!(cluster.list(paths::NODECLAIMS).len(), 1, "nothing was provisioned for the hostile Workspace");
+}
+
+/// Every field of `want` is in `live` with the same value (the API server adds its own fields).
+fn contained(want: &Value, live: &Value, path: &str) {
+    match (want, live) {
+        (Value::Object(w), Value::Object(l)) => {
+            for (k, v) in w {
+                contained(v, l.get(k).unwrap_or(&Value::Null), &format!("{path}.{k}"));
+            }
+        }
+        _ => assert_eq!(want, live, "{path} differs between `kaito render` and the operator"),
+    }
+}
+
+#[tokio::test]
+async fn kaito_render_and_the_operator_make_the_same_objects() {
+    let file = root().join("examples/inference/kaito_workspace_phi_3.5-instruct.yaml");
+    let run = kaito_tests::kaito(&["render", "-f", file.to_str().unwrap()], kaito_tests::shared_cache());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rendered: Vec<Value> = run.stdout.split("---\n").filter(|d| !d.trim().is_empty()).map(yaml).collect();
+    assert_eq!(rendered.len(), 4, "NodeClaim, Service, headless Service, StatefulSet");
+
+    let cluster = Cluster::new();
+    let ctx = operator_context(&cluster, shipped_registry(), "gpu-provisioner");
+    let name = "workspace-phi-3-5-mini";
+    cluster.create(paths::WORKSPACES, seed());
+    reconcile(&cluster, &ctx, "default", name).await;
+    cluster.provision(GPUS_PER_NODE);
+    reconcile(&cluster, &ctx, "default", name).await;
+    for doc in &rendered {
+        let n = doc["metadata"]["name"].as_str().unwrap();
+        let live = match doc["kind"].as_str().unwrap() {
+            "NodeClaim" => cluster.get(paths::NODECLAIMS, "", n),
+            "Service" => cluster.get(paths::SERVICES, "default", n),
+            "StatefulSet" => cluster.get(paths::STATEFULSETS, "default", n),
+            other => panic!("unexpected kind {other}"),
+        };
+        contained(doc, &live.unwrap_or_else(|| panic!("{n} was not created")), n);
+    }
 }

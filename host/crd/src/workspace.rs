@@ -19,6 +19,8 @@ pub const WORKSPACE_LABEL: &str = "kaito.sh/workspace";
 pub const WORKSPACE_NAMESPACE_LABEL: &str = "kaito.sh/workspacenamespace";
 /// Annotation choosing the runtime (`tch` or `vllm`).
 pub const RUNTIME_ANNOTATION: &str = "kaito.sh/runtime";
+/// Pod-template annotation carrying the spec revision, so a spec change rolls the pods and nothing else does.
+pub const REVISION_ANNOTATION: &str = "workspace.kaito.io/revision";
 /// Most adapters one Workspace may load.
 pub const MAX_ADAPTERS: usize = 10;
 
@@ -275,6 +277,19 @@ impl Workspace {
         Ok(ws)
     }
 
+    /// sha256 over what the user asked for (resource, inference, tuning), as KAITO hashes it;
+    /// metadata and status changes do not make a new revision.
+    pub fn spec_hash(&self) -> String {
+        use sha2::Digest;
+        let spec = serde_json::json!({"resource": self.resource, "inference": self.inference, "tuning": self.tuning});
+        hex::encode(sha2::Sha256::digest(serde_json::to_vec(&spec).expect("Workspace spec serialises")))
+    }
+
+    /// Revision name: `<workspace>-<first 5 hex digits of the spec hash>`, as KAITO names ControllerRevisions.
+    pub fn revision_name(&self) -> String {
+        format!("{}-{}", self.name(), &self.spec_hash()[..5])
+    }
+
     /// Name, or empty.
     pub fn name(&self) -> &str {
         self.metadata.name.as_deref().unwrap_or_default()
@@ -397,6 +412,20 @@ inference:
   preset:
     name: phi-3.5-mini-instruct
 ";
+
+    #[test]
+    fn revision_follows_the_spec_only() {
+        let a = Workspace::from_yaml(SEED).unwrap();
+        let mut annotated = a.clone();
+        annotated.metadata.annotations = Some([("x".to_string(), "y".to_string())].into());
+        annotated.status = Some(WorkspaceStatus { state: Some("Ready".into()), ..Default::default() });
+        assert_eq!(a.spec_hash(), annotated.spec_hash());
+        let mut bigger = a.clone();
+        bigger.resource.instance_type = Some("Standard_NC48ads_A100_v4".into());
+        assert_ne!(a.spec_hash(), bigger.spec_hash());
+        assert_eq!(a.spec_hash().len(), 64);
+        assert_eq!(a.revision_name(), format!("workspace-phi-3-5-mini-{}", &a.spec_hash()[..5]));
+    }
 
     #[test]
     fn parses_and_validates_the_seed() {

@@ -25,7 +25,8 @@ fn registry() -> Arc<Registry> {
     REGISTRY
         .get_or_init(|| {
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let files = [root.join("presets-wasm/dist/preset-phi.wasm"), root.join("plugins/dist/provisioner-azure.wasm")];
+            let files =
+                [root.join("presets-wasm/dist/preset-phi.wasm"), root.join("plugins/dist/provisioner-azure.wasm")];
             for f in &files {
                 assert!(f.exists(), "{} is missing: run `cargo xtask plugins` first", f.display());
             }
@@ -48,23 +49,27 @@ struct Expect {
     code: u16,
 }
 
-fn expect(method: &'static str, uri: impl Into<String>, check: impl FnOnce(&Value) + Send + 'static, reply: Value) -> Expect {
+fn expect(
+    method: &'static str,
+    uri: impl Into<String>,
+    check: impl FnOnce(&Value) + Send + 'static,
+    reply: Value,
+) -> Expect {
     Expect { method, uri: uri.into(), check: Box::new(check), reply, code: 200 }
 }
 
 /// Serve `script` in order, then make sure nothing else was asked.
 async fn serve(mut handle: Handle, script: Vec<Expect>) {
     for (i, e) in script.into_iter().enumerate() {
-        let (request, send) = handle.next_request().await.unwrap_or_else(|| panic!("request {i} ({} {}) never came", e.method, e.uri));
-        assert_eq!(
-            (request.method().as_str(), request.uri().to_string()),
-            (e.method, e.uri.clone()),
-            "request {i}"
-        );
+        let (request, send) =
+            handle.next_request().await.unwrap_or_else(|| panic!("request {i} ({} {}) never came", e.method, e.uri));
+        assert_eq!((request.method().as_str(), request.uri().to_string()), (e.method, e.uri.clone()), "request {i}");
         let bytes = request.into_body().collect().await.expect("body").to_bytes();
-        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
+        let body: Value =
+            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
         (e.check)(&body);
-        let response = Response::builder().status(e.code).body(Body::from(serde_json::to_vec(&e.reply).unwrap())).unwrap();
+        let response =
+            Response::builder().status(e.code).body(Body::from(serde_json::to_vec(&e.reply).unwrap())).unwrap();
         send.send_response(response);
     }
 }
@@ -123,8 +128,7 @@ fn event(reason: &'static str, kind: &'static str) -> Expect {
 }
 
 const NODES: &str = "/api/v1/nodes?&labelSelector=apps%3Dphi-3-5";
-const CLAIMS: &str =
-    "/apis/karpenter.sh/v1/nodeclaims?&labelSelector=kaito.sh%2Fworkspace%3Dworkspace-phi-3-5-mini%2Ckaito.sh%2Fworkspacenamespace%3Ddefault";
+const CLAIMS: &str = "/apis/karpenter.sh/v1/nodeclaims?&labelSelector=kaito.sh%2Fworkspace%3Dworkspace-phi-3-5-mini%2Ckaito.sh%2Fworkspacenamespace%3Ddefault";
 const APPLY: &str = "?&force=true&fieldManager=kaito-operator";
 
 fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
@@ -164,7 +168,10 @@ async fn first_reconcile_adds_the_finalizer_and_creates_the_nodeclaim() {
             "PATCH",
             format!("{WS}/status{APPLY}"),
             |b| {
-                assert_eq!((b["apiVersion"].as_str(), b["kind"].as_str()), (Some("kaito.sh/v1beta1"), Some("Workspace")));
+                assert_eq!(
+                    (b["apiVersion"].as_str(), b["kind"].as_str()),
+                    (Some("kaito.sh/v1beta1"), Some("Workspace"))
+                );
                 let s = &b["status"];
                 assert_eq!(s["state"], "Pending");
                 assert_eq!(s["targetNodeCount"], 1);
@@ -206,14 +213,21 @@ async fn ready_nodes_get_the_workload_by_server_side_apply() {
             |b| {
                 assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "Workspace");
                 let template = &b["spec"]["template"];
-                assert!(template["metadata"]["annotations"]["workspace.kaito.io/revision"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with("workspace-phi-3-5-mini-")));
+                assert!(
+                    template["metadata"]["annotations"]["workspace.kaito.io/revision"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("workspace-phi-3-5-mini-"))
+                );
                 assert_eq!(template["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], "1");
             },
             sts_reply,
         ),
-        expect("GET", "/api/v1/namespaces/default/pods?&labelSelector=kaito.sh%2Fworkspace%3Dworkspace-phi-3-5-mini", |_| {}, list(vec![])),
+        expect(
+            "GET",
+            "/api/v1/namespaces/default/pods?&labelSelector=kaito.sh%2Fworkspace%3Dworkspace-phi-3-5-mini",
+            |_| {},
+            list(vec![]),
+        ),
         expect(
             "PATCH",
             format!("{WS}/status{APPLY}"),

@@ -23,8 +23,6 @@ use std::time::Instant;
 pub const FINALIZER: &str = "workspace.finalizer.kaito.sh";
 /// Field manager of every write.
 pub const FIELD_MANAGER: &str = "kaito-operator";
-/// Pod-template annotation carrying the spec revision, so a spec change rolls the pods and nothing else does.
-pub const REVISION_ANNOTATION: &str = "workspace.kaito.io/revision";
 
 /// Condition reasons that mean "still on its way", reported as Normal events, not Warnings.
 const WAITING_REASONS: &[&str] = &[
@@ -273,14 +271,7 @@ impl Steps for Workspace {
             Err(_) => None,
         };
         ctx.metrics.plugin_call(plugin.as_deref().unwrap_or("none"), started.elapsed());
-        Ok(rendered.map(|mut r| {
-            let revision = revision::revision_name(self);
-            if let Some(template) = r.objects.statefulset.spec.as_mut().map(|s| &mut s.template) {
-                let meta = template.metadata.get_or_insert_with(Default::default);
-                meta.annotations.get_or_insert_with(Default::default).insert(REVISION_ANNOTATION.into(), revision);
-            }
-            r
-        }))
+        Ok(rendered)
     }
 
     async fn provision(&self, ctx: &Context, rendered: &Rendered) -> Result<Vec<serde_json::Value>> {

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kaito_crd::{FieldError, RUNTIME_ANNOTATION, V1BETA1, WORKSPACE_LABEL, Workspace};
+use kaito_crd::{FieldError, REVISION_ANNOTATION, RUNTIME_ANNOTATION, V1BETA1, WORKSPACE_LABEL, Workspace};
 use kaito_plugin_host::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -244,6 +244,9 @@ fn statefulset(
     template: PodTemplateSpec,
     claims: Vec<PersistentVolumeClaim>,
 ) -> StatefulSet {
+    let mut template = template;
+    let pod_meta = template.metadata.get_or_insert_with(Default::default);
+    pod_meta.annotations.get_or_insert_with(BTreeMap::new).insert(REVISION_ANNOTATION.into(), ws.revision_name());
     StatefulSet {
         metadata: meta(ws, ws.name().into(), annotations),
         spec: Some(StatefulSetSpec {
