@@ -31,10 +31,34 @@ pub mod paths {
 
 type Key = (String, String);
 
+/// An object as the store keeps it: serialised, as etcd would, with the
+/// fields that queries look at kept aside.
+struct Stored {
+    labels: Value,
+    owners: Vec<Value>,
+    bytes: Vec<u8>,
+}
+
+impl Stored {
+    fn new(obj: &Value) -> Self {
+        let owners =
+            obj["metadata"]["ownerReferences"].as_array().map(|r| r.iter().map(|o| o["uid"].clone()).collect());
+        Stored {
+            labels: obj["metadata"]["labels"].clone(),
+            owners: owners.unwrap_or_default(),
+            bytes: serde_json::to_vec(obj).expect("JSON serialises"),
+        }
+    }
+
+    fn value(&self) -> Value {
+        serde_json::from_slice(&self.bytes).expect("stored JSON parses")
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// collection path → (namespace, name) → object.
-    objects: BTreeMap<String, BTreeMap<Key, Value>>,
+    objects: BTreeMap<String, BTreeMap<Key, Stored>>,
     version: u64,
     /// `METHOD path?query` of every request, in order.
     log: Vec<String>,
@@ -134,7 +158,7 @@ impl State {
             obj["metadata"]["namespace"].as_str().unwrap_or_default().to_string(),
             obj["metadata"]["name"].as_str().unwrap_or_default().to_string(),
         );
-        self.objects.entry(collection.to_string()).or_default().insert(key, obj);
+        self.objects.entry(collection.to_string()).or_default().insert(key, Stored::new(&obj));
     }
 
     fn create(&mut self, collection: &str, ns: Option<&str>, mut obj: Value) -> Result<Value, (StatusCode, Value)> {
@@ -194,20 +218,15 @@ impl State {
         let uid = obj["metadata"]["uid"].clone();
         let mut dependents = Vec::new();
         for (coll, objects) in &self.objects {
-            for o in objects.values() {
-                let owned = o["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid));
-                if owned {
-                    dependents.push((coll.clone(), o.clone()));
-                }
+            for o in objects.values().filter(|o| o.owners.contains(&uid)) {
+                dependents.push((coll.clone(), o.value()));
             }
         }
         if collection == paths::NODECLAIMS
             && let Some(node) = obj["status"]["nodeName"].as_str()
             && let Some(n) = self.objects.get(paths::NODES).and_then(|c| c.get(&(String::new(), node.to_string())))
         {
-            dependents.push((paths::NODES.into(), n.clone()));
+            dependents.push((paths::NODES.into(), n.value()));
         }
         for (coll, o) in dependents {
             self.remove(&coll, &o);
@@ -229,10 +248,10 @@ impl State {
                         .objects
                         .get(&t.collection)
                         .into_iter()
-                        .flat_map(|c| c.values())
-                        .filter(|o| t.namespace.is_none() || o["metadata"]["namespace"] == json!(ns))
-                        .filter(|o| selector_matches(&selector, &o["metadata"]["labels"]))
-                        .cloned()
+                        .flat_map(|c| c.iter())
+                        .filter(|((n, _), _)| t.namespace.is_none() || *n == ns)
+                        .filter(|(_, o)| selector_matches(&selector, &o.labels))
+                        .map(|(_, o)| o.value())
                         .collect();
                     (
                         StatusCode::OK,
@@ -251,7 +270,7 @@ impl State {
             };
         };
         let key = (ns.clone(), name.clone());
-        let existing = self.objects.get(&t.collection).and_then(|c| c.get(&key)).cloned();
+        let existing = self.objects.get(&t.collection).and_then(|c| c.get(&key)).map(Stored::value);
         let not_found =
             || status_error(StatusCode::NOT_FOUND, "NotFound", format!("{} {name:?} not found", t.collection));
         let status_only = t.subresource.as_deref() == Some("status");
@@ -391,19 +410,23 @@ impl Cluster {
 
     /// One object, if present.
     pub fn get(&self, collection: &str, namespace: &str, name: &str) -> Option<Value> {
-        self.lock().objects.get(collection)?.get(&(namespace.to_string(), name.to_string())).cloned()
+        self.lock().objects.get(collection)?.get(&(namespace.to_string(), name.to_string())).map(Stored::value)
     }
 
     /// Every object of a collection.
     pub fn list(&self, collection: &str) -> Vec<Value> {
-        self.lock().objects.get(collection).map(|c| c.values().cloned().collect()).unwrap_or_default()
+        self.lock().objects.get(collection).map(|c| c.values().map(Stored::value).collect()).unwrap_or_default()
     }
 
     /// Replace an object's fields as a user's `kubectl apply` would (merge patch).
     pub fn edit(&self, collection: &str, namespace: &str, name: &str, patch: Value) {
         let mut s = self.lock();
-        let old =
-            s.objects.get(collection).and_then(|c| c.get(&(namespace.into(), name.into()))).cloned().expect("exists");
+        let old = s
+            .objects
+            .get(collection)
+            .and_then(|c| c.get(&(namespace.into(), name.into())))
+            .map(Stored::value)
+            .expect("exists");
         let mut new = old.clone();
         json_patch::merge(&mut new, &patch);
         s.update(collection, &old, new);

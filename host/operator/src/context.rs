@@ -45,6 +45,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// How the configured provisioner makes nodes, fixed at start.
     pub mode: ProvisionerMode,
+    /// Plugin calls are CPU-bound: more at once than cores only touches more
+    /// pooled instance slots, and each keeps memory resident.
+    pub plugin_slots: tokio::sync::Semaphore,
 }
 
 impl Context {
@@ -62,6 +65,7 @@ impl Context {
             });
         let reporter = Reporter { controller: "kaito-operator".into(), instance: std::env::var("POD_NAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
-        Context { client, registry, config, metrics, recorder, mode }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Context { client, registry, config, metrics, recorder, mode, plugin_slots: tokio::sync::Semaphore::new(cores) }
     }
 }

@@ -263,6 +263,7 @@ impl Steps for Workspace {
             max_nodes: ctx.config.max_nodes,
         };
         let (registry, ws) = (ctx.registry.clone(), self.clone());
+        let _slot = ctx.plugin_slots.acquire().await.expect("the semaphore is never closed");
         let started = Instant::now();
         // Plugin calls are synchronous CPU work under an epoch deadline: keep them off the async workers.
         let rendered = tokio::task::spawn_blocking(move || render(&registry, &ws, &opts)).await?;
