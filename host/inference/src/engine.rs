@@ -1,0 +1,350 @@
+//! The engine: one thread owns the model and runs a continuous-batching scheduler.
+//!
+//! Each step it gathers a decode token for every running sequence, then
+//! spends what is left of the step's token budget on prompt chunks (new
+//! sequences join between steps; finished or cancelled ones leave). KV memory
+//! is bounded in tokens: a sequence is admitted only when its prompt fits, and
+//! when decoding outgrows the bound the newest sequence is preempted (its cache
+//! freed, its tokens recomputed later), so memory never runs out mid-step.
+
+use crate::metrics::Metrics;
+use crate::models::decoder::{Decoder, SeqCache, Span};
+use crate::sampling::Sampler;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An EOS or stop token.
+    Stop,
+    /// max_tokens or the context window reached.
+    Length,
+}
+
+impl FinishReason {
+    /// The OpenAI spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// What the engine tells a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Token(u32),
+    Finished(FinishReason),
+    Failed(String),
+}
+
+/// One generation request.
+pub struct GenRequest {
+    pub prompt: Vec<u32>,
+    pub sampler: Sampler,
+    /// Closing the receiver cancels the request.
+    pub events: UnboundedSender<Event>,
+}
+
+/// Scheduler bounds.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Sequences decoded together.
+    pub max_batch: usize,
+    /// Requests allowed to wait; more are refused (HTTP 429).
+    pub max_waiting: usize,
+    /// Tokens processed per step (decode tokens plus prompt chunks).
+    pub step_tokens: usize,
+    /// KV cache bound, in tokens across all sequences.
+    pub kv_tokens: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { max_batch: 32, max_waiting: 256, step_tokens: 512, kv_tokens: 32_768 }
+    }
+}
+
+/// Why a request was not queued.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SubmitError {
+    #[error("too many requests are waiting ({0}); retry later")]
+    Overloaded(usize),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// The handle the HTTP layer holds.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::Sender<GenRequest>,
+    queued: Arc<AtomicUsize>,
+    running: Arc<AtomicUsize>,
+    max_waiting: usize,
+    /// Longest sequence (prompt plus output) the model takes.
+    pub max_context: usize,
+    /// KV bound in tokens, so requests that could never fit are refused up front.
+    pub kv_tokens: usize,
+}
+
+struct Seq {
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    cache: SeqCache,
+    sampler: Sampler,
+    events: UnboundedSender<Event>,
+    arrived: Instant,
+    last_token: Option<Instant>,
+}
+
+impl Seq {
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+    fn pending(&self) -> usize {
+        self.tokens.len() - self.cache.len
+    }
+}
+
+impl Engine {
+    /// Start the engine thread for `model`.
+    pub fn start(model: Decoder, stop_ids: Vec<u32>, config: EngineConfig, metrics: Arc<Metrics>) -> Engine {
+        let (tx, rx) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let running = Arc::new(AtomicUsize::new(0));
+        let handle = Engine {
+            tx,
+            queued: queued.clone(),
+            running: running.clone(),
+            max_waiting: config.max_waiting,
+            max_context: model.max_context,
+            kv_tokens: config.kv_tokens,
+        };
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || {
+                let scheduler = Scheduler {
+                    model,
+                    stop_ids,
+                    config,
+                    metrics,
+                    queued,
+                    active: running,
+                    waiting: VecDeque::new(),
+                    running: Vec::new(),
+                };
+                scheduler.run(rx)
+            })
+            .expect("spawn the engine thread");
+        handle
+    }
+
+    /// Sequences in the running batch and requests waiting, as last seen by the scheduler.
+    pub fn load(&self) -> (usize, usize) {
+        (self.running.load(Ordering::SeqCst), self.queued.load(Ordering::SeqCst))
+    }
+
+    /// Queue a request, or refuse it when the waiting line is full.
+    pub fn submit(&self, request: GenRequest) -> Result<(), SubmitError> {
+        let waiting = self.queued.fetch_add(1, Ordering::SeqCst);
+        if waiting >= self.max_waiting {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::Overloaded(waiting));
+        }
+        self.tx.send(request).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            SubmitError::Stopped
+        })
+    }
+}
+
+struct Scheduler {
+    model: Decoder,
+    stop_ids: Vec<u32>,
+    config: EngineConfig,
+    metrics: Arc<Metrics>,
+    queued: Arc<AtomicUsize>,
+    active: Arc<AtomicUsize>,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+}
+
+impl Scheduler {
+    fn run(mut self, rx: mpsc::Receiver<GenRequest>) {
+        let _no_grad = tch::no_grad_guard();
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                self.active.store(0, Ordering::SeqCst);
+                self.metrics.set_queue(0, 0);
+                match rx.recv() {
+                    Ok(r) => self.enqueue(r),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(r) = rx.try_recv() {
+                self.enqueue(r);
+            }
+            self.drop_cancelled();
+            self.admit();
+            self.metrics.set_queue(self.running.len(), self.waiting.len());
+            self.active.store(self.running.len(), Ordering::SeqCst);
+            if !self.running.is_empty() {
+                self.step();
+            }
+        }
+    }
+
+    fn enqueue(&mut self, r: GenRequest) {
+        let cache = self.model.new_cache();
+        self.waiting.push_back(Seq {
+            prompt_len: r.prompt.len(),
+            tokens: r.prompt,
+            cache,
+            sampler: r.sampler,
+            events: r.events,
+            arrived: Instant::now(),
+            last_token: None,
+        });
+    }
+
+    fn drop_cancelled(&mut self) {
+        let before = self.waiting.len();
+        self.waiting.retain(|s| !s.events.is_closed());
+        self.queued.fetch_sub(before - self.waiting.len(), Ordering::SeqCst);
+        self.running.retain(|s| !s.events.is_closed());
+    }
+
+    fn kv_used(&self) -> usize {
+        self.running.iter().map(|s| s.cache.len).sum()
+    }
+
+    fn admit(&mut self) {
+        while self.running.len() < self.config.max_batch
+            && let Some(next) = self.waiting.front()
+        {
+            // Room for its tokens plus one decode token for everyone already running.
+            let need = next.pending() + self.running.len() + 1;
+            if self.kv_used() + need > self.config.kv_tokens && !self.running.is_empty() {
+                break;
+            }
+            let seq = self.waiting.pop_front().expect("front exists");
+            if seq.cache.len == 0 {
+                self.metrics.prompt_tokens(seq.prompt_len);
+            }
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            self.running.push(seq);
+        }
+    }
+
+    /// Free the newest sequences' caches until the step fits the KV bound; they wait at the front to be recomputed.
+    fn preempt_to_fit(&mut self, step_tokens: usize) {
+        while self.running.len() > 1 && self.kv_used() + step_tokens > self.config.kv_tokens {
+            let mut seq = self.running.pop().expect("more than one running");
+            seq.cache = self.model.new_cache();
+            tracing::debug!(tokens = seq.tokens.len(), "preempted a sequence to stay within the KV bound");
+            self.queued.fetch_add(1, Ordering::SeqCst);
+            self.waiting.push_front(seq);
+        }
+    }
+
+    fn step(&mut self) {
+        let decode = self.running.iter().filter(|s| s.pending() == 1).count();
+        self.preempt_to_fit(decode.max(1));
+        // Decode tokens first, then prompt chunks, within the step's token budget and the KV bound.
+        let mut budget = self.config.step_tokens.max(self.running.len());
+        let mut kv_left = self.config.kv_tokens.saturating_sub(self.kv_used());
+        let mut plan: Vec<(usize, usize)> = Vec::new();
+        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        order.sort_by_key(|&i| self.running[i].pending() != 1);
+        for i in order {
+            let pending = self.running[i].pending();
+            let take = pending.min(budget).min(kv_left);
+            if take == 0 {
+                continue;
+            }
+            plan.push((i, take));
+            budget -= take;
+            kv_left -= take;
+        }
+        if plan.is_empty() {
+            // One sequence alone no longer fits the KV bound: it ends here.
+            let seq = self.running.remove(0);
+            let _ = seq.events.send(Event::Finished(FinishReason::Length));
+            return;
+        }
+        plan.sort_by_key(|(i, _)| *i);
+        let mut tokens = Vec::new();
+        let mut spans = Vec::with_capacity(plan.len());
+        for &(i, take) in &plan {
+            let s = &self.running[i];
+            spans.push(Span { start: tokens.len(), len: take });
+            tokens.extend(s.tokens[s.cache.len..s.cache.len + take].iter().map(|&t| t as i64));
+        }
+        let started = Instant::now();
+        let logits = {
+            let mut caches: Vec<&mut SeqCache> = Vec::with_capacity(plan.len());
+            let mut rest: &mut [Seq] = &mut self.running;
+            let mut offset = 0;
+            for &(i, _) in &plan {
+                let (_, tail) = rest.split_at_mut(i - offset);
+                let (seq, tail) = tail.split_first_mut().expect("planned index exists");
+                caches.push(&mut seq.cache);
+                rest = tail;
+                offset = i + 1;
+            }
+            self.model.forward(&tokens, &spans, &mut caches)
+        };
+        let vocab = logits.size()[1] as usize;
+        let flat: Vec<f32> = match Vec::<f32>::try_from(logits.to_device(tch::Device::Cpu).flatten(0, -1)) {
+            Ok(v) => v,
+            Err(e) => {
+                for seq in self.running.drain(..) {
+                    let _ = seq.events.send(Event::Failed(format!("reading logits: {e}")));
+                }
+                return;
+            }
+        };
+        self.metrics.step(started.elapsed(), tokens.len());
+        let mut finished = Vec::new();
+        for (row, &(i, _)) in plan.iter().enumerate() {
+            let seq = &mut self.running[i];
+            if seq.pending() > 0 {
+                continue; // A prompt chunk: no token until the whole prompt is in.
+            }
+            let mut row_logits = flat[row * vocab..(row + 1) * vocab].to_vec();
+            let token = seq.sampler.sample(&mut row_logits);
+            seq.tokens.push(token);
+            let now = Instant::now();
+            match seq.last_token {
+                None => self.metrics.first_token(now - seq.arrived),
+                Some(prev) => self.metrics.inter_token(now - prev),
+            }
+            seq.last_token = Some(now);
+            self.metrics.generated(1);
+            let reason = if self.stop_ids.contains(&token) && !seq.sampler.params().ignore_eos {
+                Some(FinishReason::Stop)
+            } else if seq.generated() >= seq.sampler.params().max_tokens || seq.tokens.len() >= self.model.max_context {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            let sent =
+                if reason == Some(FinishReason::Stop) { true } else { seq.events.send(Event::Token(token)).is_ok() };
+            if let Some(r) = reason {
+                let _ = seq.events.send(Event::Finished(r));
+                finished.push(i);
+            } else if !sent {
+                finished.push(i); // The client went away: free the sequence now.
+            }
+        }
+        for i in finished.into_iter().rev() {
+            self.running.remove(i);
+        }
+    }
+}

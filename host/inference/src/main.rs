@@ -1,0 +1,122 @@
+//! `kaito-inference --model DIR|HF_ID`: serve a model over the OpenAI API.
+
+use clap::Parser;
+use kaito_inference::engine::{Engine, EngineConfig};
+use kaito_inference::metrics::Metrics;
+use kaito_inference::server::{AppState, Serving, router};
+use kaito_inference::{download, loader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+#[derive(Debug, Parser)]
+#[command(name = "kaito-inference", version, about = "OpenAI-compatible inference on libtorch")]
+struct Args {
+    /// A Hugging Face model directory, or a hub id (org/name) to download.
+    #[arg(long)]
+    model: String,
+    /// Name clients use in `model` (default: the directory or hub id).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+    #[arg(long, default_value_t = 5000)]
+    port: u16,
+    /// auto (bf16 on GPU, f32 on CPU), float32, float16, bfloat16.
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+    /// auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Where hub downloads go.
+    #[arg(long, env = "KAITO_DOWNLOAD_DIR", default_value = "/tmp/kaito-models")]
+    download_dir: PathBuf,
+    /// Hub revision to download.
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// Longest prompt plus output (default and cap: the model's max_position_embeddings).
+    #[arg(long)]
+    max_model_len: Option<usize>,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 32)]
+    max_num_seqs: usize,
+    /// Requests allowed to wait; more get HTTP 429.
+    #[arg(long, default_value_t = 256)]
+    max_waiting: usize,
+    /// Tokens per engine step (decode tokens plus prompt chunks).
+    #[arg(long, default_value_t = 512)]
+    max_num_batched_tokens: usize,
+    /// KV cache bound, in tokens across all sequences.
+    #[arg(long, default_value_t = 32_768)]
+    kv_cache_tokens: usize,
+    /// Intra-op CPU threads (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<i32>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = Args::parse();
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t);
+    }
+    let device = loader::device(&args.device)?;
+    let kind = loader::kind(&args.dtype, device)?;
+    let name = args.served_model_name.clone().unwrap_or_else(|| args.model.trim_end_matches('/').to_string());
+    let metrics = Arc::new(Metrics::default());
+    let state = AppState {
+        serving: Arc::new(OnceLock::new()),
+        failed: Arc::new(OnceLock::new()),
+        model_name: name.clone(),
+        metrics: metrics.clone(),
+    };
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse()?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, model = %name, ?device, ?kind, "listening; /health answers 503 until the model is loaded");
+    let loading = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = (|| -> anyhow::Result<Serving> {
+            let local = PathBuf::from(&args.model);
+            let dir = if local.is_dir() {
+                local
+            } else if args.model.contains('/') && !args.model.starts_with(['.', '/']) {
+                download::download(&args.model, &args.revision, &args.download_dir, &metrics)?
+            } else {
+                anyhow::bail!("--model {}: no such directory, and not a hub id (org/name)", args.model);
+            };
+            let max = args.max_model_len.unwrap_or(usize::MAX);
+            let loaded = loader::load(&dir, device, kind, max)?;
+            let config = EngineConfig {
+                max_batch: args.max_num_seqs,
+                max_waiting: args.max_waiting,
+                step_tokens: args.max_num_batched_tokens,
+                kv_tokens: args.kv_cache_tokens,
+            };
+            tracing::info!(
+                architecture = loaded.model.config.architecture().unwrap_or("?"),
+                context = loaded.model.max_context,
+                "model loaded"
+            );
+            let stop = loaded.text.stop_ids.clone();
+            Ok(Serving { engine: Engine::start(loaded.model, stop, config, metrics), text: Arc::new(loaded.text) })
+        })();
+        match result {
+            Ok(s) => {
+                let _ = loading.serving.set(s);
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "model failed to load");
+                let _ = loading.failed.set(format!("{e:#}"));
+            }
+        }
+    });
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,379 @@
+//! The decoder-only transformer all supported families share (RMSNorm, RoPE,
+//! grouped-query attention, SwiGLU MLP). Family files map their checkpoint
+//! names and quirks onto it.
+//!
+//! A forward pass takes a *flat* batch: the new tokens of every sequence in
+//! the step, concatenated. Projections and MLPs run once over all of them
+//! (where batching pays); attention runs per sequence against its own KV
+//! cache, so prefill chunks and single decode tokens mix freely.
+
+use crate::config::ModelConfig;
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor};
+
+/// Tensors of a checkpoint by name, taken out as layers are built.
+pub struct Weights {
+    map: HashMap<String, Tensor>,
+    kind: Kind,
+    device: Device,
+}
+
+impl Weights {
+    /// Weights converted to `kind` on `device` as they are taken.
+    pub fn new(map: HashMap<String, Tensor>, kind: Kind, device: Device) -> Self {
+        Weights { map, kind, device }
+    }
+
+    /// A required tensor.
+    pub fn take(&mut self, name: &str) -> anyhow::Result<Tensor> {
+        self.opt(name).ok_or_else(|| anyhow::anyhow!("checkpoint has no tensor {name:?}"))
+    }
+
+    /// An optional tensor (biases, untied heads).
+    pub fn opt(&mut self, name: &str) -> Option<Tensor> {
+        self.map.remove(name).map(|t| t.to_device(self.device).to_kind(self.kind))
+    }
+
+    /// Names not used by the model (reported, never silently ignored).
+    pub fn leftover(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.map.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+/// A linear layer (`y = x W^T + b`).
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+/// RMSNorm, computed in f32 as the reference does.
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let x32 = x.to_kind(Kind::Float);
+        let var = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        let normed = (x32 * (var + self.eps).rsqrt()).to_kind(kind);
+        &self.weight * normed
+    }
+}
+
+/// Rotary position embedding tables (cos and sin per position), with the
+/// scaling variants the supported configs use.
+pub struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+    /// LongRoPE: tables for sequences longer than the original context.
+    long: Option<(Tensor, Tensor)>,
+    original_max: usize,
+    rot_dim: i64,
+}
+
+fn inv_freq(theta: f64, rot_dim: usize) -> Vec<f64> {
+    (0..rot_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / rot_dim as f64)).collect()
+}
+
+fn tables(inv: &[f64], max_pos: usize, mscale: f64, device: Device) -> (Tensor, Tensor) {
+    let inv = Tensor::from_slice(inv).to_kind(Kind::Double);
+    let t = Tensor::arange(max_pos as i64, (Kind::Double, Device::Cpu));
+    let freqs = t.outer(&inv);
+    let emb = Tensor::cat(&[&freqs, &freqs], -1);
+    (
+        (emb.cos() * mscale).to_kind(Kind::Float).to_device(device),
+        (emb.sin() * mscale).to_kind(Kind::Float).to_device(device),
+    )
+}
+
+impl Rotary {
+    /// Tables for positions below `max_pos`.
+    pub fn new(cfg: &ModelConfig, max_pos: usize, device: Device) -> anyhow::Result<Rotary> {
+        let rot_dim = ((cfg.head_dim() as f64) * cfg.partial_rotary_factor) as usize;
+        let mut inv = inv_freq(cfg.rope_theta, rot_dim);
+        let mut long = None;
+        let mut mscale = 1.0;
+        let original_max = cfg
+            .rope_scaling
+            .as_ref()
+            .and_then(|s| s.original_max_position_embeddings)
+            .or(cfg.original_max_position_embeddings)
+            .unwrap_or(cfg.max_position_embeddings);
+        if let Some(s) = &cfg.rope_scaling {
+            match s.rope_type.as_str() {
+                "default" => {}
+                "linear" => {
+                    let f = s.factor.unwrap_or(1.0);
+                    inv.iter_mut().for_each(|x| *x /= f);
+                }
+                "llama3" => {
+                    let factor = s.factor.unwrap_or(8.0);
+                    let low = s.low_freq_factor.unwrap_or(1.0);
+                    let high = s.high_freq_factor.unwrap_or(4.0);
+                    let old = original_max as f64;
+                    let (low_wavelen, high_wavelen) = (old / low, old / high);
+                    for f in inv.iter_mut() {
+                        let wavelen = 2.0 * std::f64::consts::PI / *f;
+                        if wavelen > low_wavelen {
+                            *f /= factor;
+                        } else if wavelen >= high_wavelen {
+                            let smooth = (old / wavelen - low) / (high - low);
+                            *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                        }
+                    }
+                }
+                "longrope" | "su" => {
+                    let short =
+                        s.short_factor.clone().ok_or_else(|| anyhow::anyhow!("rope_scaling.short_factor missing"))?;
+                    let long_f =
+                        s.long_factor.clone().ok_or_else(|| anyhow::anyhow!("rope_scaling.long_factor missing"))?;
+                    anyhow::ensure!(
+                        short.len() == rot_dim / 2 && long_f.len() == rot_dim / 2,
+                        "rope_scaling factors must have {} entries",
+                        rot_dim / 2
+                    );
+                    let scale = cfg.max_position_embeddings as f64 / original_max as f64;
+                    mscale = if scale <= 1.0 { 1.0 } else { (1.0 + scale.ln() / (original_max as f64).ln()).sqrt() };
+                    let base = inv.clone();
+                    inv = base.iter().zip(&short).map(|(b, f)| b / f).collect();
+                    let long_inv: Vec<f64> = base.iter().zip(&long_f).map(|(b, f)| b / f).collect();
+                    long = Some(tables(&long_inv, max_pos, mscale, device));
+                }
+                other => anyhow::bail!(
+                    "rope_scaling type {other:?} is not supported (supported: default, linear, llama3, longrope/su)"
+                ),
+            }
+        }
+        let (cos, sin) = tables(&inv, max_pos, mscale, device);
+        Ok(Rotary { cos, sin, long, original_max, rot_dim: rot_dim as i64 })
+    }
+
+    /// Rotate `x` ([tokens, heads, dim]) at `positions`; `long` picks LongRoPE's long factors per token.
+    fn apply(&self, x: &Tensor, positions: &Tensor, long: Option<&Tensor>) -> Tensor {
+        let mut cos = self.cos.index_select(0, positions);
+        let mut sin = self.sin.index_select(0, positions);
+        if let (Some((lc, ls)), Some(mask)) = (&self.long, long) {
+            let m = mask.unsqueeze(-1);
+            cos = lc.index_select(0, positions).where_self(&m, &cos);
+            sin = ls.index_select(0, positions).where_self(&m, &sin);
+        }
+        let kind = x.kind();
+        let (cos, sin) = (cos.unsqueeze(1).to_kind(kind), sin.unsqueeze(1).to_kind(kind));
+        let dim = x.size()[2];
+        let rot = x.narrow(2, 0, self.rot_dim);
+        let half = self.rot_dim / 2;
+        let rotated = Tensor::cat(&[rot.narrow(2, half, half).neg(), rot.narrow(2, 0, half)], 2);
+        let out = rot * cos + rotated * sin;
+        if self.rot_dim == dim { out } else { Tensor::cat(&[out, x.narrow(2, self.rot_dim, dim - self.rot_dim)], 2) }
+    }
+}
+
+/// One decoder layer.
+pub struct Layer {
+    pub input_norm: RmsNorm,
+    pub post_norm: RmsNorm,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// KV cache of one sequence: per layer, keys and values shaped [kv_heads, tokens, head_dim].
+#[derive(Default)]
+pub struct SeqCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Tokens cached.
+    pub len: usize,
+}
+
+/// One sequence's part of a flat batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    /// Offset of its tokens in the flat batch.
+    pub start: usize,
+    /// New tokens in this step.
+    pub len: usize,
+}
+
+/// A whole model.
+pub struct Decoder {
+    pub config: ModelConfig,
+    pub embed: Tensor,
+    pub layers: Vec<Layer>,
+    pub norm: RmsNorm,
+    /// Output head; `None` when tied to the embedding.
+    pub lm_head: Option<Tensor>,
+    pub rotary: Rotary,
+    /// Longest sequence the KV cache may hold (context window, capped by a sliding window we do not implement).
+    pub max_context: usize,
+    pub device: Device,
+    pub kind: Kind,
+}
+
+impl Decoder {
+    /// An empty KV cache for a new sequence.
+    pub fn new_cache(&self) -> SeqCache {
+        SeqCache { layers: (0..self.layers.len()).map(|_| None).collect(), len: 0 }
+    }
+
+    /// Run `tokens` (flat, i64) for the sequences in `spans`, extending their caches; returns
+    /// the last position's logits of each sequence, [spans, vocab] in f32.
+    pub fn forward(&self, tokens: &[i64], spans: &[Span], caches: &mut [&mut SeqCache]) -> Tensor {
+        assert_eq!(spans.len(), caches.len());
+        let cfg = &self.config;
+        let (heads, kv_heads, head_dim) =
+            (cfg.num_attention_heads as i64, cfg.kv_heads() as i64, cfg.head_dim() as i64);
+        let mut positions = Vec::with_capacity(tokens.len());
+        let mut long = Vec::with_capacity(tokens.len());
+        for (span, cache) in spans.iter().zip(caches.iter()) {
+            let total = cache.len + span.len;
+            for p in cache.len..total {
+                positions.push(p as i64);
+                long.push(total > self.rotary.original_max);
+            }
+        }
+        let positions = Tensor::from_slice(&positions).to_device(self.device);
+        let long_mask = self.rotary.long.as_ref().map(|_| Tensor::from_slice(&long).to_device(self.device));
+        let ids = Tensor::from_slice(tokens).to_device(self.device);
+        let mut x = self.embed.index_select(0, &ids);
+        let n = tokens.len() as i64;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_norm.forward(&x);
+            let q = self.rotary.apply(&layer.q.forward(&h).view([n, heads, head_dim]), &positions, long_mask.as_ref());
+            let k =
+                self.rotary.apply(&layer.k.forward(&h).view([n, kv_heads, head_dim]), &positions, long_mask.as_ref());
+            let v = layer.v.forward(&h).view([n, kv_heads, head_dim]);
+            let mut outs = Vec::with_capacity(spans.len());
+            for (span, cache) in spans.iter().zip(caches.iter_mut()) {
+                let (s, l) = (span.start as i64, span.len as i64);
+                let qs = q.narrow(0, s, l).transpose(0, 1);
+                let ks = k.narrow(0, s, l).transpose(0, 1);
+                let vs = v.narrow(0, s, l).transpose(0, 1);
+                let (kc, vc) = match cache.layers[li].take() {
+                    Some((pk, pv)) => (Tensor::cat(&[pk, ks], 1), Tensor::cat(&[pv, vs], 1)),
+                    None => (ks.contiguous(), vs.contiguous()),
+                };
+                let groups = heads / kv_heads;
+                let (kr, vr) = if groups > 1 {
+                    (kc.repeat_interleave_self_int(groups, 0, None), vc.repeat_interleave_self_int(groups, 0, None))
+                } else {
+                    (kc.shallow_clone(), vc.shallow_clone())
+                };
+                let mut scores = qs.to_kind(Kind::Float).matmul(&kr.to_kind(Kind::Float).transpose(-2, -1)) * scale;
+                let total = kc.size()[1];
+                if l > 1 {
+                    let past = total - l;
+                    let mask = Tensor::ones([l, total], (Kind::Bool, self.device)).triu(past + 1);
+                    scores = scores.masked_fill(&mask, f64::NEG_INFINITY);
+                }
+                let probs = scores.softmax(-1, Kind::Float).to_kind(self.kind);
+                outs.push(probs.matmul(&vr).transpose(0, 1).reshape([l, heads * head_dim]));
+                cache.layers[li] = Some((kc, vc));
+            }
+            let attn = Tensor::cat(&outs, 0);
+            x += layer.o.forward(&attn);
+            let h = layer.post_norm.forward(&x);
+            let mlp = layer.down.forward(&(layer.gate.forward(&h).silu() * layer.up.forward(&h)));
+            x += mlp;
+        }
+        for (span, cache) in spans.iter().zip(caches.iter_mut()) {
+            cache.len += span.len;
+        }
+        let last: Vec<i64> = spans.iter().map(|s| (s.start + s.len - 1) as i64).collect();
+        let x = self.norm.forward(&x.index_select(0, &Tensor::from_slice(&last).to_device(self.device)));
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        x.linear::<Tensor>(head, None).to_kind(Kind::Float)
+    }
+}
+
+/// Options shared by every family's loader.
+pub struct LoadOptions {
+    pub device: Device,
+    pub kind: Kind,
+    /// Upper bound on the context the server will use (tables are built this long).
+    pub max_context: usize,
+}
+
+/// Build the shared decoder from standard Llama-style tensor names, with
+/// family hooks for biases and fused projections.
+pub fn build(
+    config: ModelConfig,
+    mut w: Weights,
+    opts: &LoadOptions,
+    mut attention: impl FnMut(&mut Weights, &str) -> anyhow::Result<(Linear, Linear, Linear)>,
+    mut mlp: impl FnMut(&mut Weights, &str) -> anyhow::Result<(Linear, Linear)>,
+) -> anyhow::Result<Decoder> {
+    let eps = config.rms_norm_eps;
+    let mut layers = Vec::with_capacity(config.num_hidden_layers);
+    for i in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let (q, k, v) = attention(&mut w, &p)?;
+        let (gate, up) = mlp(&mut w, &p)?;
+        layers.push(Layer {
+            input_norm: RmsNorm { weight: w.take(&format!("{p}.input_layernorm.weight"))?, eps },
+            post_norm: RmsNorm { weight: w.take(&format!("{p}.post_attention_layernorm.weight"))?, eps },
+            q,
+            k,
+            v,
+            o: Linear {
+                weight: w.take(&format!("{p}.self_attn.o_proj.weight"))?,
+                bias: w.opt(&format!("{p}.self_attn.o_proj.bias")),
+            },
+            gate,
+            up,
+            down: Linear { weight: w.take(&format!("{p}.mlp.down_proj.weight"))?, bias: None },
+        });
+    }
+    let embed = w.take("model.embed_tokens.weight")?;
+    let lm_head = w.opt("lm_head.weight");
+    anyhow::ensure!(
+        lm_head.is_some() || config.tie_word_embeddings,
+        "checkpoint has no lm_head.weight and tie_word_embeddings is false"
+    );
+    let norm = RmsNorm { weight: w.take("model.norm.weight")?, eps };
+    let leftover: Vec<String> = w.leftover().into_iter().filter(|n| !n.ends_with("rotary_emb.inv_freq")).collect();
+    anyhow::ensure!(leftover.is_empty(), "checkpoint tensors this family does not use: {}", leftover.join(", "));
+    let mut max_context = opts.max_context.min(config.max_position_embeddings);
+    let window = config.sliding_window.filter(|_| config.use_sliding_window != Some(false));
+    if let Some(win) = window.filter(|w| *w < max_context) {
+        tracing::warn!(
+            sliding_window = win,
+            "sliding-window attention is not implemented: context capped at the window"
+        );
+        max_context = win;
+    }
+    let rotary = Rotary::new(&config, max_context, opts.device)?;
+    Ok(Decoder { config, embed, layers, norm, lm_head, rotary, max_context, device: opts.device, kind: opts.kind })
+}
+
+/// Separate q, k, v projections (Llama, Mistral, Qwen2).
+pub fn split_attention(w: &mut Weights, p: &str, bias: bool) -> anyhow::Result<(Linear, Linear, Linear)> {
+    let mut lin = |name: &str| -> anyhow::Result<Linear> {
+        let weight = w.take(&format!("{p}.self_attn.{name}.weight"))?;
+        let b = if bias { Some(w.take(&format!("{p}.self_attn.{name}.bias"))?) } else { None };
+        Ok(Linear { weight, bias: b })
+    };
+    Ok((lin("q_proj")?, lin("k_proj")?, lin("v_proj")?))
+}
+
+/// Separate gate and up projections.
+pub fn split_mlp(w: &mut Weights, p: &str) -> anyhow::Result<(Linear, Linear)> {
+    Ok((
+        Linear { weight: w.take(&format!("{p}.mlp.gate_proj.weight"))?, bias: None },
+        Linear { weight: w.take(&format!("{p}.mlp.up_proj.weight"))?, bias: None },
+    ))
+}

@@ -1,0 +1,624 @@
+//! The OpenAI-compatible HTTP layer: request parsing and validation, prompts,
+//! streaming. Generation itself is the engine's.
+
+use crate::engine::{Engine, Event, FinishReason, GenRequest, SubmitError};
+use crate::metrics::Metrics;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::text::{Detokenizer, Message, TextModel};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The model once loaded.
+pub struct Serving {
+    pub engine: Engine,
+    pub text: Arc<TextModel>,
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Set when the model is loaded; until then everything but /health, /version and /metrics answers 503.
+    pub serving: Arc<OnceLock<Serving>>,
+    /// Set when loading failed, so /health says why.
+    pub failed: Arc<OnceLock<String>>,
+    pub model_name: String,
+    pub metrics: Arc<Metrics>,
+}
+
+/// An OpenAI-style error.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    param: Option<String>,
+    code: Option<&'static str>,
+}
+
+impl ApiError {
+    fn bad(param: &str, message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::BAD_REQUEST, message: message.into(), param: Some(param.into()), code: None }
+    }
+    fn code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = match self.status {
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_exceeded",
+            StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
+            s if s.is_server_error() => "server_error",
+            _ => "invalid_request_error",
+        };
+        let body = json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// `stop`: one string or a list.
+#[derive(Debug, Deserialize, Default)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+    #[default]
+    None,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// Fields shared by chat and completion requests.
+#[derive(Debug, Deserialize)]
+struct Common {
+    model: String,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<i64>,
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Stop,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    n: Option<i64>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    /// vLLM's extension: generate past EOS.
+    #[serde(default)]
+    ignore_eos: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatRequest {
+    messages: Vec<Message>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+/// `prompt`: a string, a one-element list of strings, or token ids.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    prompt: Prompt,
+    #[serde(default)]
+    echo: bool,
+    #[serde(flatten)]
+    common: Common,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let param = if path == "." || path == "?" { "(body)".to_string() } else { path };
+        ApiError::bad(&param, format!("{param}: {}", e.into_inner()))
+    })
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+fn request_id(prefix: &str) -> String {
+    format!("{prefix}-{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>())
+}
+
+impl AppState {
+    fn serving(&self) -> Result<&Serving, ApiError> {
+        self.serving.get().ok_or_else(|| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: self.failed.get().cloned().unwrap_or_else(|| "the model is still loading".into()),
+            param: None,
+            code: None,
+        })
+    }
+
+    fn check_model(&self, model: &str) -> Result<(), ApiError> {
+        if model == self.model_name {
+            return Ok(());
+        }
+        Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("the model `{model}` does not exist; this server serves `{}`", self.model_name),
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+        })
+    }
+}
+
+/// Validated generation settings.
+struct Plan {
+    params: SamplingParams,
+    stops: Vec<String>,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn plan(c: &Common, prompt_len: usize, engine: &Engine, prompt_field: &str) -> Result<Plan, ApiError> {
+    if let Some(n) = c.n.filter(|n| *n != 1) {
+        return Err(ApiError::bad("n", format!("n={n} is not supported; only one choice per request (n=1)")));
+    }
+    let context = engine.max_context;
+    if prompt_len >= context {
+        return Err(ApiError::bad(
+            prompt_field,
+            format!("the prompt is {prompt_len} tokens; this model's context is {context} tokens, so shorten it"),
+        )
+        .code("context_length_exceeded"));
+    }
+    let (field, asked) = match (c.max_completion_tokens, c.max_tokens) {
+        (Some(m), _) => ("max_completion_tokens", Some(m)),
+        (None, m) => ("max_tokens", m),
+    };
+    let max_tokens = match asked {
+        Some(m) if m < 1 => return Err(ApiError::bad(field, format!("{field} must be at least 1, got {m}"))),
+        Some(m) if prompt_len + m as usize > context => {
+            return Err(ApiError::bad(
+                field,
+                format!("{prompt_len} prompt tokens plus {field}={m} exceed the {context}-token context; ask for at most {}", context - prompt_len),
+            )
+            .code("context_length_exceeded"));
+        }
+        Some(m) => m as usize,
+        None => context - prompt_len,
+    };
+    let temperature = c.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::bad("temperature", format!("temperature must be between 0 and 2, got {temperature}")));
+    }
+    let top_p = c.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::bad("top_p", format!("top_p must be in (0, 1], got {top_p}")));
+    }
+    let top_k = match c.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(k) => return Err(ApiError::bad("top_k", format!("top_k must be positive, or -1 for no limit; got {k}"))),
+    };
+    for (name, v) in [("presence_penalty", c.presence_penalty), ("frequency_penalty", c.frequency_penalty)] {
+        if let Some(v) = v.filter(|v| !(-2.0..=2.0).contains(v)) {
+            return Err(ApiError::bad(name, format!("{name} must be between -2 and 2, got {v}")));
+        }
+    }
+    let stops = match &c.stop {
+        Stop::None => vec![],
+        Stop::One(s) => vec![s.clone()],
+        Stop::Many(v) => v.clone(),
+    };
+    if stops.len() > 4 || stops.iter().any(String::is_empty) {
+        return Err(ApiError::bad("stop", "stop takes up to 4 non-empty strings"));
+    }
+    if c.stream_options.is_some() && !c.stream {
+        return Err(ApiError::bad("stream_options", "stream_options is only allowed with stream: true"));
+    }
+    Ok(Plan {
+        params: SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+            presence_penalty: c.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
+            seed: c.seed,
+            max_tokens,
+            ignore_eos: c.ignore_eos,
+        },
+        stops,
+        stream: c.stream,
+        include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+    })
+}
+
+/// Output text so far, with stop strings applied.
+struct Output {
+    detok: Detokenizer,
+    text: String,
+    /// Bytes of `text` already sent (streaming).
+    sent: usize,
+    tokens: usize,
+    finish: Option<FinishReason>,
+}
+
+impl Output {
+    fn new() -> Self {
+        Output { detok: Detokenizer::default(), text: String::new(), sent: 0, tokens: 0, finish: None }
+    }
+
+    /// Take one engine event; true when generation is over.
+    fn push(&mut self, text: &TextModel, event: Event, stops: &[String]) -> Result<bool, ApiError> {
+        match event {
+            Event::Token(id) => {
+                self.tokens += 1;
+                self.text.push_str(&self.detok.push(text, id));
+                if let Some(at) = stops.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+                    self.text.truncate(at);
+                    self.finish = Some(FinishReason::Stop);
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+            Event::Finished(reason) => {
+                if reason == FinishReason::Stop {
+                    self.tokens += 1; // The EOS token counts as generated, as OpenAI counts it.
+                }
+                self.finish = Some(reason);
+                Ok(true)
+            }
+            Event::Failed(message) => {
+                Err(ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message, param: None, code: None })
+            }
+        }
+    }
+
+    /// Text safe to send now: everything but a tail that might still become a stop string.
+    fn ready(&mut self, stops: &[String], done: bool) -> String {
+        let hold = if done { 0 } else { stops.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0) };
+        let mut end = self.text.len().saturating_sub(hold).max(self.sent);
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let out = self.text[self.sent..end].to_string();
+        self.sent = end;
+        out
+    }
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+async fn generate(
+    state: &AppState,
+    kind: Kind,
+    prompt: Vec<u32>,
+    plan: Plan,
+    echo: Option<String>,
+) -> Result<Response, ApiError> {
+    let serving = state.serving()?;
+    let prompt_len = prompt.len();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    serving.engine.submit(GenRequest { prompt, sampler: Sampler::new(plan.params.clone()), events: tx }).map_err(
+        |e| match e {
+            SubmitError::Overloaded(_) => ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: e.to_string(),
+                param: None,
+                code: Some("overloaded"),
+            },
+            SubmitError::Stopped => {
+                ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string(), param: None, code: None }
+            }
+        },
+    )?;
+    let (id, created, model) =
+        (request_id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }), now(), state.model_name.clone());
+    let text = serving.text.clone();
+    if !plan.stream {
+        let mut out = Output::new();
+        while let Some(event) = rx.recv().await {
+            if out.push(&text, event, &plan.stops)? {
+                break;
+            }
+        }
+        let finish = out.finish.unwrap_or(FinishReason::Length).as_str();
+        let body = match kind {
+            Kind::Chat => json!({
+                "id": id, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text}, "logprobs": null, "finish_reason": finish}],
+                "usage": usage(prompt_len, out.tokens),
+            }),
+            Kind::Completion => json!({
+                "id": id, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": format!("{}{}", echo.unwrap_or_default(), out.text), "logprobs": null, "finish_reason": finish}],
+                "usage": usage(prompt_len, out.tokens),
+            }),
+        };
+        return Ok(axum::Json(body).into_response());
+    }
+    let chunk = move |delta: Option<String>, finish: Option<&str>, first: bool| -> Value {
+        match kind {
+            Kind::Chat => {
+                let mut d = json!({});
+                if first {
+                    d["role"] = json!("assistant");
+                }
+                if let Some(t) = delta {
+                    d["content"] = json!(t);
+                }
+                json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                       "choices": [{"index": 0, "delta": d, "logprobs": null, "finish_reason": finish}]})
+            }
+            Kind::Completion => json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                       "choices": [{"index": 0, "text": delta.unwrap_or_default(), "logprobs": null, "finish_reason": finish}]}),
+        }
+    };
+    let stops = plan.stops.clone();
+    let include_usage = plan.include_usage;
+    let stream = async_stream(move |yield_| async move {
+        let mut out = Output::new();
+        let opening = if kind == Kind::Chat { Some(String::new()) } else { echo };
+        if opening.is_some() || kind == Kind::Chat {
+            yield_(chunk(opening, None, true)).await;
+        }
+        loop {
+            let Some(event) = rx.recv().await else { break };
+            let done = match out.push(&text, event, &stops) {
+                Ok(d) => d,
+                Err(e) => {
+                    yield_(json!({"error": {"message": e.message, "type": "server_error"}})).await;
+                    return;
+                }
+            };
+            let delta = out.ready(&stops, done);
+            if !delta.is_empty() {
+                yield_(chunk(Some(delta), None, false)).await;
+            }
+            if done {
+                break;
+            }
+        }
+        // Ends the engine's sequence early when a stop string hit first.
+        drop(rx);
+        let finish = out.finish.unwrap_or(FinishReason::Length).as_str();
+        yield_(chunk(None, Some(finish), false)).await;
+        if include_usage {
+            let mut last = chunk(None, None, false);
+            last["choices"] = json!([]);
+            last["usage"] = usage(prompt_len, out.tokens);
+            yield_(last).await;
+        }
+    });
+    let events = stream
+        .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())))
+        .chain(futures::stream::once(async { Ok(SseEvent::default().data("[DONE]")) }));
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// A stream fed by an async producer through a bounded channel: the producer stops when the client goes away.
+fn async_stream<F, Fut>(producer: F) -> impl futures::Stream<Item = Value> + Send
+where
+    F: FnOnce(Box<dyn Fn(Value) -> futures::future::BoxFuture<'static, ()> + Send + Sync>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Value>(16);
+    let tx = Arc::new(tx);
+    let send: Box<dyn Fn(Value) -> futures::future::BoxFuture<'static, ()> + Send + Sync> = Box::new(move |v| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let _ = tx.send(v).await;
+        })
+    });
+    let handle = tokio::spawn(producer(send));
+    let guard = AbortOnDrop(handle);
+    futures::stream::unfold((rx, guard), |(mut rx, guard)| async move { rx.recv().await.map(|v| (v, (rx, guard))) })
+}
+
+/// Aborts the producer task when the response stream is dropped (client disconnect).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
+    let result = async {
+        let req: ChatRequest = parse(&body)?;
+        state.check_model(&req.common.model)?;
+        let serving = state.serving()?;
+        if req.messages.is_empty() {
+            return Err(ApiError::bad("messages", "messages must hold at least one message"));
+        }
+        for (i, m) in req.messages.iter().enumerate() {
+            if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer") {
+                return Err(ApiError::bad(
+                    &format!("messages[{i}].role"),
+                    format!("role {:?} is not supported (system, user, assistant)", m.role),
+                ));
+            }
+            m.content.text().map_err(|e| ApiError::bad(&format!("messages[{i}].content"), e))?;
+        }
+        let messages: Vec<Message> = req
+            .messages
+            .into_iter()
+            .map(|m| Message { role: if m.role == "developer" { "system".into() } else { m.role }, content: m.content })
+            .collect();
+        let prompt_text = serving.text.render_chat(&messages).map_err(|e| ApiError::bad("messages", e))?;
+        let prompt = serving.text.encode(&prompt_text, false).map_err(|e| ApiError::bad("messages", e))?;
+        let plan = plan(&req.common, prompt.len(), &serving.engine, "messages")?;
+        generate(&state, Kind::Chat, prompt, plan, None).await
+    }
+    .await;
+    finish(&state, "/v1/chat/completions", result)
+}
+
+async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
+    let result = async {
+        let req: CompletionRequest = parse(&body)?;
+        state.check_model(&req.common.model)?;
+        let serving = state.serving()?;
+        let (prompt, text) = match req.prompt {
+            Prompt::Text(t) => (serving.text.encode(&t, true).map_err(|e| ApiError::bad("prompt", e))?, t),
+            Prompt::Texts(v) if v.len() == 1 => {
+                (serving.text.encode(&v[0], true).map_err(|e| ApiError::bad("prompt", e))?, v[0].clone())
+            }
+            Prompt::Texts(v) => {
+                return Err(ApiError::bad("prompt", format!("{} prompts given; send one per request", v.len())));
+            }
+            Prompt::Ids(ids) => {
+                let vocab = serving.text.vocab_size() as u32;
+                if let Some(bad) = ids.iter().find(|i| **i >= vocab) {
+                    return Err(ApiError::bad(
+                        "prompt",
+                        format!("token id {bad} is outside the vocabulary (size {vocab})"),
+                    ));
+                }
+                let text = serving.text.decode(&ids).map_err(|e| ApiError::bad("prompt", e))?;
+                (ids, text)
+            }
+        };
+        if prompt.is_empty() {
+            return Err(ApiError::bad("prompt", "the prompt is empty"));
+        }
+        let plan = plan(&req.common, prompt.len(), &serving.engine, "prompt")?;
+        generate(&state, Kind::Completion, prompt, plan, req.echo.then_some(text)).await
+    }
+    .await;
+    finish(&state, "/v1/completions", result)
+}
+
+fn finish(state: &AppState, endpoint: &str, result: Result<Response, ApiError>) -> Response {
+    let response = result.unwrap_or_else(IntoResponse::into_response);
+    state.metrics.request(endpoint, response.status().as_u16());
+    response
+}
+
+async fn models(State(state): State<AppState>) -> Response {
+    let max = state.serving.get().map(|s| s.engine.max_context);
+    axum::Json(json!({"object": "list", "data": [{
+        "id": state.model_name, "object": "model", "created": now(), "owned_by": "kaito", "max_model_len": max
+    }]}))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenizeRequest {
+    prompt: Option<String>,
+    messages: Option<Vec<Message>>,
+    #[serde(default = "yes")]
+    add_special_tokens: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn tokenize(State(state): State<AppState>, body: Bytes) -> Response {
+    let result = async {
+        let req: TokenizeRequest = parse(&body)?;
+        let s = state.serving()?;
+        let tokens = match (req.prompt, req.messages) {
+            (Some(p), None) => s.text.encode(&p, req.add_special_tokens).map_err(|e| ApiError::bad("prompt", e))?,
+            (None, Some(m)) => {
+                let text = s.text.render_chat(&m).map_err(|e| ApiError::bad("messages", e))?;
+                s.text.encode(&text, false).map_err(|e| ApiError::bad("messages", e))?
+            }
+            _ => return Err(ApiError::bad("prompt", "send exactly one of prompt or messages")),
+        };
+        Ok(axum::Json(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": s.engine.max_context}))
+            .into_response())
+    }
+    .await;
+    finish(&state, "/tokenize", result)
+}
+
+#[derive(Deserialize)]
+struct DetokenizeRequest {
+    tokens: Vec<u32>,
+}
+
+async fn detokenize(State(state): State<AppState>, body: Bytes) -> Response {
+    let result = async {
+        let req: DetokenizeRequest = parse(&body)?;
+        let s = state.serving()?;
+        let vocab = s.text.vocab_size() as u32;
+        if let Some(bad) = req.tokens.iter().find(|t| **t >= vocab) {
+            return Err(ApiError::bad("tokens", format!("token id {bad} is outside the vocabulary (size {vocab})")));
+        }
+        let prompt = s.text.decode(&req.tokens).map_err(|e| ApiError::bad("tokens", e))?;
+        Ok(axum::Json(json!({"prompt": prompt})).into_response())
+    }
+    .await;
+    finish(&state, "/detokenize", result)
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    match (state.serving.get(), state.failed.get()) {
+        (Some(_), _) => (StatusCode::OK, "ok").into_response(),
+        (None, Some(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("model failed to load: {why}")).into_response(),
+        (None, None) => (StatusCode::SERVICE_UNAVAILABLE, "loading").into_response(),
+    }
+}
+
+async fn version() -> Response {
+    axum::Json(json!({"version": env!("CARGO_PKG_VERSION"), "engine": "kaito-inference (tch)", "libtorch": "2.4.0"}))
+        .into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    ApiError { status: StatusCode::NOT_FOUND, message: "no such endpoint".into(), param: None, code: None }
+        .into_response()
+}
+
+/// Every route.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route("/health", get(health))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}

@@ -1,0 +1,164 @@
+//! Tokenizer, chat template and stop tokens of a model directory.
+
+use crate::config::ids;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+
+/// One chat message as the OpenAI API sends it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Message {
+    pub role: String,
+    #[serde(default)]
+    pub content: Content,
+}
+
+/// Message content: a string, or a list of parts of which the text ones are used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Value>),
+    #[default]
+    Empty,
+}
+
+impl Content {
+    /// The text of the content (text parts joined).
+    pub fn text(&self) -> Result<String, String> {
+        match self {
+            Content::Text(s) => Ok(s.clone()),
+            Content::Empty => Ok(String::new()),
+            Content::Parts(parts) => parts
+                .iter()
+                .map(|p| match (p["type"].as_str(), p["text"].as_str()) {
+                    (Some("text"), Some(t)) => Ok(t.to_string()),
+                    (kind, _) => Err(format!("content part of type {kind:?} is not supported (only text)")),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What turns text into tokens and back, and chats into prompts.
+pub struct TextModel {
+    pub tokenizer: tokenizers::Tokenizer,
+    template: Option<String>,
+    bos_token: String,
+    eos_token: String,
+    /// Token ids that end generation (EOS from generation_config/config, the template's end-of-turn token).
+    pub stop_ids: Vec<u32>,
+}
+
+fn token_text(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_string).or_else(|| v["content"].as_str().map(str::to_string))
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Option<Value>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
+}
+
+impl TextModel {
+    /// Load `tokenizer.json`, `tokenizer_config.json` and `generation_config.json` from `dir`.
+    pub fn load(dir: &Path, config_eos: &[u32]) -> anyhow::Result<TextModel> {
+        let path = dir.join("tokenizer.json");
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let tc = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
+        let template = match &tc["chat_template"] {
+            Value::String(s) => Some(s.clone()),
+            // Named templates: the default one serves chat.
+            Value::Array(list) => list
+                .iter()
+                .find(|t| t["name"] == "default")
+                .or(list.first())
+                .and_then(|t| t["template"].as_str())
+                .map(str::to_string),
+            _ => None,
+        };
+        let bos_token = token_text(&tc["bos_token"]).unwrap_or_default();
+        let eos_token = token_text(&tc["eos_token"]).unwrap_or_default();
+        let mut stop_ids = config_eos.to_vec();
+        if let Some(gc) = read_json(&dir.join("generation_config.json"))? {
+            stop_ids.extend(ids(gc.get("eos_token_id")));
+        }
+        if let Some(id) = tokenizer.token_to_id(&eos_token) {
+            stop_ids.push(id);
+        }
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+        anyhow::ensure!(!stop_ids.is_empty(), "{}: no EOS token in the tokenizer or generation config", dir.display());
+        Ok(TextModel { tokenizer, template, bos_token, eos_token, stop_ids })
+    }
+
+    /// Whether the model has a chat template.
+    pub fn has_chat_template(&self) -> bool {
+        self.template.is_some()
+    }
+
+    /// The prompt text for `messages`, rendered with the model's chat template.
+    pub fn render_chat(&self, messages: &[Message]) -> Result<String, String> {
+        let template = self
+            .template
+            .as_deref()
+            .ok_or("this model has no chat template (tokenizer_config.json chat_template); use /v1/completions")?;
+        let mut env = minijinja::Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", template).map_err(|e| format!("chat template does not parse: {e}"))?;
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|m| Ok(serde_json::json!({"role": m.role, "content": m.content.text()?})))
+            .collect::<Result<_, String>>()?;
+        let ctx = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        };
+        env.get_template("chat").and_then(|t| t.render(ctx)).map_err(|e| format!("chat template failed: {e}"))
+    }
+
+    /// Token ids of `text`; `special` adds the tokenizer's BOS/EOS decorations (plain completions).
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>, String> {
+        self.tokenizer.encode(text, special).map(|e| e.get_ids().to_vec()).map_err(|e| e.to_string())
+    }
+
+    /// Text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, String> {
+        self.tokenizer.decode(ids, true).map_err(|e| e.to_string())
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+}
+
+/// Turns a growing list of token ids into text deltas, holding back bytes of an unfinished character.
+#[derive(Default)]
+pub struct Detokenizer {
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl Detokenizer {
+    /// Add one token; returns the new text, if any is complete.
+    pub fn push(&mut self, text: &TextModel, id: u32) -> String {
+        self.ids.push(id);
+        let Ok(full) = text.decode(&self.ids) else { return String::new() };
+        if full.ends_with('\u{FFFD}') || full.len() < self.emitted || !full.is_char_boundary(self.emitted) {
+            return String::new();
+        }
+        let delta = full[self.emitted..].to_string();
+        self.emitted = full.len();
+        delta
+    }
+}

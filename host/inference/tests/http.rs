@@ -1,0 +1,120 @@
+//! The HTTP contract: the official `openai` Python client against the real server with SmolLM2, and the error
+//! paths (malformed JSON, overload, loading) checked on the router directly.
+
+mod common;
+
+use axum::body::Body;
+use http_body_util::BodyExt;
+use kaito_inference::engine::{Engine, EngineConfig};
+use kaito_inference::loader;
+use kaito_inference::metrics::Metrics;
+use kaito_inference::server::{AppState, Serving, router};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use tch::{Device, Kind};
+use tower::ServiceExt;
+
+fn state(dir: &Path, config: EngineConfig) -> AppState {
+    tch::set_num_threads(1);
+    let loaded = loader::load(dir, Device::Cpu, Kind::Float, 2048).expect("model loads");
+    let metrics = Arc::new(Metrics::default());
+    let stop = loaded.text.stop_ids.clone();
+    let serving =
+        Serving { engine: Engine::start(loaded.model, stop, config, metrics.clone()), text: Arc::new(loaded.text) };
+    let state = AppState {
+        serving: Arc::new(OnceLock::new()),
+        failed: Arc::new(OnceLock::new()),
+        model_name: "smollm2".into(),
+        metrics,
+    };
+    let _ = state.serving.set(serving);
+    state
+}
+
+async fn call(state: &AppState, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let req = axum::http::Request::builder().method(method).uri(path).body(Body::from(body.to_string())).unwrap();
+    let resp = router(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_client_gets_what_it_expects() {
+    let state = state(&common::model("smollm2-135m-instruct"), EngineConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, router(state)).into_future());
+    let python = common::python();
+    let script = common::script("openai_contract.py");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python).arg(script).arg(format!("http://{addr}/v1")).arg("smollm2").output()
+    })
+    .await
+    .unwrap()
+    .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "openai_contract.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny("MistralForCausalLM").write(dir.path());
+    let s = state(dir.path(), EngineConfig::default());
+    let (code, body) = call(&s, "POST", "/v1/chat/completions", "{not json").await;
+    assert_eq!(code, 400);
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    let (code, body) = call(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model": "smollm2", "messages": [{"role": "robot", "content": "hi"}]}"#,
+    )
+    .await;
+    assert_eq!((code, body["error"]["param"].as_str()), (400, Some("messages[0].role")), "{body}");
+    let (code, body) = call(&s, "POST", "/v1/chat/completions", r#"{"model": "smollm2", "messages": "hi"}"#).await;
+    assert_eq!((code, body["error"]["param"].as_str()), (400, Some("messages")), "{body}");
+    let long: Vec<u32> = vec![5; 300];
+    let (code, body) =
+        call(&s, "POST", "/v1/completions", &json!({"model": "smollm2", "prompt": long}).to_string()).await;
+    assert_eq!((code, body["error"]["code"].as_str()), (400, Some("context_length_exceeded")), "{body}");
+    let (code, body) = call(&s, "POST", "/v1/completions", r#"{"model": "smollm2", "prompt": [70000]}"#).await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = call(&s, "POST", "/detokenize", r#"{"tokens": [1, 2, 3]}"#).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = call(&s, "GET", "/v1/nope", "").await;
+    assert_eq!(code, 404);
+    let (code, body) = call(&s, "GET", "/metrics", "").await;
+    assert_eq!(code, 200);
+    assert!(
+        body.as_str()
+            .unwrap()
+            .contains("kaito_inference_requests_total{endpoint=\"/v1/chat/completions\",status=\"400\"}"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn overload_is_429_and_loading_is_503() {
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny("LlamaForCausalLM").write(dir.path());
+    let s = state(dir.path(), EngineConfig { max_waiting: 0, ..Default::default() });
+    let (code, body) =
+        call(&s, "POST", "/v1/completions", r#"{"model": "smollm2", "prompt": [1, 2, 3], "max_tokens": 4}"#).await;
+    assert_eq!((code, body["error"]["type"].as_str()), (429, Some("rate_limit_exceeded")), "{body}");
+
+    let loading = AppState {
+        serving: Arc::new(OnceLock::new()),
+        failed: Arc::new(OnceLock::new()),
+        model_name: "smollm2".into(),
+        metrics: Arc::new(Metrics::default()),
+    };
+    assert_eq!(call(&loading, "GET", "/health", "").await.0, 503);
+    assert_eq!(call(&loading, "GET", "/version", "").await.0, 200);
+    let (code, body) = call(&loading, "POST", "/v1/completions", r#"{"model": "smollm2", "prompt": "x"}"#).await;
+    assert_eq!((code, body["error"]["type"].as_str()), (503, Some("service_unavailable")), "{body}");
+    assert_eq!(call(&s, "GET", "/health", "").await.0, 200);
+}
