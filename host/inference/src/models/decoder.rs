@@ -191,12 +191,36 @@ pub struct Layer {
     pub down: Linear,
 }
 
-/// KV cache of one sequence: per layer, keys and values shaped [kv_heads, tokens, head_dim].
+/// KV cache of one sequence: per layer, key and value buffers shaped [kv_heads, capacity, head_dim], grown by
+/// doubling so appending a token copies nothing.
 #[derive(Default)]
 pub struct SeqCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     /// Tokens cached.
     pub len: usize,
+}
+
+impl SeqCache {
+    /// Write `k`, `v` ([kv_heads, l, head_dim]) at position `at` of layer `li`; returns views of the first `at + l` entries.
+    fn append(&mut self, li: usize, k: &Tensor, v: &Tensor, at: usize, max: usize) -> (Tensor, Tensor) {
+        let l = k.size()[1] as usize;
+        let need = at + l;
+        let grow = self.layers[li].as_ref().is_none_or(|(kb, _)| (kb.size()[1] as usize) < need);
+        if grow {
+            let cap = need.next_power_of_two().clamp(16, max.max(need)) as i64;
+            let shape = [k.size()[0], cap, k.size()[2]];
+            let (kb, vb) = (Tensor::zeros(shape, (k.kind(), k.device())), Tensor::zeros(shape, (v.kind(), v.device())));
+            if let Some((ok, ov)) = self.layers[li].take() {
+                kb.narrow(1, 0, at as i64).copy_(&ok.narrow(1, 0, at as i64));
+                vb.narrow(1, 0, at as i64).copy_(&ov.narrow(1, 0, at as i64));
+            }
+            self.layers[li] = Some((kb, vb));
+        }
+        let (kb, vb) = self.layers[li].as_ref().expect("allocated above");
+        kb.narrow(1, at as i64, l as i64).copy_(k);
+        vb.narrow(1, at as i64, l as i64).copy_(v);
+        (kb.narrow(1, 0, need as i64), vb.narrow(1, 0, need as i64))
+    }
 }
 
 /// One sequence's part of a flat batch.
@@ -257,33 +281,70 @@ impl Decoder {
             let k =
                 self.rotary.apply(&layer.k.forward(&h).view([n, kv_heads, head_dim]), &positions, long_mask.as_ref());
             let v = layer.v.forward(&h).view([n, kv_heads, head_dim]);
-            let mut outs = Vec::with_capacity(spans.len());
+            let groups = heads / kv_heads;
+            let upcast = |t: &Tensor| if self.kind == Kind::Float { t.shallow_clone() } else { t.to_kind(Kind::Float) };
+            let downcast = |t: Tensor| if self.kind == Kind::Float { t } else { t.to_kind(self.kind) };
+            let mut views = Vec::with_capacity(spans.len());
             for (span, cache) in spans.iter().zip(caches.iter_mut()) {
                 let (s, l) = (span.start as i64, span.len as i64);
-                let qs = q.narrow(0, s, l).transpose(0, 1);
+                let at = cache.len;
                 let ks = k.narrow(0, s, l).transpose(0, 1);
                 let vs = v.narrow(0, s, l).transpose(0, 1);
-                let (kc, vc) = match cache.layers[li].take() {
-                    Some((pk, pv)) => (Tensor::cat(&[pk, ks], 1), Tensor::cat(&[pv, vs], 1)),
-                    None => (ks.contiguous(), vs.contiguous()),
-                };
-                let groups = heads / kv_heads;
-                let (kr, vr) = if groups > 1 {
-                    (kc.repeat_interleave_self_int(groups, 0, None), vc.repeat_interleave_self_int(groups, 0, None))
-                } else {
-                    (kc.shallow_clone(), vc.shallow_clone())
-                };
-                let mut scores = qs.to_kind(Kind::Float).matmul(&kr.to_kind(Kind::Float).transpose(-2, -1)) * scale;
-                let total = kc.size()[1];
-                if l > 1 {
-                    let past = total - l;
-                    let mask = Tensor::ones([l, total], (Kind::Bool, self.device)).triu(past + 1);
-                    scores = scores.masked_fill(&mask, f64::NEG_INFINITY);
-                }
-                let probs = scores.softmax(-1, Kind::Float).to_kind(self.kind);
-                outs.push(probs.matmul(&vr).transpose(0, 1).reshape([l, heads * head_dim]));
-                cache.layers[li] = Some((kc, vc));
+                views.push(cache.append(li, &ks, &vs, at, self.max_context));
             }
+            let mut outs: Vec<Option<Tensor>> = (0..spans.len()).map(|_| None).collect();
+            // Prompt chunks: one sequence at a time, causal within the chunk. Query heads sharing a KV head
+            // are stacked as extra rows, so K and V are never repeated.
+            for (i, span) in spans.iter().enumerate().filter(|(_, s)| s.len > 1) {
+                let (s, l) = (span.start as i64, span.len as i64);
+                let (kc, vc) = &views[i];
+                let qg = q.narrow(0, s, l).view([l, kv_heads, groups, head_dim]).permute([1, 2, 0, 3]).reshape([
+                    kv_heads,
+                    groups * l,
+                    head_dim,
+                ]);
+                let total = kc.size()[1];
+                let mask = Tensor::ones([l, total], (Kind::Bool, self.device)).triu(total - l + 1).repeat([groups, 1]);
+                let scores =
+                    (upcast(&qg).matmul(&upcast(kc).transpose(-2, -1)) * scale).masked_fill(&mask, f64::NEG_INFINITY);
+                let probs = downcast(scores.softmax(-1, Kind::Float));
+                let out = probs.matmul(vc).view([kv_heads, groups, l, head_dim]).permute([2, 0, 1, 3]);
+                outs[i] = Some(out.reshape([l, heads * head_dim]));
+            }
+            // Decode tokens: all sequences at once over their caches padded to the longest.
+            let decode: Vec<usize> = (0..spans.len()).filter(|&i| spans[i].len == 1).collect();
+            if !decode.is_empty() {
+                let b = decode.len() as i64;
+                let rows: Vec<i64> = decode.iter().map(|&i| spans[i].start as i64).collect();
+                let qd = q
+                    .index_select(0, &Tensor::from_slice(&rows).to_device(self.device))
+                    .view([b, kv_heads, groups, head_dim]);
+                let lens: Vec<i64> = decode.iter().map(|&i| views[i].0.size()[1]).collect();
+                let kp = Tensor::pad_sequence(
+                    &decode.iter().map(|&i| views[i].0.transpose(0, 1)).collect::<Vec<_>>(),
+                    true,
+                    0.0,
+                );
+                let vp = Tensor::pad_sequence(
+                    &decode.iter().map(|&i| views[i].1.transpose(0, 1)).collect::<Vec<_>>(),
+                    true,
+                    0.0,
+                );
+                let mut scores = upcast(&qd).matmul(&upcast(&kp).permute([0, 2, 3, 1])) * scale;
+                let longest = *lens.iter().max().expect("non-empty");
+                if lens.iter().any(|&n| n != longest) {
+                    let lens = Tensor::from_slice(&lens).to_device(self.device).view([b, 1, 1, 1]);
+                    let pad =
+                        Tensor::arange(longest, (Kind::Int64, self.device)).view([1, 1, 1, longest]).ge_tensor(&lens);
+                    scores = scores.masked_fill(&pad, f64::NEG_INFINITY);
+                }
+                let probs = downcast(scores.softmax(-1, Kind::Float));
+                let out = probs.matmul(&vp.permute([0, 2, 1, 3])).reshape([b, heads * head_dim]);
+                for (j, &i) in decode.iter().enumerate() {
+                    outs[i] = Some(out.narrow(0, j as i64, 1));
+                }
+            }
+            let outs: Vec<Tensor> = outs.into_iter().map(|o| o.expect("every span attended")).collect();
             let attn = Tensor::cat(&outs, 0);
             x += layer.o.forward(&attn);
             let h = layer.post_norm.forward(&x);
