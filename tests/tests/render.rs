@@ -71,7 +71,7 @@ fn karpenter_plans_one_node_pool_on_aws() {
 #[test]
 fn every_example_renders() {
     let mut seen = 0;
-    for dir in ["examples/inference"] {
+    for dir in ["examples/inference", "examples/custom-template"] {
         for entry in std::fs::read_dir(root().join(dir)).unwrap() {
             let p = entry.unwrap().path();
             if p.extension().is_some_and(|x| x == "yaml") {

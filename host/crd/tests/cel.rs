@@ -30,7 +30,7 @@ fn rejected(object: &Value, old: Option<&Value>, message: &str) {
 #[test]
 fn every_example_and_fixture_passes_the_rules() {
     let mut files: Vec<PathBuf> = Vec::new();
-    for dir in ["examples/inference", "tests/fixtures"] {
+    for dir in ["examples/inference", "examples/byo", "examples/custom-template", "tests/fixtures"] {
         for e in std::fs::read_dir(root().join(dir)).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "yaml")

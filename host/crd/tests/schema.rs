@@ -16,7 +16,7 @@ fn validator() -> jsonschema::Validator {
 
 fn workspaces() -> Vec<(PathBuf, Value)> {
     let mut out = Vec::new();
-    for dir in ["examples/inference", "tests/fixtures"] {
+    for dir in ["examples/inference", "examples/byo", "examples/custom-template", "tests/fixtures"] {
         for e in std::fs::read_dir(root().join(dir)).unwrap() {
             let p = e.unwrap().path();
             let text = std::fs::read_to_string(&p).unwrap();

