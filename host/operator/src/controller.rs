@@ -2,12 +2,11 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::workspace::{WorkspaceExt, node_resource};
+use crate::workspace::{WorkspaceExt, node_kind, node_resource};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use kaito_crd::{WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL, Workspace};
-use kaito_plugin_host::ProvisionerMode;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -50,12 +49,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let mut controller = Controller::new(Api::<Workspace>::all(client.clone()), watcher::Config::default())
         .owns(Api::<StatefulSet>::all(client.clone()), owned())
         .owns(Api::<Service>::all(client.clone()), owned());
-    let kind = match ctx.mode {
-        ProvisionerMode::NodeClaims => Some("NodeClaim"),
-        ProvisionerMode::NodePool => Some("NodePool"),
-        ProvisionerMode::BringYourOwn => None,
-    };
-    if let Some(kind) = kind {
+    if let Some(kind) = node_kind(ctx.mode) {
         // Node objects are cluster-scoped and cannot carry a namespaced owner: map them back by label.
         let ar = node_resource(kind);
         controller = controller.watches_with(

@@ -1,6 +1,6 @@
 //! Every API call the operator makes, in one table: the Helm chart's
-//! ClusterRole is checked against it, and the controller's API helpers take
-//! their verbs from here.
+//! ClusterRole and leader Role are checked against it (`tests/tests/chart.rs`).
+//! A new API call in the operator needs its verb added here.
 
 /// One resource the operator touches and the verbs it uses on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

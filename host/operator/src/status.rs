@@ -177,6 +177,28 @@ pub fn inference_verdict(statefulset: Option<&StatefulSet>, pods: &[Pod]) -> Ver
     pod_failure(pods).unwrap_or_else(|| Verdict::not("InferenceNotReady", format!("{ready}/{want} replica(s) Ready")))
 }
 
+/// NodeClaims (when the provisioner makes them), nodes, and the resource verdict they add up to.
+fn resource_verdicts(
+    claims: &[Value],
+    nodes: &[Node],
+    target: u32,
+    uses_claims: bool,
+) -> (Option<Verdict>, Verdict, Verdict) {
+    let claims = uses_claims.then(|| claims_verdict(claims, target));
+    let nodes = nodes_verdict(nodes, target);
+    let resource = match (&claims, nodes.ready) {
+        (Some(c), _) if !c.ready => c.clone(),
+        (_, false) => nodes.clone(),
+        _ => Verdict::ok("ResourcesReady", "nodes are provisioned and Ready"),
+    };
+    (claims, nodes, resource)
+}
+
+/// Resources: the NodeClaims (if used) and enough GPU nodes Ready; the workload waits for this.
+pub fn resource_verdict(claims: &[Value], nodes: &[Node], target: u32, uses_claims: bool) -> Verdict {
+    resource_verdicts(claims, nodes, target, uses_claims).2
+}
+
 fn condition(kind: &str, v: &Verdict, generation: Option<i64>, now: &Time) -> Condition {
     Condition {
         type_: kind.into(),
@@ -205,17 +227,12 @@ pub fn evaluate(
         return (conds, "Failed");
     }
     let mut out = Vec::new();
-    let claims = uses_claims.then(|| claims_verdict(observed.claims, observed.target_nodes));
+    let (claims, nodes, resource) =
+        resource_verdicts(observed.claims, observed.nodes, observed.target_nodes, uses_claims);
     if let Some(c) = &claims {
         out.push(condition(types::NODE_CLAIM_READY, c, generation, now));
     }
-    let nodes = nodes_verdict(observed.nodes, observed.target_nodes);
     out.push(condition(types::NODES_READY, &nodes, generation, now));
-    let resource = match (&claims, nodes.ready) {
-        (Some(c), _) if !c.ready => c.clone(),
-        (_, false) => nodes.clone(),
-        _ => Verdict::ok("ResourcesReady", "nodes are provisioned and Ready"),
-    };
     out.push(condition(types::RESOURCE_READY, &resource, generation, now));
     let inference = if resource.ready {
         inference_verdict(observed.statefulset, observed.pods)

@@ -46,7 +46,8 @@ pub fn node_resource(kind: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("karpenter.sh", "v1", kind), plural)
 }
 
-fn node_kind(mode: ProvisionerMode) -> Option<&'static str> {
+/// The kind of node object a provisioner mode creates, if any.
+pub fn node_kind(mode: ProvisionerMode) -> Option<&'static str> {
     match mode {
         ProvisionerMode::NodeClaims => Some("NodeClaim"),
         ProvisionerMode::NodePool => Some("NodePool"),
@@ -111,8 +112,7 @@ impl WorkspaceExt for Workspace {
         let target = self.target_node_count(&rendered);
         let claims = self.provision(ctx, &rendered).await?;
         let uses_claims = ctx.mode == ProvisionerMode::NodeClaims;
-        let resource_ready = (!uses_claims || status::claims_verdict(&claims, target).ready)
-            && status::nodes_verdict(&nodes, target).ready;
+        let resource_ready = status::resource_verdict(&claims, &nodes, target, uses_claims).ready;
         let (statefulset, pods) =
             if resource_ready { self.apply_workload(ctx, &rendered).await? } else { (None, vec![]) };
         let observed = Observed {
