@@ -434,16 +434,14 @@ impl Cluster {
 
     /// `kubectl delete`: sets deletionTimestamp while finalizers remain.
     pub fn delete(&self, collection: &str, namespace: &str, name: &str) {
-        let uri: http::Uri = format!("/{collection}/{name}").parse().expect("valid URI");
-        let mut s = self.lock();
         let path = match namespace {
-            "" => uri.path().to_string(),
+            "" => format!("/{collection}/{name}"),
             ns => {
                 let (prefix, resource) = collection.rsplit_once('/').expect("collection path");
                 format!("/{prefix}/namespaces/{ns}/{resource}/{name}")
             }
         };
-        s.handle(&Method::DELETE, &path.parse().expect("valid URI"), "", b"");
+        self.lock().handle(&Method::DELETE, &path.parse().expect("valid URI"), "", b"");
     }
 
     /// Requests seen so far, `METHOD path?query`.

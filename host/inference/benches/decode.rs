@@ -3,21 +3,18 @@
 //!
 //! `cargo bench -p kaito-inference --bench decode [-- THREADS]` (after `cargo xtask models`; default 1 thread).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use kaito_inference::engine::{Engine, EngineConfig, Event, GenRequest};
 use kaito_inference::loader;
 use kaito_inference::metrics::Metrics;
 use kaito_inference::sampling::{Sampler, SamplingParams};
-use kaito_inference::text::{Content, Message};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind};
 
 const NEW_TOKENS: usize = 64;
-
-fn home() -> PathBuf {
-    PathBuf::from(std::env::var("HOME").expect("HOME"))
-}
 
 /// Time to first token and decode tokens/s of one request, from the engine's event stream.
 async fn one(engine: &Engine, prompt: Vec<u32>) -> (f64, f64) {
@@ -52,10 +49,7 @@ async fn aggregate(engine: &Engine, prompts: &[Vec<u32>], n: usize) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let threads: i32 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1);
-    let models =
-        std::env::var_os("KAITO_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| home().join(".cache/kaito/models"));
-    let dir = models.join("smollm2-135m-instruct");
-    assert!(dir.join(".complete").exists(), "{} is missing: run `cargo xtask models`", dir.display());
+    let dir = common::model("smollm2-135m-instruct");
     tch::set_num_threads(threads);
     let loaded = loader::load(&dir, Device::Cpu, Kind::Float, 2048).expect("model loads");
     let text = loaded.text;
@@ -66,22 +60,15 @@ async fn main() {
         "List three fruits.",
     ]
     .iter()
-    .map(|q| {
-        let m = [Message { role: "user".into(), content: Content::Text((*q).into()) }];
-        text.encode(&text.render_chat(&m).unwrap(), false).unwrap()
-    })
+    .map(|q| common::chat_prompt(&text, q))
     .collect();
     let engine =
         Engine::start(loaded.model, text.stop_ids.clone(), EngineConfig::default(), Arc::new(Metrics::default()));
     one(&engine, prompts[0].clone()).await; // warm-up
     let (ttft, decode) = one(&engine, prompts[0].clone()).await;
 
-    let python = std::env::var_os("KAITO_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home().join(".cache/kaito/torch-venv/bin/python"));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/bench_transformers.py");
-    let out = std::process::Command::new(python)
-        .arg(script)
+    let out = std::process::Command::new(common::python())
+        .arg(common::script("bench_transformers.py"))
         .arg(&dir)
         .arg(serde_json::to_string(&prompts[0]).unwrap())
         .arg(NEW_TOKENS.to_string())

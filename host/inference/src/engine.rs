@@ -310,7 +310,7 @@ impl Scheduler {
                 return;
             }
         };
-        self.metrics.step(started.elapsed(), tokens.len());
+        self.metrics.step(started.elapsed());
         let mut finished = Vec::new();
         for (row, &(i, _)) in plan.iter().enumerate() {
             let seq = &mut self.running[i];

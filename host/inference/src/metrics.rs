@@ -85,7 +85,7 @@ impl Metrics {
     pub(crate) fn inter_token(&self, d: Duration) {
         self.itl.observe(d.as_secs_f64());
     }
-    pub(crate) fn step(&self, d: Duration, _tokens: usize) {
+    pub(crate) fn step(&self, d: Duration) {
         self.step.observe(d.as_secs_f64());
     }
     pub(crate) fn set_queue(&self, running: usize, waiting: usize) {

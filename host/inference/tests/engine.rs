@@ -55,16 +55,7 @@ async fn eight_concurrent_sequences_match_their_solo_runs() {
         "What do bees make?",
         "Say hello in Spanish.",
     ];
-    let prompts: Vec<Vec<u32>> = questions
-        .iter()
-        .map(|q| {
-            let m = [kaito_inference::text::Message {
-                role: "user".into(),
-                content: kaito_inference::text::Content::Text((*q).into()),
-            }];
-            text.encode(&text.render_chat(&m).unwrap(), false).unwrap()
-        })
-        .collect();
+    let prompts: Vec<Vec<u32>> = questions.iter().map(|q| common::chat_prompt(&text, q)).collect();
     let mut solo = Vec::new();
     for p in &prompts {
         solo.push(collect(submit(&engine, p.clone(), 24).unwrap()).await);

@@ -86,12 +86,8 @@ fn tiny_phi3_with_longrope_matches_transformers() {
 fn smollm2_matches_transformers() {
     let dir = common::model("smollm2-135m-instruct");
     let text = kaito_inference::text::TextModel::load(&dir, &[2]).unwrap();
-    let messages = [kaito_inference::text::Message {
-        role: "user".into(),
-        content: kaito_inference::text::Content::Text("What is the capital of France?".into()),
-    }];
     let prompt: Vec<i64> =
-        text.encode(&text.render_chat(&messages).unwrap(), false).unwrap().into_iter().map(i64::from).collect();
+        common::chat_prompt(&text, "What is the capital of France?").into_iter().map(i64::from).collect();
     check(&dir, &prompt);
 }
 

@@ -30,6 +30,15 @@ pub fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python").join(name)
 }
 
+/// Token ids of `question` as one user turn in the model's chat template.
+pub fn chat_prompt(text: &kaito_inference::text::TextModel, question: &str) -> Vec<u32> {
+    let m = [kaito_inference::text::Message {
+        role: "user".into(),
+        content: kaito_inference::text::Content::Text(question.into()),
+    }];
+    text.encode(&text.render_chat(&m).expect("chat template renders"), false).expect("prompt encodes")
+}
+
 /// The shape of a tiny model of one family.
 pub struct Tiny {
     pub arch: &'static str,
