@@ -396,24 +396,24 @@ async fn generate(
     };
     let stops = plan.stops.clone();
     let include_usage = plan.include_usage;
-    let stream = async_stream(move |yield_| async move {
+    // Dropping the response (client gone) drops this stream and its receiver, which frees the engine's sequence.
+    let stream = async_stream::stream! {
         let mut out = Output::new();
         let opening = if kind == Kind::Chat { Some(String::new()) } else { echo };
         if opening.is_some() || kind == Kind::Chat {
-            yield_(chunk(opening, None, true)).await;
+            yield chunk(opening, None, true);
         }
-        loop {
-            let Some(event) = rx.recv().await else { break };
+        while let Some(event) = rx.recv().await {
             let done = match out.push(&text, event, &stops) {
                 Ok(d) => d,
                 Err(e) => {
-                    yield_(json!({"error": {"message": e.message, "type": "server_error"}})).await;
+                    yield json!({"error": {"message": e.message, "type": "server_error"}});
                     return;
                 }
             };
             let delta = out.ready(&stops, done);
             if !delta.is_empty() {
-                yield_(chunk(Some(delta), None, false)).await;
+                yield chunk(Some(delta), None, false);
             }
             if done {
                 break;
@@ -422,46 +422,18 @@ async fn generate(
         // Ends the engine's sequence early when a stop string hit first.
         drop(rx);
         let finish = out.finish.unwrap_or(FinishReason::Length).as_str();
-        yield_(chunk(None, Some(finish), false)).await;
+        yield chunk(None, Some(finish), false);
         if include_usage {
             let mut last = chunk(None, None, false);
             last["choices"] = json!([]);
             last["usage"] = usage(prompt_len, out.tokens);
-            yield_(last).await;
+            yield last;
         }
-    });
+    };
     let events = stream
         .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())))
         .chain(futures::stream::once(async { Ok(SseEvent::default().data("[DONE]")) }));
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
-}
-
-/// A stream fed by an async producer through a bounded channel: the producer stops when the client goes away.
-fn async_stream<F, Fut>(producer: F) -> impl futures::Stream<Item = Value> + Send
-where
-    F: FnOnce(Box<dyn Fn(Value) -> futures::future::BoxFuture<'static, ()> + Send + Sync>) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel::<Value>(16);
-    let tx = Arc::new(tx);
-    let send: Box<dyn Fn(Value) -> futures::future::BoxFuture<'static, ()> + Send + Sync> = Box::new(move |v| {
-        let tx = tx.clone();
-        Box::pin(async move {
-            let _ = tx.send(v).await;
-        })
-    });
-    let handle = tokio::spawn(producer(send));
-    let guard = AbortOnDrop(handle);
-    futures::stream::unfold((rx, guard), |(mut rx, guard)| async move { rx.recv().await.map(|v| (v, (rx, guard))) })
-}
-
-/// Aborts the producer task when the response stream is dropped (client disconnect).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
