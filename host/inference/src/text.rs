@@ -43,7 +43,9 @@ impl Content {
 /// What turns text into tokens and back, and chats into prompts.
 pub struct TextModel {
     pub tokenizer: tokenizers::Tokenizer,
-    template: Option<String>,
+    /// The chat template, compiled once at load: `None` without one, `Err` with the reason when it does not parse
+    /// (requests then get that reason, as they would from a per-request compile).
+    chat: Option<Result<minijinja::Environment<'static>, String>>,
     bos_token: String,
     eos_token: String,
     /// Token ids that end generation (EOS from generation_config/config, the template's end-of-turn token).
@@ -52,6 +54,18 @@ pub struct TextModel {
 
 fn token_text(v: &Value) -> Option<String> {
     v.as_str().map(str::to_string).or_else(|| v["content"].as_str().map(str::to_string))
+}
+
+/// A minijinja environment with Hugging Face's template helpers and `template` as "chat".
+fn chat_environment(template: String) -> Result<minijinja::Environment<'static>, String> {
+    let mut env = minijinja::Environment::new();
+    minijinja_contrib::add_to_environment(&mut env);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    env.add_template_owned("chat", template).map_err(|e| format!("chat template does not parse: {e}"))?;
+    Ok(env)
 }
 
 fn read_json(path: &Path) -> anyhow::Result<Option<Value>> {
@@ -92,27 +106,18 @@ impl TextModel {
         stop_ids.sort_unstable();
         stop_ids.dedup();
         anyhow::ensure!(!stop_ids.is_empty(), "{}: no EOS token in the tokenizer or generation config", dir.display());
-        Ok(TextModel { tokenizer, template, bos_token, eos_token, stop_ids })
-    }
-
-    /// Whether the model has a chat template.
-    pub fn has_chat_template(&self) -> bool {
-        self.template.is_some()
+        let chat = template.map(chat_environment);
+        Ok(TextModel { tokenizer, chat, bos_token, eos_token, stop_ids })
     }
 
     /// The prompt text for `messages`, rendered with the model's chat template.
     pub fn render_chat(&self, messages: &[Message]) -> Result<String, String> {
-        let template = self
-            .template
-            .as_deref()
-            .ok_or("this model has no chat template (tokenizer_config.json chat_template); use /v1/completions")?;
-        let mut env = minijinja::Environment::new();
-        minijinja_contrib::add_to_environment(&mut env);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", template).map_err(|e| format!("chat template does not parse: {e}"))?;
+        let env = self
+            .chat
+            .as_ref()
+            .ok_or("this model has no chat template (tokenizer_config.json chat_template); use /v1/completions")?
+            .as_ref()
+            .map_err(String::clone)?;
         let messages: Vec<Value> = messages
             .iter()
             .map(|m| Ok(serde_json::json!({"role": m.role, "content": m.content.text()?})))
