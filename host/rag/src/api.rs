@@ -1,0 +1,418 @@
+//! The HTTP layer: KAITO's RAG API, request parsing and validation.
+
+use crate::chat::{self, Llm};
+use crate::chunk::{self, ChunkParams, TokenCounter};
+use crate::embed::Embedder;
+use crate::error::{Error, Result};
+use crate::metrics::{Metrics, Route, RouteLabels};
+use crate::store::{self, NewDoc, Store};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, RawQuery, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{delete, get, post};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Most documents one listing page returns.
+pub const MAX_PAGE: usize = 100;
+/// Most chunks one retrieval returns.
+pub const MAX_NODES: usize = 300;
+
+/// Everything handlers share.
+pub struct AppState {
+    /// Storage and search.
+    pub store: Arc<Store>,
+    /// Embedding model.
+    pub embedder: Arc<Embedder>,
+    /// Token counting for chunk sizes and context budgets.
+    pub counter: Arc<TokenCounter>,
+    /// Chunk size and overlap.
+    pub chunking: ChunkParams,
+    /// Where `/persist` and `/load` paths are resolved.
+    pub snapshot_dir: PathBuf,
+    /// The LLM behind `/v1/chat/completions`, when configured.
+    pub llm: Option<Llm>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+type Shared = State<Arc<AppState>>;
+
+/// The service's routes.
+pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/index", post(index))
+        .route("/indexes", get(list_indexes))
+        .route("/indexes/{name}", delete(delete_index))
+        .route("/indexes/{name}/documents", get(list_documents).post(update_documents))
+        .route("/indexes/{name}/documents/delete", post(delete_documents))
+        .route("/persist/{name}", post(persist))
+        .route("/load/{name}", post(load))
+        .route("/retrieve", post(retrieve))
+        .route("/v1/chat/completions", post(chat_completions))
+        .fallback(|| async {
+            Error::bad("path", "no such endpoint; see GET /health, POST /index, POST /retrieve").into_response()
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn observe(State(state): Shared, req: Request, next: Next) -> Response {
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    state.metrics.latency.get_or_create(&Route { route: route.clone() }).observe(start.elapsed().as_secs_f64());
+    state.metrics.requests.get_or_create(&RouteLabels { route, code: resp.status().as_u16() }).inc();
+    resp
+}
+
+/// Parses a JSON body; errors name the field (`documents[2].text`).
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path == "?" { "body".to_string() } else { path };
+        Error::bad(field, format!("{} (the body must be JSON as KAITO's RAG API documents)", e.inner()))
+    })
+}
+
+fn query_params(raw: Option<String>) -> Vec<(String, String)> {
+    raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+}
+
+fn param<T: std::str::FromStr>(params: &[(String, String)], name: &str) -> Result<Option<T>> {
+    match params.iter().find(|(k, _)| k == name) {
+        None => Ok(None),
+        Some((_, v)) => v.parse().map(Some).map_err(|_| Error::bad(name, format!("{v:?} is not a valid {name}"))),
+    }
+}
+
+fn metadata_filter(field: &str, v: Option<Value>) -> Result<Option<Map<String, Value>>> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(Error::bad(field, "must be a JSON object of metadata keys and the values they must equal")),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(anyhow::anyhow!("worker failed: {e}")))?
+}
+
+async fn health(State(state): Shared) -> Json<Value> {
+    Json(
+        json!({"status": "ok", "indexes": state.store.index_names().len(), "embedding_model": state.embedder.model_id()}),
+    )
+}
+
+async fn metrics(State(state): Shared) -> Response {
+    let names = state.store.index_names();
+    let (docs, chunks) = names.iter().filter_map(|n| state.store.counts(n)).fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
+    state.metrics.documents.set(docs as i64);
+    state.metrics.chunks.set(chunks as i64);
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocIn {
+    #[serde(default)]
+    doc_id: Option<String>,
+    text: String,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    hash_value: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    is_truncated: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct IndexRequest {
+    index_name: String,
+    documents: Vec<DocIn>,
+}
+
+/// Chunks and embeds documents (blocking: run off the async threads).
+fn prepare(state: &AppState, docs: Vec<(String, String, Map<String, Value>)>) -> Result<Vec<NewDoc>> {
+    let mut all_chunks: Vec<String> = Vec::new();
+    let mut spans = Vec::with_capacity(docs.len());
+    for (i, (_, text, metadata)) in docs.iter().enumerate() {
+        let chunks = match metadata.get("split_type").and_then(Value::as_str) {
+            Some("code") => {
+                let language = metadata.get("language").and_then(Value::as_str).unwrap_or("");
+                if !chunk::CODE_LANGUAGES.contains(&language) {
+                    return Err(Error::bad(
+                        format!("documents[{i}].metadata.language"),
+                        format!(
+                            "{language:?} is not a language the code splitter knows; use one of {}",
+                            chunk::CODE_LANGUAGES.join(", ")
+                        ),
+                    ));
+                }
+                chunk::split_code(text, language, state.chunking, &state.counter)
+            }
+            _ => chunk::split_text(text, state.chunking, &state.counter),
+        };
+        spans.push(all_chunks.len()..all_chunks.len() + chunks.len());
+        all_chunks.extend(chunks);
+    }
+    let total = all_chunks.len();
+    state.metrics.chunks_pending.inc_by(total as i64);
+    let started = Instant::now();
+    let mut reported = 0;
+    let result = state.embedder.embed(&all_chunks, |done| {
+        state.metrics.chunks_embedded.inc_by((done - reported) as u64);
+        state.metrics.chunks_pending.dec_by((done - reported) as i64);
+        reported = done;
+        if total >= 256 && (done % 256 < crate::embed::BATCH || done == total) {
+            tracing::info!(done, total, elapsed_s = started.elapsed().as_secs_f32(), "embedding chunks");
+        }
+    });
+    state.metrics.chunks_pending.dec_by((total - reported) as i64);
+    let vectors = result.map_err(|e| Error::Upstream(format!("embedding failed: {e:#}")))?;
+    let mut vectors = vectors.into_iter();
+    Ok(docs
+        .into_iter()
+        .zip(spans)
+        .map(|((doc_id, text, metadata), span)| {
+            let chunks = all_chunks[span.clone()].iter().cloned().zip(vectors.by_ref().take(span.len())).collect();
+            NewDoc { doc_id, text, metadata, chunks }
+        })
+        .collect())
+}
+
+/// Chunks and embeds, in one batch, the documents `needs` picks given
+/// whether the stored copy is unchanged (`None`: not stored); the others are
+/// passed on without chunks.
+fn prepare_changed(
+    state: &AppState,
+    index: &str,
+    docs: Vec<(String, String, Map<String, Value>)>,
+    needs: impl Fn(Option<bool>) -> bool,
+) -> Result<Vec<NewDoc>> {
+    let mut slots: Vec<Option<NewDoc>> = Vec::with_capacity(docs.len());
+    let mut fresh = Vec::new();
+    for (id, text, metadata) in docs {
+        if needs(state.store.is_unchanged(index, &id, &text, &metadata)?) {
+            fresh.push((id, text, metadata));
+            slots.push(None);
+        } else {
+            slots.push(Some(NewDoc { doc_id: id, text, metadata, chunks: Vec::new() }));
+        }
+    }
+    let mut prepared = prepare(state, fresh)?.into_iter();
+    Ok(slots
+        .into_iter()
+        .map(|s| s.or_else(|| prepared.next()).expect("one prepared document per empty slot"))
+        .collect())
+}
+
+fn check_docs(docs: &[DocIn], need_id: bool) -> Result<()> {
+    if docs.is_empty() {
+        return Err(Error::bad("documents", "must list at least one document"));
+    }
+    for (i, d) in docs.iter().enumerate() {
+        if d.text.trim().is_empty() {
+            return Err(Error::bad(format!("documents[{i}].text"), "must not be empty"));
+        }
+        match &d.doc_id {
+            Some(id) if id.is_empty() => return Err(Error::bad(format!("documents[{i}].doc_id"), "must not be empty")),
+            None if need_id => {
+                return Err(Error::bad(format!("documents[{i}].doc_id"), "is required to update a document"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn index(State(state): Shared, body: Bytes) -> Result<Json<Value>> {
+    let req: IndexRequest = parse(&body)?;
+    store::check_index_name("index_name", &req.index_name)?;
+    check_docs(&req.documents, false)?;
+    let docs: Vec<_> = req
+        .documents
+        .into_iter()
+        .map(|d| (d.doc_id.unwrap_or_else(|| store::sha256(&d.text)), d.text, d.metadata.unwrap_or_default()))
+        .collect();
+    let st = state.clone();
+    let records = blocking(move || {
+        // Documents already stored as given are not embedded again.
+        let todo = prepare_changed(&st, &req.index_name, docs, |stored| stored != Some(true))?;
+        st.store.index_documents(&req.index_name, st.embedder.model_id(), st.embedder.dim(), todo)
+    })
+    .await?;
+    Ok(Json(Value::Array(records.iter().map(|r| store::doc_json(r, None)).collect())))
+}
+
+async fn list_indexes(State(state): Shared) -> Json<Vec<String>> {
+    Json(state.store.index_names())
+}
+
+async fn list_documents(State(state): Shared, Path(name): Path<String>, RawQuery(q): RawQuery) -> Result<Json<Value>> {
+    let params = query_params(q);
+    let limit: usize = param(&params, "limit")?.unwrap_or(10);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(Error::bad("limit", format!("must be between 1 and {MAX_PAGE}; page with offset")));
+    }
+    let offset: usize = param(&params, "offset")?.unwrap_or(0);
+    let max_text_length: Option<usize> = param(&params, "max_text_length")?;
+    let filter = match params.iter().find(|(k, _)| k == "metadata_filter") {
+        Some((_, raw)) => {
+            let v: Value = serde_json::from_str(raw)
+                .map_err(|e| Error::bad("metadata_filter", format!("must be a JSON object: {e}")))?;
+            metadata_filter("metadata_filter", Some(v))?
+        }
+        None => None,
+    };
+    let page =
+        blocking(move || state.store.list_documents(&name, limit, offset, max_text_length, filter.as_ref())).await?;
+    Ok(Json(serde_json::to_value(page).map_err(anyhow::Error::from)?))
+}
+
+#[derive(Debug, Deserialize)]
+struct UpdateRequest {
+    documents: Vec<DocIn>,
+}
+
+async fn update_documents(State(state): Shared, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>> {
+    let req: UpdateRequest = parse(&body)?;
+    check_docs(&req.documents, true)?;
+    if state.store.index_meta(&name).is_none() {
+        return Err(Error::IndexNotFound(name));
+    }
+    let st = state.clone();
+    let outcome = blocking(move || {
+        let docs = req
+            .documents
+            .into_iter()
+            .map(|d| (d.doc_id.unwrap_or_default(), d.text, d.metadata.unwrap_or_default()))
+            .collect();
+        // Only documents that exist and changed are embedded.
+        let todo = prepare_changed(&st, &name, docs, |stored| stored == Some(false))?;
+        st.store.update_documents(&name, todo)
+    })
+    .await?;
+    Ok(Json(serde_json::to_value(outcome).map_err(anyhow::Error::from)?))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeleteRequest {
+    doc_ids: Vec<String>,
+}
+
+async fn delete_documents(State(state): Shared, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>> {
+    let req: DeleteRequest = parse(&body)?;
+    if req.doc_ids.is_empty() {
+        return Err(Error::bad("doc_ids", "must list at least one document id"));
+    }
+    let (deleted, missing) = blocking(move || state.store.delete_documents(&name, &req.doc_ids)).await?;
+    Ok(Json(json!({"deleted_doc_ids": deleted, "not_found_doc_ids": missing})))
+}
+
+async fn delete_index(State(state): Shared, Path(name): Path<String>) -> Result<Json<Value>> {
+    let n = name.clone();
+    blocking(move || state.store.delete_index(&n)).await?;
+    Ok(Json(json!({"message": format!("index {name:?} deleted"), "index_name": name})))
+}
+
+/// A snapshot path: relative, inside the snapshot directory.
+fn snapshot_path(state: &AppState, params: &[(String, String)], name: &str) -> Result<PathBuf> {
+    let rel =
+        params.iter().find(|(k, _)| k == "path").map(|(_, v)| v.clone()).unwrap_or_else(|| format!("{name}.jsonl"));
+    let p = std::path::Path::new(&rel);
+    if rel.is_empty() || p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        return Err(Error::bad(
+            "path",
+            format!(
+                "{rel:?} must be a relative path without '..'; snapshots live under {}",
+                state.snapshot_dir.display()
+            ),
+        ));
+    }
+    Ok(state.snapshot_dir.join(p))
+}
+
+async fn persist(State(state): Shared, Path(name): Path<String>, RawQuery(q): RawQuery) -> Result<Json<Value>> {
+    let path = snapshot_path(&state, &query_params(q), &name)?;
+    let (n, p) = (name.clone(), path.clone());
+    let docs = blocking(move || state.store.persist(&n, &p)).await?;
+    Ok(Json(json!({"message": format!("index {name:?} persisted"), "path": path, "documents": docs})))
+}
+
+async fn load(State(state): Shared, Path(name): Path<String>, RawQuery(q): RawQuery) -> Result<Json<Value>> {
+    store::check_index_name("name", &name)?;
+    let params = query_params(q);
+    let path = snapshot_path(&state, &params, &name)?;
+    let overwrite: bool = param(&params, "overwrite")?.unwrap_or(false);
+    let (n, p) = (name.clone(), path.clone());
+    let docs =
+        blocking(move || state.store.load(&n, &p, overwrite, state.embedder.model_id(), state.embedder.dim())).await?;
+    Ok(Json(json!({"message": format!("index {name:?} loaded"), "path": path, "documents": docs})))
+}
+
+#[derive(Debug, Deserialize)]
+struct RetrieveRequest {
+    index_name: String,
+    query: String,
+    #[serde(default = "default_nodes")]
+    max_node_count: usize,
+    #[serde(default)]
+    metadata_filter: Option<Value>,
+}
+
+fn default_nodes() -> usize {
+    5
+}
+
+async fn retrieve(State(state): Shared, body: Bytes) -> Result<Json<Value>> {
+    let req: RetrieveRequest = parse(&body)?;
+    if req.max_node_count == 0 || req.max_node_count > MAX_NODES {
+        return Err(Error::bad("max_node_count", format!("must be between 1 and {MAX_NODES}")));
+    }
+    if req.query.trim().is_empty() {
+        return Err(Error::bad("query", "must not be empty"));
+    }
+    let filter = metadata_filter("metadata_filter", req.metadata_filter)?;
+    if state.store.index_meta(&req.index_name).is_none() {
+        return Err(Error::IndexNotFound(req.index_name));
+    }
+    let query = req.query.clone();
+    let nodes = blocking(move || {
+        let vector = embed_query(&state, &req.query)?;
+        state.store.retrieve(&req.index_name, &req.query, &vector, req.max_node_count, filter.as_ref())
+    })
+    .await?;
+    Ok(Json(json!({"query": query, "count": nodes.len(), "results": nodes})))
+}
+
+/// Embeds one query (blocking).
+pub fn embed_query(state: &AppState, query: &str) -> Result<Vec<f32>> {
+    state
+        .embedder
+        .embed(&[query.to_string()], |_| {})
+        .map_err(|e| Error::Upstream(format!("embedding the query failed: {e:#}")))?
+        .pop()
+        .ok_or_else(|| Error::Upstream("the embedding model returned nothing".into()))
+}
+
+async fn chat_completions(State(state): Shared, body: Bytes) -> Response {
+    match chat::handle(state, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,442 @@
+//! In-memory vector search over one index's chunks.
+//!
+//! arroy holds the vectors durably; this mirror answers queries. Below
+//! [`SearchParams::exact_below`] rows it scans every vector exactly (at 10k
+//! rows that beats any graph or tree). Above it, every row also carries a
+//! 1-bit code (the signs of the vector minus the index's mean): a Hamming scan
+//! over those codes picks candidates and only those are rescored exactly.
+//! Centring matters: embedding vectors share a large common component, and
+//! signs of the raw vectors would mostly agree.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::LazyLock;
+
+/// Tuning of the search path.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchParams {
+    /// Indexes with fewer rows are scanned exactly.
+    pub exact_below: usize,
+    /// Candidates rescored per requested result in the quantised path.
+    pub oversample: usize,
+    /// Fewest candidates rescored in the quantised path.
+    pub min_candidates: usize,
+}
+
+impl Default for SearchParams {
+    fn default() -> Self {
+        SearchParams { exact_below: 20_000, oversample: 40, min_candidates: 400 }
+    }
+}
+
+/// One scored row: the caller's item id and its cosine similarity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    /// Item id given to [`VectorIndex::insert`].
+    pub id: u32,
+    /// Cosine similarity to the query.
+    pub score: f32,
+}
+
+/// Vectors of one index, normalised, row-major, with their binary codes.
+#[derive(Debug, Clone)]
+pub struct VectorIndex {
+    dim: usize,
+    words: usize,
+    ids: Vec<u32>,
+    rows: HashMap<u32, usize>,
+    data: Vec<f32>,
+    codes: Vec<u64>,
+    center: Vec<f32>,
+    centered_at: usize,
+    params: SearchParams,
+}
+
+impl VectorIndex {
+    /// An empty index of `dim`-dimensional vectors.
+    pub fn new(dim: usize, params: SearchParams) -> Self {
+        VectorIndex {
+            dim,
+            words: dim.div_ceil(64),
+            ids: Vec::new(),
+            rows: HashMap::new(),
+            data: Vec::new(),
+            codes: Vec::new(),
+            center: vec![0.0; dim],
+            centered_at: 0,
+            params,
+        }
+    }
+
+    /// Dimensions of every vector.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True when there are no vectors.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Bytes held by vectors and codes.
+    pub fn memory_bytes(&self) -> usize {
+        self.data.len() * 4 + self.codes.len() * 8 + self.ids.len() * 4
+    }
+
+    /// Adds or replaces the vector of `id` (normalised here).
+    pub fn insert(&mut self, id: u32, vector: &[f32]) {
+        assert_eq!(vector.len(), self.dim, "vector dimension");
+        let mut v = vector.to_vec();
+        normalize(&mut v);
+        let code = self.code(&v);
+        match self.rows.get(&id) {
+            Some(&row) => {
+                self.data[row * self.dim..(row + 1) * self.dim].copy_from_slice(&v);
+                self.codes[row * self.words..(row + 1) * self.words].copy_from_slice(&code);
+            }
+            None => {
+                self.rows.insert(id, self.ids.len());
+                self.ids.push(id);
+                self.data.extend_from_slice(&v);
+                self.codes.extend_from_slice(&code);
+            }
+        }
+        self.maybe_recenter();
+    }
+
+    /// Removes the vector of `id`; false when it was not there.
+    pub fn remove(&mut self, id: u32) -> bool {
+        let Some(row) = self.rows.remove(&id) else { return false };
+        let last = self.ids.len() - 1;
+        if row != last {
+            let moved = self.ids[last];
+            self.ids[row] = moved;
+            self.rows.insert(moved, row);
+            self.data.copy_within(last * self.dim..(last + 1) * self.dim, row * self.dim);
+            self.codes.copy_within(last * self.words..(last + 1) * self.words, row * self.words);
+        }
+        self.ids.pop();
+        self.data.truncate(last * self.dim);
+        self.codes.truncate(last * self.words);
+        self.maybe_recenter();
+        true
+    }
+
+    /// The stored (normalised) vector of `id`.
+    pub fn vector(&self, id: u32) -> Option<&[f32]> {
+        self.rows.get(&id).map(|&row| &self.data[row * self.dim..(row + 1) * self.dim])
+    }
+
+    /// The `k` most similar rows among those `allow` accepts, best first.
+    pub fn search(&self, query: &[f32], k: usize, allow: Option<&dyn Fn(u32) -> bool>) -> Vec<Hit> {
+        assert_eq!(query.len(), self.dim, "query dimension");
+        if k == 0 || self.is_empty() {
+            return Vec::new();
+        }
+        let mut q = query.to_vec();
+        normalize(&mut q);
+        // A filter can exclude most of the quantised candidates; scanning the
+        // allowed rows exactly never misses one.
+        if self.len() < self.params.exact_below || allow.is_some() {
+            return self.exact(&q, k, allow);
+        }
+        let want = (k * self.params.oversample).max(self.params.min_candidates);
+        if want >= self.len() {
+            return self.exact(&q, k, None);
+        }
+        let qc = self.code(&q);
+        let hamming = *HAMMING;
+        let mut dist: Vec<(u32, u32)> = (0..self.len())
+            .map(|row| (hamming(&qc, &self.codes[row * self.words..(row + 1) * self.words]), row as u32))
+            .collect();
+        dist.select_nth_unstable(want);
+        let mut top = TopK::new(k);
+        let dot = *DOT;
+        for &(_, row) in &dist[..want] {
+            let row = row as usize;
+            top.push(self.ids[row], dot(&q, &self.data[row * self.dim..(row + 1) * self.dim]));
+        }
+        top.into_sorted()
+    }
+
+    /// Exact scan, optionally over the rows `allow` accepts.
+    pub fn exact(&self, q: &[f32], k: usize, allow: Option<&dyn Fn(u32) -> bool>) -> Vec<Hit> {
+        let dot = *DOT;
+        let mut top = TopK::new(k);
+        for (row, &id) in self.ids.iter().enumerate() {
+            if allow.is_some_and(|f| !f(id)) {
+                continue;
+            }
+            top.push(id, dot(q, &self.data[row * self.dim..(row + 1) * self.dim]));
+        }
+        top.into_sorted()
+    }
+
+    fn code(&self, v: &[f32]) -> Vec<u64> {
+        let mut code = vec![0u64; self.words];
+        for (i, (x, c)) in v.iter().zip(&self.center).enumerate() {
+            if x > c {
+                code[i / 64] |= 1 << (i % 64);
+            }
+        }
+        code
+    }
+
+    /// Recomputes the mean and every code when the row count has doubled or
+    /// halved since the last time, so the codes follow the data's centre.
+    fn maybe_recenter(&mut self) {
+        let n = self.len();
+        if n < self.params.exact_below.min(1024) && self.centered_at == 0 {
+            return;
+        }
+        if n <= self.centered_at * 2 && n * 2 >= self.centered_at {
+            return;
+        }
+        let mut sum = vec![0f64; self.dim];
+        for row in self.data.chunks_exact(self.dim) {
+            for (s, x) in sum.iter_mut().zip(row) {
+                *s += f64::from(*x);
+            }
+        }
+        self.center = sum.iter().map(|s| (*s / n.max(1) as f64) as f32).collect();
+        self.centered_at = n.max(1);
+        let codes: Vec<u64> = self.data.chunks_exact(self.dim).flat_map(|row| self.code(row)).collect();
+        self.codes = codes;
+    }
+}
+
+/// Scales `v` to unit length (a zero vector stays zero).
+pub fn normalize(v: &mut [f32]) {
+    let norm = DOT(v, v).sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+/// A dot-product kernel.
+pub type DotFn = fn(&[f32], &[f32]) -> f32;
+/// A Hamming-distance kernel.
+pub type HammingFn = fn(&[u64], &[u64]) -> u32;
+
+/// Dot product, the fastest kernel this CPU runs.
+pub static DOT: LazyLock<DotFn> = LazyLock::new(|| {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        return |a, b| {
+            // SAFETY: the CPU was just checked for AVX2 and FMA.
+            unsafe { dot_avx2(a, b) }
+        };
+    }
+    dot_portable
+});
+
+/// Hamming distance between two codes.
+pub static HAMMING: LazyLock<HammingFn> = LazyLock::new(|| {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("popcnt") {
+        return |a, b| {
+            // SAFETY: the CPU was just checked for POPCNT.
+            unsafe { hamming_popcnt(a, b) }
+        };
+    }
+    hamming_portable
+});
+
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats at i or i + 8, both below n.
+    unsafe {
+        while i + 16 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), _mm256_loadu_ps(b.as_ptr().add(i + 8)), s1);
+            i += 16;
+        }
+        while i + 8 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), s0);
+            i += 8;
+        }
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: lanes holds exactly 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(s0, s1)) };
+    let mut total: f32 = lanes.iter().sum();
+    while i < n {
+        total += a[i] * b[i];
+        i += 1;
+    }
+    total
+}
+
+fn hamming_portable(a: &[u64], b: &[u64]) -> u32 {
+    a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "popcnt")]
+unsafe fn hamming_popcnt(a: &[u64], b: &[u64]) -> u32 {
+    a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
+}
+
+/// The best `k` hits seen so far (a min-heap on score).
+pub struct TopK {
+    k: usize,
+    heap: BinaryHeap<Reverse>,
+}
+
+#[derive(PartialEq)]
+struct Reverse(Hit);
+
+impl Eq for Reverse {}
+
+impl PartialOrd for Reverse {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Reverse {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.0.score.total_cmp(&self.0.score).then(other.0.id.cmp(&self.0.id))
+    }
+}
+
+impl TopK {
+    /// Keeps the best `k`.
+    pub fn new(k: usize) -> Self {
+        TopK { k, heap: BinaryHeap::with_capacity(k + 1) }
+    }
+
+    /// Offers one hit.
+    pub fn push(&mut self, id: u32, score: f32) {
+        if self.heap.len() < self.k {
+            self.heap.push(Reverse(Hit { id, score }));
+        } else if self.heap.peek().is_some_and(|worst| score > worst.0.score) {
+            self.heap.pop();
+            self.heap.push(Reverse(Hit { id, score }));
+        }
+    }
+
+    /// The kept hits, best first.
+    pub fn into_sorted(self) -> Vec<Hit> {
+        let mut hits: Vec<Hit> = self.heap.into_iter().map(|r| r.0).collect();
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+        hits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vectors(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+        // A small xorshift keeps the test free of a rand dependency.
+        let mut s = seed;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+        };
+        // A shared offset plus a few directions plus noise, like real embeddings.
+        let offset: Vec<f32> = (0..dim).map(|_| next()).collect();
+        let basis: Vec<Vec<f32>> = (0..8).map(|_| (0..dim).map(|_| next()).collect()).collect();
+        (0..n)
+            .map(|_| {
+                let w: Vec<f32> = (0..8).map(|_| next() * 2.0).collect();
+                (0..dim)
+                    .map(|i| offset[i] + basis.iter().zip(&w).map(|(b, w)| b[i] * w).sum::<f32>() + 0.3 * next())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn kernels_agree_with_the_obvious_loop() {
+        let v = vectors(2, 389, 7);
+        let naive: f32 = v[0].iter().zip(&v[1]).map(|(a, b)| a * b).sum();
+        assert!((DOT(&v[0], &v[1]) - naive).abs() < 1e-3);
+        assert!((dot_portable(&v[0], &v[1]) - naive).abs() < 1e-3);
+        let (a, b) = ([0b1011u64, u64::MAX], [0b0001u64, 0]);
+        assert_eq!(HAMMING(&a, &b), 2 + 64);
+        assert_eq!(hamming_portable(&a, &b), 66);
+    }
+
+    #[test]
+    fn exact_search_finds_the_vector_itself_first() {
+        let v = vectors(500, 64, 3);
+        let mut index = VectorIndex::new(64, SearchParams::default());
+        for (i, x) in v.iter().enumerate() {
+            index.insert(i as u32 * 10, x);
+        }
+        let hits = index.search(&v[42], 3, None);
+        assert_eq!(hits[0].id, 420);
+        assert!((hits[0].score - 1.0).abs() < 1e-5);
+        assert!(hits[0].score >= hits[1].score && hits[1].score >= hits[2].score);
+    }
+
+    #[test]
+    fn remove_and_replace_keep_rows_consistent() {
+        let v = vectors(50, 16, 5);
+        let mut index = VectorIndex::new(16, SearchParams::default());
+        for (i, x) in v.iter().enumerate() {
+            index.insert(i as u32, x);
+        }
+        assert!(index.remove(0));
+        assert!(!index.remove(0));
+        assert_eq!(index.len(), 49);
+        // Row 0 now holds the former last row; its vector must be intact.
+        let mut last = v[49].clone();
+        normalize(&mut last);
+        assert_eq!(index.vector(49).unwrap(), last.as_slice());
+        index.insert(7, &v[3]);
+        assert_eq!(index.search(&v[3], 2, None).iter().map(|h| h.id).collect::<Vec<_>>().len(), 2);
+        assert!(index.search(&v[3], 2, None).iter().any(|h| h.id == 7));
+        let only_odd = |id: u32| id % 2 == 1;
+        assert!(index.search(&v[10], 5, Some(&only_odd)).iter().all(|h| h.id % 2 == 1));
+    }
+
+    #[test]
+    fn quantised_path_keeps_recall_high() {
+        let dim = 128;
+        // Queries come from the same distribution but are not in the index.
+        let mut v = vectors(6050, dim, 11);
+        let queries = v.split_off(6000);
+        let params = SearchParams { exact_below: 1000, ..SearchParams::default() };
+        let mut index = VectorIndex::new(dim, params);
+        for (i, x) in v.iter().enumerate() {
+            index.insert(i as u32, x);
+        }
+        let mut found = 0;
+        for q in &queries {
+            let mut qn = q.clone();
+            normalize(&mut qn);
+            let truth: Vec<u32> = index.exact(&qn, 10, None).iter().map(|h| h.id).collect();
+            let got = index.search(q, 10, None);
+            found += got.iter().filter(|h| truth.contains(&h.id)).count();
+        }
+        let recall = found as f64 / 500.0;
+        assert!(recall >= 0.95, "recall@10 {recall}");
+    }
+}
