@@ -58,8 +58,8 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/load/{name}", post(load))
         .route("/retrieve", post(retrieve))
         .route("/v1/chat/completions", post(chat_completions))
-        .fallback(|| async {
-            Error::bad("path", "no such endpoint; see GET /health, POST /index, POST /retrieve").into_response()
+        .fallback(|req: Request| async move {
+            Error::NoRoute(format!("{} {}", req.method(), req.uri().path())).into_response()
         })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(max_body))

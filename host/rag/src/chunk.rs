@@ -18,8 +18,12 @@ impl TokenCounter {
     /// Loads `tokenizer.json` from `dir`.
     pub fn from_dir(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join("tokenizer.json");
-        let tok =
+        let mut tok =
             tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
+        // Sentence-transformers tokenizers pad and truncate to the model's
+        // length; counting needs the plain length.
+        tok.with_padding(None);
+        tok.with_truncation(None).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(TokenCounter::Tokenizer(Box::new(tok)))
     }
 

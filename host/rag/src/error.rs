@@ -18,6 +18,9 @@ pub enum Error {
     /// The named index does not exist.
     #[error("index {0:?} does not exist; create it with POST /index")]
     IndexNotFound(String),
+    /// No route matches the request.
+    #[error("no such endpoint: {0}")]
+    NoRoute(String),
     /// The request conflicts with what is stored.
     #[error("{0}")]
     Conflict(String),
@@ -48,7 +51,7 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Error::IndexNotFound(_) => StatusCode::NOT_FOUND,
+            Error::IndexNotFound(_) | Error::NoRoute(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream(_) => StatusCode::BAD_GATEWAY,
