@@ -248,6 +248,51 @@ impl Store {
         Ok(())
     }
 
+    /// Checks that every document's chunks exist with a vector and every
+    /// chunk and vector belongs to a document; returns (documents, chunks).
+    pub fn verify(&self) -> Result<(usize, usize)> {
+        let rtxn = self.env.read_txn()?;
+        let mut owned: HashMap<u32, String> = HashMap::new();
+        let mut docs = 0;
+        for item in self.docs.iter(&rtxn)? {
+            let (key, doc) = item?;
+            docs += 1;
+            let index = key.split('/').next().unwrap_or_default().to_string();
+            let meta =
+                self.indexes.get(&rtxn, &index)?.ok_or_else(|| anyhow::anyhow!("document {key} has no index"))?;
+            let writer = arroy::Writer::<Cosine>::new(self.vectors, meta.arroy, meta.dimensions);
+            if doc.chunks.is_empty() || doc.hash_value != sha256(&doc.text) {
+                return Err(anyhow::anyhow!("document {key} is incomplete").into());
+            }
+            for id in &doc.chunks {
+                let chunk =
+                    self.chunks.get(&rtxn, id)?.ok_or_else(|| anyhow::anyhow!("document {key}: chunk {id} missing"))?;
+                if chunk.doc_id != doc.doc_id || chunk.index != index {
+                    return Err(
+                        anyhow::anyhow!("chunk {id} belongs to {}/{}, not {key}", chunk.index, chunk.doc_id).into()
+                    );
+                }
+                if !writer.contains_item(&rtxn, *id)? {
+                    return Err(anyhow::anyhow!("document {key}: chunk {id} has no vector").into());
+                }
+                owned.insert(*id, index.clone());
+            }
+        }
+        let chunks = self.chunks.len(&rtxn)? as usize;
+        if chunks != owned.len() {
+            return Err(anyhow::anyhow!("{} chunks stored, {} owned by documents", chunks, owned.len()).into());
+        }
+        let mut vectors = 0;
+        for item in self.indexes.iter(&rtxn)? {
+            let (_, meta) = item?;
+            vectors += arroy::Writer::<Cosine>::new(self.vectors, meta.arroy, meta.dimensions).iter(&rtxn)?.count();
+        }
+        if vectors != chunks {
+            return Err(anyhow::anyhow!("{vectors} vectors stored for {chunks} chunks").into());
+        }
+        Ok((docs, chunks))
+    }
+
     /// Names of every index, sorted.
     pub fn index_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.mirror.read().expect("mirror lock").keys().cloned().collect();
@@ -769,8 +814,10 @@ mod tests {
         let (deleted, missing) = store.delete_documents("idx", &["b".into(), "zz".into()]).unwrap();
         assert_eq!((deleted, missing), (vec!["b".to_string()], vec!["zz".to_string()]));
         assert_eq!(store.counts("idx"), Some((1, 1)));
+        assert_eq!(store.verify().unwrap(), (1, 1));
         store.delete_index("idx").unwrap();
         assert!(store.index_names().is_empty());
+        assert_eq!(store.verify().unwrap(), (0, 0));
         let rtxn = store.env.read_txn().unwrap();
         assert_eq!(store.chunks.len(&rtxn).unwrap(), 0);
         assert_eq!(store.docs.len(&rtxn).unwrap(), 0);
