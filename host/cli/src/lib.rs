@@ -26,8 +26,12 @@ pub enum Command {
     /// Inspect and check plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
-    /// Print the Workspace CustomResourceDefinition generated from the types.
-    Crd,
+    /// Print a CustomResourceDefinition generated from the types.
+    Crd {
+        /// workspace or ragengine.
+        #[arg(default_value = "workspace", value_parser = ["workspace", "ragengine"])]
+        kind: String,
+    },
 }
 
 /// `kaito plugins ...`
@@ -269,7 +273,11 @@ where
         Command::Render(args) => render_cmd(args, out, err),
         Command::Plugins(PluginsCommand::List(args)) => list_cmd(args, out, err),
         Command::Plugins(PluginsCommand::Test { files, plugins }) => test_cmd(files, plugins, out),
-        Command::Crd => out.write_all(kaito_crd::workspace_crd_yaml().as_bytes()).map(|_| 0).map_err(Into::into),
+        Command::Crd { kind } => {
+            let yaml =
+                if kind == "ragengine" { kaito_crd::ragengine_crd_yaml() } else { kaito_crd::workspace_crd_yaml() };
+            out.write_all(yaml.as_bytes()).map(|_| 0).map_err(Into::into)
+        }
     };
     match result {
         Ok(code) => code,

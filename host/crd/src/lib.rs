@@ -1,11 +1,13 @@
-//! KAITO custom resources. The Workspace follows KAITO's `kaito.sh/v1beta1`
+//! KAITO custom resources: the Workspace and the RAGEngine. The Workspace follows KAITO's `kaito.sh/v1beta1`
 //! shape: `resource`, `inference` and `tuning` sit at the top level, beside
 //! `metadata`, with no `spec` wrapper.
 
 pub mod crd;
+pub mod ragengine;
 pub mod workspace;
 
 pub use crd::{WORKSPACE_CRD_PATH, workspace_crd, workspace_crd_yaml};
+pub use ragengine::{RAGENGINE_CRD_PATH, RAGEngine, RAGEngineSpec, RAGEngineStatus, ragengine_crd, ragengine_crd_yaml};
 pub use workspace::*;
 
 /// API group of every KAITO resource.

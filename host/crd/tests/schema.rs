@@ -57,3 +57,26 @@ fn schema_rejects_wrong_types_bounds_and_missing_selector() {
         json!((0..11).map(|i| json!({"source": {"name": format!("a{i}")}})).collect::<Vec<_>>());
     assert!(!v.is_valid(&too_many), "11 adapters accepted");
 }
+
+#[test]
+fn every_ragengine_example_matches_the_crd_and_passes_validation() {
+    let crd = serde_json::to_value(kaito_crd::ragengine_crd()).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let v = jsonschema::validator_for(schema).expect("the RAGEngine schema is valid JSON Schema");
+    let mut n = 0;
+    for e in std::fs::read_dir(root().join("examples/RAG")).unwrap() {
+        let p = e.unwrap().path();
+        let doc: Value = serde_yaml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let errors: Vec<String> = v.iter_errors(&doc).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", p.display());
+        let rag: kaito_crd::RAGEngine = serde_json::from_value(doc).unwrap();
+        rag.spec.validate().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        n += 1;
+    }
+    assert!(n >= 3);
+    let mut bad = json!({"apiVersion": "kaito.sh/v1beta1", "kind": "RAGEngine", "metadata": {"name": "x"},
+        "spec": {"embedding": {"local": {"modelID": "m"}}, "inferenceService": {"url": "u", "contextWindowSize": 0}}});
+    assert!(!v.is_valid(&bad), "contextWindowSize 0 accepted");
+    bad["spec"]["inferenceService"]["contextWindowSize"] = json!("big");
+    assert!(!v.is_valid(&bad), "a string contextWindowSize accepted");
+}

