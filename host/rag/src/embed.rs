@@ -44,11 +44,16 @@ impl Embedder {
     /// Embeds `texts` in batches of [`BATCH`], calling `progress` with the
     /// number done after each batch. Blocking.
     pub fn embed(&self, texts: &[String], mut progress: impl FnMut(usize)) -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::with_capacity(texts.len());
-        for batch in texts.chunks(BATCH) {
+        // Batches of similar lengths pad less (sentence-transformers does the same).
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        let mut done = 0;
+        for batch in order.chunks(BATCH) {
+            let inputs: Vec<String> = batch.iter().map(|&i| texts[i].clone()).collect();
             let vectors = match self {
-                Embedder::Local(l) => l.embed(batch)?,
-                Embedder::Remote(r) => r.embed(batch)?,
+                Embedder::Local(l) => l.embed(&inputs)?,
+                Embedder::Remote(r) => r.embed(&inputs)?,
             };
             if vectors.len() != batch.len() || vectors.iter().any(|v| v.len() != self.dim()) {
                 bail!(
@@ -58,8 +63,11 @@ impl Embedder {
                     self.dim()
                 );
             }
-            out.extend(vectors);
-            progress(out.len());
+            for (&i, v) in batch.iter().zip(vectors) {
+                out[i] = v;
+            }
+            done += batch.len();
+            progress(done);
         }
         Ok(out)
     }

@@ -21,11 +21,13 @@ pub struct SearchParams {
     pub oversample: usize,
     /// Fewest candidates rescored in the quantised path.
     pub min_candidates: usize,
+    /// Indexes with at least this many rows filter with short codes first.
+    pub two_stage_above: usize,
 }
 
 impl Default for SearchParams {
     fn default() -> Self {
-        SearchParams { exact_below: 20_000, oversample: 40, min_candidates: 400 }
+        SearchParams { exact_below: 20_000, oversample: 40, min_candidates: 400, two_stage_above: 50_000 }
     }
 }
 
@@ -47,6 +49,9 @@ pub struct VectorIndex {
     rows: HashMap<u32, usize>,
     data: Vec<f32>,
     codes: Vec<u64>,
+    /// The first [`SHORT_WORDS`] words of each code, contiguous: the first
+    /// stage of large searches reads 16 bytes a row instead of the whole code.
+    short: Vec<u64>,
     center: Vec<f32>,
     centered_at: usize,
     params: SearchParams,
@@ -62,6 +67,7 @@ impl VectorIndex {
             rows: HashMap::new(),
             data: Vec::new(),
             codes: Vec::new(),
+            short: Vec::new(),
             center: vec![0.0; dim],
             centered_at: 0,
             params,
@@ -85,7 +91,7 @@ impl VectorIndex {
 
     /// Bytes held by vectors and codes.
     pub fn memory_bytes(&self) -> usize {
-        self.data.len() * 4 + self.codes.len() * 8 + self.ids.len() * 4
+        self.data.len() * 4 + (self.codes.len() + self.short.len()) * 8 + self.ids.len() * 4
     }
 
     /// Adds or replaces the vector of `id` (normalised here).
@@ -98,12 +104,15 @@ impl VectorIndex {
             Some(&row) => {
                 self.data[row * self.dim..(row + 1) * self.dim].copy_from_slice(&v);
                 self.codes[row * self.words..(row + 1) * self.words].copy_from_slice(&code);
+                let sw = self.short_words();
+                self.short[row * sw..(row + 1) * sw].copy_from_slice(&code[..sw]);
             }
             None => {
                 self.rows.insert(id, self.ids.len());
                 self.ids.push(id);
                 self.data.extend_from_slice(&v);
                 self.codes.extend_from_slice(&code);
+                self.short.extend_from_slice(&code[..self.short_words()]);
             }
         }
         self.maybe_recenter();
@@ -119,10 +128,13 @@ impl VectorIndex {
             self.rows.insert(moved, row);
             self.data.copy_within(last * self.dim..(last + 1) * self.dim, row * self.dim);
             self.codes.copy_within(last * self.words..(last + 1) * self.words, row * self.words);
+            let sw = self.short_words();
+            self.short.copy_within(last * sw..(last + 1) * sw, row * sw);
         }
         self.ids.pop();
         self.data.truncate(last * self.dim);
         self.codes.truncate(last * self.words);
+        self.short.truncate(last * self.short_words());
         self.maybe_recenter();
         true
     }
@@ -150,18 +162,60 @@ impl VectorIndex {
             return self.exact(&q, k, None);
         }
         let qc = self.code(&q);
-        let hamming = *HAMMING;
-        let mut dist: Vec<(u32, u32)> = (0..self.len())
-            .map(|row| (hamming(&qc, &self.codes[row * self.words..(row + 1) * self.words]), row as u32))
-            .collect();
-        dist.select_nth_unstable(want);
         let mut top = TopK::new(k);
-        let dot = *DOT;
-        for &(_, row) in &dist[..want] {
-            let row = row as usize;
-            top.push(self.ids[row], dot(&q, &self.data[row * self.dim..(row + 1) * self.dim]));
+        if self.words > SHORT_WORDS && self.len() >= self.params.two_stage_above {
+            // Stage 1: short codes of every row keep `want * STAGE_FACTOR` rows;
+            // stage 2: their full codes keep `want`; then exact rescoring.
+            let sw = SHORT_WORDS;
+            let rows: Vec<u32> = with_scratch(|dists| {
+                let mut hist = vec![0u32; sw * 64 + 1];
+                (*SCAN)(&qc[..sw], &self.short, sw, dists, &mut hist);
+                closest(dists, &hist, want * STAGE_FACTOR).collect()
+            });
+            let hamming = *HAMMING;
+            let mut hist = vec![0u32; self.dim + 1];
+            let dists: Vec<u16> = rows
+                .iter()
+                .map(|&r| {
+                    let r = r as usize;
+                    let d = hamming(&qc, &self.codes[r * self.words..(r + 1) * self.words]);
+                    hist[d as usize] += 1;
+                    d as u16
+                })
+                .collect();
+            let picked: Vec<usize> = closest(&dists, &hist, want).map(|i| rows[i as usize] as usize).collect();
+            self.rescore(&q, &picked, &mut top);
+        } else {
+            let picked: Vec<usize> = with_scratch(|dists| {
+                let mut hist = vec![0u32; self.dim + 1];
+                (*SCAN)(&qc, &self.codes, self.words, dists, &mut hist);
+                closest(dists, &hist, want).map(|r| r as usize).collect()
+            });
+            self.rescore(&q, &picked, &mut top);
         }
         top.into_sorted()
+    }
+
+    /// Exact scores of `rows`. The rows are scattered over a matrix far
+    /// larger than the cache, so each is prefetched a few rows ahead: the
+    /// fetches overlap instead of waiting on memory one row at a time.
+    fn rescore(&self, q: &[f32], rows: &[usize], top: &mut TopK) {
+        const AHEAD: usize = 6;
+        let dot = *DOT;
+        let row_slice = |r: usize| &self.data[r * self.dim..(r + 1) * self.dim];
+        for &r in rows.iter().take(AHEAD) {
+            prefetch(row_slice(r));
+        }
+        for (i, &r) in rows.iter().enumerate() {
+            if let Some(&next) = rows.get(i + AHEAD) {
+                prefetch(row_slice(next));
+            }
+            top.push(self.ids[r], dot(q, row_slice(r)));
+        }
+    }
+
+    fn short_words(&self) -> usize {
+        self.words.min(SHORT_WORDS)
     }
 
     /// Exact scan, optionally over the rows `allow` accepts.
@@ -206,8 +260,68 @@ impl VectorIndex {
         self.center = sum.iter().map(|s| (*s / n.max(1) as f64) as f32).collect();
         self.centered_at = n.max(1);
         let codes: Vec<u64> = self.data.chunks_exact(self.dim).flat_map(|row| self.code(row)).collect();
+        let sw = self.short_words();
+        self.short = codes.chunks_exact(self.words).flat_map(|c| c[..sw].iter().copied()).collect();
         self.codes = codes;
     }
+}
+
+/// Words of the first-stage codes (128 bits).
+pub const SHORT_WORDS: usize = 2;
+/// First-stage survivors per second-stage candidate.
+pub const STAGE_FACTOR: usize = 8;
+
+/// Positions of the `want` smallest distances (ties at the cut taken in
+/// order), found with the distances' histogram instead of a sort.
+fn closest<'a>(dists: &'a [u16], hist: &[u32], want: usize) -> impl Iterator<Item = u32> + 'a {
+    let (mut seen, mut t) = (0usize, hist.len());
+    for (d, &count) in hist.iter().enumerate() {
+        if seen + count as usize >= want {
+            t = d;
+            break;
+        }
+        seen += count as usize;
+    }
+    let mut at_t = want.saturating_sub(seen);
+    dists.iter().enumerate().filter_map(move |(i, &d)| {
+        let d = d as usize;
+        if d < t {
+            Some(i as u32)
+        } else if d == t && at_t > 0 {
+            at_t -= 1;
+            Some(i as u32)
+        } else {
+            None
+        }
+    })
+}
+
+/// Runs `f` with this thread's distance buffer, emptied. A fresh buffer per
+/// query would be a large allocation, and the kernel would zero its pages on
+/// every search.
+fn with_scratch<T>(f: impl FnOnce(&mut Vec<u16>) -> T) -> T {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|s| {
+        let mut buf = s.borrow_mut();
+        buf.clear();
+        f(&mut buf)
+    })
+}
+
+/// Asks the CPU to start loading `v` into the cache.
+#[inline(always)]
+fn prefetch(v: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in v.chunks(16) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: SSE is part of x86_64's baseline, and a prefetch never
+        // faults (this address is in bounds anyway).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
 }
 
 /// Scales `v` to unit length (a zero vector stays zero).
@@ -234,6 +348,72 @@ pub static DOT: LazyLock<DotFn> = LazyLock::new(|| {
     }
     dot_portable
 });
+
+/// A scan of every code's Hamming distance to a query code, with a histogram of the distances.
+pub type ScanFn = fn(&[u64], &[u64], usize, &mut Vec<u16>, &mut [u32]);
+
+/// Hamming distances of all rows, one call per query (not one per row).
+pub static SCAN: LazyLock<ScanFn> = LazyLock::new(|| {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("popcnt") {
+        return |q, codes, words, out, hist| {
+            // SAFETY: the CPU was just checked for POPCNT.
+            unsafe { scan_popcnt(q, codes, words, out, hist) }
+        };
+    }
+    scan_portable
+});
+
+fn scan_portable(q: &[u64], codes: &[u64], words: usize, out: &mut Vec<u16>, hist: &mut [u32]) {
+    scan_dispatch(q, codes, words, out, hist)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "popcnt")]
+unsafe fn scan_popcnt(q: &[u64], codes: &[u64], words: usize, out: &mut Vec<u16>, hist: &mut [u32]) {
+    scan_dispatch(q, codes, words, out, hist)
+}
+
+/// Fixed widths unroll; the common ones are 128 bits (short codes) and 384
+/// bits (MiniLM and bge-small).
+#[inline(always)]
+fn scan_dispatch(q: &[u64], codes: &[u64], words: usize, out: &mut Vec<u16>, hist: &mut [u32]) {
+    match words {
+        2 => scan_fixed::<2>(q, codes, out, hist),
+        6 => scan_fixed::<6>(q, codes, out, hist),
+        _ => scan_any(q, codes, words, out, hist),
+    }
+}
+
+#[inline(always)]
+fn scan_fixed<const W: usize>(q: &[u64], codes: &[u64], out: &mut Vec<u16>, hist: &mut [u32]) {
+    let q: [u64; W] = q[..W].try_into().expect("query code width");
+    // Four histograms, so consecutive rows at the same distance do not wait
+    // on each other's increment.
+    let bins = hist.len();
+    let mut lanes = vec![0u32; 4 * bins];
+    let start = out.len();
+    out.resize(start + codes.len() / W, 0);
+    for (i, (code, slot)) in codes.chunks_exact(W).zip(&mut out[start..]).enumerate() {
+        let mut d = 0;
+        for w in 0..W {
+            d += (q[w] ^ code[w]).count_ones();
+        }
+        *slot = d as u16;
+        lanes[(i & 3) * bins + d as usize] += 1;
+    }
+    for (b, h) in hist.iter_mut().enumerate() {
+        *h += lanes[b] + lanes[bins + b] + lanes[2 * bins + b] + lanes[3 * bins + b];
+    }
+}
+
+fn scan_any(q: &[u64], codes: &[u64], words: usize, out: &mut Vec<u16>, hist: &mut [u32]) {
+    for code in codes.chunks_exact(words) {
+        let d = hamming_portable(q, code);
+        out.push(d as u16);
+        hist[d as usize] += 1;
+    }
+}
 
 /// Hamming distance between two codes.
 pub static HAMMING: LazyLock<HammingFn> = LazyLock::new(|| {
@@ -381,6 +561,11 @@ mod tests {
         let (a, b) = ([0b1011u64, u64::MAX], [0b0001u64, 0]);
         assert_eq!(HAMMING(&a, &b), 2 + 64);
         assert_eq!(hamming_portable(&a, &b), 66);
+        let codes = [a[0], a[1], b[0], b[1], a[0], b[1]];
+        let (mut out, mut hist) = (Vec::new(), vec![0u32; 129]);
+        SCAN(&a, &codes, 2, &mut out, &mut hist);
+        assert_eq!(out, [0, 66, 64]);
+        assert_eq!((hist[0], hist[64], hist[66]), (1, 1, 1));
     }
 
     #[test]
@@ -423,20 +608,23 @@ mod tests {
         // Queries come from the same distribution but are not in the index.
         let mut v = vectors(6050, dim, 11);
         let queries = v.split_off(6000);
-        let params = SearchParams { exact_below: 1000, ..SearchParams::default() };
-        let mut index = VectorIndex::new(dim, params);
-        for (i, x) in v.iter().enumerate() {
-            index.insert(i as u32, x);
+        for two_stage_above in [usize::MAX, 2000] {
+            let params = SearchParams { exact_below: 1000, two_stage_above, ..SearchParams::default() };
+            let mut index = VectorIndex::new(dim, params);
+            for (i, x) in v.iter().enumerate() {
+                index.insert(i as u32, x);
+            }
+            let mut found = 0;
+            for q in &queries {
+                let mut qn = q.clone();
+                normalize(&mut qn);
+                let truth: Vec<u32> = index.exact(&qn, 10, None).iter().map(|h| h.id).collect();
+                let got = index.search(q, 10, None);
+                assert_eq!(got.len(), 10);
+                found += got.iter().filter(|h| truth.contains(&h.id)).count();
+            }
+            let recall = found as f64 / 500.0;
+            assert!(recall >= 0.95, "recall@10 {recall} (two stages above {two_stage_above})");
         }
-        let mut found = 0;
-        for q in &queries {
-            let mut qn = q.clone();
-            normalize(&mut qn);
-            let truth: Vec<u32> = index.exact(&qn, 10, None).iter().map(|h| h.id).collect();
-            let got = index.search(q, 10, None);
-            found += got.iter().filter(|h| truth.contains(&h.id)).count();
-        }
-        let recall = found as f64 / 500.0;
-        assert!(recall >= 0.95, "recall@10 {recall}");
     }
 }

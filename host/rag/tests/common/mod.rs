@@ -52,14 +52,19 @@ pub fn minilm() -> Arc<Embedder> {
         .clone()
 }
 
-/// A service over `dir` with all-MiniLM, small chunks, and `llm` when given.
+/// A service over `dir` with all-MiniLM, small chunks (64 tokens), and `llm` when given.
 pub fn state(dir: &Path, llm: Option<Llm>) -> Arc<AppState> {
+    state_with_chunks(dir, llm, 64)
+}
+
+/// A service over `dir` with all-MiniLM and chunks of `size` tokens.
+pub fn state_with_chunks(dir: &Path, llm: Option<Llm>, size: usize) -> Arc<AppState> {
     let store = Store::open(&dir.join("lmdb"), 1 << 30, SearchParams::default()).expect("store opens");
     Arc::new(AppState {
         store: Arc::new(store),
         embedder: minilm(),
         counter: Arc::new(TokenCounter::from_dir(&model("all-minilm-l6-v2")).expect("tokenizer loads")),
-        chunking: ChunkParams { size: 64, overlap: 8 },
+        chunking: ChunkParams { size, overlap: 8 },
         snapshot_dir: dir.join("snapshots"),
         llm,
         metrics: Arc::new(Metrics::default()),
