@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// Collection paths of the kinds the tests touch.
 pub mod paths {
     pub const WORKSPACES: &str = "apis/kaito.sh/v1beta1/workspaces";
+    pub const RAGENGINES: &str = "apis/kaito.sh/v1beta1/ragengines";
+    pub const DEPLOYMENTS: &str = "apis/apps/v1/deployments";
     pub const NODECLAIMS: &str = "apis/karpenter.sh/v1/nodeclaims";
     pub const NODEPOOLS: &str = "apis/karpenter.sh/v1/nodepools";
     pub const NODES: &str = "api/v1/nodes";

@@ -21,7 +21,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print, as multi-document YAML, every object the operator would create for a Workspace.
+    /// Print, as multi-document YAML, every object the operator would create for a Workspace or a RAGEngine.
     Render(RenderArgs),
     /// Inspect and check plugins.
     #[command(subcommand)]
@@ -153,6 +153,20 @@ impl PluginArgs {
 fn render_cmd(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<i32> {
     let text =
         std::fs::read_to_string(&args.file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
+    if serde_yaml::from_str::<serde_yaml::Value>(&text).ok().and_then(|v| v.get("kind").cloned())
+        == Some(serde_yaml::Value::from("RAGEngine"))
+    {
+        let mut rag: kaito_crd::RAGEngine =
+            serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+        // As kubectl would: a manifest without a namespace lands in `default`.
+        rag.metadata.namespace.get_or_insert_with(|| "default".into());
+        let host = args.plugins.host()?;
+        let registry = args.plugins.registry(&host, err)?;
+        let provisioner = args.provisioner.clone().unwrap_or_else(|| kaito_workload::DEFAULT_PROVISIONER.into());
+        let objects = kaito_workload::render_ragengine(&registry, &rag, &provisioner, &args.image_registry)?;
+        out.write_all(to_yaml(&objects.documents()).as_bytes())?;
+        return Ok(0);
+    }
     let ws = Workspace::from_yaml(&text)?;
     let nodes = match &args.nodes {
         Some(path) => {

@@ -2,11 +2,14 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::ragengine::RAGEngineExt;
 use crate::workspace::{WorkspaceExt, node_kind, node_resource};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
-use kaito_crd::{WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL, Workspace};
+use kaito_crd::ragengine::RAGENGINE_LABEL;
+use kaito_crd::{RAGEngine, WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL, Workspace};
+use kaito_workload::ragengine::RAGENGINE_NAMESPACE_LABEL;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -70,6 +73,70 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(workspace = %object, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
+            }
+        })
+        .await;
+}
+
+/// Reconcile one RAGEngine; the work is in [`RAGEngineExt`].
+pub async fn reconcile_ragengine(rag: Arc<RAGEngine>, ctx: Arc<Context>) -> Result<Action> {
+    let key = format!(
+        "{}/{}",
+        rag.metadata.namespace.as_deref().unwrap_or_default(),
+        rag.metadata.name.as_deref().unwrap_or_default()
+    );
+    let started = Instant::now();
+    let result = rag.reconcile(&ctx).instrument(tracing::info_span!("reconcile", ragengine = %key)).await;
+    ctx.metrics.reconciled(started.elapsed());
+    result
+}
+
+/// Count the failure and retry soon.
+pub fn error_policy_ragengine(rag: Arc<RAGEngine>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(ragengine = ?rag.metadata.name, %error, "reconcile failed");
+    ctx.metrics.failed(error.metric_label());
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Fail early, with the fix, when the RAGEngine CRD is not installed.
+pub async fn check_ragengine_crd(ctx: &Context) -> anyhow::Result<()> {
+    let api: Api<RAGEngine> = Api::all(ctx.client.clone());
+    api.list(&ListParams::default().limit(1)).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot list ragengines.kaito.sh ({e}); install the CRD with `kubectl apply -f charts/kaito-ragengine/crds/`"
+        )
+    })?;
+    Ok(())
+}
+
+/// Run the RAGEngine controller until `shutdown` resolves.
+pub async fn run_ragengine(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let owned = || watcher::Config::default().labels(RAGENGINE_LABEL);
+    let mut controller = Controller::new(Api::<RAGEngine>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Deployment>::all(client.clone()), owned())
+        .owns(Api::<Service>::all(client.clone()), owned());
+    if let Some(kind) = node_kind(ctx.mode) {
+        let ar = node_resource(kind);
+        controller = controller.watches_with(
+            Api::<DynamicObject>::all_with(client.clone(), &ar),
+            ar,
+            owned(),
+            |o: DynamicObject| {
+                let labels = o.metadata.labels.unwrap_or_default();
+                let name = labels.get(RAGENGINE_LABEL)?;
+                let ns = labels.get(RAGENGINE_NAMESPACE_LABEL)?;
+                Some(ObjectRef::<RAGEngine>::new(name).within(ns))
+            },
+        );
+    }
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile_ragengine, error_policy_ragengine, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(ragengine = %object, "reconciled"),
                 Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
             }
         })

@@ -7,13 +7,17 @@
 //! `kaito render`, creates missing node objects, applies the workload with
 //! server-side apply once nodes are Ready, and patches status from what it
 //! observed ([`status`]). [`leader`] holds a Lease; [`server`] serves metrics
-//! and probes; [`rbac`] lists every API verb used.
+//! and probes; [`rbac`] lists every API verb used. [`ragengine`] is the
+//! RAGEngine controller's logic (Deployment and Service running `kaito-rag`,
+//! NodeClaims through the same provisioner plugin); the binary runs either
+//! controller or both (`--controllers`).
 
 pub mod context;
 pub mod controller;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod ragengine;
 pub mod rbac;
 pub mod revision;
 pub mod server;

@@ -1,4 +1,4 @@
-//! `kaito-operator`: reconciles Workspaces in the cluster the kubeconfig (or the pod's service account) points at.
+//! `kaito-operator`: reconciles Workspaces (and RAGEngines, with `--controllers`) in the cluster the kubeconfig (or the pod's service account) points at.
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -42,6 +42,9 @@ struct Args {
     /// Name of the leader Lease.
     #[arg(long, default_value = "kaito-operator-leader")]
     lease_name: String,
+    /// Controllers to run: workspace, ragengine, or both (the two Helm charts run one each).
+    #[arg(long, env = "KAITO_CONTROLLERS", value_delimiter = ',', default_value = "workspace", value_parser = ["workspace", "ragengine"])]
+    controllers: Vec<String>,
     #[command(flatten)]
     plugins: PluginArgs,
 }
@@ -85,7 +88,14 @@ async fn main() -> anyhow::Result<()> {
     };
     let metrics = Arc::new(Metrics::default());
     let ctx = Arc::new(Context::new(client.clone(), registry, config, metrics.clone()));
-    controller::check_crd(&ctx).await?;
+    let (workspaces, ragengines) =
+        (args.controllers.iter().any(|c| c == "workspace"), args.controllers.iter().any(|c| c == "ragengine"));
+    if workspaces {
+        controller::check_crd(&ctx).await?;
+    }
+    if ragengines {
+        controller::check_ragengine_crd(&ctx).await?;
+    }
 
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -116,10 +126,24 @@ async fn main() -> anyhow::Result<()> {
             _ = stopped.wait_for(|s| *s) => { let _ = server.await; return Ok(()); }
         }
     }
-    let mut controller_stop = stop_rx.clone();
-    let run = controller::run(ctx, async move {
-        let _ = controller_stop.wait_for(|s| *s).await;
-    });
+    let stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let (ws_ctx, rag_ctx, ws_stop, rag_stop) = (ctx.clone(), ctx, stop(stop_rx.clone()), stop(stop_rx.clone()));
+    let run = async move {
+        tokio::join!(
+            async move {
+                if workspaces {
+                    controller::run(ws_ctx, ws_stop).await
+                }
+            },
+            async move {
+                if ragengines {
+                    controller::run_ragengine(rag_ctx, rag_stop).await
+                }
+            }
+        );
+    };
     if args.leader_elect {
         tokio::select! {
             _ = run => {}

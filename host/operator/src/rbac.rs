@@ -31,7 +31,22 @@ pub const PERMISSIONS: &[Permission] = &[
     p("coordination.k8s.io", "leases", &["get", "create", "update"]),
 ];
 
-/// Whether the table grants `verb` on `group`/`resource`.
+/// What the RAGEngine controller (`--controllers ragengine`), its events and leader election need.
+pub const RAGENGINE_PERMISSIONS: &[Permission] = &[
+    p("kaito.sh", "ragengines", &["get", "list", "watch", "patch"]),
+    p("kaito.sh", "ragengines/status", &["patch"]),
+    p("kaito.sh", "ragengines/finalizers", &["update"]),
+    p("karpenter.sh", "nodeclaims", &["get", "list", "watch", "create", "delete"]),
+    p("karpenter.sh", "nodepools", &["get", "list", "watch", "patch", "delete"]),
+    p("", "nodes", &["get", "list", "watch"]),
+    p("", "pods", &["get", "list", "watch"]),
+    p("", "services", &["get", "list", "watch", "patch"]),
+    p("apps", "deployments", &["get", "list", "watch", "patch"]),
+    p("events.k8s.io", "events", &["create", "patch"]),
+    p("coordination.k8s.io", "leases", &["get", "create", "update"]),
+];
+
+/// Whether the Workspace table grants `verb` on `group`/`resource`.
 pub fn allows(group: &str, resource: &str, verb: &str) -> bool {
     PERMISSIONS.iter().any(|p| p.group == group && p.resource == resource && p.verbs.contains(&verb))
 }
@@ -42,9 +57,11 @@ mod tests {
 
     #[test]
     fn table_has_no_duplicates_and_no_wildcards() {
-        for (i, a) in PERMISSIONS.iter().enumerate() {
-            assert!(PERMISSIONS[i + 1..].iter().all(|b| (a.group, a.resource) != (b.group, b.resource)));
-            assert!(!a.verbs.contains(&"*") && a.resource != "*");
+        for table in [PERMISSIONS, RAGENGINE_PERMISSIONS] {
+            for (i, a) in table.iter().enumerate() {
+                assert!(table[i + 1..].iter().all(|b| (a.group, a.resource) != (b.group, b.resource)));
+                assert!(!a.verbs.contains(&"*") && a.resource != "*");
+            }
         }
         assert!(allows("karpenter.sh", "nodeclaims", "create"));
         assert!(!allows("", "secrets", "get"));

@@ -338,3 +338,102 @@ async fn deletion_finishes_when_the_nodeclaim_crd_is_absent() {
         vec![missing, expect("PATCH", format!("{WS}?"), |b| assert_eq!(b[1]["op"], "remove"), deleting.clone())];
     assert_eq!(run(deleting, script).await, Action::await_change());
 }
+
+const RAG: &str = "/apis/kaito.sh/v1beta1/namespaces/default/ragengines/rag";
+
+fn ragengine(finalizers: Value) -> Value {
+    json!({
+        "apiVersion": "kaito.sh/v1beta1", "kind": "RAGEngine",
+        "metadata": {"name": "rag", "namespace": "default", "uid": "rag-uid", "generation": 2, "resourceVersion": "7", "finalizers": finalizers},
+        "spec": {
+            "compute": {"labelSelector": {"matchLabels": {"rag": "yes"}}},
+            "embedding": {"remote": {"url": "http://tei/v1", "accessSecret": "tei"}},
+            "inferenceService": {"url": "http://phi/v1/chat/completions", "contextWindowSize": 4096}
+        }
+    })
+}
+
+#[tokio::test]
+async fn ragengine_first_reconcile_applies_service_and_deployment_on_a_ready_node() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let ctx = Arc::new(Context::new(client, registry(), Config::default(), Arc::new(Metrics::default())));
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "cpu-1", "labels": {"rag": "yes"}},
+                      "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+    let deploy_reply = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "rag", "namespace": "default"},
+        "spec": {"selector": {}, "template": {}}, "status": {"replicas": 1, "availableReplicas": 1}});
+    let script = vec![
+        expect(
+            "PATCH",
+            format!("{RAG}?"),
+            |b| {
+                assert_eq!(
+                    b,
+                    &json!({"metadata": {"finalizers": ["ragengine.finalizer.kaito.sh"], "resourceVersion": "7"}})
+                )
+            },
+            ragengine(json!(["ragengine.finalizer.kaito.sh"])),
+        ),
+        expect("GET", "/api/v1/nodes?&labelSelector=rag%3Dyes", |_| {}, list(vec![node])),
+        expect(
+            "PATCH",
+            format!("/api/v1/namespaces/default/services/rag{APPLY}"),
+            |b| {
+                assert_eq!(b["metadata"]["ownerReferences"][0]["uid"], "rag-uid");
+                assert_eq!(b["spec"]["ports"][0]["port"], 80);
+            },
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "rag", "namespace": "default"}}),
+        ),
+        expect(
+            "PATCH",
+            format!("/apis/apps/v1/namespaces/default/deployments/rag{APPLY}"),
+            |b| {
+                let pod = &b["spec"]["template"]["spec"];
+                assert_eq!(
+                    pod["containers"][0]["image"],
+                    format!("ghcr.io/kaito-rs/kaito-rag:{}", env!("CARGO_PKG_VERSION"))
+                );
+                assert_eq!(pod["containers"][0]["env"][0], json!({"name": "EMBEDDING_URL", "value": "http://tei/v1"}));
+                assert_eq!(pod["nodeSelector"], json!({"rag": "yes"}));
+                assert_eq!(b["spec"]["strategy"]["type"], "Recreate");
+            },
+            deploy_reply,
+        ),
+        expect(
+            "PATCH",
+            format!("{RAG}/status{APPLY}"),
+            |b| {
+                assert_eq!(
+                    (b["apiVersion"].as_str(), b["kind"].as_str()),
+                    (Some("kaito.sh/v1beta1"), Some("RAGEngine"))
+                );
+                let s = &b["status"];
+                assert_eq!(condition(s, "ResourceReady")["reason"], "NodesReady");
+                assert_eq!(condition(s, "ServiceReady")["status"], "True");
+                assert_eq!(condition(s, "ServiceReady")["observedGeneration"], 2);
+                assert_eq!(s["workerNodes"], json!(["cpu-1"]));
+            },
+            ragengine(json!(["ragengine.finalizer.kaito.sh"])),
+        ),
+        expect(
+            "POST",
+            "/apis/events.k8s.io/v1/namespaces/default/events?",
+            |b| {
+                assert_eq!((b["reason"].as_str(), b["type"].as_str()), (Some("ServiceReady"), Some("Normal")), "{b}");
+                assert_eq!(b["regarding"]["kind"], "RAGEngine");
+            },
+            json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"}, "eventTime": null}),
+        ),
+    ];
+    let server = tokio::spawn(serve(handle, script));
+    let rag: kaito_crd::RAGEngine = serde_json::from_value(ragengine(Value::Null)).expect("ragengine");
+    let action = tokio::time::timeout(
+        Duration::from_secs(30),
+        crate::controller::reconcile_ragengine(Arc::new(rag), ctx.clone()),
+    )
+    .await
+    .expect("reconcile finished")
+    .expect("reconcile succeeded");
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("script done").expect("script passed");
+    assert_eq!(action, Action::requeue(Config::default().resync));
+}

@@ -4,13 +4,16 @@
 //! operator: resolve the preset, find the GPU shape (instance-type table or
 //! existing nodes), ask the preset plugin for a plan and the provisioner
 //! plugin for nodes, and build the NodeClaims/NodePool, Services and
-//! StatefulSet from those plans.
+//! StatefulSet from those plans. [`render_ragengine`] does the same for a
+//! RAGEngine (NodeClaims, Deployment, Service).
 
 mod nodes;
 mod objects;
+pub mod ragengine;
 
 pub use nodes::{node_is_ready, parse_nodes};
 pub use objects::{Objects, quantity};
+pub use ragengine::{RagObjects, render_ragengine};
 
 use k8s_openapi::api::core::v1::Node;
 use kaito_crd::{FieldError, RUNTIME_ANNOTATION, Workspace};
@@ -191,6 +194,11 @@ pub fn render(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Resu
         let objects = Objects::for_template(ws, template, count, &node_plan)?;
         Ok(Rendered { objects, notes: Vec::new(), plan: None, node_plan, shape: None })
     }
+}
+
+/// NodeClaims or NodePools of a provisioner's plan, as Kubernetes objects.
+pub fn node_documents(plan: &NodePlan) -> Vec<serde_json::Value> {
+    objects::node_objects(plan)
 }
 
 /// Multi-document YAML of `docs`, each introduced by `---`.

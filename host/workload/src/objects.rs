@@ -454,7 +454,7 @@ fn map(pairs: &[KeyValue]) -> Value {
 }
 
 /// NodeClaims (karpenter.sh/v1) or a NodePool from a provisioner's plan.
-fn node_objects(plan: &NodePlan) -> Vec<Value> {
+pub(crate) fn node_objects(plan: &NodePlan) -> Vec<Value> {
     plan.objects
         .iter()
         .map(|o| {
