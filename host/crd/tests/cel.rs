@@ -96,3 +96,24 @@ fn immutable_fields_cannot_change() {
     new["metadata"]["annotations"] = json!({"kaito.sh/runtime": "vllm"});
     check(&new, Some(&old)).unwrap();
 }
+
+#[test]
+fn ragengine_examples_pass_and_one_embedding_source_is_enforced() {
+    let crd = serde_json::to_value(kaito_crd::ragengine_crd()).unwrap();
+    let schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+    let check = |o: &Value| Validator::new().validate(&schema, o, None).map_err(|e| format!("{e:?}"));
+    let mut n = 0;
+    for e in std::fs::read_dir(root().join("examples/RAG")).unwrap() {
+        let rag = yaml(&e.unwrap().path());
+        check(&rag).unwrap_or_else(|e| panic!("{e}"));
+        n += 1;
+    }
+    assert!(n >= 3);
+    let mut both = yaml(&root().join("examples/RAG/kaito_ragengine_phi_3.yaml"));
+    both["spec"]["embedding"]["remote"] = json!({"url": "http://e"});
+    let err = check(&both).expect_err("both embedding sources accepted");
+    assert!(err.contains("set exactly one of embedding.local and embedding.remote"), "{err}");
+    let mut neither = both.clone();
+    neither["spec"]["embedding"] = json!({});
+    assert!(check(&neither).is_err(), "no embedding source accepted");
+}
