@@ -178,6 +178,23 @@ pub fn workspace_crd_yaml() -> String {
     )
 }
 
+/// Fails when the committed file at `rel_path` differs from `want`
+/// (`KAITO_BLESS=1` rewrites it); `cli_args` is the `kaito` command that prints it.
+#[cfg(test)]
+pub(crate) fn assert_committed(rel_path: &str, want: &str, cli_args: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel_path);
+    if std::env::var_os("KAITO_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, want).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "{} drifted from the Rust types: run `cargo run -p kaito-cli -- {cli_args} > {rel_path}`",
+        path.display()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,18 +215,6 @@ mod tests {
 
     #[test]
     fn committed_crd_matches_the_types() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let path = root.join(WORKSPACE_CRD_PATH);
-        let want = workspace_crd_yaml();
-        if std::env::var_os("KAITO_BLESS").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, &want).unwrap();
-        }
-        let have = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            have == want,
-            "{} drifted from the Rust types: run `cargo run -p kaito-cli -- crd > {WORKSPACE_CRD_PATH}`",
-            path.display()
-        );
+        assert_committed(WORKSPACE_CRD_PATH, &workspace_crd_yaml(), "crd");
     }
 }

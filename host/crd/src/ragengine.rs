@@ -273,18 +273,6 @@ mod tests {
     fn committed_crd_matches_the_types() {
         let crd = ragengine_crd();
         assert_eq!(crd.spec.names.short_names, Some(vec!["rag".to_string()]));
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let path = root.join(RAGENGINE_CRD_PATH);
-        let want = ragengine_crd_yaml();
-        if std::env::var_os("KAITO_BLESS").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, &want).unwrap();
-        }
-        let have = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            have == want,
-            "{} drifted from the Rust types: run `cargo run -p kaito-cli -- crd ragengine > {RAGENGINE_CRD_PATH}`",
-            path.display()
-        );
+        crate::crd::assert_committed(RAGENGINE_CRD_PATH, &ragengine_crd_yaml(), "crd ragengine");
     }
 }

@@ -45,28 +45,35 @@ pub async fn check_crd(ctx: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Watches the provisioner's node objects (if it makes any), mapped back to
+/// the owner named by their `name_label` and `ns_label` labels.
+fn watch_nodes<K>(
+    controller: Controller<K>,
+    ctx: &Context,
+    name_label: &'static str,
+    ns_label: &'static str,
+) -> Controller<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let Some(kind) = node_kind(ctx.mode) else { return controller };
+    let ar = node_resource(kind);
+    let api = Api::<DynamicObject>::all_with(ctx.client.clone(), &ar);
+    controller.watches_with(api, ar, watcher::Config::default().labels(name_label), move |o: DynamicObject| {
+        let labels = o.metadata.labels.unwrap_or_default();
+        Some(ObjectRef::<K>::new(labels.get(name_label)?).within(labels.get(ns_label)?))
+    })
+}
+
 /// Run the controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
     let owned = || watcher::Config::default().labels(WORKSPACE_LABEL);
-    let mut controller = Controller::new(Api::<Workspace>::all(client.clone()), watcher::Config::default())
+    let controller = Controller::new(Api::<Workspace>::all(client.clone()), watcher::Config::default())
         .owns(Api::<StatefulSet>::all(client.clone()), owned())
         .owns(Api::<Service>::all(client.clone()), owned());
-    if let Some(kind) = node_kind(ctx.mode) {
-        // Node objects are cluster-scoped and cannot carry a namespaced owner: map them back by label.
-        let ar = node_resource(kind);
-        controller = controller.watches_with(
-            Api::<DynamicObject>::all_with(client.clone(), &ar),
-            ar,
-            owned(),
-            |o: DynamicObject| {
-                let labels = o.metadata.labels.unwrap_or_default();
-                let name = labels.get(WORKSPACE_LABEL)?;
-                let ns = labels.get(WORKSPACE_NAMESPACE_LABEL)?;
-                Some(ObjectRef::<Workspace>::new(name).within(ns))
-            },
-        );
-    }
+    // Node objects are cluster-scoped and cannot carry a namespaced owner: map them back by label.
+    let controller = watch_nodes(controller, &ctx, WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL);
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -114,23 +121,10 @@ pub async fn check_ragengine_crd(ctx: &Context) -> anyhow::Result<()> {
 pub async fn run_ragengine(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
     let owned = || watcher::Config::default().labels(RAGENGINE_LABEL);
-    let mut controller = Controller::new(Api::<RAGEngine>::all(client.clone()), watcher::Config::default())
+    let controller = Controller::new(Api::<RAGEngine>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Deployment>::all(client.clone()), owned())
         .owns(Api::<Service>::all(client.clone()), owned());
-    if let Some(kind) = node_kind(ctx.mode) {
-        let ar = node_resource(kind);
-        controller = controller.watches_with(
-            Api::<DynamicObject>::all_with(client.clone(), &ar),
-            ar,
-            owned(),
-            |o: DynamicObject| {
-                let labels = o.metadata.labels.unwrap_or_default();
-                let name = labels.get(RAGENGINE_LABEL)?;
-                let ns = labels.get(RAGENGINE_NAMESPACE_LABEL)?;
-                Some(ObjectRef::<RAGEngine>::new(name).within(ns))
-            },
-        );
-    }
+    let controller = watch_nodes(controller, &ctx, RAGENGINE_LABEL, RAGENGINE_NAMESPACE_LABEL);
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile_ragengine, error_policy_ragengine, ctx)

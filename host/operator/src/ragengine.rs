@@ -9,7 +9,7 @@
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::status::{self, Verdict};
-use crate::workspace::{FIELD_MANAGER, node_kind, node_resource};
+use crate::workspace::{FIELD_MANAGER, delete_node_objects, node_kind, node_resource};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -18,7 +18,7 @@ use kaito_crd::{RAGEngine, RAGEngineStatus};
 use kaito_plugin_host::ProvisionerMode;
 use kaito_workload::ragengine::RAGENGINE_NAMESPACE_LABEL;
 use kaito_workload::{RagObjects, RenderError, render_ragengine};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -116,23 +116,8 @@ impl RAGEngineExt for RAGEngine {
             )
             .await?;
         }
-        if let Some(kind) = node_kind(ctx.mode) {
-            let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &node_resource(kind));
-            let left = match api.list(&ListParams::default().labels(&self.owned_selector())).await {
-                Ok(list) => list.items,
-                Err(kube::Error::Api(s)) if s.code == 404 => vec![],
-                Err(e) => return Err(e.into()),
-            };
-            for o in left.iter().filter(|o| o.metadata.deletion_timestamp.is_none()) {
-                match api.delete(&o.name_any(), &DeleteParams::background()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            if !left.is_empty() {
-                return Ok(Action::requeue(ctx.config.poll));
-            }
+        if delete_node_objects(ctx, &self.owned_selector()).await? {
+            return Ok(Action::requeue(ctx.config.poll));
         }
         let finalizers: Vec<String> = self.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": self.resource_version()}});

@@ -55,6 +55,27 @@ pub fn node_kind(mode: ProvisionerMode) -> Option<&'static str> {
     }
 }
 
+/// Deletes the node objects (NodeClaims or NodePools) matching `selector`;
+/// true while some still exist (Karpenter removes them after draining).
+pub(crate) async fn delete_node_objects(ctx: &Context, selector: &str) -> Result<bool> {
+    let Some(kind) = node_kind(ctx.mode) else { return Ok(false) };
+    let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &node_resource(kind));
+    let left = match api.list(&ListParams::default().labels(selector)).await {
+        Ok(list) => list.items,
+        // No such CRD in this cluster: there can be no node objects to wait for.
+        Err(kube::Error::Api(s)) if s.code == 404 => vec![],
+        Err(e) => return Err(e.into()),
+    };
+    for o in left.iter().filter(|o| o.metadata.deletion_timestamp.is_none()) {
+        match api.delete(&o.name_any(), &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(!left.is_empty())
+}
+
 fn selector_string<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
     labels.into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
@@ -157,24 +178,8 @@ impl WorkspaceExt for Workspace {
             self.patch_status(ctx, &status).await?;
             self.event(ctx, EventType::Normal, "WorkspaceDeleting", "deleting node objects".into()).await;
         }
-        if let Some(kind) = node_kind(ctx.mode) {
-            let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &node_resource(kind));
-            let left = match api.list(&ListParams::default().labels(&self.owned_node_selector())).await {
-                Ok(list) => list.items,
-                // No such CRD in this cluster: there can be no node objects to wait for.
-                Err(kube::Error::Api(s)) if s.code == 404 => vec![],
-                Err(e) => return Err(e.into()),
-            };
-            for o in left.iter().filter(|o| o.metadata.deletion_timestamp.is_none()) {
-                match api.delete(&o.name_any(), &DeleteParams::background()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            if !left.is_empty() {
-                return Ok(Action::requeue(ctx.config.poll));
-            }
+        if delete_node_objects(ctx, &self.owned_node_selector()).await? {
+            return Ok(Action::requeue(ctx.config.poll));
         }
         let patch = json_patch::Patch(vec![
             json_patch::PatchOperation::Test(json_patch::TestOperation {

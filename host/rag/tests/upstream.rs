@@ -44,10 +44,15 @@ async fn backend() -> (String, Seen) {
             }
         }),
     );
+    (format!("http://{}", spawn(app).await), seen)
+}
+
+/// Serves `app` on a free loopback port.
+async fn spawn(app: Router) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(axum::serve(listener, app).into_future());
-    (format!("http://{addr}"), seen)
+    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,9 +158,7 @@ async fn remote_embeddings_keep_order_and_send_the_secret() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(axum::serve(listener, app).into_future());
+    let addr = spawn(app).await;
     let embedder = tokio::task::spawn_blocking(move || {
         let e = RemoteEmbedder::connect(&format!("http://{addr}/v1"), Some("bge".into()), Some("tok".into())).unwrap();
         let e = kaito_rag::embed::Embedder::Remote(e);

@@ -3,32 +3,13 @@
 #![allow(dead_code)]
 
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Kind, Tensor};
 
-/// `$KAITO_MODELS_DIR` or `~/.cache/kaito/models`, checked to hold `name`.
-pub fn model(name: &str) -> PathBuf {
-    let base = std::env::var_os("KAITO_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/kaito/models"));
-    let dir = base.join(name);
-    assert!(dir.join(".complete").exists(), "{} is missing: run `cargo xtask models`", dir.display());
-    dir
-}
-
-/// The Python with torch and transformers (`$KAITO_PYTHON`, else the venv `cargo xtask models` makes).
-pub fn python() -> PathBuf {
-    let p = std::env::var_os("KAITO_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/kaito/torch-venv/bin/python")
-    });
-    assert!(p.exists(), "{} is missing: run `cargo xtask models`", p.display());
-    p
-}
-
-/// A script under tests/python.
-pub fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python").join(name)
-}
+#[path = "../../../../tests/support/models.rs"]
+mod models;
+#[allow(unused_imports)]
+pub use models::{model, python, script};
 
 /// Token ids of `question` as one user turn in the model's chat template.
 pub fn chat_prompt(text: &kaito_inference::text::TextModel, question: &str) -> Vec<u32> {
