@@ -9,7 +9,7 @@
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::status::{self, Verdict};
-use crate::workspace::{FIELD_MANAGER, delete_node_objects, node_kind, node_resource};
+use crate::workspace::{FIELD_MANAGER, delete_node_objects, node_kind, node_resource, publish_event};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -20,7 +20,7 @@ use kaito_workload::ragengine::RAGENGINE_NAMESPACE_LABEL;
 use kaito_workload::{RagObjects, RenderError, render_ragengine};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -317,11 +317,6 @@ impl Steps for RAGEngine {
     }
 
     async fn event(&self, ctx: &Context, type_: EventType, reason: &str, note: String) {
-        let event =
-            Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
-        // An event that cannot be written must not fail the reconcile that produced it.
-        if let Err(e) = ctx.recorder.publish(&event, &self.object_ref(&())).await {
-            tracing::warn!(ragengine = %self.name_any(), reason, error = %e, "could not publish event");
-        }
+        publish_event(ctx, self.object_ref(&()), type_, reason, note).await;
     }
 }

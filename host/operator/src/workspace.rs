@@ -379,11 +379,21 @@ impl Steps for Workspace {
     }
 
     async fn event(&self, ctx: &Context, type_: EventType, reason: &str, note: String) {
-        let event =
-            Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
-        // An event that cannot be written must not fail the reconcile that produced it.
-        if let Err(e) = ctx.recorder.publish(&event, &self.object_ref(&())).await {
-            tracing::warn!(workspace = %self.key(), reason, error = %e, "could not publish event");
-        }
+        publish_event(ctx, self.object_ref(&()), type_, reason, note).await;
+    }
+}
+
+/// Publishes a Reconcile event about `object`. An event that cannot be
+/// written must not fail the reconcile that produced it: it is logged.
+pub(crate) async fn publish_event(
+    ctx: &Context,
+    object: k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &object).await {
+        tracing::warn!(kind = ?object.kind, name = ?object.name, reason, error = %e, "could not publish event");
     }
 }
