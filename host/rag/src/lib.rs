@@ -12,6 +12,7 @@ pub mod chat;
 pub mod chunk;
 pub mod embed;
 pub mod error;
+pub mod ivf;
 pub mod metrics;
 pub mod store;
 pub mod vectors;

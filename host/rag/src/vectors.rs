@@ -6,8 +6,11 @@
 //! 1-bit code (the signs of the vector minus the index's mean): a Hamming scan
 //! over those codes picks candidates and only those are rescored exactly.
 //! Centring matters: embedding vectors share a large common component, and
-//! signs of the raw vectors would mostly agree.
+//! signs of the raw vectors would mostly agree. Above
+//! [`SearchParams::ivf_above`] rows the index is also partitioned
+//! ([`Ivf`]) and only the nearest partitions' codes are scanned.
 
+use crate::ivf::Ivf;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::LazyLock;
@@ -23,11 +26,23 @@ pub struct SearchParams {
     pub min_candidates: usize,
     /// Indexes with at least this many rows filter with short codes first.
     pub two_stage_above: usize,
+    /// Indexes with at least this many rows are partitioned ([`Ivf`]) and
+    /// only the nearest `nprobe` partitions are scanned.
+    pub ivf_above: usize,
+    /// Partitions scanned per query.
+    pub nprobe: usize,
 }
 
 impl Default for SearchParams {
     fn default() -> Self {
-        SearchParams { exact_below: 20_000, oversample: 40, min_candidates: 400, two_stage_above: 50_000 }
+        SearchParams {
+            exact_below: 20_000,
+            oversample: 40,
+            min_candidates: 400,
+            two_stage_above: 50_000,
+            ivf_above: 50_000,
+            nprobe: 32,
+        }
     }
 }
 
@@ -54,6 +69,8 @@ pub struct VectorIndex {
     short: Vec<u64>,
     center: Vec<f32>,
     centered_at: usize,
+    /// The partition of large indexes, and the row count it was trained at.
+    ivf: Option<(Ivf, usize)>,
     params: SearchParams,
 }
 
@@ -70,6 +87,7 @@ impl VectorIndex {
             short: Vec::new(),
             center: vec![0.0; dim],
             centered_at: 0,
+            ivf: None,
             params,
         }
     }
@@ -106,6 +124,9 @@ impl VectorIndex {
                 self.codes[row * self.words..(row + 1) * self.words].copy_from_slice(&code);
                 let sw = self.short_words();
                 self.short[row * sw..(row + 1) * sw].copy_from_slice(&code[..sw]);
+                if let Some((ivf, _)) = &mut self.ivf {
+                    ivf.refile(row, &v);
+                }
             }
             None => {
                 self.rows.insert(id, self.ids.len());
@@ -113,15 +134,22 @@ impl VectorIndex {
                 self.data.extend_from_slice(&v);
                 self.codes.extend_from_slice(&code);
                 self.short.extend_from_slice(&code[..self.short_words()]);
+                if let Some((ivf, _)) = &mut self.ivf {
+                    ivf.push(&v);
+                }
             }
         }
         self.maybe_recenter();
+        self.maybe_partition();
     }
 
     /// Removes the vector of `id`; false when it was not there.
     pub fn remove(&mut self, id: u32) -> bool {
         let Some(row) = self.rows.remove(&id) else { return false };
         let last = self.ids.len() - 1;
+        if let Some((ivf, _)) = &mut self.ivf {
+            ivf.swap_remove(row);
+        }
         if row != last {
             let moved = self.ids[last];
             self.ids[row] = moved;
@@ -136,6 +164,7 @@ impl VectorIndex {
         self.codes.truncate(last * self.words);
         self.short.truncate(last * self.short_words());
         self.maybe_recenter();
+        self.maybe_partition();
         true
     }
 
@@ -163,7 +192,23 @@ impl VectorIndex {
         }
         let qc = self.code(&q);
         let mut top = TopK::new(k);
-        if self.words > SHORT_WORDS && self.len() >= self.params.two_stage_above {
+        if let Some((ivf, _)) = self.ivf.as_ref().filter(|_| self.len() >= self.params.ivf_above) {
+            // Only the nearest partitions' codes are scanned.
+            let rows = ivf.probe(&q, self.params.nprobe);
+            let hamming = *HAMMING;
+            let mut hist = vec![0u32; self.dim + 1];
+            let dists: Vec<u16> = rows
+                .iter()
+                .map(|&r| {
+                    let r = r as usize;
+                    let d = hamming(&qc, &self.codes[r * self.words..(r + 1) * self.words]);
+                    hist[d as usize] += 1;
+                    d as u16
+                })
+                .collect();
+            let picked: Vec<usize> = closest(&dists, &hist, want).map(|i| rows[i as usize] as usize).collect();
+            self.rescore(&q, &picked, &mut top);
+        } else if self.words > SHORT_WORDS && self.len() >= self.params.two_stage_above {
             // Stage 1: short codes of every row keep `want * STAGE_FACTOR` rows;
             // stage 2: their full codes keep `want`; then exact rescoring.
             let sw = SHORT_WORDS;
@@ -211,6 +256,24 @@ impl VectorIndex {
                 prefetch(row_slice(next));
             }
             top.push(self.ids[r], dot(q, row_slice(r)));
+        }
+    }
+
+    /// Trains the partition when the index grows past `ivf_above`, and again
+    /// each time it doubles or halves; drops it below half the threshold.
+    fn maybe_partition(&mut self) {
+        let n = self.len();
+        if n < self.params.ivf_above / 2 || self.params.ivf_above == usize::MAX {
+            self.ivf = None;
+            return;
+        }
+        let trained_at = self.ivf.as_ref().map(|(_, at)| *at);
+        let stale = match trained_at {
+            None => n >= self.params.ivf_above,
+            Some(at) => n > at * 2 || n * 2 < at,
+        };
+        if stale {
+            self.ivf = Some((Ivf::train(&self.data, self.dim), n));
         }
     }
 
@@ -603,13 +666,36 @@ mod tests {
     }
 
     #[test]
+    fn partitions_follow_removals_and_replacements() {
+        let v = vectors(3000, 32, 21);
+        let params = SearchParams { exact_below: 100, ivf_above: 500, nprobe: 1000, ..SearchParams::default() };
+        let mut index = VectorIndex::new(32, params);
+        for (i, x) in v.iter().enumerate() {
+            index.insert(i as u32, x);
+        }
+        for i in (0..3000).step_by(3) {
+            index.remove(i);
+        }
+        index.insert(1, &v[2999]);
+        // With every partition probed, the partitioned search sees every row exactly once.
+        let q = &v[10];
+        let mut qn = q.clone();
+        normalize(&mut qn);
+        let got: Vec<u32> = index.search(q, 10, None).iter().map(|h| h.id).collect();
+        let want: Vec<u32> = index.exact(&qn, 10, None).iter().map(|h| h.id).collect();
+        assert_eq!(got, want);
+        let (ivf, _) = index.ivf.as_ref().expect("partitioned");
+        assert_eq!(ivf.probe(&qn, 1000).len(), index.len());
+    }
+
+    #[test]
     fn quantised_path_keeps_recall_high() {
         let dim = 128;
         // Queries come from the same distribution but are not in the index.
         let mut v = vectors(6050, dim, 11);
         let queries = v.split_off(6000);
-        for two_stage_above in [usize::MAX, 2000] {
-            let params = SearchParams { exact_below: 1000, two_stage_above, ..SearchParams::default() };
+        for (two_stage_above, ivf_above) in [(usize::MAX, usize::MAX), (2000, usize::MAX), (usize::MAX, 2000)] {
+            let params = SearchParams { exact_below: 1000, two_stage_above, ivf_above, ..SearchParams::default() };
             let mut index = VectorIndex::new(dim, params);
             for (i, x) in v.iter().enumerate() {
                 index.insert(i as u32, x);
@@ -624,7 +710,10 @@ mod tests {
                 found += got.iter().filter(|h| truth.contains(&h.id)).count();
             }
             let recall = found as f64 / 500.0;
-            assert!(recall >= 0.95, "recall@10 {recall} (two stages above {two_stage_above})");
+            assert!(
+                recall >= 0.95,
+                "recall@10 {recall} (two stages above {two_stage_above}, partitions above {ivf_above})"
+            );
         }
     }
 }
