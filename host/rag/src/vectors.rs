@@ -195,19 +195,7 @@ impl VectorIndex {
         if let Some((ivf, _)) = self.ivf.as_ref().filter(|_| self.len() >= self.params.ivf_above) {
             // Only the nearest partitions' codes are scanned.
             let rows = ivf.probe(&q, self.params.nprobe);
-            let hamming = *HAMMING;
-            let mut hist = vec![0u32; self.dim + 1];
-            let dists: Vec<u16> = rows
-                .iter()
-                .map(|&r| {
-                    let r = r as usize;
-                    let d = hamming(&qc, &self.codes[r * self.words..(r + 1) * self.words]);
-                    hist[d as usize] += 1;
-                    d as u16
-                })
-                .collect();
-            let picked: Vec<usize> = closest(&dists, &hist, want).map(|i| rows[i as usize] as usize).collect();
-            self.rescore(&q, &picked, &mut top);
+            self.rescore_closest(&q, &qc, &rows, want, &mut top);
         } else if self.words > SHORT_WORDS && self.len() >= self.params.two_stage_above {
             // Stage 1: short codes of every row keep `want * STAGE_FACTOR` rows;
             // stage 2: their full codes keep `want`; then exact rescoring.
@@ -217,19 +205,7 @@ impl VectorIndex {
                 (*SCAN)(&qc[..sw], &self.short, sw, dists, &mut hist);
                 closest(dists, &hist, want * STAGE_FACTOR).collect()
             });
-            let hamming = *HAMMING;
-            let mut hist = vec![0u32; self.dim + 1];
-            let dists: Vec<u16> = rows
-                .iter()
-                .map(|&r| {
-                    let r = r as usize;
-                    let d = hamming(&qc, &self.codes[r * self.words..(r + 1) * self.words]);
-                    hist[d as usize] += 1;
-                    d as u16
-                })
-                .collect();
-            let picked: Vec<usize> = closest(&dists, &hist, want).map(|i| rows[i as usize] as usize).collect();
-            self.rescore(&q, &picked, &mut top);
+            self.rescore_closest(&q, &qc, &rows, want, &mut top);
         } else {
             let picked: Vec<usize> = with_scratch(|dists| {
                 let mut hist = vec![0u32; self.dim + 1];
@@ -239,6 +215,23 @@ impl VectorIndex {
             self.rescore(&q, &picked, &mut top);
         }
         top.into_sorted()
+    }
+
+    /// Ranks `rows` by the full codes' Hamming distance to `qc` and rescores the `want` closest exactly.
+    fn rescore_closest(&self, q: &[f32], qc: &[u64], rows: &[u32], want: usize, top: &mut TopK) {
+        let hamming = *HAMMING;
+        let mut hist = vec![0u32; self.dim + 1];
+        let dists: Vec<u16> = rows
+            .iter()
+            .map(|&r| {
+                let r = r as usize;
+                let d = hamming(qc, &self.codes[r * self.words..(r + 1) * self.words]);
+                hist[d as usize] += 1;
+                d as u16
+            })
+            .collect();
+        let picked: Vec<usize> = closest(&dists, &hist, want).map(|i| rows[i as usize] as usize).collect();
+        self.rescore(q, &picked, top);
     }
 
     /// Exact scores of `rows`. The rows are scattered over a matrix far
