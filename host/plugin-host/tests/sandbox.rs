@@ -21,7 +21,8 @@ fn dir(rel: &str) -> PathBuf {
 }
 
 fn host() -> PluginHost {
-    let cache = std::env::temp_dir().join(format!("kaito-sandbox-test-cache-{}", std::process::id()));
+    // Under the target dir, one per checkout: a per-process directory in /tmp was never removed.
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("kaito-sandbox-test-cache");
     PluginHost::new(HostConfig { cache_dir: Some(cache), ..Default::default() }).unwrap()
 }
 
