@@ -252,7 +252,9 @@ fn with_torch(cmd: &mut Command, venv: &Path) -> Result<()> {
     let mut dirs = vec![venv.join("bin")];
     dirs.extend(std::env::split_paths(&path));
     cmd.env("PATH", std::env::join_paths(dirs)?)
-        .env("LIBTORCH_USE_PYTORCH", "1")
+        // torch-sys only checks that this is set, and re-runs its build script when the value changes: the venv's
+        // path as the value makes a venv at another path relink instead of leaving a stale libtorch path cached.
+        .env("LIBTORCH_USE_PYTORCH", venv)
         .env("KAITO_PYTHON", venv.join("bin/python"));
     Ok(())
 }
