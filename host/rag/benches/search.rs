@@ -135,33 +135,20 @@ fn run(n: usize, python: &Path) -> Vec<Row> {
         recall,
     });
     let off = usize::MAX;
-    let configs: Vec<(String, SearchParams)> = [(false, 200), (false, 400), (true, 200), (true, 400)]
-        .into_iter()
-        .map(|(two_stage, min_candidates)| {
-            let stages = if two_stage { "128-bit then 384-bit codes" } else { "384-bit codes" };
-            let two_stage_above = if two_stage { 0 } else { off };
-            let params = SearchParams {
-                exact_below: 0,
-                oversample: 1,
-                min_candidates,
-                two_stage_above,
-                ivf_above: off,
-                nprobe: 0,
-            };
-            (format!("ours: {stages}, rescore {min_candidates}"), params)
-        })
-        .chain([(8, 200), (16, 200), (16, 400), (32, 400)].into_iter().map(|(nprobe, min_candidates)| {
-            let params = SearchParams {
-                exact_below: 0,
-                oversample: 1,
-                min_candidates,
-                two_stage_above: off,
-                ivf_above: 0,
-                nprobe,
-            };
-            (format!("ours: partitions, probe {nprobe}, rescore {min_candidates}"), params)
-        }))
-        .collect();
+    let configs: Vec<(String, SearchParams)> =
+        [(false, 0, 200), (false, 0, 400), (true, 8, 200), (true, 16, 200), (true, 16, 400), (true, 32, 400)]
+            .into_iter()
+            .map(|(partitioned, nprobe, min_candidates)| {
+                let ivf_above = if partitioned { 0 } else { off };
+                let params = SearchParams { exact_below: 0, oversample: 1, min_candidates, ivf_above, nprobe };
+                let method = if partitioned {
+                    format!("ours: partitions, probe {nprobe}, rescore {min_candidates}")
+                } else {
+                    format!("ours: 384-bit codes, rescore {min_candidates}")
+                };
+                (method, params)
+            })
+            .collect();
     for (method, params) in configs {
         let start = Instant::now();
         let mut index = VectorIndex::new(DIM, params);

@@ -24,8 +24,6 @@ pub struct SearchParams {
     pub oversample: usize,
     /// Fewest candidates rescored in the quantised path.
     pub min_candidates: usize,
-    /// Indexes with at least this many rows filter with short codes first.
-    pub two_stage_above: usize,
     /// Indexes with at least this many rows are partitioned ([`Ivf`]) and
     /// only the nearest `nprobe` partitions are scanned.
     pub ivf_above: usize,
@@ -35,14 +33,7 @@ pub struct SearchParams {
 
 impl Default for SearchParams {
     fn default() -> Self {
-        SearchParams {
-            exact_below: 20_000,
-            oversample: 40,
-            min_candidates: 400,
-            two_stage_above: 50_000,
-            ivf_above: 50_000,
-            nprobe: 32,
-        }
+        SearchParams { exact_below: 20_000, oversample: 40, min_candidates: 400, ivf_above: 50_000, nprobe: 32 }
     }
 }
 
@@ -64,9 +55,6 @@ pub struct VectorIndex {
     rows: HashMap<u32, usize>,
     data: Vec<f32>,
     codes: Vec<u64>,
-    /// The first [`SHORT_WORDS`] words of each code, contiguous: the first
-    /// stage of large searches reads 16 bytes a row instead of the whole code.
-    short: Vec<u64>,
     center: Vec<f32>,
     centered_at: usize,
     /// The partition of large indexes, and the row count it was trained at.
@@ -84,7 +72,6 @@ impl VectorIndex {
             rows: HashMap::new(),
             data: Vec::new(),
             codes: Vec::new(),
-            short: Vec::new(),
             center: vec![0.0; dim],
             centered_at: 0,
             ivf: None,
@@ -109,7 +96,7 @@ impl VectorIndex {
 
     /// Bytes held by vectors and codes.
     pub fn memory_bytes(&self) -> usize {
-        self.data.len() * 4 + (self.codes.len() + self.short.len()) * 8 + self.ids.len() * 4
+        self.data.len() * 4 + self.codes.len() * 8 + self.ids.len() * 4
     }
 
     /// Adds or replaces the vector of `id` (normalised here).
@@ -122,8 +109,6 @@ impl VectorIndex {
             Some(&row) => {
                 self.data[row * self.dim..(row + 1) * self.dim].copy_from_slice(&v);
                 self.codes[row * self.words..(row + 1) * self.words].copy_from_slice(&code);
-                let sw = self.short_words();
-                self.short[row * sw..(row + 1) * sw].copy_from_slice(&code[..sw]);
                 if let Some((ivf, _)) = &mut self.ivf {
                     ivf.refile(row, &v);
                 }
@@ -133,7 +118,6 @@ impl VectorIndex {
                 self.ids.push(id);
                 self.data.extend_from_slice(&v);
                 self.codes.extend_from_slice(&code);
-                self.short.extend_from_slice(&code[..self.short_words()]);
                 if let Some((ivf, _)) = &mut self.ivf {
                     ivf.push(&v);
                 }
@@ -156,13 +140,10 @@ impl VectorIndex {
             self.rows.insert(moved, row);
             self.data.copy_within(last * self.dim..(last + 1) * self.dim, row * self.dim);
             self.codes.copy_within(last * self.words..(last + 1) * self.words, row * self.words);
-            let sw = self.short_words();
-            self.short.copy_within(last * sw..(last + 1) * sw, row * sw);
         }
         self.ids.pop();
         self.data.truncate(last * self.dim);
         self.codes.truncate(last * self.words);
-        self.short.truncate(last * self.short_words());
         self.maybe_recenter();
         self.maybe_partition();
         true
@@ -195,16 +176,6 @@ impl VectorIndex {
         if let Some((ivf, _)) = self.ivf.as_ref().filter(|_| self.len() >= self.params.ivf_above) {
             // Only the nearest partitions' codes are scanned.
             let rows = ivf.probe(&q, self.params.nprobe);
-            self.rescore_closest(&q, &qc, &rows, want, &mut top);
-        } else if self.words > SHORT_WORDS && self.len() >= self.params.two_stage_above {
-            // Stage 1: short codes of every row keep `want * STAGE_FACTOR` rows;
-            // stage 2: their full codes keep `want`; then exact rescoring.
-            let sw = SHORT_WORDS;
-            let rows: Vec<u32> = with_scratch(|dists| {
-                let mut hist = vec![0u32; sw * 64 + 1];
-                (*SCAN)(&qc[..sw], &self.short, sw, dists, &mut hist);
-                closest(dists, &hist, want * STAGE_FACTOR).collect()
-            });
             self.rescore_closest(&q, &qc, &rows, want, &mut top);
         } else {
             let picked: Vec<usize> = with_scratch(|dists| {
@@ -270,10 +241,6 @@ impl VectorIndex {
         }
     }
 
-    fn short_words(&self) -> usize {
-        self.words.min(SHORT_WORDS)
-    }
-
     /// Exact scan, optionally over the rows `allow` accepts.
     pub fn exact(&self, q: &[f32], k: usize, allow: Option<&dyn Fn(u32) -> bool>) -> Vec<Hit> {
         let dot = *DOT;
@@ -316,16 +283,9 @@ impl VectorIndex {
         self.center = sum.iter().map(|s| (*s / n.max(1) as f64) as f32).collect();
         self.centered_at = n.max(1);
         let codes: Vec<u64> = self.data.chunks_exact(self.dim).flat_map(|row| self.code(row)).collect();
-        let sw = self.short_words();
-        self.short = codes.chunks_exact(self.words).flat_map(|c| c[..sw].iter().copied()).collect();
         self.codes = codes;
     }
 }
-
-/// Words of the first-stage codes (128 bits).
-pub const SHORT_WORDS: usize = 2;
-/// First-stage survivors per second-stage candidate.
-pub const STAGE_FACTOR: usize = 8;
 
 /// Positions of the `want` smallest distances (ties at the cut taken in
 /// order), found with the distances' histogram instead of a sort.
@@ -430,12 +390,10 @@ unsafe fn scan_popcnt(q: &[u64], codes: &[u64], words: usize, out: &mut Vec<u16>
     scan_dispatch(q, codes, words, out, hist)
 }
 
-/// Fixed widths unroll; the common ones are 128 bits (short codes) and 384
-/// bits (MiniLM and bge-small).
+/// A fixed width unrolls; 384 bits is MiniLM's and bge-small's.
 #[inline(always)]
 fn scan_dispatch(q: &[u64], codes: &[u64], words: usize, out: &mut Vec<u16>, hist: &mut [u32]) {
     match words {
-        2 => scan_fixed::<2>(q, codes, out, hist),
         6 => scan_fixed::<6>(q, codes, out, hist),
         _ => scan_any(q, codes, words, out, hist),
     }
@@ -687,8 +645,8 @@ mod tests {
         // Queries come from the same distribution but are not in the index.
         let mut v = vectors(6050, dim, 11);
         let queries = v.split_off(6000);
-        for (two_stage_above, ivf_above) in [(usize::MAX, usize::MAX), (2000, usize::MAX), (usize::MAX, 2000)] {
-            let params = SearchParams { exact_below: 1000, two_stage_above, ivf_above, ..SearchParams::default() };
+        for ivf_above in [usize::MAX, 2000] {
+            let params = SearchParams { exact_below: 1000, ivf_above, ..SearchParams::default() };
             let mut index = VectorIndex::new(dim, params);
             for (i, x) in v.iter().enumerate() {
                 index.insert(i as u32, x);
@@ -703,10 +661,7 @@ mod tests {
                 found += got.iter().filter(|h| truth.contains(&h.id)).count();
             }
             let recall = found as f64 / 500.0;
-            assert!(
-                recall >= 0.95,
-                "recall@10 {recall} (two stages above {two_stage_above}, partitions above {ivf_above})"
-            );
+            assert!(recall >= 0.95, "recall@10 {recall} (partitions above {ivf_above})");
         }
     }
 }
