@@ -204,10 +204,11 @@ fn prepare_changed(
     docs: Vec<(String, String, Map<String, Value>)>,
     needs: impl Fn(Option<bool>) -> bool,
 ) -> Result<Vec<NewDoc>> {
+    let stored = state.store.unchanged(index, &docs)?;
     let mut slots: Vec<Option<NewDoc>> = Vec::with_capacity(docs.len());
     let mut fresh = Vec::new();
-    for (id, text, metadata) in docs {
-        if needs(state.store.is_unchanged(index, &id, &text, &metadata)?) {
+    for ((id, text, metadata), stored) in docs.into_iter().zip(stored) {
+        if needs(stored) {
             fresh.push((id, text, metadata));
             slots.push(None);
         } else {

@@ -50,7 +50,7 @@ impl Embedder {
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
         let mut done = 0;
         for batch in order.chunks(BATCH) {
-            let inputs: Vec<String> = batch.iter().map(|&i| texts[i].clone()).collect();
+            let inputs: Vec<&str> = batch.iter().map(|&i| texts[i].as_str()).collect();
             let vectors = match self {
                 Embedder::Local(l) => l.embed(&inputs)?,
                 Embedder::Remote(r) => r.embed(&inputs)?,
@@ -136,7 +136,7 @@ impl LocalEmbedder {
         Ok(LocalEmbedder { id, dim, model: Mutex::new(model) })
     }
 
-    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let model = self.model.lock().map_err(|_| anyhow::anyhow!("embedding model lock poisoned"))?;
         let _guard = tch::no_grad_guard();
         model.encode(texts).context("rust-bert encode")
@@ -168,12 +168,12 @@ impl RemoteEmbedder {
         if let Some(m) = &this.model {
             this.id = format!("remote:{m}");
         }
-        let probe = this.embed(&["dimension probe".to_string()])?;
+        let probe = this.embed(&["dimension probe"])?;
         this.dim = probe.first().map(Vec::len).context("the embeddings endpoint returned no vector")?;
         Ok(this)
     }
 
-    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let mut body = json!({"input": texts, "encoding_format": "float"});
         if let Some(m) = &self.model {
             body["model"] = json!(m);

@@ -450,16 +450,15 @@ impl Store {
         Ok(record)
     }
 
-    /// Whether `doc_id` is stored in `index` with this text and metadata.
-    pub fn is_unchanged(
-        &self,
-        index: &str,
-        doc_id: &str,
-        text: &str,
-        metadata: &Map<String, Value>,
-    ) -> Result<Option<bool>> {
+    /// For each `(doc_id, text, metadata)`, whether it is stored in `index`
+    /// exactly so (`None`: not stored), from one read transaction.
+    pub fn unchanged(&self, index: &str, docs: &[(String, String, Map<String, Value>)]) -> Result<Vec<Option<bool>>> {
         let rtxn = self.env.read_txn()?;
-        Ok(self.docs.get(&rtxn, &doc_key(index, doc_id))?.map(|d| d.text == text && &d.metadata == metadata))
+        docs.iter()
+            .map(|(id, text, metadata)| {
+                Ok(self.docs.get(&rtxn, &doc_key(index, id))?.map(|d| &d.text == text && &d.metadata == metadata))
+            })
+            .collect()
     }
 
     /// Stores documents in `index` (created when missing), replacing any with
@@ -604,32 +603,26 @@ impl Store {
         sparse.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         sparse.truncate(pool);
         let best_sparse = sparse.first().map(|s| s.1).unwrap_or(0.0);
+        // Every candidate allowed by the filter scores at most the best
+        // sparse candidate, so the normalised BM25 score stays within [0, 1].
+        let sparse_score = |id: u32| match sparse_all.get(&id) {
+            Some(s) if best_sparse > 0.0 => s / best_sparse,
+            _ => 0.0,
+        };
         let mut q = query_vector.to_vec();
         crate::vectors::normalize(&mut q);
-        let mut candidates: HashMap<u32, (f32, f32, u8)> = HashMap::new();
-        for hit in &dense {
-            candidates.insert(hit.id, (hit.score, 0.0, 1));
-        }
-        for (id, s) in &sparse {
-            let norm = if best_sparse > 0.0 { s / best_sparse } else { 0.0 };
-            let entry = candidates.entry(*id).or_insert_with(|| {
-                let dense = m.vectors.vector(*id).map(|v| DOT(&q, v)).unwrap_or(0.0);
-                (dense, 0.0, 0)
-            });
-            entry.1 = norm;
-            entry.2 |= 2;
-        }
-        for (id, c) in candidates.iter_mut() {
-            if c.2 == 1 {
-                c.1 = sparse_all
-                    .get(id)
-                    .map(|s| if best_sparse > 0.0 { (s / best_sparse).min(1.0) } else { 0.0 })
-                    .unwrap_or(0.0);
-            }
+        // Each candidate's cosine and which retrievers proposed it (1 dense, 2 sparse, 3 both).
+        let mut candidates: HashMap<u32, (f32, u8)> = dense.iter().map(|h| (h.id, (h.score, 1))).collect();
+        for (id, _) in &sparse {
+            candidates.entry(*id).or_insert_with(|| (m.vectors.vector(*id).map(|v| DOT(&q, v)).unwrap_or(0.0), 0)).1 |=
+                2;
         }
         let mut ranked: Vec<(u32, f32, f32, f32, u8)> = candidates
             .into_iter()
-            .map(|(id, (d, s, src))| (id, DENSE_WEIGHT * d + (1.0 - DENSE_WEIGHT) * s, d, s, src))
+            .map(|(id, (d, src))| {
+                let s = sparse_score(id);
+                (id, DENSE_WEIGHT * d + (1.0 - DENSE_WEIGHT) * s, d, s, src)
+            })
             .collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         ranked.truncate(k);
