@@ -100,6 +100,19 @@ fn provisioner_for(registry: &Registry, opts: &RenderOptions) -> Result<Arc<Plug
     Ok(registry.provisioner(&name)?)
 }
 
+/// The provisioner's entry for `wanted`, or an error at `field` naming the closest ones it knows.
+pub(crate) fn known_instance_type<'p>(
+    provisioner: &'p Plugin,
+    field: &str,
+    wanted: &str,
+) -> Result<&'p kaito_plugin_host::InstanceType, FieldError> {
+    provisioner.instance_type(wanted).ok_or_else(|| {
+        let close = kaito_plugin_host::nearest(wanted, provisioner.instance_types().iter().map(|t| t.name.clone()), 3);
+        FieldError::new(field, format!("{wanted:?} is not an instance type the {} plugin knows", provisioner.name()))
+            .hint(format!("closest: {}", close.join(", ")))
+    })
+}
+
 /// GPU shape for the Workspace: from the provisioner's instance-type table,
 /// or from the labels of the existing nodes it selects.
 fn gpu_shape(
@@ -117,15 +130,7 @@ fn gpu_shape(
             provisioner.name()
         ))
     })?;
-    let Some(t) = provisioner.instance_type(wanted) else {
-        let close = kaito_plugin_host::nearest(wanted, provisioner.instance_types().iter().map(|t| t.name.clone()), 3);
-        return Err(FieldError::new(
-            "resource.instanceType",
-            format!("{wanted:?} is not an instance type the {} plugin knows", provisioner.name()),
-        )
-        .hint(format!("closest: {}", close.join(", ")))
-        .into());
-    };
+    let t = known_instance_type(provisioner, "resource.instanceType", wanted)?;
     Ok(GpuShape {
         gpu_model: t.gpu_model.clone(),
         gpus_per_node: t.gpu_count,

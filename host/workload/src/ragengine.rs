@@ -76,16 +76,7 @@ pub fn render_ragengine(
     if let Some(instance_type) = &instance_type {
         let plugin = registry.provisioner(provisioner)?;
         if plugin.provisioner_info().map(|i| i.mode) != Some(ProvisionerMode::BringYourOwn) {
-            if plugin.instance_type(instance_type).is_none() {
-                let known = plugin.instance_types().iter().map(|t| t.name.clone());
-                let close = kaito_plugin_host::nearest(instance_type, known, 3);
-                return Err(FieldError::new(
-                    "spec.compute.instanceType",
-                    format!("{instance_type:?} is not an instance type the {} plugin knows", plugin.name()),
-                )
-                .hint(format!("closest: {}", close.join(", ")))
-                .into());
-            }
+            crate::known_instance_type(&plugin, "spec.compute.instanceType", instance_type)?;
             let request = NodeRequest {
                 // Suffixed so the claim names never equal those of a Workspace of the same name.
                 workspace: format!("{}-rag", rag.name_any()),
