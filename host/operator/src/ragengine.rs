@@ -7,9 +7,9 @@
 //! apply with owner references. Status: `ResourceReady` and `ServiceReady`.
 
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::status::{self, Verdict};
-use crate::workspace::{FIELD_MANAGER, delete_node_objects, node_kind, node_resource, publish_event};
+use crate::workspace::{FIELD_MANAGER, create_node_objects, delete_node_objects, publish_event, serialize};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -18,7 +18,7 @@ use kaito_crd::{RAGEngine, RAGEngineStatus};
 use kaito_plugin_host::ProvisionerMode;
 use kaito_workload::ragengine::RAGENGINE_NAMESPACE_LABEL;
 use kaito_workload::{RagObjects, RenderError, render_ragengine};
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -169,35 +169,10 @@ impl Steps for RAGEngine {
         let compute = self.spec.compute.as_ref();
         let provisioned = compute.and_then(|c| c.instance_type.as_deref()).is_some_and(|t| !t.is_empty())
             && ctx.mode != ProvisionerMode::BringYourOwn;
-        if let (true, Some(kind)) = (provisioned, node_kind(ctx.mode)) {
-            let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &node_resource(kind));
-            let existing: Vec<String> = api
-                .list(&ListParams::default().labels(&self.owned_selector()))
-                .await?
-                .items
-                .iter()
-                .map(|o| o.name_any())
-                .collect();
-            let post = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-            for planned in &rendered.nodes {
-                let name = planned["metadata"]["name"].as_str().ok_or(Error::MissingField("node object name"))?;
-                if ctx.mode == ProvisionerMode::NodePool {
-                    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(planned)).await?;
-                    continue;
-                }
-                if existing.iter().any(|e| e == name) {
-                    continue;
-                }
-                let object: DynamicObject = serde_json::from_value(planned.clone())
-                    .map_err(|source| Error::Serialize { what: "NodeClaim", source })?;
-                match api.create(&post, &object).await {
-                    Ok(_) => {
-                        self.event(ctx, EventType::Normal, "NodeClaimCreated", format!("created NodeClaim {name}"))
-                            .await
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => return Err(e.into()),
-                }
+        if provisioned {
+            let (_, created) = create_node_objects(ctx, &rendered.nodes, &self.owned_selector()).await?;
+            for name in created {
+                self.event(ctx, EventType::Normal, "NodeClaimCreated", format!("created NodeClaim {name}")).await;
             }
         }
         let labels =
@@ -308,8 +283,8 @@ impl Steps for RAGEngine {
     }
 
     async fn patch_status(&self, ctx: &Context, status: &RAGEngineStatus) -> Result<()> {
-        let status = serde_json::to_value(status).map_err(|source| Error::Serialize { what: "status", source })?;
-        let body = json!({"apiVersion": "kaito.sh/v1beta1", "kind": "RAGEngine", "status": status});
+        let body =
+            json!({"apiVersion": "kaito.sh/v1beta1", "kind": "RAGEngine", "status": serialize("status", status)?});
         self.api(ctx)
             .patch_status(&self.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
             .await?;

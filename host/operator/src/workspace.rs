@@ -76,11 +76,49 @@ pub(crate) async fn delete_node_objects(ctx: &Context, selector: &str) -> Result
     Ok(!left.is_empty())
 }
 
+/// Server-side applies the planned NodePools, or creates the planned
+/// NodeClaims missing among those labelled `selector` (claims are created,
+/// never re-applied: an existing one is left to Karpenter). Returns the
+/// claims that exist afterwards and the names of those just created.
+pub(crate) async fn create_node_objects(
+    ctx: &Context,
+    planned: &[serde_json::Value],
+    selector: &str,
+) -> Result<(Vec<serde_json::Value>, Vec<String>)> {
+    let Some(kind) = node_kind(ctx.mode) else { return Ok((vec![], vec![])) };
+    let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &node_resource(kind));
+    if ctx.mode == ProvisionerMode::NodePool {
+        for pool in planned {
+            let name = pool["metadata"]["name"].as_str().ok_or(Error::MissingField("NodePool name"))?;
+            api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(pool)).await?;
+        }
+        return Ok((vec![], vec![]));
+    }
+    let existing = api.list(&ListParams::default().labels(selector)).await?.items;
+    let names: Vec<String> = existing.iter().map(|o| o.name_any()).collect();
+    let mut claims = existing.iter().map(|o| serialize("NodeClaim", o)).collect::<Result<Vec<_>>>()?;
+    let post = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    let mut created = Vec::new();
+    for planned in revision::missing(planned, &names) {
+        let object: DynamicObject =
+            serde_json::from_value(planned.clone()).map_err(|source| Error::Serialize { what: "NodeClaim", source })?;
+        let claim = match api.create(&post, &object).await {
+            Ok(c) => c,
+            // Created by an earlier reconcile whose list we did not see yet.
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        };
+        created.push(claim.name_any());
+        claims.push(serialize("NodeClaim", &claim)?);
+    }
+    Ok((claims, created))
+}
+
 fn selector_string<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
     labels.into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
-fn serialize<T: serde::Serialize>(what: &'static str, value: &T) -> Result<serde_json::Value> {
+pub(crate) fn serialize<T: serde::Serialize>(what: &'static str, value: &T) -> Result<serde_json::Value> {
     serde_json::to_value(value).map_err(|source| Error::Serialize { what, source })
 }
 
@@ -286,32 +324,9 @@ impl Steps for Workspace {
     }
 
     async fn provision(&self, ctx: &Context, rendered: &Rendered) -> Result<Vec<serde_json::Value>> {
-        let Some(kind) = node_kind(ctx.mode) else { return Ok(vec![]) };
-        let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &node_resource(kind));
-        if ctx.mode == ProvisionerMode::NodePool {
-            for pool in &rendered.objects.nodes {
-                let name = pool["metadata"]["name"].as_str().ok_or(Error::MissingField("NodePool name"))?;
-                api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(pool)).await?;
-            }
-            return Ok(vec![]);
-        }
-        let existing = api.list(&ListParams::default().labels(&self.owned_node_selector())).await?.items;
-        let names: Vec<String> = existing.iter().map(|o| o.name_any()).collect();
-        let mut claims = existing.iter().map(|o| serialize("NodeClaim", o)).collect::<Result<Vec<_>>>()?;
-        let post = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        // Claims are created, never re-applied: a planned claim that already exists is left to Karpenter.
-        for planned in revision::missing(&rendered.objects.nodes, &names) {
-            let object: DynamicObject = serde_json::from_value(planned.clone())
-                .map_err(|source| Error::Serialize { what: "NodeClaim", source })?;
-            let created = match api.create(&post, &object).await {
-                Ok(c) => c,
-                // Created by an earlier reconcile whose list we did not see yet.
-                Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                Err(e) => return Err(e.into()),
-            };
-            self.event(ctx, EventType::Normal, "NodeClaimCreated", format!("created NodeClaim {}", created.name_any()))
-                .await;
-            claims.push(serialize("NodeClaim", &created)?);
+        let (claims, created) = create_node_objects(ctx, &rendered.objects.nodes, &self.owned_node_selector()).await?;
+        for name in created {
+            self.event(ctx, EventType::Normal, "NodeClaimCreated", format!("created NodeClaim {name}")).await;
         }
         Ok(claims)
     }
