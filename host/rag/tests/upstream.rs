@@ -25,9 +25,7 @@ async fn backend() -> (String, Seen) {
         post(move |headers: HeaderMap, body: Bytes| {
             let s = s.clone();
             async move {
-                let v: Value = serde_json::from_slice(&body).unwrap();
-                let auth = headers.get("authorization").map(|h| h.to_str().unwrap().to_string());
-                s.lock().unwrap().push((auth, v.clone()));
+                let v = record(&s, &headers, &body);
                 if v["stream"] == true {
                     let sse = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n";
                     return ([("content-type", "text/event-stream")], sse.to_string());
@@ -45,6 +43,14 @@ async fn backend() -> (String, Seen) {
         }),
     );
     (format!("http://{}", spawn(app).await), seen)
+}
+
+/// Records one request's Authorization header and JSON body; returns the body.
+fn record(seen: &Seen, headers: &HeaderMap, body: &[u8]) -> Value {
+    let v: Value = serde_json::from_slice(body).unwrap();
+    let auth = headers.get("authorization").map(|h| h.to_str().unwrap().to_string());
+    seen.lock().unwrap().push((auth, v.clone()));
+    v
 }
 
 /// Serves `app` on a free loopback port.
@@ -141,9 +147,7 @@ async fn remote_embeddings_keep_order_and_send_the_secret() {
         post(move |headers: HeaderMap, body: Bytes| {
             let s = s.clone();
             async move {
-                let v: Value = serde_json::from_slice(&body).unwrap();
-                let auth = headers.get("authorization").map(|h| h.to_str().unwrap().to_string());
-                s.lock().unwrap().push((auth, v.clone()));
+                let v = record(&s, &headers, &body);
                 let inputs = v["input"].as_array().unwrap();
                 let mut data: Vec<Value> = inputs
                     .iter()
