@@ -135,3 +135,29 @@ fn error_byo_without_matching_ready_nodes() {
     let f = "tests/fixtures/byo-workspace.yaml";
     error_golden("error-byo-no-nodes.stderr", f, "apps: byo-phi", "apps: nowhere", &["--nodes", &nodes]);
 }
+
+/// One Workspace's bad input fails that Workspace only: an empty `kaito.sh/node-class-name` means the default class
+/// (as in KAITO), an invalid one is refused naming the annotation, and the provisioner plugin is not quarantined.
+#[test]
+fn node_class_annotation_is_input_not_a_plugin_fault() {
+    let registry = kaito_tests::shipped_registry();
+    let seed = std::fs::read_to_string(root().join(SEED)).unwrap();
+    let with = |value: &str| {
+        let text = seed.replace(
+            "metadata:\n  name: workspace-phi-3-5-mini\n",
+            &format!(
+                "metadata:\n  name: workspace-phi-3-5-mini\n  annotations:\n    kaito.sh/node-class-name: {value:?}\n"
+            ),
+        );
+        kaito_crd::Workspace::from_yaml(&text).unwrap()
+    };
+    let opts = kaito_workload::RenderOptions { provisioner: Some("gpu-provisioner".into()), ..Default::default() };
+    let rendered = kaito_workload::render(&registry, &with(""), &opts).expect("empty means the default class");
+    assert_eq!(rendered.objects.nodes[0]["spec"]["nodeClassRef"]["name"], "default");
+    let err = kaito_workload::render(&registry, &with("Not A Class!"), &opts).unwrap_err();
+    assert_eq!(err.reason(), "InvalidWorkspace");
+    assert!(err.to_string().contains("metadata.annotations[kaito.sh/node-class-name]"), "{err}");
+    let provisioner = registry.provisioner("gpu-provisioner").unwrap();
+    assert_eq!(provisioner.quarantined(), None, "the plugin did nothing wrong");
+    kaito_workload::render(&registry, &with("gpu"), &opts).expect("the next Workspace still provisions");
+}

@@ -238,15 +238,55 @@ impl kube::Resource for Workspace {
     }
 }
 
-fn dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 impl Workspace {
+    /// Every Workspace string a plugin copies into an object is checked here, so that a plugin's output can only be
+    /// invalid through the plugin's own fault (which quarantines it), never through one Workspace's input (which
+    /// fails that Workspace alone).
+    fn validate_plugin_inputs(&self) -> Result<(), FieldError> {
+        if let Some(t) = &self.resource.instance_type
+            && !(t.is_empty() || kaito_names::label_value(t))
+        {
+            return Err(FieldError::new("resource.instanceType", format!("{t:?} is not a valid instance type name"))
+                .hint("use the cloud's instance type name, e.g. Standard_NC24ads_A100_v4"));
+        }
+        for (k, v) in self.match_labels() {
+            if !kaito_names::label_key(&k) {
+                return Err(FieldError::new(
+                    "resource.labelSelector.matchLabels",
+                    format!("{k:?} is not a valid label key"),
+                ));
+            }
+            if !kaito_names::label_value(&v) {
+                return Err(FieldError::new(
+                    format!("resource.labelSelector.matchLabels[{k}]"),
+                    format!("{v:?} is not a valid label value"),
+                )
+                .hint("at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"));
+            }
+        }
+        let class = self.annotation(kaito_names::annotations::NODE_CLASS_NAME).map(str::trim).unwrap_or_default();
+        if !class.is_empty() && !kaito_names::dns_subdomain(class) {
+            return Err(FieldError::new(
+                format!("metadata.annotations[{}]", kaito_names::annotations::NODE_CLASS_NAME),
+                format!("{class:?} is not a valid node class name"),
+            )
+            .hint("name an existing node class (a DNS subdomain), or remove the annotation to use `default`"));
+        }
+        let secret =
+            self.preset().and_then(|p| p.preset_options.as_ref()).and_then(|o| o.model_access_secret.as_deref());
+        if let Some(s) = secret.filter(|s| !kaito_names::dns_subdomain(s)) {
+            return Err(FieldError::new(
+                "inference.preset.presetOptions.modelAccessSecret",
+                format!("{s:?} is not a valid Secret name"),
+            ));
+        }
+        let config = self.inference.as_ref().and_then(|i| i.config.as_deref());
+        if let Some(c) = config.filter(|c| !kaito_names::dns_subdomain(c)) {
+            return Err(FieldError::new("inference.config", format!("{c:?} is not a valid ConfigMap name")));
+        }
+        Ok(())
+    }
+
     /// Parse one Workspace from YAML (or JSON), naming the field of any error.
     pub fn from_yaml(text: &str) -> Result<Workspace, FieldError> {
         let value: serde_yaml::Value =
@@ -319,7 +359,7 @@ impl Workspace {
     /// Check the rules KAITO's validating webhook applies to a single object.
     pub fn validate(&self) -> Result<(), FieldError> {
         let name = self.name();
-        if !dns_label(name) {
+        if !kaito_names::dns_label(name) {
             return Err(FieldError::new("metadata.name", format!("{name:?} is not a DNS-1123 label"))
                 .hint("use at most 63 lowercase letters, digits and '-'"));
         }
@@ -343,6 +383,7 @@ impl Workspace {
             )
             .hint("add a label of your own"));
         }
+        self.validate_plugin_inputs()?;
         if let Some(count) = self.resource.count.filter(|c| *c < 1) {
             return Err(FieldError::new("resource.count", format!("{count} is not a positive node count")));
         }

@@ -35,6 +35,9 @@ pub enum CallError {
     /// The plugin answered with a typed error about the request: not its fault.
     #[error("{}", crate::wit::describe(error))]
     Plugin { plugin: String, error: PluginError },
+    /// The host refused to pass this request to the plugin: the input is invalid, the plugin is not at fault.
+    #[error("invalid input for plugin {plugin}: {detail}")]
+    InvalidInput { plugin: String, detail: String },
     /// The plugin misbehaved on this call and is now quarantined.
     #[error("plugin {plugin} {fault}; it is quarantined")]
     Fault { plugin: String, fault: Fault },
@@ -54,6 +57,7 @@ impl CallError {
     pub fn reason(&self) -> &'static str {
         match self {
             CallError::Plugin { .. } => "PluginRejected",
+            CallError::InvalidInput { .. } => "InvalidInput",
             CallError::Fault { fault, .. } => fault.reason(),
             CallError::Quarantined { .. } => "PluginQuarantined",
             CallError::WrongKind { .. } => "PluginWrongKind",

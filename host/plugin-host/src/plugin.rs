@@ -396,6 +396,9 @@ impl Plugin {
     pub fn plan_nodes(&self, request: &NodeRequest) -> Result<NodePlan, CallError> {
         let Pre::ProvisionerV0_1_0(pre) = &self.pre else { return Err(self.wrong_kind(PluginKind::Provisioner)) };
         let mode = self.provisioner_info().map(|i| i.mode).ok_or_else(|| self.wrong_kind(PluginKind::Provisioner))?;
+        // Output copied from an invalid request would be invalid through no fault of the plugin's.
+        validate::node_request(request, &self.shared.limits)
+            .map_err(|detail| CallError::InvalidInput { plugin: self.name().to_string(), detail })?;
         let answer = self.call(|store| {
             pre.instantiate(&mut *store)?.kaito_plugin_provisioner_api().call_plan_nodes(&mut *store, request)
         })?;

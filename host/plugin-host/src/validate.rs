@@ -29,43 +29,7 @@ fn nonempty(field: &str, s: &str, limits: &Limits) -> Check {
     bounded(field, s, limits)
 }
 
-fn alnum_edges(s: &str) -> bool {
-    s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
-}
-
-/// RFC 1123 label: lowercase alphanumerics and '-', at most 63.
-pub fn dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && alnum_edges(s)
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
-/// RFC 1123 subdomain: dot-separated labels, at most 253.
-pub fn dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(dns_label)
-}
-
-fn label_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && alnum_edges(s)
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-/// Kubernetes label key: optional DNS-subdomain prefix and a name of at most 63.
-pub fn label_key(s: &str) -> bool {
-    match s.split_once('/') {
-        Some((prefix, name)) => dns_subdomain(prefix) && label_name(name),
-        None => label_name(s),
-    }
-}
-
-/// Kubernetes label value: empty, or a name of at most 63.
-pub fn label_value(s: &str) -> bool {
-    s.is_empty() || label_name(s)
-}
+pub use kaito_names::{dns_label, dns_subdomain, label_key, label_value};
 
 fn labels(field: &str, pairs: &[KeyValue], limits: &Limits) -> Check {
     list(field, pairs, limits)?;
@@ -112,7 +76,8 @@ fn port_name(s: &str) -> bool {
         && s.len() <= 15
         && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && s.chars().any(|c| c.is_ascii_lowercase())
-        && alnum_edges(s)
+        && !s.starts_with('-')
+        && !s.ends_with('-')
         && !s.contains("--")
 }
 
@@ -409,6 +374,23 @@ pub fn preset_plan(plan: &PresetPlan, shape: &GpuShape, limits: &Limits, policy:
     for kv in &w.labels {
         ensure(!kv.key.starts_with("kaito.sh/") && !kv.key.starts_with("statefulset.kubernetes.io/"), || {
             format!("workload.labels: {} is reserved for the host", kv.key)
+        })?;
+    }
+    Ok(())
+}
+
+/// A node request, before a provisioner sees it: every string a plugin may copy into an object is valid there.
+pub fn node_request(request: &NodeRequest, limits: &Limits) -> Check {
+    ensure(dns_label(&request.workspace), || format!("workspace {:?} is not a DNS label", request.workspace))?;
+    ensure(dns_label(&request.namespace), || format!("namespace {:?} is not a DNS label", request.namespace))?;
+    ensure(label_value(&request.instance_type), || {
+        format!("instance-type {:?} is not a valid label value", request.instance_type)
+    })?;
+    labels("match-labels", &request.match_labels, limits)?;
+    let class = request.annotations.iter().find(|kv| kv.key == kaito_names::annotations::NODE_CLASS_NAME);
+    if let Some(kv) = class.filter(|kv| !kv.value.trim().is_empty()) {
+        ensure(dns_subdomain(kv.value.trim()), || {
+            format!("annotations[{}] {:?} is not a DNS subdomain", kv.key, kv.value)
         })?;
     }
     Ok(())

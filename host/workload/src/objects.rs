@@ -248,11 +248,11 @@ fn statefulset(
     let pod_meta = template.metadata.get_or_insert_with(Default::default);
     pod_meta.annotations.get_or_insert_with(BTreeMap::new).insert(REVISION_ANNOTATION.into(), ws.revision_name());
     StatefulSet {
-        metadata: meta(ws, ws.name().into(), annotations),
+        metadata: meta(ws, kaito_names::statefulset(ws.name()), annotations),
         spec: Some(StatefulSetSpec {
             replicas: Some(replicas as i32),
             pod_management_policy: Some("Parallel".into()),
-            service_name: Some(format!("{}-headless", ws.name())),
+            service_name: Some(kaito_names::headless_service(ws.name())),
             selector: LabelSelector { match_labels: Some(selector(ws)), ..Default::default() },
             template,
             volume_claim_templates: Some(claims).filter(|c| !c.is_empty()),
@@ -266,9 +266,9 @@ fn service(ws: &Workspace, ports: Vec<ServicePort>) -> Service {
     let lb = ws.annotation("kaito.sh/enablelb").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let mut sel = selector(ws);
     // Multi-node workloads serve from the leader only.
-    sel.insert("statefulset.kubernetes.io/pod-name".into(), format!("{}-0", ws.name()));
+    sel.insert("statefulset.kubernetes.io/pod-name".into(), kaito_names::leader_pod(ws.name()));
     Service {
-        metadata: meta(ws, ws.name().into(), BTreeMap::new()),
+        metadata: meta(ws, kaito_names::service(ws.name()), BTreeMap::new()),
         spec: Some(ServiceSpec {
             type_: Some(if lb { "LoadBalancer" } else { "ClusterIP" }.into()),
             selector: Some(sel),
@@ -282,7 +282,7 @@ fn service(ws: &Workspace, ports: Vec<ServicePort>) -> Service {
 
 fn headless(ws: &Workspace, ports: Vec<ServicePort>) -> Service {
     Service {
-        metadata: meta(ws, format!("{}-headless", ws.name()), BTreeMap::new()),
+        metadata: meta(ws, kaito_names::headless_service(ws.name()), BTreeMap::new()),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(selector(ws)),

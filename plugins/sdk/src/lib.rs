@@ -10,6 +10,8 @@
 //! and benchmarked without a Wasm runtime.
 
 pub mod catalog;
+/// Object names, Kubernetes name validators and annotation keys, shared with the host.
+pub use kaito_names as names;
 pub mod log;
 pub mod runtime;
 pub mod sizing;

@@ -148,7 +148,7 @@ fn literal(name: &str, value: impl Into<String>) -> EnvVar {
 }
 
 fn leader_host(request: &PlanRequest) -> String {
-    format!("{0}-0.{0}-headless.{1}.svc.cluster.local", request.workspace, request.namespace)
+    kaito_names::leader_address(&request.workspace, &request.namespace)
 }
 
 /// The workload plan for `runtime`.

@@ -1,13 +1,13 @@
 //! Azure gpu-provisioner: one Karpenter `NodeClaim` per GPU node, which the
 //! gpu-provisioner controller turns into a single-VM AKS agent pool.
 
-use kaito_plugin_sdk::provisioning;
 use kaito_plugin_sdk::sizing::GIB;
 use kaito_plugin_sdk::{
     InstanceType, KeyValue, NodeClassRef, NodeGpu, NodeObject, NodeObjectKind, NodePlan, NodeRequest, PluginError,
     PluginInfo, Provisioner, ProvisionerInfo, ProvisionerMode, Requirement, RequirementOperator, Taint, TaintEffect,
     gfd, kv, lookup,
 };
+use kaito_plugin_sdk::{names, provisioning};
 
 /// (SKU, GPU model, GPUs, node GPU memory in GiB, local NVMe).
 const SKUS: &[(&str, &str, u32, u64, bool)] = &[
@@ -96,7 +96,8 @@ impl Provisioner for Azure {
                 format!("{image_family:?} is not ubuntu or azurelinux"),
             ));
         }
-        let class = lookup(&request.annotations, "kaito.sh/node-class-name").unwrap_or("default");
+        // Unset or empty: the default class, as KAITO does (an empty name would make an invalid object).
+        let class = names::node_class(lookup(&request.annotations, names::annotations::NODE_CLASS_NAME));
         let owner = provisioning::owner_labels(&request);
         let mut labels: Vec<KeyValue> = vec![kv(NODEPOOL_LABEL, "kaito")];
         labels.extend(owner.iter().cloned());
@@ -181,6 +182,19 @@ mod tests {
             req.iter().any(|r| r.key == "karpenter.azure.com/sku-name" && r.values == ["Standard_NC24ads_A100_v4"])
         );
         assert_eq!(plan.objects[0].storage_bytes, Some(DEFAULT_DISK_BYTES));
+    }
+
+    #[test]
+    fn an_empty_node_class_annotation_means_the_default_class() {
+        for value in ["", "  "] {
+            let mut req = request("Standard_NC24ads_A100_v4", 1);
+            req.annotations = vec![kv("kaito.sh/node-class-name", value)];
+            let plan = Azure::plan_nodes(req).unwrap();
+            assert_eq!(plan.objects[0].node_class_ref.as_ref().unwrap().name, "default");
+        }
+        let mut req = request("Standard_NC24ads_A100_v4", 1);
+        req.annotations = vec![kv("kaito.sh/node-class-name", "gpu-class")];
+        assert_eq!(Azure::plan_nodes(req).unwrap().objects[0].node_class_ref.as_ref().unwrap().name, "gpu-class");
     }
 
     #[test]

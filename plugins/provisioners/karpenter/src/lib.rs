@@ -1,13 +1,13 @@
 //! Karpenter on AWS: one `NodePool` per Workspace, sized by `replicas`, on an
 //! `EC2NodeClass`. Instance types are the NVIDIA GPU ones of KAITO's AWS table.
 
-use kaito_plugin_sdk::provisioning;
 use kaito_plugin_sdk::sizing::GIB;
 use kaito_plugin_sdk::{
     InstanceType, KeyValue, NodeClassRef, NodeGpu, NodeObject, NodeObjectKind, NodePlan, NodeRequest, PluginError,
     PluginInfo, Provisioner, ProvisionerInfo, ProvisionerMode, Requirement, RequirementOperator, Taint, TaintEffect,
     gfd, lookup,
 };
+use kaito_plugin_sdk::{names, provisioning};
 
 /// (instance type, GPU model, GPUs, GPU memory per GPU in GiB).
 const SKUS: &[(&str, &str, u32, u64)] = &[
@@ -95,7 +95,8 @@ impl Provisioner for Karpenter {
             ));
         };
         provisioning::check_node_count(&request, MAX_NODES)?;
-        let class = lookup(&request.annotations, "kaito.sh/node-class-name").unwrap_or("default");
+        // Unset or empty: the default class, as KAITO does (an empty name would make an invalid object).
+        let class = names::node_class(lookup(&request.annotations, names::annotations::NODE_CLASS_NAME));
         let owner = provisioning::owner_labels(&request);
         let mut labels: Vec<KeyValue> = owner.clone();
         labels.extend(request.match_labels.iter().cloned());
@@ -157,6 +158,14 @@ mod tests {
         assert_eq!(pool.node_limit, Some(2));
         assert_eq!(pool.node_class_ref.as_ref().unwrap().kind, "EC2NodeClass");
         assert!(pool.requirements.iter().any(|r| r.values == ["p5.48xlarge"]));
+    }
+
+    #[test]
+    fn an_empty_node_class_annotation_means_the_default_class() {
+        let mut req = request("p5.48xlarge", 1);
+        req.annotations = vec![kv("kaito.sh/node-class-name", "")];
+        let plan = Karpenter::plan_nodes(req).unwrap();
+        assert_eq!(plan.objects[0].node_class_ref.as_ref().unwrap().name, "default");
     }
 
     #[test]
