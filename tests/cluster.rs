@@ -509,7 +509,8 @@ impl Cluster {
         made
     }
 
-    /// Play the StatefulSet controller and kubelet: every replica gets a Running, Ready pod.
+    /// Play the StatefulSet controller and kubelet: every replica gets a Running, Ready pod and the rollout of the
+    /// current generation completes.
     pub fn run_pods(&self) {
         for sts in self.list(paths::STATEFULSETS) {
             let (ns, name) = (
@@ -517,6 +518,7 @@ impl Cluster {
                 sts["metadata"]["name"].as_str().unwrap_or_default(),
             );
             let replicas = sts["spec"]["replicas"].as_i64().unwrap_or(1);
+            let revision = format!("{name}-{}", sts["metadata"]["generation"].as_i64().unwrap_or(1));
             for i in 0..replicas {
                 let pod = format!("{name}-{i}");
                 if self.get(paths::PODS, ns, &pod).is_none() {
@@ -535,7 +537,11 @@ impl Cluster {
                 paths::STATEFULSETS,
                 ns,
                 name,
-                json!({"status": {"replicas": replicas, "readyReplicas": replicas}}),
+                // As the real controller reports a finished rollout: it has seen this generation and every replica
+                // runs the update revision.
+                json!({"status": {"observedGeneration": sts["metadata"]["generation"], "replicas": replicas,
+                                  "readyReplicas": replicas, "updatedReplicas": replicas,
+                                  "currentRevision": revision, "updateRevision": revision}}),
             );
         }
     }

@@ -67,12 +67,13 @@ async fn gpu_provisioner_lifecycle_from_creation_to_deletion() {
     assert!(writes(&cluster).is_empty(), "an unchanged Workspace writes nothing: {:?}", writes(&cluster));
     assert_eq!(cluster.list(paths::NODECLAIMS).len(), 1);
 
-    // Nodes appear Ready: the workload is applied, inference not yet Ready.
+    // Nodes appear Ready: the workload is applied, inference not yet Ready (as on a real server, the StatefulSet
+    // controller has not yet reported on the new StatefulSet).
     assert_eq!(cluster.provision(GPUS_PER_NODE), 1);
     reconcile(&cluster, &ctx, "default", name).await;
     let ws = workspace(&cluster, name);
     assert_eq!(condition(&ws, "ResourceReady").0, "True");
-    assert_eq!(condition(&ws, "InferenceReady"), ("False".into(), "InferenceNotReady".into()));
+    assert_eq!(condition(&ws, "InferenceReady"), ("False".into(), "RolloutInProgress".into()));
     assert_eq!(state(&ws), "Running");
     assert_eq!(ws["status"]["workerNodes"], json!([claims[0]["metadata"]["name"]]));
     let sts = cluster.get(paths::STATEFULSETS, "default", name).expect("StatefulSet applied");

@@ -8,8 +8,8 @@
 use crate::workspace::{MAX_ADAPTERS, RESERVED_LABEL_PREFIX, RESERVED_LABELS, Workspace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceColumnDefinition, CustomResourceDefinition, CustomResourceDefinitionNames,
-    CustomResourceDefinitionSpec, CustomResourceDefinitionVersion, CustomResourceSubresources,
-    CustomResourceValidation, JSONSchemaProps,
+    CustomResourceDefinitionSpec, CustomResourceDefinitionVersion, CustomResourceSubresourceStatus,
+    CustomResourceSubresources, CustomResourceValidation, JSONSchemaProps,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
@@ -58,12 +58,25 @@ pub fn workspace_schema() -> Value {
     *at(&mut schema, &["tuning", "input", "volumeSource"]) = schemaless(volume);
     *at(&mut schema, &["tuning", "output", "volumeSource"]) = schemaless(volume);
     at(&mut schema, &["inference", "adapters"])["maxItems"] = json!(MAX_ADAPTERS);
+    // The uniqueness rule compares every pair of names: the API server's cost estimator refuses it unless names are
+    // bounded (a Kubernetes object name is at most 253 characters).
+    at(&mut schema, &["inference", "adapters"])["items"]["properties"]["source"]["properties"]["name"]["maxLength"] =
+        json!(253);
     at(&mut schema, &["resource", "count"])["default"] = json!(1);
     at(&mut schema, &["resource", "count"])["minimum"] = json!(1);
     let resource = at(&mut schema, &["resource"]);
     resource["required"] = json!(["labelSelector"]);
+    // A default of `{}` would lack the required labelSelector: the API server refuses such a CRD.
+    resource.as_object_mut().expect("resource is an object schema").remove("default");
 
     rule(&mut schema, &[], "has(self.inference) != has(self.tuning)", "set exactly one of inference or tuning");
+    // The name labels every object made for the Workspace and names its Service: a label value and a DNS label.
+    rule(
+        &mut schema,
+        &[],
+        "size(self.metadata.name) <= 63",
+        "metadata.name must have at most 63 characters (it is the Workspace's Service name and a label value)",
+    );
     rule(
         &mut schema,
         &[],
@@ -147,7 +160,12 @@ pub fn workspace_crd() -> CustomResourceDefinition {
         storage,
         additional_printer_columns: Some(columns.clone()),
         schema: Some(CustomResourceValidation { open_api_v3_schema: Some(schema.clone()) }),
-        subresources: Some(CustomResourceSubresources { status: Some(Default::default()), scale: None }),
+        // `status: {}`: the default value serialises as `status: null`, which the API server reads as no status
+        // subresource (every PATCH to /status answers 404).
+        subresources: Some(CustomResourceSubresources {
+            status: Some(CustomResourceSubresourceStatus(json!({}))),
+            scale: None,
+        }),
         ..Default::default()
     };
     CustomResourceDefinition {

@@ -117,3 +117,22 @@ fn ragengine_examples_pass_and_one_embedding_source_is_enforced() {
     neither["spec"]["embedding"] = json!({});
     assert!(check(&neither).is_err(), "no embedding source accepted");
 }
+
+/// The invalid fixtures the end-to-end test applies to the real API server are refused here too, with the same
+/// message: the client-side evaluation agrees with the server.
+#[test]
+fn invalid_fixtures_are_rejected_client_side_too() {
+    let dir = root().join("tests/fixtures/invalid");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let header = |key: &str| text.lines().find_map(|l| l.strip_prefix(&format!("# {key}: ")).map(str::to_string));
+        let expected = header("rejected").expect("a `# rejected:` line");
+        let object: Value = serde_yaml::from_str(&text).unwrap();
+        let old = header("update-of").map(|base| yaml(&root().join(base)));
+        rejected(&object, old.as_ref(), &expected);
+        n += 1;
+    }
+    assert!(n >= 9);
+}

@@ -15,6 +15,7 @@
 pub mod context;
 pub mod controller;
 pub mod error;
+pub mod finalizer;
 pub mod leader;
 pub mod metrics;
 pub mod ragengine;

@@ -8,6 +8,7 @@
 
 use crate::context::Context;
 use crate::error::Result;
+use crate::finalizer;
 use crate::status::{self, Verdict};
 use crate::workspace::{FIELD_MANAGER, create_node_objects, delete_node_objects, publish_event, serialize};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -55,11 +56,8 @@ impl RAGEngineExt for RAGEngine {
         }
         let api = self.api(ctx);
         if !self.finalizers().iter().any(|f| f == FINALIZER) {
-            let mut finalizers = self.finalizers().to_vec();
-            finalizers.push(FINALIZER.into());
-            // The resourceVersion makes a concurrent change to the list fail instead of being overwritten.
-            let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": self.resource_version()}});
-            api.patch(&self.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            let patch = finalizer::add(self.metadata.finalizers.as_deref(), FINALIZER);
+            api.patch(&self.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await?;
         }
         let rendered = match self.render(ctx).await? {
             Ok(r) => r,
@@ -96,9 +94,9 @@ impl RAGEngineExt for RAGEngine {
     }
 
     async fn cleanup(&self, ctx: &Context) -> Result<Action> {
-        if !self.finalizers().iter().any(|f| f == FINALIZER) {
+        let Some(index) = self.finalizers().iter().position(|f| f == FINALIZER) else {
             return Ok(Action::await_change());
-        }
+        };
         let deleting = self.conditions().iter().any(|c| c.type_ == DELETING);
         if !deleting {
             let mut conditions = self.conditions();
@@ -119,9 +117,9 @@ impl RAGEngineExt for RAGEngine {
         if delete_node_objects(ctx, &self.owned_selector()).await? {
             return Ok(Action::requeue(ctx.config.poll));
         }
-        let finalizers: Vec<String> = self.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": self.resource_version()}});
-        self.api(ctx).patch(&self.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        // Not pinned to the resourceVersion: the status patch above has just changed it (a real server answers 409).
+        let patch = finalizer::remove(index, FINALIZER);
+        self.api(ctx).patch(&self.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await?;
         Ok(Action::await_change())
     }
 }

@@ -1,6 +1,9 @@
 //! Every API call the operator makes, in one table: the Helm chart's
-//! ClusterRole and leader Role are checked against it (`tests/tests/chart.rs`).
-//! A new API call in the operator needs its verb added here.
+//! ClusterRole and leader Role are checked against it (`tests/tests/chart.rs`),
+//! and the end-to-end tests run the operator under that ClusterRole on a real
+//! API server, failing on any 403. A new API call in the operator needs its
+//! verb added here. Server-side apply is a `patch` that the API server also
+//! authorizes as `create` when the object does not exist yet.
 
 /// One resource the operator touches and the verbs it uses on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,11 +25,11 @@ pub const PERMISSIONS: &[Permission] = &[
     p("kaito.sh", "workspaces/status", &["patch"]),
     p("kaito.sh", "workspaces/finalizers", &["update"]),
     p("karpenter.sh", "nodeclaims", &["get", "list", "watch", "create", "delete"]),
-    p("karpenter.sh", "nodepools", &["get", "list", "watch", "patch", "delete"]),
+    p("karpenter.sh", "nodepools", &["get", "list", "watch", "create", "patch", "delete"]),
     p("", "nodes", &["get", "list", "watch"]),
     p("", "pods", &["get", "list", "watch"]),
-    p("", "services", &["get", "list", "watch", "patch"]),
-    p("apps", "statefulsets", &["get", "list", "watch", "patch"]),
+    p("", "services", &["get", "list", "watch", "create", "patch"]),
+    p("apps", "statefulsets", &["get", "list", "watch", "create", "patch"]),
     p("events.k8s.io", "events", &["create", "patch"]),
     p("coordination.k8s.io", "leases", &["get", "create", "update"]),
 ];
@@ -37,11 +40,11 @@ pub const RAGENGINE_PERMISSIONS: &[Permission] = &[
     p("kaito.sh", "ragengines/status", &["patch"]),
     p("kaito.sh", "ragengines/finalizers", &["update"]),
     p("karpenter.sh", "nodeclaims", &["get", "list", "watch", "create", "delete"]),
-    p("karpenter.sh", "nodepools", &["get", "list", "watch", "patch", "delete"]),
+    p("karpenter.sh", "nodepools", &["get", "list", "watch", "create", "patch", "delete"]),
     p("", "nodes", &["get", "list", "watch"]),
     p("", "pods", &["get", "list", "watch"]),
-    p("", "services", &["get", "list", "watch", "patch"]),
-    p("apps", "deployments", &["get", "list", "watch", "patch"]),
+    p("", "services", &["get", "list", "watch", "create", "patch"]),
+    p("apps", "deployments", &["get", "list", "watch", "create", "patch"]),
     p("events.k8s.io", "events", &["create", "patch"]),
     p("coordination.k8s.io", "leases", &["get", "create", "update"]),
 ];
@@ -65,5 +68,9 @@ mod tests {
         }
         assert!(allows("karpenter.sh", "nodeclaims", "create"));
         assert!(!allows("", "secrets", "get"));
+        // Server-side apply of an object that does not exist yet is authorized as create.
+        for (group, resource) in [("", "services"), ("apps", "statefulsets"), ("karpenter.sh", "nodepools")] {
+            assert!(allows(group, resource, "patch") && allows(group, resource, "create"), "{resource}");
+        }
     }
 }

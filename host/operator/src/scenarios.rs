@@ -189,8 +189,10 @@ async fn first_reconcile_adds_the_finalizer_and_creates_the_nodeclaim() {
 
 #[tokio::test]
 async fn ready_nodes_get_the_workload_by_server_side_apply() {
-    let sts_reply = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "workspace-phi-3-5-mini", "namespace": "default"},
-        "spec": {"replicas": 1, "selector": {}, "serviceName": "workspace-phi-3-5-mini-headless", "template": {}}, "status": {"replicas": 1, "readyReplicas": 1}});
+    // What a real API server answers once the StatefulSet controller has rolled out this generation.
+    let sts_reply = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "workspace-phi-3-5-mini", "namespace": "default", "generation": 1},
+        "spec": {"replicas": 1, "selector": {}, "serviceName": "workspace-phi-3-5-mini-headless", "template": {}},
+        "status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "currentRevision": "workspace-phi-3-5-mini-7bb4c57689", "updateRevision": "workspace-phi-3-5-mini-7bb4c57689"}});
     let svc = |name: &'static str| {
         expect(
             "PATCH",
@@ -369,7 +371,8 @@ async fn ragengine_first_reconcile_applies_service_and_deployment_on_a_ready_nod
             |b| {
                 assert_eq!(
                     b,
-                    &json!({"metadata": {"finalizers": ["ragengine.finalizer.kaito.sh"], "resourceVersion": "7"}})
+                    &json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+                            {"op": "add", "path": "/metadata/finalizers", "value": ["ragengine.finalizer.kaito.sh"]}])
                 )
             },
             ragengine(json!(["ragengine.finalizer.kaito.sh"])),

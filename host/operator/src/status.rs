@@ -164,17 +164,35 @@ pub fn pod_failure(pods: &[Pod]) -> Option<Verdict> {
     None
 }
 
-/// Inference: every replica of the StatefulSet Ready, else why not.
+/// Inference: the StatefulSet controller has seen the current spec, every replica runs its current revision and is
+/// Ready; else why not. Ready replicas alone are not enough: right after a spec change they are the old pods.
 pub fn inference_verdict(statefulset: Option<&StatefulSet>, pods: &[Pod]) -> Verdict {
     let Some(sts) = statefulset else {
         return Verdict::not("StatefulSetMissing", "the inference StatefulSet does not exist yet");
     };
     let want = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let ready = sts.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
-    if ready >= want {
+    let status = sts.status.clone().unwrap_or_default();
+    let ready = status.ready_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let waiting = if status.observed_generation < sts.metadata.generation {
+        Verdict::not(
+            "RolloutInProgress",
+            format!("the StatefulSet controller has not yet seen generation {}", sts.metadata.generation.unwrap_or(0)),
+        )
+    } else if updated < want || status.current_revision != status.update_revision {
+        Verdict::not(
+            "RolloutInProgress",
+            format!(
+                "rolling out revision {}: {updated}/{want} replica(s) updated, {ready} Ready",
+                status.update_revision.as_deref().unwrap_or("?")
+            ),
+        )
+    } else if ready >= want {
         return Verdict::ok("InferenceReady", format!("{ready}/{want} replica(s) Ready"));
-    }
-    pod_failure(pods).unwrap_or_else(|| Verdict::not("InferenceNotReady", format!("{ready}/{want} replica(s) Ready")))
+    } else {
+        Verdict::not("InferenceNotReady", format!("{ready}/{want} replica(s) Ready"))
+    };
+    pod_failure(pods).unwrap_or(waiting)
 }
 
 /// NodeClaims (when the provisioner makes them), nodes, and the resource verdict they add up to.
@@ -251,7 +269,10 @@ pub fn evaluate(
     out.push(condition(types::WORKSPACE_SUCCEEDED, &succeeded, generation, now));
     let state = match (resource.ready, inference.ready) {
         (true, true) => "Ready",
-        (true, false) if inference.reason != "InferenceNotReady" && inference.reason != "StatefulSetMissing" => {
+        (true, false)
+            if !["InferenceNotReady", "StatefulSetMissing", "RolloutInProgress"]
+                .contains(&inference.reason.as_str()) =>
+        {
             "NotReady"
         }
         (true, false) => "Running",
@@ -282,7 +303,32 @@ mod tests {
     }
 
     fn sts(replicas: i32, ready: i32) -> StatefulSet {
-        serde_json::from_value(json!({"spec": {"replicas": replicas, "selector": {}, "template": {}, "serviceName": "x"}, "status": {"replicas": replicas, "readyReplicas": ready}})).unwrap()
+        serde_json::from_value(json!({"spec": {"replicas": replicas, "selector": {}, "template": {}, "serviceName": "x"}, "status": {"replicas": replicas, "readyReplicas": ready, "updatedReplicas": replicas, "currentRevision": "r1", "updateRevision": "r1"}})).unwrap()
+    }
+
+    #[test]
+    fn ready_only_after_the_rollout_completes() {
+        let rolling = |generation: i64, status: Value| -> StatefulSet {
+            serde_json::from_value(json!({"metadata": {"generation": generation}, "spec": {"replicas": 1, "selector": {}, "template": {}, "serviceName": "x"}, "status": status})).unwrap()
+        };
+        // The apply response right after a spec change: the old pod is still Ready.
+        let unseen = rolling(
+            2,
+            json!({"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "currentRevision": "a", "updateRevision": "a"}),
+        );
+        assert_eq!(inference_verdict(Some(&unseen), &[]).reason, "RolloutInProgress");
+        let rolling_out = rolling(
+            2,
+            json!({"observedGeneration": 2, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 0, "currentRevision": "a", "updateRevision": "b"}),
+        );
+        let v = inference_verdict(Some(&rolling_out), &[]);
+        assert_eq!((v.ready, v.reason.as_str()), (false, "RolloutInProgress"));
+        assert!(v.message.contains("0/1 replica(s) updated"), "{}", v.message);
+        let done = rolling(
+            2,
+            json!({"observedGeneration": 2, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "currentRevision": "b", "updateRevision": "b"}),
+        );
+        assert!(inference_verdict(Some(&done), &[]).ready);
     }
 
     fn pod(status: Value) -> Pod {

@@ -3,8 +3,8 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::revision;
 use crate::status::{self, Observed, types};
+use crate::{finalizer, revision};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -35,6 +35,7 @@ const WAITING_REASONS: &[&str] = &[
     "WaitingForResources",
     "StatefulSetMissing",
     "InferenceNotReady",
+    "RolloutInProgress",
 ];
 
 /// The Karpenter kinds provisioner plugins plan.
@@ -146,7 +147,8 @@ impl WorkspaceExt for Workspace {
         }
         let api = self.api(ctx);
         if !self.finalizers().iter().any(|f| f == FINALIZER) {
-            api.patch(self.name(), &PatchParams::default(), &Patch::<()>::Json(self.add_finalizer_patch())).await?;
+            let patch = finalizer::add(self.metadata.finalizers.as_deref(), FINALIZER);
+            api.patch(self.name(), &PatchParams::default(), &Patch::<()>::Json(patch)).await?;
         }
         if let Err(e) = self.validate() {
             let message = e.to_string();
@@ -219,15 +221,7 @@ impl WorkspaceExt for Workspace {
         if delete_node_objects(ctx, &self.owned_node_selector()).await? {
             return Ok(Action::requeue(ctx.config.poll));
         }
-        let patch = json_patch::Patch(vec![
-            json_patch::PatchOperation::Test(json_patch::TestOperation {
-                path: format!("/metadata/finalizers/{index}").parse().expect("valid JSON pointer"),
-                value: FINALIZER.into(),
-            }),
-            json_patch::PatchOperation::Remove(json_patch::RemoveOperation {
-                path: format!("/metadata/finalizers/{index}").parse().expect("valid JSON pointer"),
-            }),
-        ]);
+        let patch = finalizer::remove(index, FINALIZER);
         self.api(ctx).patch(self.name(), &PatchParams::default(), &Patch::<()>::Json(patch)).await?;
         ctx.metrics.set_state(&self.key(), None);
         Ok(Action::await_change())
@@ -238,7 +232,6 @@ impl WorkspaceExt for Workspace {
 trait Steps {
     fn api(&self, ctx: &Context) -> Api<Workspace>;
     fn key(&self) -> String;
-    fn add_finalizer_patch(&self) -> json_patch::Patch;
     fn owned_node_selector(&self) -> String;
     fn target_node_count(&self, rendered: &Rendered) -> u32;
     async fn selected_nodes(&self, ctx: &Context) -> Result<Vec<Node>>;
@@ -257,29 +250,6 @@ impl Steps for Workspace {
 
     fn key(&self) -> String {
         format!("{}/{}", self.namespace(), self.name())
-    }
-
-    fn add_finalizer_patch(&self) -> json_patch::Patch {
-        use json_patch::{AddOperation, PatchOperation, TestOperation};
-        let ops = if self.metadata.finalizers.is_none() {
-            // Test first, so a concurrent writer's finalizers are not overwritten.
-            vec![
-                PatchOperation::Test(TestOperation {
-                    path: "/metadata/finalizers".parse().expect("valid JSON pointer"),
-                    value: serde_json::Value::Null,
-                }),
-                PatchOperation::Add(AddOperation {
-                    path: "/metadata/finalizers".parse().expect("valid JSON pointer"),
-                    value: json!([FINALIZER]),
-                }),
-            ]
-        } else {
-            vec![PatchOperation::Add(AddOperation {
-                path: "/metadata/finalizers/-".parse().expect("valid JSON pointer"),
-                value: FINALIZER.into(),
-            })]
-        };
-        json_patch::Patch(ops)
     }
 
     fn owned_node_selector(&self) -> String {
