@@ -1,6 +1,7 @@
 //! Helpers shared by the cross-crate tests in `tests/tests/`.
 
 pub mod cluster;
+pub mod e2e;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -1,134 +1,465 @@
-//! The real kube-runtime Controller against whatever cluster `KUBECONFIG`
-//! points at (kind, k3d, AKS). Skipped, with the reason printed, when no
-//! cluster answers. It installs the Workspace CRD, turns one node into a
-//! fake GPU node (labels plus an advertised `nvidia.com/gpu` extended
-//! resource, removed again at the end), runs the controller with the `byo`
-//! provisioner and follows a Workspace from creation to deletion.
+//! End-to-end tests on the real local control plane (`cargo xtask cluster up`: kube-apiserver, etcd,
+//! kube-controller-manager, kube-scheduler, KWOK nodes; `kwok-provisioner` stands in for the cloud). The charts are
+//! installed with real `helm` by the README's commands, files applied with real `kubectl`, and the real
+//! `kaito-operator` binary runs as the chart's ServiceAccount, so the chart's RBAC is what the API server enforces.
+//! Without a cluster these tests fail, unless `KAITO_E2E=local-only` says the run is local-only.
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, Node};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kaito_crd::Workspace;
-use kaito_operator::metrics::Metrics;
-use kaito_operator::{Config, Context, controller};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use kaito_crd::{RAGEngine, Workspace};
+use kaito_tests::e2e::{self, Operator, SYSTEM_NAMESPACE, sh, sh_ok, wait_for};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
 use serde_json::json;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::Path;
 
-async fn reachable() -> Result<kube::Client, String> {
-    let home_config = std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".kube/config"));
-    if std::env::var_os("KUBECONFIG").is_none() && !home_config.is_some_and(|p| p.exists()) {
-        return Err("KUBECONFIG is not set and ~/.kube/config does not exist".into());
+const WORKSPACE_DEPLOYMENT: &str = "kaito-workspace-kaito-operator";
+const RAGENGINE_DEPLOYMENT: &str = "kaito-ragengine-kaito-ragengine";
+const WORKSPACE_LEASE: &str = "kaito-workspace-kaito-operator-leader";
+
+fn karpenter(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("karpenter.sh", "v1", kind), plural)
+}
+
+/// The value of `column` for `name` in `kubectl get <resource>` (the CRD's printer columns).
+fn column(kubeconfig: &Path, resource: &str, namespace: &str, name: &str, column: &str) -> Option<String> {
+    let out = sh(kubeconfig, &format!("kubectl get {resource} {name} -n {namespace}"));
+    if !out.ok {
+        return None;
     }
-    let client = kube::Client::try_default().await.map_err(|e| format!("no client: {e}"))?;
-    match tokio::time::timeout(Duration::from_secs(5), client.apiserver_version()).await {
-        Ok(Ok(_)) => Ok(client),
-        Ok(Err(e)) => Err(format!("API server did not answer: {e}")),
-        Err(_) => Err("API server did not answer within 5 s".into()),
+    let mut lines = out.stdout.lines();
+    let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let index = header.iter().position(|h| h.eq_ignore_ascii_case(column))?;
+    // Empty cells collapse in a whitespace split: read the cell at the header's character offset instead.
+    let header_line = out.stdout.lines().next()?;
+    let start = header_line.find(header[index])?;
+    let row = lines.next()?;
+    let cell = row.get(start..)?.split_whitespace().next()?.to_string();
+    Some(cell)
+}
+
+async fn namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("namespace {name}: {e}"),
     }
 }
 
-async fn wait_for<T>(what: &str, secs: u64, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = probe().await {
-            return v;
+fn condition(ws: &Workspace, type_: &str) -> Option<(String, Option<i64>, String)> {
+    let c = ws.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.observed_generation, c.reason.clone()))
+}
+
+async fn lease_holder(client: &Client, name: &str) -> Option<String> {
+    let lease = Api::<Lease>::namespaced(client.clone(), SYSTEM_NAMESPACE).get_opt(name).await.ok()??;
+    lease.spec?.holder_identity
+}
+
+/// No request of the chart's ServiceAccounts was denied, and no operator logged a 403.
+fn assert_no_forbidden(kubeconfig: &Path, operators: &[&Operator]) {
+    let denied = e2e::forbidden_requests(kubeconfig, SYSTEM_NAMESPACE);
+    assert!(denied.is_empty(), "the API server denied requests of the chart's ServiceAccounts:\n{}", denied.join("\n"));
+    for op in operators {
+        let log = op.log_text();
+        assert!(!log.contains("403") && !log.contains("Forbidden"), "operator {} logged a 403:\n{log}", op.identity);
+    }
+}
+
+/// Waits until `name`'s NodeClaims (or NodePools) and then the Workspace itself are gone, and checks that the
+/// real garbage collector removed the StatefulSet and Services it owned.
+async fn assert_deleted(client: &Client, ns: &str, name: &str) {
+    let workspaces: Api<Workspace> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("Workspace {name} to be gone"), 90, async || {
+        workspaces.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let selector = format!("kaito.sh/workspace={name},kaito.sh/workspacenamespace={ns}");
+    for (kind, plural) in [("NodeClaim", "nodeclaims"), ("NodePool", "nodepools")] {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &karpenter(kind, plural));
+        let left = api.list(&ListParams::default().labels(&selector)).await.unwrap().items;
+        assert!(
+            left.is_empty(),
+            "{kind}s of {name} left after the Workspace was deleted: {:?}",
+            left.iter().map(|o| o.name_any()).collect::<Vec<_>>()
+        );
+    }
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("the garbage collector to remove {name}'s StatefulSet and Services"), 60, async || {
+        let sts = statefulsets.get_opt(name).await.ok()?;
+        let svc = services.list(&ListParams::default().labels(&format!("kaito.sh/workspace={name}"))).await.ok()?;
+        (sts.is_none() && svc.items.is_empty()).then_some(())
+    })
+    .await;
+}
+
+/// Waits for `kubectl get workspace` to show WorkspaceSucceeded True and returns the Workspace.
+/// A request the chart's RBAC denies fails the test at once, naming the request, instead of a timeout.
+async fn wait_succeeded(kubeconfig: &Path, client: &Client, ns: &str, name: &str, secs: u64) -> Workspace {
+    let mut polls = 0u32;
+    wait_for(&format!("`kubectl get workspace {name}` to show WorkspaceSucceeded True"), secs, async || {
+        polls += 1;
+        if polls.is_multiple_of(8) {
+            let denied = e2e::forbidden_requests(kubeconfig, SYSTEM_NAMESPACE);
+            assert!(denied.is_empty(), "the chart's RBAC denied:\n{}", denied.join("\n"));
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        (column(kubeconfig, "workspace", ns, name, "WorkspaceSucceeded")? == "True").then_some(())
+    })
+    .await;
+    Api::<Workspace>::namespaced(client.clone(), ns).get(name).await.unwrap()
 }
 
+/// The README's Install with Helm commands, word for word, then the gpu-provisioner lifecycle of its Workspace:
+/// NodeClaim → KWOK node → StatefulSet → Running pod → WorkspaceSucceeded; a spec change rolls the StatefulSet
+/// and the Workspace is not Ready until the rollout is done; the leader is killed and the other replica takes
+/// over; an operator killed mid-reconcile and restarted makes no duplicate NodeClaims; delete cleans up.
 #[tokio::test]
-async fn controller_runs_a_workspace_on_a_real_cluster() {
-    let client = match reachable().await {
-        Ok(c) => c,
-        Err(reason) => {
-            eprintln!("SKIPPED controller_runs_a_workspace_on_a_real_cluster: {reason}");
-            return;
+async fn readme_install_and_gpu_provisioner_lifecycle() {
+    let Some(kc) = e2e::cluster_kubeconfig("readme_install_and_gpu_provisioner_lifecycle") else { return };
+    let _serial = e2e::serial().await;
+    let client = e2e::admin(&kc).await;
+    e2e::install_charts(&kc);
+    sh_ok(
+        &kc,
+        "kubectl wait --for=condition=Established crd/workspaces.kaito.sh crd/ragengines.kaito.sh --timeout=60s",
+    );
+
+    let mut a = Operator::start(&kc, WORKSPACE_DEPLOYMENT, "operator-a", &[]).await;
+    let mut b = Operator::start(&kc, WORKSPACE_DEPLOYMENT, "operator-b", &[]).await;
+    let commands = e2e::readme_install_commands();
+    let apply = commands
+        .iter()
+        .find(|l| l.starts_with("kubectl apply") && l.contains("workspace"))
+        .expect("README applies a Workspace");
+    sh_ok(&kc, apply);
+    let name = "workspace-phi-3-5-mini";
+    let ws = wait_succeeded(&kc, &client, "default", name, 120).await;
+    assert_eq!(column(&kc, "workspace", "default", name, "Instance").as_deref(), Some("Standard_NC24ads_A100_v4"));
+    assert_eq!(column(&kc, "workspace", "default", name, "State").as_deref(), Some("Ready"));
+
+    let claims: Api<DynamicObject> = Api::all_with(client.clone(), &karpenter("NodeClaim", "nodeclaims"));
+    let selector = format!("kaito.sh/workspace={name}");
+    let mine = claims.list(&ListParams::default().labels(&selector)).await.unwrap().items;
+    let target = ws.status.as_ref().unwrap().target_node_count.unwrap() as usize;
+    assert_eq!(mine.len(), target, "one NodeClaim per target node");
+    let node_name = mine[0].data["status"]["nodeName"].as_str().unwrap().to_string();
+    let node = Api::<Node>::all(client.clone()).get(&node_name).await.unwrap();
+    assert_eq!(node.labels().get("apps").map(String::as_str), Some("phi-3-5"));
+    assert_eq!(ws.status.as_ref().unwrap().worker_nodes.as_deref(), Some(&[node_name.clone()][..]));
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), "default").get(name).await.unwrap();
+    assert_eq!(sts.owner_references()[0].kind, "Workspace");
+    let pods = Api::<Pod>::namespaced(client.clone(), "default")
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items;
+    assert!(!pods.is_empty());
+    for pod in &pods {
+        assert_eq!(
+            pod.spec.as_ref().unwrap().node_name.as_deref(),
+            Some(node_name.as_str()),
+            "scheduled on the Workspace's node"
+        );
+        assert_eq!(pod.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
+    }
+    let leader = lease_holder(&client, WORKSPACE_LEASE).await.expect("a Lease holder");
+    assert!(leader == "operator-a" || leader == "operator-b", "leader {leader}");
+
+    // A spec change rolls the StatefulSet; every status written for the new generation says not Ready until the
+    // StatefulSet controller reports the rollout complete. A watch sees every version of the Workspace.
+    let workspaces: Api<Workspace> = Api::namespaced(client.clone(), "default");
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let old_revision = sts.status.as_ref().and_then(|s| s.current_revision.clone());
+    let (tx, mut versions) = tokio::sync::mpsc::unbounded_channel();
+    let watch = tokio::spawn({
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        watcher(workspaces.clone(), config).applied_objects().for_each(move |ws| {
+            let _ = tx.send(ws);
+            async {}
+        })
+    });
+    versions.recv().await.expect("the watch lists the Workspace").expect("watch");
+    let changed = workspaces
+        .patch(name, &PatchParams::default(), &Patch::Merge(json!({"inference": {"config": "phi-config"}})))
+        .await
+        .unwrap();
+    let generation = changed.metadata.generation;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let ws = tokio::time::timeout_at(deadline, versions.recv())
+            .await
+            .expect("the Workspace to be Ready at its new generation within 120 s")
+            .expect("watch open")
+            .expect("watch event");
+        let Some((status, observed, reason)) = condition(&ws, "WorkspaceSucceeded") else { continue };
+        if observed != generation || status != "True" {
+            continue;
         }
-    };
-    let apply = PatchParams::apply("kaito-e2e").force();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch("workspaces.kaito.sh", &apply, &Patch::Apply(kaito_crd::workspace_crd())).await.expect("CRD applies");
-    wait_for("the Workspace CRD to be Established", 30, async || {
-        let crd = crds.get("workspaces.kaito.sh").await.ok()?;
-        let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
-        established.then_some(())
+        let sts = statefulsets.get(name).await.unwrap();
+        let st = sts.status.clone().unwrap_or_default();
+        let rolled = st.observed_generation >= sts.metadata.generation
+            && st.update_revision.is_some()
+            && st.current_revision == st.update_revision
+            && st.updated_replicas == Some(st.replicas);
+        assert!(
+            rolled,
+            "Workspace reported {reason} at generation {generation:?} while the StatefulSet was rolling out: {st:?}"
+        );
+        break;
+    }
+    watch.abort();
+    let sts = statefulsets.get(name).await.unwrap();
+    assert_ne!(sts.status.as_ref().and_then(|s| s.current_revision.clone()), old_revision, "the pods rolled");
+
+    // The leader is killed (no Lease release): the other replica takes over after the Lease expires and serves a
+    // new Workspace.
+    let (killed, survivor) = if leader == "operator-a" { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    killed.kill();
+    let survivor_id = survivor.identity.clone();
+    wait_for("the other replica to take the Lease", 60, async || {
+        (lease_holder(&client, WORKSPACE_LEASE).await? == survivor_id).then_some(())
     })
     .await;
+    let second = "workspace-phi-second";
+    let text =
+        std::fs::read_to_string(kaito_tests::root().join("examples/inference/kaito_workspace_phi_3.5-instruct.yaml"))
+            .unwrap()
+            .replace("workspace-phi-3-5-mini", second)
+            .replace("apps: phi-3-5", "apps: phi-second");
+    let ws2 = Workspace::from_yaml(&text).unwrap();
+    workspaces.create(&PostParams::default(), &ws2).await.unwrap();
+    // Killed mid-reconcile: as soon as its first NodeClaim exists, before the Workspace is Ready.
+    let selector2 = format!("kaito.sh/workspace={second}");
+    wait_for("the second Workspace's NodeClaim", 60, async || {
+        (!claims.list(&ListParams::default().labels(&selector2)).await.ok()?.items.is_empty()).then_some(())
+    })
+    .await;
+    survivor.kill();
+    let mut c = Operator::start(&kc, WORKSPACE_DEPLOYMENT, "operator-c", &[]).await;
+    let ws2 = wait_succeeded(&kc, &client, "default", second, 120).await;
+    assert_eq!(lease_holder(&client, WORKSPACE_LEASE).await.as_deref(), Some("operator-c"));
+    let claims2 = claims.list(&ListParams::default().labels(&selector2)).await.unwrap().items;
+    assert_eq!(
+        claims2.len(),
+        ws2.status.unwrap().target_node_count.unwrap() as usize,
+        "no duplicate NodeClaims after the restart"
+    );
 
-    let ns = format!("kaito-e2e-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
-        .await
-        .expect("namespace");
+    for line in commands.iter().filter(|l| l.starts_with("kubectl apply") && l.contains("workspace")) {
+        sh_ok(&kc, &line.replacen("kubectl apply", "kubectl delete", 1));
+    }
+    workspaces.delete(second, &DeleteParams::default()).await.unwrap();
+    assert_deleted(&client, "default", name).await;
+    assert_deleted(&client, "default", second).await;
+    assert!(
+        Api::<Node>::all(client.clone()).get_opt(&node_name).await.unwrap().is_none(),
+        "the node went with its NodeClaim"
+    );
+    assert!(c.running());
+    c.terminate();
+    assert_no_forbidden(&kc, &[&a, &b, &c]);
+}
 
+/// Bring-your-own nodes: KWOK nodes labelled as GPU Feature Discovery would, the operator with `--provisioner=byo`.
+#[tokio::test]
+async fn byo_nodes_lifecycle() {
+    let Some(kc) = e2e::cluster_kubeconfig("byo_nodes_lifecycle") else { return };
+    let _serial = e2e::serial().await;
+    let client = e2e::admin(&kc).await;
+    e2e::install_charts(&kc);
+    let ns = "byo-e2e";
+    namespace(&client, ns).await;
     let nodes: Api<Node> = Api::all(client.clone());
-    let node = nodes.list(&Default::default()).await.expect("nodes").items.remove(0);
-    let node_name = node.metadata.name.clone().unwrap();
-    let gpu_labels = json!({"kaito-e2e": ns, "nvidia.com/gpu.product": "NVIDIA-A100-PCIE-80GB", "nvidia.com/gpu.count": "1", "nvidia.com/gpu.memory": "81920"});
-    nodes
-        .patch(&node_name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": gpu_labels}})))
-        .await
-        .unwrap();
-    // Extended resources are advertised by patching node status, as a device plugin would.
-    nodes
-        .patch_status(
-            &node_name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"capacity": {"nvidia.com/gpu": "1"}}})),
-        )
-        .await
-        .unwrap();
-
-    let config = Config { provisioner: "byo".into(), poll: Duration::from_secs(2), ..Config::default() };
-    let ctx =
-        Arc::new(Context::new(client.clone(), kaito_tests::shipped_registry(), config, Arc::new(Metrics::default())));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(controller::run(ctx, async move {
-        let _ = stopped.await;
-    }));
-
-    let workspaces: Api<Workspace> = Api::namespaced(client.clone(), &ns);
-    let ws = Workspace::from_yaml(&format!(
-        "apiVersion: kaito.sh/v1beta1\nkind: Workspace\nmetadata: {{name: phi-e2e, namespace: {ns}}}\nresource: {{labelSelector: {{matchLabels: {{kaito-e2e: {ns}}}}}}}\ninference: {{preset: {{name: phi-3.5-mini-instruct}}}}\n"
-    ))
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {
+            "name": "byo-gpu-0",
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {"apps": "phi-byo", "type": "kwok", "kubernetes.io/hostname": "byo-gpu-0",
+                "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu.count": "1", "nvidia.com/gpu.memory": "81920"},
+        },
+        "status": {"capacity": {"cpu": "24", "memory": "220Gi", "pods": "110", "nvidia.com/gpu": "1"},
+                   "allocatable": {"cpu": "24", "memory": "220Gi", "pods": "110", "nvidia.com/gpu": "1"}},
+    }))
     .unwrap();
-    workspaces.create(&PostParams::default(), &ws).await.expect("Workspace created");
-
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-    let sts = wait_for("the StatefulSet", 90, async || statefulsets.get_opt("phi-e2e").await.ok().flatten()).await;
-    let owner = &sts.metadata.owner_references.unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Workspace", "phi-e2e"));
-    let live = wait_for("ResourceReady=True", 60, async || {
-        let w = workspaces.get("phi-e2e").await.ok()?;
-        let ready =
-            w.status.as_ref()?.conditions.as_ref()?.iter().any(|c| c.type_ == "ResourceReady" && c.status == "True");
-        ready.then_some(w)
-    })
-    .await;
-    assert!(live.metadata.finalizers.unwrap_or_default().contains(&"workspace.finalizer.kaito.sh".to_string()));
-    assert_eq!(live.status.unwrap().worker_nodes, Some(vec![node_name.clone()]));
-
-    workspaces.delete("phi-e2e", &DeleteParams::default()).await.expect("delete");
-    wait_for("the Workspace to be gone", 60, async || {
-        workspaces.get_opt("phi-e2e").await.ok()?.is_none().then_some(())
-    })
-    .await;
-
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), running).await;
-    let unlabel = json!({"metadata": {"labels": {"kaito-e2e": null, "nvidia.com/gpu.product": null, "nvidia.com/gpu.count": null, "nvidia.com/gpu.memory": null}}});
-    let _ = nodes.patch(&node_name, &PatchParams::default(), &Patch::Merge(unlabel)).await;
-    let _ = nodes
-        .patch_status(
-            &node_name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"capacity": {"nvidia.com/gpu": null}}})),
-        )
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let mut second = serde_json::to_value(&node).unwrap();
+    second["metadata"]["name"] = "byo-gpu-1".into();
+    second["metadata"]["labels"]["kubernetes.io/hostname"] = "byo-gpu-1".into();
+    second["metadata"]["labels"]["apps"] = "phi-long".into();
+    nodes.create(&PostParams::default(), &serde_json::from_value(second).unwrap()).await.unwrap();
+    let op = Operator::start(&kc, WORKSPACE_DEPLOYMENT, "operator-byo", &["--provisioner=byo", "--leader-elect=false"])
         .await;
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    // The longest name the CRD accepts: every object made for it must still be valid, and its pods must run.
+    let long = format!("workspace-{}", "l".repeat(53));
+    assert_eq!(long.len(), 63);
+    let text = std::fs::read_to_string(kaito_tests::root().join("examples/byo/workspace-phi-3.5-byo.yaml"))
+        .unwrap()
+        .replace("workspace-phi-3-5-byo", &long)
+        .replace("apps: phi-byo", "apps: phi-long");
+    Api::<Workspace>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &Workspace::from_yaml(&text).unwrap())
+        .await
+        .unwrap();
+    sh_ok(&kc, &format!("kubectl apply -n {ns} -f examples/byo/workspace-phi-3.5-byo.yaml"));
+    let name = "workspace-phi-3-5-byo";
+    let ws = wait_succeeded(&kc, &client, ns, name, 120).await;
+    assert_eq!(ws.status.unwrap().worker_nodes, Some(vec!["byo-gpu-0".to_string()]));
+    let long_ws = wait_succeeded(&kc, &client, ns, &long, 120).await;
+    assert_eq!(long_ws.status.unwrap().worker_nodes, Some(vec!["byo-gpu-1".to_string()]));
+    let running = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("kaito.sh/workspace={long}")))
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        running.iter().any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")),
+        "the StatefulSet controller made a pod for the 63-character name"
+    );
+    Api::<Workspace>::namespaced(client.clone(), ns).delete(&long, &DeleteParams::default()).await.unwrap();
+    let claims: Api<DynamicObject> = Api::all_with(client.clone(), &karpenter("NodeClaim", "nodeclaims"));
+    assert!(
+        claims
+            .list(&ListParams::default().labels(&format!("kaito.sh/workspace={name}")))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    sh_ok(&kc, &format!("kubectl delete -n {ns} -f examples/byo/workspace-phi-3.5-byo.yaml"));
+    assert_deleted(&client, ns, name).await;
+    assert_deleted(&client, ns, &long).await;
+    assert!(nodes.get_opt("byo-gpu-0").await.unwrap().is_some(), "BYO nodes are the user's: never deleted");
+    nodes.delete("byo-gpu-0", &DeleteParams::default()).await.unwrap();
+    nodes.delete("byo-gpu-1", &DeleteParams::default()).await.unwrap();
+    assert_no_forbidden(&kc, &[&op]);
+}
+
+/// Karpenter: one NodePool per Workspace with static replicas; its NodeClaims and nodes come from the stand-in cloud.
+#[tokio::test]
+async fn karpenter_nodepool_lifecycle() {
+    let Some(kc) = e2e::cluster_kubeconfig("karpenter_nodepool_lifecycle") else { return };
+    let _serial = e2e::serial().await;
+    let client = e2e::admin(&kc).await;
+    e2e::install_charts(&kc);
+    namespace(&client, "models").await;
+    let op = Operator::start(
+        &kc,
+        WORKSPACE_DEPLOYMENT,
+        "operator-karpenter",
+        &["--provisioner=karpenter", "--leader-elect=false"],
+    )
+    .await;
+    sh_ok(&kc, "kubectl apply -f tests/fixtures/llama-3.3-70b-aws.yaml");
+    let name = "workspace-llama-3-3-70b";
+    let ws = wait_succeeded(&kc, &client, "models", name, 120).await;
+    let pools: Api<DynamicObject> = Api::all_with(client.clone(), &karpenter("NodePool", "nodepools"));
+    let pool = pools.get(&format!("models-{name}")).await.unwrap();
+    assert_eq!(pool.data["spec"]["replicas"].as_u64(), Some(ws.status.unwrap().target_node_count.unwrap() as u64));
+    sh_ok(&kc, "kubectl delete -f tests/fixtures/llama-3.3-70b-aws.yaml");
+    assert_deleted(&client, "models", name).await;
+    let claims: Api<DynamicObject> = Api::all_with(client.clone(), &karpenter("NodeClaim", "nodeclaims"));
+    let left = claims
+        .list(&ListParams::default().labels(&format!("karpenter.sh/nodepool=models-{name}")))
+        .await
+        .unwrap()
+        .items;
+    assert!(left.is_empty(), "the NodePool's NodeClaims went with it");
+    assert_no_forbidden(&kc, &[&op]);
+}
+
+/// The README's RAGEngine: NodeClaim, node, kaito-rag Deployment and Service, ServiceReady; delete (no 409).
+#[tokio::test]
+async fn readme_ragengine_lifecycle() {
+    let Some(kc) = e2e::cluster_kubeconfig("readme_ragengine_lifecycle") else { return };
+    let _serial = e2e::serial().await;
+    let client = e2e::admin(&kc).await;
+    e2e::install_charts(&kc);
+    let a = Operator::start(&kc, RAGENGINE_DEPLOYMENT, "rag-operator-a", &[]).await;
+    let b = Operator::start(&kc, RAGENGINE_DEPLOYMENT, "rag-operator-b", &[]).await;
+    let commands = e2e::readme_install_commands();
+    let apply = commands
+        .iter()
+        .find(|l| l.starts_with("kubectl apply") && l.contains("ragengine"))
+        .expect("README applies a RAGEngine");
+    sh_ok(&kc, apply);
+    let name = "ragengine-start";
+    wait_for("`kubectl get ragengine` to show ServiceReady True", 120, async || {
+        (column(&kc, "ragengine", "default", name, "ServiceReady")? == "True").then_some(())
+    })
+    .await;
+    let deploy = Api::<Deployment>::namespaced(client.clone(), "default").get(name).await.unwrap();
+    assert_eq!(deploy.owner_references()[0].kind, "RAGEngine");
+    sh_ok(&kc, &apply.replacen("kubectl apply", "kubectl delete", 1));
+    let rags: Api<RAGEngine> = Api::namespaced(client.clone(), "default");
+    wait_for("the RAGEngine to be gone", 90, async || rags.get_opt(name).await.ok()?.is_none().then_some(())).await;
+    let claims: Api<DynamicObject> = Api::all_with(client.clone(), &karpenter("NodeClaim", "nodeclaims"));
+    let left = claims.list(&ListParams::default().labels(&format!("kaito.sh/ragengine={name}"))).await.unwrap().items;
+    assert!(left.is_empty());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    wait_for("the garbage collector to remove the Deployment", 60, async || {
+        deployments.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    for op in [&a, &b] {
+        assert!(!op.log_text().contains("409"), "a conflict was not retried cleanly:\n{}", op.log_text());
+    }
+    assert_no_forbidden(&kc, &[&a, &b]);
+}
+
+/// Every file under examples/ is accepted by the real API server (CRD schema and CEL, by server-side dry run).
+#[tokio::test]
+async fn every_example_is_accepted_by_the_api_server() {
+    let Some(kc) = e2e::cluster_kubeconfig("every_example_is_accepted_by_the_api_server") else { return };
+    let _serial = e2e::serial().await;
+    e2e::install_charts(&kc);
+    let mut files = Vec::new();
+    for dir in ["examples/inference", "examples/byo", "examples/custom-template", "examples/RAG"] {
+        for e in std::fs::read_dir(kaito_tests::root().join(dir)).unwrap() {
+            files.push(format!("{dir}/{}", e.unwrap().file_name().to_string_lossy()));
+        }
+    }
+    assert!(files.len() > 28);
+    for f in files {
+        sh_ok(&kc, &format!("kubectl apply --dry-run=server -n default -f {f}"));
+    }
+}
+
+/// The invalid fixtures (`tests/fixtures/invalid/`, each naming the message it expects) are refused by the real API
+/// server: on create, or, for those marked `# update-of: FILE`, as an update of FILE's Workspace.
+#[tokio::test]
+async fn invalid_workspaces_are_refused_at_apply_time() {
+    let Some(kc) = e2e::cluster_kubeconfig("invalid_workspaces_are_refused_at_apply_time") else { return };
+    let _serial = e2e::serial().await;
+    let client = e2e::admin(&kc).await;
+    e2e::install_charts(&kc);
+    let ns = "invalid-e2e";
+    namespace(&client, ns).await;
+    let dir = kaito_tests::root().join("tests/fixtures/invalid");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let header = |key: &str| text.lines().find_map(|l| l.strip_prefix(&format!("# {key}: ")).map(str::to_string));
+        let expected =
+            header("rejected").unwrap_or_else(|| panic!("{} names no `# rejected:` message", path.display()));
+        let rel = format!("tests/fixtures/invalid/{}", path.file_name().unwrap().to_string_lossy());
+        if let Some(base) = header("update-of") {
+            sh_ok(&kc, &format!("kubectl apply -n {ns} -f {base}"));
+            let out = sh(&kc, &format!("kubectl apply --dry-run=server -n {ns} -f {rel}"));
+            assert!(!out.ok && out.stderr.contains(&expected), "{rel}: expected {expected:?}, got {out:?}");
+            sh_ok(&kc, &format!("kubectl delete -n {ns} -f {base}"));
+        } else {
+            let out = sh(&kc, &format!("kubectl apply --dry-run=server -n {ns} -f {rel}"));
+            assert!(!out.ok && out.stderr.contains(&expected), "{rel}: expected {expected:?}, got {out:?}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 9, "{checked} invalid fixtures");
 }

