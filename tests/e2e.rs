@@ -282,6 +282,24 @@ pub fn forbidden_requests(admin_kubeconfig: &Path, namespace: &str) -> Vec<Strin
         .collect()
 }
 
+/// What every end-to-end test starts from: the cluster (charts installed), its admin client, and the turn to run.
+pub struct Env {
+    pub kubeconfig: PathBuf,
+    pub client: Client,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Env {
+    /// `None` when the run is local-only (see [`cluster_kubeconfig`]).
+    pub async fn start(test: &str) -> Option<Env> {
+        let kubeconfig = cluster_kubeconfig(test)?;
+        let turn = serial().await;
+        let client = admin(&kubeconfig).await;
+        install_charts(&kubeconfig);
+        Some(Env { kubeconfig, client, _turn: turn })
+    }
+}
+
 /// Installs both charts once per test process, by the README's own commands.
 pub fn install_charts(kubeconfig: &Path) {
     static DONE: OnceLock<()> = OnceLock::new();

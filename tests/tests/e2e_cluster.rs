@@ -122,27 +122,22 @@ async fn wait_succeeded(kubeconfig: &Path, client: &Client, ns: &str, name: &str
 /// over; an operator killed mid-reconcile and restarted makes no duplicate NodeClaims; delete cleans up.
 #[tokio::test]
 async fn readme_install_and_gpu_provisioner_lifecycle() {
-    let Some(kc) = e2e::cluster_kubeconfig("readme_install_and_gpu_provisioner_lifecycle") else { return };
-    let _serial = e2e::serial().await;
-    let client = e2e::admin(&kc).await;
-    e2e::install_charts(&kc);
-    sh_ok(
-        &kc,
-        "kubectl wait --for=condition=Established crd/workspaces.kaito.sh crd/ragengines.kaito.sh --timeout=60s",
-    );
+    let Some(env) = e2e::Env::start("readme_install_and_gpu_provisioner_lifecycle").await else { return };
+    let (kc, client) = (&env.kubeconfig, &env.client);
+    sh_ok(kc, "kubectl wait --for=condition=Established crd/workspaces.kaito.sh crd/ragengines.kaito.sh --timeout=60s");
 
-    let mut a = Operator::start(&kc, WORKSPACE_DEPLOYMENT, "operator-a", &[]).await;
-    let mut b = Operator::start(&kc, WORKSPACE_DEPLOYMENT, "operator-b", &[]).await;
+    let mut a = Operator::start(kc, WORKSPACE_DEPLOYMENT, "operator-a", &[]).await;
+    let mut b = Operator::start(kc, WORKSPACE_DEPLOYMENT, "operator-b", &[]).await;
     let commands = e2e::readme_install_commands();
     let apply = commands
         .iter()
         .find(|l| l.starts_with("kubectl apply") && l.contains("workspace"))
         .expect("README applies a Workspace");
-    sh_ok(&kc, apply);
+    sh_ok(kc, apply);
     let name = "workspace-phi-3-5-mini";
-    let ws = wait_succeeded(&kc, &client, "default", name, 120).await;
-    assert_eq!(column(&kc, "workspace", "default", name, "Instance").as_deref(), Some("Standard_NC24ads_A100_v4"));
-    assert_eq!(column(&kc, "workspace", "default", name, "State").as_deref(), Some("Ready"));
+    let ws = wait_succeeded(kc, client, "default", name, 120).await;
+    assert_eq!(column(kc, "workspace", "default", name, "Instance").as_deref(), Some("Standard_NC24ads_A100_v4"));
+    assert_eq!(column(kc, "workspace", "default", name, "State").as_deref(), Some("Ready"));
 
     let claims: Api<DynamicObject> = Api::all_with(client.clone(), &karpenter("NodeClaim", "nodeclaims"));
     let selector = format!("kaito.sh/workspace={name}");
@@ -169,7 +164,7 @@ async fn readme_install_and_gpu_provisioner_lifecycle() {
         );
         assert_eq!(pod.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
     }
-    let leader = lease_holder(&client, WORKSPACE_LEASE).await.expect("a Lease holder");
+    let leader = lease_holder(client, WORKSPACE_LEASE).await.expect("a Lease holder");
     assert!(leader == "operator-a" || leader == "operator-b", "leader {leader}");
 
     // A spec change rolls the StatefulSet; every status written for the new generation says not Ready until the
@@ -224,7 +219,7 @@ async fn readme_install_and_gpu_provisioner_lifecycle() {
     killed.kill();
     let survivor_id = survivor.identity.clone();
     wait_for("the other replica to take the Lease", 60, async || {
-        (lease_holder(&client, WORKSPACE_LEASE).await? == survivor_id).then_some(())
+        (lease_holder(client, WORKSPACE_LEASE).await? == survivor_id).then_some(())
     })
     .await;
     let second = "workspace-phi-second";
@@ -242,9 +237,9 @@ async fn readme_install_and_gpu_provisioner_lifecycle() {
     })
     .await;
     survivor.kill();
-    let mut c = Operator::start(&kc, WORKSPACE_DEPLOYMENT, "operator-c", &[]).await;
-    let ws2 = wait_succeeded(&kc, &client, "default", second, 120).await;
-    assert_eq!(lease_holder(&client, WORKSPACE_LEASE).await.as_deref(), Some("operator-c"));
+    let mut c = Operator::start(kc, WORKSPACE_DEPLOYMENT, "operator-c", &[]).await;
+    let ws2 = wait_succeeded(kc, client, "default", second, 120).await;
+    assert_eq!(lease_holder(client, WORKSPACE_LEASE).await.as_deref(), Some("operator-c"));
     let claims2 = claims.list(&ListParams::default().labels(&selector2)).await.unwrap().items;
     assert_eq!(
         claims2.len(),
@@ -253,29 +248,27 @@ async fn readme_install_and_gpu_provisioner_lifecycle() {
     );
 
     for line in commands.iter().filter(|l| l.starts_with("kubectl apply") && l.contains("workspace")) {
-        sh_ok(&kc, &line.replacen("kubectl apply", "kubectl delete", 1));
+        sh_ok(kc, &line.replacen("kubectl apply", "kubectl delete", 1));
     }
     workspaces.delete(second, &DeleteParams::default()).await.unwrap();
-    assert_deleted(&client, "default", name).await;
-    assert_deleted(&client, "default", second).await;
+    assert_deleted(client, "default", name).await;
+    assert_deleted(client, "default", second).await;
     assert!(
         Api::<Node>::all(client.clone()).get_opt(&node_name).await.unwrap().is_none(),
         "the node went with its NodeClaim"
     );
     assert!(c.running());
     c.terminate();
-    assert_no_forbidden(&kc, &[&a, &b, &c]);
+    assert_no_forbidden(kc, &[&a, &b, &c]);
 }
 
 /// Bring-your-own nodes: KWOK nodes labelled as GPU Feature Discovery would, the operator with `--provisioner=byo`.
 #[tokio::test]
 async fn byo_nodes_lifecycle() {
-    let Some(kc) = e2e::cluster_kubeconfig("byo_nodes_lifecycle") else { return };
-    let _serial = e2e::serial().await;
-    let client = e2e::admin(&kc).await;
-    e2e::install_charts(&kc);
+    let Some(env) = e2e::Env::start("byo_nodes_lifecycle").await else { return };
+    let (kc, client) = (&env.kubeconfig, &env.client);
     let ns = "byo-e2e";
-    namespace(&client, ns).await;
+    namespace(client, ns).await;
     let nodes: Api<Node> = Api::all(client.clone());
     let node: Node = serde_json::from_value(json!({
         "metadata": {
@@ -294,8 +287,8 @@ async fn byo_nodes_lifecycle() {
     second["metadata"]["labels"]["kubernetes.io/hostname"] = "byo-gpu-1".into();
     second["metadata"]["labels"]["apps"] = "phi-long".into();
     nodes.create(&PostParams::default(), &serde_json::from_value(second).unwrap()).await.unwrap();
-    let op = Operator::start(&kc, WORKSPACE_DEPLOYMENT, "operator-byo", &["--provisioner=byo", "--leader-elect=false"])
-        .await;
+    let op =
+        Operator::start(kc, WORKSPACE_DEPLOYMENT, "operator-byo", &["--provisioner=byo", "--leader-elect=false"]).await;
     // The longest name the CRD accepts: every object made for it must still be valid, and its pods must run.
     let long = format!("workspace-{}", "l".repeat(53));
     assert_eq!(long.len(), 63);
@@ -307,11 +300,11 @@ async fn byo_nodes_lifecycle() {
         .create(&PostParams::default(), &Workspace::from_yaml(&text).unwrap())
         .await
         .unwrap();
-    sh_ok(&kc, &format!("kubectl apply -n {ns} -f examples/byo/workspace-phi-3.5-byo.yaml"));
+    sh_ok(kc, &format!("kubectl apply -n {ns} -f examples/byo/workspace-phi-3.5-byo.yaml"));
     let name = "workspace-phi-3-5-byo";
-    let ws = wait_succeeded(&kc, &client, ns, name, 120).await;
+    let ws = wait_succeeded(kc, client, ns, name, 120).await;
     assert_eq!(ws.status.unwrap().worker_nodes, Some(vec!["byo-gpu-0".to_string()]));
-    let long_ws = wait_succeeded(&kc, &client, ns, &long, 120).await;
+    let long_ws = wait_succeeded(kc, client, ns, &long, 120).await;
     assert_eq!(long_ws.status.unwrap().worker_nodes, Some(vec!["byo-gpu-1".to_string()]));
     let running = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(&format!("kaito.sh/workspace={long}")))
@@ -332,38 +325,36 @@ async fn byo_nodes_lifecycle() {
             .items
             .is_empty()
     );
-    sh_ok(&kc, &format!("kubectl delete -n {ns} -f examples/byo/workspace-phi-3.5-byo.yaml"));
-    assert_deleted(&client, ns, name).await;
-    assert_deleted(&client, ns, &long).await;
+    sh_ok(kc, &format!("kubectl delete -n {ns} -f examples/byo/workspace-phi-3.5-byo.yaml"));
+    assert_deleted(client, ns, name).await;
+    assert_deleted(client, ns, &long).await;
     assert!(nodes.get_opt("byo-gpu-0").await.unwrap().is_some(), "BYO nodes are the user's: never deleted");
     nodes.delete("byo-gpu-0", &DeleteParams::default()).await.unwrap();
     nodes.delete("byo-gpu-1", &DeleteParams::default()).await.unwrap();
-    assert_no_forbidden(&kc, &[&op]);
+    assert_no_forbidden(kc, &[&op]);
 }
 
 /// Karpenter: one NodePool per Workspace with static replicas; its NodeClaims and nodes come from the stand-in cloud.
 #[tokio::test]
 async fn karpenter_nodepool_lifecycle() {
-    let Some(kc) = e2e::cluster_kubeconfig("karpenter_nodepool_lifecycle") else { return };
-    let _serial = e2e::serial().await;
-    let client = e2e::admin(&kc).await;
-    e2e::install_charts(&kc);
-    namespace(&client, "models").await;
+    let Some(env) = e2e::Env::start("karpenter_nodepool_lifecycle").await else { return };
+    let (kc, client) = (&env.kubeconfig, &env.client);
+    namespace(client, "models").await;
     let op = Operator::start(
-        &kc,
+        kc,
         WORKSPACE_DEPLOYMENT,
         "operator-karpenter",
         &["--provisioner=karpenter", "--leader-elect=false"],
     )
     .await;
-    sh_ok(&kc, "kubectl apply -f tests/fixtures/llama-3.3-70b-aws.yaml");
+    sh_ok(kc, "kubectl apply -f tests/fixtures/llama-3.3-70b-aws.yaml");
     let name = "workspace-llama-3-3-70b";
-    let ws = wait_succeeded(&kc, &client, "models", name, 120).await;
+    let ws = wait_succeeded(kc, client, "models", name, 120).await;
     let pools: Api<DynamicObject> = Api::all_with(client.clone(), &karpenter("NodePool", "nodepools"));
     let pool = pools.get(&format!("models-{name}")).await.unwrap();
     assert_eq!(pool.data["spec"]["replicas"].as_u64(), Some(ws.status.unwrap().target_node_count.unwrap() as u64));
-    sh_ok(&kc, "kubectl delete -f tests/fixtures/llama-3.3-70b-aws.yaml");
-    assert_deleted(&client, "models", name).await;
+    sh_ok(kc, "kubectl delete -f tests/fixtures/llama-3.3-70b-aws.yaml");
+    assert_deleted(client, "models", name).await;
     let claims: Api<DynamicObject> = Api::all_with(client.clone(), &karpenter("NodeClaim", "nodeclaims"));
     let left = claims
         .list(&ListParams::default().labels(&format!("karpenter.sh/nodepool=models-{name}")))
@@ -371,32 +362,30 @@ async fn karpenter_nodepool_lifecycle() {
         .unwrap()
         .items;
     assert!(left.is_empty(), "the NodePool's NodeClaims went with it");
-    assert_no_forbidden(&kc, &[&op]);
+    assert_no_forbidden(kc, &[&op]);
 }
 
 /// The README's RAGEngine: NodeClaim, node, kaito-rag Deployment and Service, ServiceReady; delete (no 409).
 #[tokio::test]
 async fn readme_ragengine_lifecycle() {
-    let Some(kc) = e2e::cluster_kubeconfig("readme_ragengine_lifecycle") else { return };
-    let _serial = e2e::serial().await;
-    let client = e2e::admin(&kc).await;
-    e2e::install_charts(&kc);
-    let a = Operator::start(&kc, RAGENGINE_DEPLOYMENT, "rag-operator-a", &[]).await;
-    let b = Operator::start(&kc, RAGENGINE_DEPLOYMENT, "rag-operator-b", &[]).await;
+    let Some(env) = e2e::Env::start("readme_ragengine_lifecycle").await else { return };
+    let (kc, client) = (&env.kubeconfig, &env.client);
+    let a = Operator::start(kc, RAGENGINE_DEPLOYMENT, "rag-operator-a", &[]).await;
+    let b = Operator::start(kc, RAGENGINE_DEPLOYMENT, "rag-operator-b", &[]).await;
     let commands = e2e::readme_install_commands();
     let apply = commands
         .iter()
         .find(|l| l.starts_with("kubectl apply") && l.contains("ragengine"))
         .expect("README applies a RAGEngine");
-    sh_ok(&kc, apply);
+    sh_ok(kc, apply);
     let name = "ragengine-start";
     wait_for("`kubectl get ragengine` to show ServiceReady True", 120, async || {
-        (column(&kc, "ragengine", "default", name, "ServiceReady")? == "True").then_some(())
+        (column(kc, "ragengine", "default", name, "ServiceReady")? == "True").then_some(())
     })
     .await;
     let deploy = Api::<Deployment>::namespaced(client.clone(), "default").get(name).await.unwrap();
     assert_eq!(deploy.owner_references()[0].kind, "RAGEngine");
-    sh_ok(&kc, &apply.replacen("kubectl apply", "kubectl delete", 1));
+    sh_ok(kc, &apply.replacen("kubectl apply", "kubectl delete", 1));
     let rags: Api<RAGEngine> = Api::namespaced(client.clone(), "default");
     wait_for("the RAGEngine to be gone", 90, async || rags.get_opt(name).await.ok()?.is_none().then_some(())).await;
     let claims: Api<DynamicObject> = Api::all_with(client.clone(), &karpenter("NodeClaim", "nodeclaims"));
@@ -410,15 +399,14 @@ async fn readme_ragengine_lifecycle() {
     for op in [&a, &b] {
         assert!(!op.log_text().contains("409"), "a conflict was not retried cleanly:\n{}", op.log_text());
     }
-    assert_no_forbidden(&kc, &[&a, &b]);
+    assert_no_forbidden(kc, &[&a, &b]);
 }
 
 /// Every file under examples/ is accepted by the real API server (CRD schema and CEL, by server-side dry run).
 #[tokio::test]
 async fn every_example_is_accepted_by_the_api_server() {
-    let Some(kc) = e2e::cluster_kubeconfig("every_example_is_accepted_by_the_api_server") else { return };
-    let _serial = e2e::serial().await;
-    e2e::install_charts(&kc);
+    let Some(env) = e2e::Env::start("every_example_is_accepted_by_the_api_server").await else { return };
+    let kc = &env.kubeconfig;
     let mut files = Vec::new();
     for dir in ["examples/inference", "examples/byo", "examples/custom-template", "examples/RAG"] {
         for e in std::fs::read_dir(kaito_tests::root().join(dir)).unwrap() {
@@ -427,7 +415,7 @@ async fn every_example_is_accepted_by_the_api_server() {
     }
     assert!(files.len() > 28);
     for f in files {
-        sh_ok(&kc, &format!("kubectl apply --dry-run=server -n default -f {f}"));
+        sh_ok(kc, &format!("kubectl apply --dry-run=server -n default -f {f}"));
     }
 }
 
@@ -435,12 +423,10 @@ async fn every_example_is_accepted_by_the_api_server() {
 /// server: on create, or, for those marked `# update-of: FILE`, as an update of FILE's Workspace.
 #[tokio::test]
 async fn invalid_workspaces_are_refused_at_apply_time() {
-    let Some(kc) = e2e::cluster_kubeconfig("invalid_workspaces_are_refused_at_apply_time") else { return };
-    let _serial = e2e::serial().await;
-    let client = e2e::admin(&kc).await;
-    e2e::install_charts(&kc);
+    let Some(env) = e2e::Env::start("invalid_workspaces_are_refused_at_apply_time").await else { return };
+    let (kc, client) = (&env.kubeconfig, &env.client);
     let ns = "invalid-e2e";
-    namespace(&client, ns).await;
+    namespace(client, ns).await;
     let dir = kaito_tests::root().join("tests/fixtures/invalid");
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -451,15 +437,44 @@ async fn invalid_workspaces_are_refused_at_apply_time() {
             header("rejected").unwrap_or_else(|| panic!("{} names no `# rejected:` message", path.display()));
         let rel = format!("tests/fixtures/invalid/{}", path.file_name().unwrap().to_string_lossy());
         if let Some(base) = header("update-of") {
-            sh_ok(&kc, &format!("kubectl apply -n {ns} -f {base}"));
-            let out = sh(&kc, &format!("kubectl apply --dry-run=server -n {ns} -f {rel}"));
+            sh_ok(kc, &format!("kubectl apply -n {ns} -f {base}"));
+            let out = sh(kc, &format!("kubectl apply --dry-run=server -n {ns} -f {rel}"));
             assert!(!out.ok && out.stderr.contains(&expected), "{rel}: expected {expected:?}, got {out:?}");
-            sh_ok(&kc, &format!("kubectl delete -n {ns} -f {base}"));
+            sh_ok(kc, &format!("kubectl delete -n {ns} -f {base}"));
         } else {
-            let out = sh(&kc, &format!("kubectl apply --dry-run=server -n {ns} -f {rel}"));
+            let out = sh(kc, &format!("kubectl apply --dry-run=server -n {ns} -f {rel}"));
             assert!(!out.ok && out.stderr.contains(&expected), "{rel}: expected {expected:?}, got {out:?}");
         }
         checked += 1;
     }
     assert!(checked >= 9, "{checked} invalid fixtures");
+}
+
+/// Two operators without leader election (a split brain, or a rollout that briefly runs two) reconcile the same
+/// Workspace at once: their concurrent creates of the same NodeClaims meet the API server's 409, which is taken as
+/// "already there"; the Workspace gets exactly one set of NodeClaims and reaches Ready.
+#[tokio::test]
+async fn racing_operators_make_one_set_of_nodeclaims() {
+    let Some(env) = e2e::Env::start("racing_operators_make_one_set_of_nodeclaims").await else { return };
+    let (kc, client) = (&env.kubeconfig, &env.client);
+    let ns = "race-e2e";
+    namespace(client, ns).await;
+    let one = Operator::start(kc, WORKSPACE_DEPLOYMENT, "racer-1", &["--leader-elect=false"]).await;
+    let two = Operator::start(kc, WORKSPACE_DEPLOYMENT, "racer-2", &["--leader-elect=false"]).await;
+    let text =
+        std::fs::read_to_string(kaito_tests::root().join("examples/inference/kaito_workspace_phi-4.yaml")).unwrap();
+    let ws = Workspace::from_yaml(&text).unwrap();
+    let name = ws.name().to_string();
+    Api::<Workspace>::namespaced(client.clone(), ns).create(&PostParams::default(), &ws).await.unwrap();
+    let ready = wait_succeeded(kc, client, ns, &name, 120).await;
+    let claims: Api<DynamicObject> = Api::all_with(client.clone(), &karpenter("NodeClaim", "nodeclaims"));
+    let mine = claims
+        .list(&ListParams::default().labels(&format!("kaito.sh/workspace={name},kaito.sh/workspacenamespace={ns}")))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(mine.len(), ready.status.unwrap().target_node_count.unwrap() as usize, "one set of NodeClaims");
+    Api::<Workspace>::namespaced(client.clone(), ns).delete(&name, &DeleteParams::default()).await.unwrap();
+    assert_deleted(client, ns, &name).await;
+    assert_no_forbidden(kc, &[&one, &two]);
 }

@@ -323,6 +323,16 @@ const STORAGE_CLASS: &str = "apiVersion: storage.k8s.io/v1\nkind: StorageClass\n
 
 /// `cluster up`: start the control plane (if it is not running) and return the admin kubeconfig's path.
 pub fn up() -> Result<PathBuf> {
+    start(false)
+}
+
+/// Like [`up`], for `cargo xtask test`, which has built the plugins and `kwok-provisioner` (with the feature set of
+/// `cargo test --workspace`, so building it again here would recompile its dependencies).
+pub fn up_prebuilt() -> Result<PathBuf> {
+    start(true)
+}
+
+fn start(prebuilt: bool) -> Result<PathBuf> {
     let state = state_dir()?;
     let kubeconfig = state.join("admin.kubeconfig");
     let tools = crate::tools()?;
@@ -332,16 +342,20 @@ pub fn up() -> Result<PathBuf> {
     }
     down()?;
     let bin = build()?;
-    crate::plugins()?;
-    // The NodeClaim stand-in is a Rust program: it reads instance types from our own provisioner plugins.
-    run(cargo().current_dir(root()).args([
-        "build",
-        "--quiet",
-        "--package",
-        "kaito-tests",
-        "--bin",
-        "kwok-provisioner",
-    ]))?;
+    if !prebuilt {
+        crate::plugins()?;
+        // The NodeClaim stand-in is a Rust program: it reads instance types from our own provisioner plugins.
+        let mut provisioner = cargo();
+        provisioner.current_dir(root()).args([
+            "build",
+            "--quiet",
+            "--package",
+            "kaito-tests",
+            "--bin",
+            "kwok-provisioner",
+        ]);
+        run(&mut provisioner)?;
+    }
     let started = Instant::now();
     std::fs::create_dir_all(state.join("logs"))?;
     let pki = state.join("pki");

@@ -359,20 +359,18 @@ fn test() -> Result<()> {
         .current_dir(root.join("plugins"))
         .args(["test", "--workspace", "--quiet"])
         .env("CARGO_TARGET_DIR", guest_target_dir(&root)))?;
-    // The end-to-end tests run the real operator binary on a fresh local control plane.
-    run(cargo().current_dir(&root).args(["build", "--quiet", "--package", "kaito-operator"]))?;
+    // Everything first, the binaries the end-to-end tests run included (kaito-operator and kwok-provisioner are
+    // built for their packages' integration tests); then a fresh local control plane, then the tests.
+    let test = || -> Result<Command> {
+        let mut test = cargo();
+        test.current_dir(&root).args(["test", "--workspace"]).env("OMP_NUM_THREADS", "1");
+        with_torch(&mut test, &venv)?;
+        Ok(test)
+    };
+    run(test()?.arg("--no-run"))?;
     cluster::down()?;
-    let kubeconfig = cluster::up()?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(root.join("target"));
-    let mut test = cargo();
-    test.current_dir(&root)
-        .args(["test", "--workspace"])
-        .env("OMP_NUM_THREADS", "1")
-        .env("KAITO_E2E_KUBECONFIG", &kubeconfig)
-        .env("KAITO_OPERATOR_BIN", target.join("debug/kaito-operator"))
-        .env("KAITO_TOOLS_BIN", tools()?);
-    with_torch(&mut test, &venv)?;
-    let result = run(&mut test);
+    let kubeconfig = cluster::up_prebuilt()?;
+    let result = run(test()?.env("KAITO_E2E_KUBECONFIG", &kubeconfig).env("KAITO_TOOLS_BIN", tools()?));
     if result.is_err() {
         cluster::print_logs()?;
     }
