@@ -1,7 +1,7 @@
 //! The preset catalog as the Wasm plugins serve it: every alias sized on the
 //! reference GPU shapes, as a golden table, and every alias has an example.
 
-use kaito_plugin_host::{CallError, GpuShape, HostConfig, PlanRequest, PluginHost, PluginKind};
+use kaito_plugin_host::{CallError, GpuShape, HostConfig, PluginHost, PluginKind};
 use kaito_tests::{golden, plugin_dir, root};
 
 const GIB: u64 = 1 << 30;
@@ -90,6 +90,29 @@ fn shapes() -> Vec<(&'static str, GpuShape)> {
     ]
 }
 
+/// KAITO v0.12's node estimator, written again here from its documented arithmetic as an independent reference
+/// (not through our plugins): loaded size = weights x 1.02; per GPU, 0.84 of its memory less a 2.3 GiB reserve and
+/// the KV cache of 2048 tokens spread over the node's GPUs, over 1.05; GPUs = floor(size / that) + 1; nodes =
+/// GPUs / GPUs per node, rounded up. Parallelism: data-parallel over the node's GPUs when one node suffices and the
+/// model is under half a GPU, else tensor over the node's GPUs and pipeline over the nodes. `None`: does not fit.
+fn kaito_estimate(weights_bytes: u64, bytes_per_token: u64, shape: &GpuShape) -> Option<(u32, u32, u32, u32)> {
+    const GIB: f64 = (1u64 << 30) as f64;
+    let size = weights_bytes as f64 * 1.02;
+    let per_gpu = shape.gpu_memory_bytes as f64;
+    let reserve = 2.3 * GIB + 2048.0 * bytes_per_token as f64 / shape.gpus_per_node as f64;
+    let available = per_gpu * 0.84;
+    if available <= reserve {
+        return None;
+    }
+    let gpus = (size / ((available - reserve) / 1.05)).floor() as u32 + 1;
+    let nodes = gpus.div_ceil(shape.gpus_per_node);
+    if nodes > shape.max_nodes {
+        return None;
+    }
+    let gpn = shape.gpus_per_node;
+    Some(if nodes == 1 && size < per_gpu / 2.0 && gpn > 1 { (nodes, 1, 1, gpn) } else { (nodes, gpn, nodes, 1) })
+}
+
 #[test]
 fn every_catalog_model_is_served_by_a_preset_plugin() {
     let cache = tempfile::tempdir().unwrap();
@@ -98,9 +121,10 @@ fn every_catalog_model_is_served_by_a_preset_plugin() {
     assert!(registry.failures.is_empty(), "{:?}", registry.failures);
     let mut table = String::from(
         "# Sizing of every KAITO catalog model (max 8 nodes), as the preset plugins plan it\n\n\
-         Cells: nodes x GPUs/node, tensor/pipeline/data parallelism, runtime; or the error kind. KAITO always runs vLLM with \
-         the same estimator: where we choose the tch server (the model fits one GPU), the cell also shows KAITO's plan. \
-         Regenerate with KAITO_BLESS=1.\n\n| alias |",
+         Cells: nodes x GPUs/node, tensor/pipeline/data parallelism, runtime; or the error kind; then, in brackets, \
+         KAITO v0.12's own estimate (its estimator's arithmetic, computed independently in tests/tests/catalog.rs; KAITO \
+         runs vLLM). The node counts must agree in every cell; the parallelism differs only where we choose the tch \
+         server, which serves from one GPU. Regenerate with KAITO_BLESS=1.\n\n| alias |",
     );
     for (name, _) in shapes() {
         table.push_str(&format!(" {name} |"));
@@ -122,19 +146,25 @@ fn every_catalog_model_is_served_by_a_preset_plugin() {
                     r.node_count, r.gpus_per_node, par.tensor, par.pipeline, par.data, p.runtime
                 )
             };
+            let kaito = kaito_estimate(model.weights_bytes, model.bytes_per_token, &shape);
+            let theirs = match kaito {
+                Some((n, t, p, d)) => format!("{n}x{} {t}/{p}/{d}", shape.gpus_per_node),
+                None => "DoesNotFit".into(),
+            };
             let cell = match plugin.plan(&req, &shape) {
-                // KAITO always runs vLLM; where we pick tch, show what KAITO would plan.
-                Ok(p) if p.runtime == "tch" => {
-                    fits += 1;
-                    let vllm = PlanRequest { runtime: Some("vllm".into()), ..req.clone() };
-                    let kaito = plugin.plan(&vllm, &shape).unwrap_or_else(|e| panic!("{alias}: {e}"));
-                    format!("{} (KAITO: {})", describe(&p), describe(&kaito))
-                }
                 Ok(p) => {
                     fits += 1;
-                    describe(&p)
+                    let kaito_nodes = kaito.map(|k| k.0);
+                    assert_eq!(
+                        Some(p.resources.node_count),
+                        kaito_nodes,
+                        "{alias} on {shape:?}: node count differs from KAITO's"
+                    );
+                    format!("{} [KAITO: {theirs}]", describe(&p))
                 }
-                Err(CallError::Plugin { error, .. }) => format!("{:?}", error.kind).replace("ErrorKind::", ""),
+                Err(CallError::Plugin { error, .. }) => {
+                    format!("{} [KAITO: {theirs}]", format!("{:?}", error.kind).replace("ErrorKind::", ""))
+                }
                 Err(e) => panic!("{alias}: plugin fault: {e}"),
             };
             table.push_str(&format!(" {cell} |"));

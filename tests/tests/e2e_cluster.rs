@@ -68,7 +68,12 @@ fn assert_no_forbidden(kubeconfig: &Path, operators: &[&Operator]) {
     assert!(denied.is_empty(), "the API server denied requests of the chart's ServiceAccounts:\n{}", denied.join("\n"));
     for op in operators {
         let log = op.log_text();
-        assert!(!log.contains("403") && !log.contains("Forbidden"), "operator {} logged a 403:\n{log}", op.identity);
+        // kube's error text: `code: 403` with reason `Forbidden` (a bare "403" also matches timestamps and uids).
+        assert!(
+            !log.contains("code: 403") && !log.contains("Forbidden"),
+            "operator {} logged a 403:\n{log}",
+            op.identity
+        );
     }
 }
 
@@ -397,7 +402,7 @@ async fn readme_ragengine_lifecycle() {
     })
     .await;
     for op in [&a, &b] {
-        assert!(!op.log_text().contains("409"), "a conflict was not retried cleanly:\n{}", op.log_text());
+        assert!(!op.log_text().contains("code: 409"), "a conflict was not retried cleanly:\n{}", op.log_text());
     }
     assert_no_forbidden(kc, &[&a, &b]);
 }

@@ -143,7 +143,10 @@ async fn bring_your_own_nodes_lifecycle() {
     let cluster = Cluster::new();
     let ctx = operator_context(&cluster, shipped_registry(), "byo");
     let name = "workspace-phi-3-5-mini";
-    cluster.create(paths::WORKSPACES, seed());
+    // Bring-your-own nodes take no instance type (KAITO's webhook refuses one with auto-provisioning off).
+    let mut ws = seed();
+    ws["resource"].as_object_mut().unwrap().remove("instanceType");
+    cluster.create(paths::WORKSPACES, ws);
 
     // No labelled node yet: a condition says so, and the operator retries.
     let action = reconcile(&cluster, &ctx, "default", name).await;

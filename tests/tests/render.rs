@@ -161,3 +161,29 @@ fn node_class_annotation_is_input_not_a_plugin_fault() {
     assert_eq!(provisioner.quarantined(), None, "the plugin did nothing wrong");
     kaito_workload::render(&registry, &with("gpu"), &opts).expect("the next Workspace still provisions");
 }
+
+/// KAITO's estimator decides the node count: a larger `resource.count` adds no nodes, and the output says so.
+#[test]
+fn resource_count_does_not_force_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::fs::read_to_string(root().join(SEED)).unwrap();
+    let file = dir.path().join("ws.yaml");
+    std::fs::write(&file, seed.replace("resource:\n", "resource:\n  count: 4\n")).unwrap();
+    let run = render(&["-f", &file.display().to_string()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.matches("kind: NodeClaim").count(), 1, "one node, as KAITO plans it");
+    assert!(run.stderr.contains("resource.count 4 is not used"), "{}", run.stderr);
+}
+
+/// As KAITO's webhook with node auto-provisioning off: bring-your-own nodes take no instance type.
+#[test]
+fn byo_refuses_an_instance_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root().join("tests/fixtures/byo-workspace.yaml")).unwrap();
+    let file = dir.path().join("ws.yaml");
+    std::fs::write(&file, text.replace("resource:\n", "resource:\n  instanceType: Standard_NC24ads_A100_v4\n"))
+        .unwrap();
+    let run = render(&["-f", &file.display().to_string(), "--nodes", &path("tests/fixtures/byo-nodes.yaml")]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.stderr.contains("resource.instanceType: must be empty with bring-your-own nodes"), "{}", run.stderr);
+}

@@ -115,6 +115,15 @@ pub fn workspace_schema() -> Value {
         "inference.adapters names must be unique",
     );
     rule(&mut schema, &["tuning", "preset", "name"], "self == oldSelf", "tuning.preset.name is immutable");
+    rule(&mut schema, &["tuning", "method"], "self == oldSelf", "tuning.method is immutable");
+    rule(&mut schema, &["tuning", "input", "name"], "self == oldSelf", "tuning.input.name is immutable");
+    // A field rule does not run when the field is removed: the parent checks that.
+    rule(
+        &mut schema,
+        &["resource"],
+        "!has(oldSelf.instanceType) || has(self.instanceType)",
+        "resource.instanceType cannot be removed",
+    );
     schema
 }
 

@@ -18,7 +18,7 @@ pub const WORKSPACE_LABEL: &str = "kaito.sh/workspace";
 /// Label with the Workspace's namespace, on cluster-scoped objects.
 pub const WORKSPACE_NAMESPACE_LABEL: &str = "kaito.sh/workspacenamespace";
 /// Annotation choosing the runtime (`tch` or `vllm`).
-pub const RUNTIME_ANNOTATION: &str = "kaito.sh/runtime";
+pub const RUNTIME_ANNOTATION: &str = kaito_names::annotations::RUNTIME;
 /// Pod-template annotation carrying the spec revision, so a spec change rolls the pods and nothing else does.
 pub const REVISION_ANNOTATION: &str = "workspace.kaito.io/revision";
 /// Most adapters one Workspace may load.
@@ -71,7 +71,7 @@ fn default_kind() -> String {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceSpec {
-    /// Deprecated: node count; now only a lower bound.
+    /// Deprecated, as in KAITO: presets are sized by the estimator (status.targetNodeCount); templates use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<i32>,
     /// Cloud instance type of the GPU nodes (node auto-provisioning).
@@ -271,6 +271,23 @@ impl Workspace {
                 format!("{class:?} is not a valid node class name"),
             )
             .hint("name an existing node class (a DNS subdomain), or remove the annotation to use `default`"));
+        }
+        // Annotations KAITO's webhook checks.
+        let mode = self.annotation(kaito_names::annotations::PERFORMANCE_MODE).map(str::trim).unwrap_or_default();
+        if !mode.is_empty() && !kaito_names::annotations::PERFORMANCE_MODES.contains(&mode) {
+            return Err(FieldError::new(
+                format!("metadata.annotations[{}]", kaito_names::annotations::PERFORMANCE_MODE),
+                format!("{mode:?} is not a performance mode"),
+            )
+            .hint(format!("use one of: {}", kaito_names::annotations::PERFORMANCE_MODES.join(", "))));
+        }
+        let local = self.annotation(kaito_names::annotations::USE_LOCAL_WEIGHTS);
+        if let Some(v) = local.filter(|v| !matches!(*v, "true" | "false")) {
+            return Err(FieldError::new(
+                format!("metadata.annotations[{}]", kaito_names::annotations::USE_LOCAL_WEIGHTS),
+                format!("{v:?} is not a boolean"),
+            )
+            .hint("use \"true\" or \"false\""));
         }
         let secret =
             self.preset().and_then(|p| p.preset_options.as_ref()).and_then(|o| o.model_access_secret.as_deref());
@@ -474,6 +491,36 @@ inference:
         ws.validate().unwrap();
         assert_eq!(ws.preset().unwrap().name, "phi-3.5-mini-instruct");
         assert_eq!(ws.namespace(), "default");
+    }
+
+    /// KAITO's webhook checks these annotations; a bad value names the annotation and the accepted values.
+    #[test]
+    fn kaito_annotations_are_checked() {
+        let with = |key: &str, value: &str| {
+            Workspace::from_yaml(&SEED.replace(
+                "  name: workspace-phi-3-5-mini\n",
+                &format!("  name: workspace-phi-3-5-mini\n  annotations:\n    {key}: {value:?}\n"),
+            ))
+            .unwrap()
+            .validate()
+        };
+        for ok in ["balanced", "interactivity", "throughput"] {
+            with("kaito.sh/performance-mode", ok).unwrap();
+        }
+        let e = with("kaito.sh/performance-mode", "fast").unwrap_err();
+        assert_eq!(e.field, "metadata.annotations[kaito.sh/performance-mode]");
+        assert!(e.hint.unwrap().contains("interactivity"));
+        with("kaito.sh/use-local-weights", "false").unwrap();
+        assert_eq!(
+            with("kaito.sh/use-local-weights", "yes").unwrap_err().field,
+            "metadata.annotations[kaito.sh/use-local-weights]"
+        );
+        assert_eq!(
+            with("kaito.sh/node-class-name", "Not A Class").unwrap_err().field,
+            "metadata.annotations[kaito.sh/node-class-name]"
+        );
+        with("kaito.sh/node-class-name", "").unwrap();
+        assert_eq!(with("kaito.sh/runtime", "transformers").map(|_| ()), Ok(()));
     }
 
     #[test]

@@ -15,9 +15,10 @@ struct Args {
     /// A Hugging Face model directory, or a hub id (org/name) to download.
     #[arg(long)]
     model: String,
-    /// Name clients use in `model` (default: the directory or hub id).
-    #[arg(long)]
-    served_model_name: Option<String>,
+    /// Names clients use in `model`, as with vLLM: the first is reported, the others are accepted too (default:
+    /// the directory or hub id).
+    #[arg(long, num_args = 1..)]
+    served_model_name: Vec<String>,
     #[arg(long, default_value = "0.0.0.0")]
     host: String,
     #[arg(long, default_value_t = 5000)]
@@ -65,12 +66,15 @@ async fn main() -> anyhow::Result<()> {
     }
     let device = loader::device(&args.device)?;
     let kind = loader::kind(&args.dtype, device)?;
-    let name = args.served_model_name.clone().unwrap_or_else(|| args.model.trim_end_matches('/').to_string());
+    let mut names = args.served_model_name.clone().into_iter();
+    let name = names.next().unwrap_or_else(|| args.model.trim_end_matches('/').to_string());
+    let aliases: Vec<String> = names.collect();
     let metrics = Arc::new(Metrics::default());
     let state = AppState {
         serving: Arc::new(OnceLock::new()),
         failed: Arc::new(OnceLock::new()),
         model_name: name.clone(),
+        aliases,
         metrics: metrics.clone(),
     };
     let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse()?;

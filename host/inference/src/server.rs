@@ -32,7 +32,10 @@ pub struct AppState {
     pub serving: Arc<OnceLock<Serving>>,
     /// Set when loading failed, so /health says why.
     pub failed: Arc<OnceLock<String>>,
+    /// The served model name: listed first and reported in every response.
     pub model_name: String,
+    /// Further names requests may use for the same model (e.g. a preset alias beside KAITO's name).
+    pub aliases: Vec<String>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -161,7 +164,7 @@ impl AppState {
     }
 
     fn check_model(&self, model: &str) -> Result<(), ApiError> {
-        if model == self.model_name {
+        if model == self.model_name || self.aliases.iter().any(|a| a == model) {
             return Ok(());
         }
         Err(ApiError {
@@ -510,10 +513,11 @@ fn finish(state: &AppState, endpoint: &str, result: Result<Response, ApiError>) 
 
 async fn models(State(state): State<AppState>) -> Response {
     let max = state.serving.get().map(|s| s.engine.max_context);
-    axum::Json(json!({"object": "list", "data": [{
-        "id": state.model_name, "object": "model", "created": now(), "owned_by": "kaito", "max_model_len": max
-    }]}))
-    .into_response()
+    let cards: Vec<Value> = std::iter::once(&state.model_name)
+        .chain(&state.aliases)
+        .map(|id| json!({"id": id, "object": "model", "created": now(), "owned_by": "kaito", "max_model_len": max}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": cards})).into_response()
 }
 
 #[derive(Deserialize)]

@@ -26,6 +26,7 @@ fn state(dir: &Path, config: EngineConfig) -> AppState {
         serving: Arc::new(OnceLock::new()),
         failed: Arc::new(OnceLock::new()),
         model_name: "smollm2".into(),
+        aliases: vec![],
         metrics,
     };
     let _ = state.serving.set(serving);
@@ -97,6 +98,28 @@ async fn bad_requests_get_json_errors_naming_the_field() {
     );
 }
 
+/// As vLLM with several `--served-model-name` values: KAITO's name first, an alias accepted too, both listed.
+#[tokio::test]
+async fn a_second_served_name_is_accepted_and_listed() {
+    let loading = AppState {
+        serving: Arc::new(OnceLock::new()),
+        failed: Arc::new(OnceLock::new()),
+        model_name: "phi-3.5-mini-instruct".into(),
+        aliases: vec!["phi-3.5-mini".into()],
+        metrics: Arc::new(Metrics::default()),
+    };
+    let (_, list) = call(&loading, "GET", "/v1/models", "").await;
+    let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["phi-3.5-mini-instruct", "phi-3.5-mini"]);
+    // Both names reach the model (503 while it loads); another name is 404 model_not_found.
+    for name in ["phi-3.5-mini-instruct", "phi-3.5-mini"] {
+        let body = format!(r#"{{"model": "{name}", "prompt": "x"}}"#);
+        assert_eq!(call(&loading, "POST", "/v1/completions", &body).await.0, 503, "{name}");
+    }
+    let (code, body) = call(&loading, "POST", "/v1/completions", r#"{"model": "other", "prompt": "x"}"#).await;
+    assert_eq!((code, body["error"]["code"].as_str()), (404, Some("model_not_found")), "{body}");
+}
+
 #[tokio::test]
 async fn overload_is_429_and_loading_is_503() {
     let dir = tempfile::tempdir().unwrap();
@@ -110,6 +133,7 @@ async fn overload_is_429_and_loading_is_503() {
         serving: Arc::new(OnceLock::new()),
         failed: Arc::new(OnceLock::new()),
         model_name: "smollm2".into(),
+        aliases: vec![],
         metrics: Arc::new(Metrics::default()),
     };
     assert_eq!(call(&loading, "GET", "/health", "").await.0, 503);

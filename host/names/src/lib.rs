@@ -93,6 +93,14 @@ pub fn label_value(s: &str) -> bool {
 
 /// Annotations with a meaning to the operator and its plugins, as KAITO names them.
 pub mod annotations {
+    /// The runtime a Workspace asks for: `vllm`, `tch` (ours), or KAITO's `transformers` (served by tch).
+    pub const RUNTIME: &str = "kaito.sh/runtime";
+    /// vLLM's performance mode: one of [`PERFORMANCE_MODES`]; `balanced` passes no flag.
+    pub const PERFORMANCE_MODE: &str = "kaito.sh/performance-mode";
+    /// The values KAITO's webhook accepts for [`PERFORMANCE_MODE`].
+    pub const PERFORMANCE_MODES: &[&str] = &["balanced", "interactivity", "throughput"];
+    /// KAITO's boolean annotation for weights baked into the image: exactly `true` or `false`.
+    pub const USE_LOCAL_WEIGHTS: &str = "kaito.sh/use-local-weights";
     /// Node class (Karpenter `EC2NodeClass`, KAITO `KaitoNodeClass`) the provisioner names; unset or empty: `default`.
     pub const NODE_CLASS_NAME: &str = "kaito.sh/node-class-name";
     /// Node class used when the Workspace names none.

@@ -31,6 +31,8 @@ pub struct Observed<'a> {
     pub pods: &'a [Pod],
     /// A plan or plugin failure: reason and message (e.g. `PluginTimeout`).
     pub plan_error: Option<(&'a str, &'a str)>,
+    /// Why the target node count differs from `resource.count`, told in the ResourceReady message.
+    pub count_note: Option<&'a str>,
 }
 
 /// One condition's verdict.
@@ -245,8 +247,11 @@ pub fn evaluate(
         return (conds, "Failed");
     }
     let mut out = Vec::new();
-    let (claims, nodes, resource) =
+    let (claims, nodes, mut resource) =
         resource_verdicts(observed.claims, observed.nodes, observed.target_nodes, uses_claims);
+    if let Some(note) = observed.count_note {
+        resource.message = format!("{} ({note})", resource.message);
+    }
     if let Some(c) = &claims {
         out.push(condition(types::NODE_CLAIM_READY, c, generation, now));
     }
@@ -400,7 +405,7 @@ mod tests {
             nodes: &nodes,
             statefulset: Some(&s),
             pods: &crash,
-            plan_error: None,
+            ..Default::default()
         };
         let (conds, state) = evaluate(&failing, true, Some(1), &now());
         assert_eq!(state, "NotReady");
@@ -410,6 +415,7 @@ mod tests {
         );
 
         let s = sts(1, 1);
+        let note = "resource.count 4 is not used: the estimator sizes phi-4 to 1 node(s), as KAITO does";
         let serving = Observed {
             target_nodes: 1,
             claims: &claims,
@@ -417,11 +423,18 @@ mod tests {
             statefulset: Some(&s),
             pods: &[],
             plan_error: None,
+            count_note: Some(note),
         };
         let (conds, state) = evaluate(&serving, true, Some(1), &now());
         assert_eq!(state, "Ready");
         assert!(conds.iter().all(|c| c.status == "True"), "{conds:?}");
         assert_eq!(conds.len(), 5);
+        let resource = conds.iter().find(|c| c.type_ == types::RESOURCE_READY).unwrap();
+        assert!(
+            resource.message.ends_with(&format!("({note})")),
+            "the status says the count was changed: {}",
+            resource.message
+        );
 
         let (conds, _) = evaluate(
             &Observed { target_nodes: 1, nodes: &nodes, statefulset: Some(&s), ..Default::default() },

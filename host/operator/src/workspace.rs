@@ -183,6 +183,7 @@ impl WorkspaceExt for Workspace {
             statefulset: statefulset.as_ref(),
             pods: &pods,
             plan_error: None,
+            count_note: rendered.count_note.as_deref(),
         };
         let state = self.report(ctx, observed, Some(target)).await?;
         Ok(match state {

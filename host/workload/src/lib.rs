@@ -82,6 +82,8 @@ pub struct Rendered {
     pub objects: Objects,
     /// Decisions the user should hear about (runtime fallbacks, unused GPUs).
     pub notes: Vec<String>,
+    /// Set when the Workspace's `resource.count` differs from the estimated node count (also in `notes`).
+    pub count_note: Option<String>,
     /// The preset's plan (absent for template Workspaces).
     pub plan: Option<PresetPlan>,
     pub node_plan: NodePlan,
@@ -175,6 +177,15 @@ pub fn render(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Resu
     ws.validate()?;
     let provisioner = provisioner_for(registry, opts)?;
     let mode = provisioner.provisioner_info().map(|i| i.mode).unwrap_or(ProvisionerMode::BringYourOwn);
+    if mode == ProvisionerMode::BringYourOwn && ws.resource.instance_type.as_deref().is_some_and(|t| !t.is_empty()) {
+        // As KAITO's webhook with node auto-provisioning off: the nodes exist, their labels say what they are.
+        return Err(FieldError::new(
+            "resource.instanceType",
+            "must be empty with bring-your-own nodes (provisioner byo)",
+        )
+        .hint("remove resource.instanceType; the GPU shape is read from the selected nodes' nvidia.com/gpu.* labels")
+        .into());
+    }
     let match_labels = ws.match_labels();
     let node_request = |node_count: u32, disk_bytes: u64| NodeRequest {
         workspace: ws.name().into(),
@@ -191,13 +202,22 @@ pub fn render(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Resu
         let plan = plugin.plan(&plan_request(ws, &model.name, &opts.image_registry), &shape)?;
         let node_plan = provisioner.plan_nodes(&node_request(plan.resources.node_count, plan.resources.disk_bytes))?;
         let objects = Objects::for_preset(ws, &model, &plugin, &plan, &node_plan);
-        Ok(Rendered { objects, notes: plan.notes.clone(), plan: Some(plan), node_plan, shape: Some(shape) })
+        let nodes = plan.resources.node_count;
+        // KAITO's estimator decides the node count; the deprecated count is neither a floor nor a cap.
+        let count_note = ws.resource.count.filter(|c| *c > 1 && *c as u32 != nodes).map(|count| {
+            format!(
+                "resource.count {count} is not used: the estimator sizes {} to {nodes} node(s), as KAITO does",
+                model.name
+            )
+        });
+        let notes = plan.notes.iter().cloned().chain(count_note.clone()).collect();
+        Ok(Rendered { objects, notes, count_note, plan: Some(plan), node_plan, shape: Some(shape) })
     } else {
         let template = ws.inference.as_ref().and_then(|i| i.template.clone()).unwrap_or_default();
         let count = ws.resource.count.unwrap_or(1).max(1) as u32;
         let node_plan = provisioner.plan_nodes(&node_request(count, 0))?;
         let objects = Objects::for_template(ws, template, count, &node_plan)?;
-        Ok(Rendered { objects, notes: Vec::new(), plan: None, node_plan, shape: None })
+        Ok(Rendered { objects, notes: Vec::new(), count_note: None, plan: None, node_plan, shape: None })
     }
 }
 

@@ -18,6 +18,20 @@ const WEIGHTS_DIR = "/workspace/weights";
 const NVME_STORAGE_CLASS = "kaito-local-nvme-disk";
 const RUNTIME_ANNOTATION = "kaito.sh/runtime";
 const RUNTIME_FIELD = `metadata.annotations[${RUNTIME_ANNOTATION}]`;
+const PERFORMANCE_MODE_ANNOTATION = "kaito.sh/performance-mode";
+const KAITO_TRANSFORMERS = "transformers";
+const KV_EVENTS_PORT = 5557;
+// KAITO's tool-calling chat templates by served-name prefix (only the Phi entry can match here).
+const KAITO_CHAT_TEMPLATES = [["phi-4-mini", "tool-chat-phi4-mini.jinja"]];
+
+function servedNames(m) {
+  const served = m.hfId.split("/").pop().toLowerCase();
+  return served === m.name ? [served] : [served, m.name];
+}
+
+function shWord(word) {
+  return word !== "" && /^[A-Za-z0-9_.\/=:,+@%-]+$/.test(word) ? word : `'${word.replaceAll("'", "'\\''")}'`;
+}
 const TCH_ARCHITECTURES = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Phi3ForCausalLM"];
 
 function phi3Mini(name, hfId, contextLength) {
@@ -115,14 +129,14 @@ function utilizationFor(gpuModel) {
   return m === "A10" || m === "A10G" ? 0.82 : 0.84;
 }
 
-function estimate(weights, bpt, maxModelLen, shape, minNodes) {
+function estimate(weights, bpt, maxModelLen, shape) {
   const gpuMemory = shape.gpuMemoryBytes;
   if (shape.gpusPerNode === 0 || gpuMemory === 0) {
     throw pluginError("invalid-input", "resource.instanceType",
       `the target nodes report no GPUs (${shape.gpusPerNode} GPUs of ${shape.gpuMemoryBytes} bytes)`,
       "pick a GPU instance type, or label BYO nodes with nvidia.com/gpu.count and nvidia.com/gpu.memory");
   }
-  const util = utilizationFor(shape.gpuModel);
+  const util = 0.84;
   const modelBytes = weights * WEIGHT_EXPANSION;
   const perGpu = gpuMemory;
   const available = perGpu * util;
@@ -135,7 +149,7 @@ function estimate(weights, bpt, maxModelLen, shape, minNodes) {
   }
   const usablePerGpu = (available - fixed) / WEIGHT_OVERHEAD;
   const minGpus = Math.floor(modelBytes / usablePerGpu) + 1;
-  const nodeCount = Math.max(Math.ceil(minGpus / shape.gpusPerNode), Math.max(minNodes, 1));
+  const nodeCount = Math.max(Math.ceil(minGpus / shape.gpusPerNode), 1);
   if (nodeCount > shape.maxNodes) {
     throw pluginError("does-not-fit", "resource.instanceType",
       `the model needs ${gib(modelBytes)} of GPU memory (${minGpus} GPUs with ${gib(usablePerGpu)} usable each), that is ${nodeCount} node(s) of ${shape.gpusPerNode}x ${shape.gpuModel}, but at most ${shape.maxNodes} node(s) are available`,
@@ -144,17 +158,25 @@ function estimate(weights, bpt, maxModelLen, shape, minNodes) {
   const parallelism = nodeCount === 1 && modelBytes < perGpu / 2
     ? { tensor: 1, pipeline: 1, data: shape.gpusPerNode }
     : { tensor: shape.gpusPerNode, pipeline: nodeCount, data: 1 };
-  return { nodeCount, minGpus, modelBytes: Math.floor(modelBytes), parallelism, util };
+  return { nodeCount, minGpus, modelBytes: Math.floor(modelBytes), parallelism, util: utilizationFor(shape.gpuModel) };
 }
 
 function choose(m, request, shape, sizing) {
   const notes = [];
   const fitsOneGpu = sizing.nodeCount === 1 && sizing.minGpus === 1;
   let runtime;
-  if (request.runtime != null) {
+  if (request.runtime != null && request.runtime.trim().toLowerCase() === KAITO_TRANSFORMERS) {
+    if (fitsOneGpu) {
+      notes.push(`${RUNTIME_ANNOTATION}: ${KAITO_TRANSFORMERS} is KAITO's Hugging Face transformers runtime; it is served here by the tch runtime (kaito-inference)`);
+      runtime = "tch";
+    } else {
+      notes.push(`${RUNTIME_ANNOTATION}: ${KAITO_TRANSFORMERS} asked, served by vllm: the tch runtime cannot serve ${m.name} here (${sizing.minGpus} GPU(s) on ${sizing.nodeCount} node(s), architecture Phi3ForCausalLM)`);
+      runtime = "vllm";
+    }
+  } else if (request.runtime != null) {
     const asked = request.runtime.trim().toLowerCase();
     if (asked !== "tch" && asked !== "vllm") {
-      throw pluginError("unsupported", RUNTIME_FIELD, `runtime ${JSON.stringify(request.runtime)} is not available for ${m.name}`, "use one of: tch, vllm");
+      throw pluginError("unsupported", RUNTIME_FIELD, `runtime ${JSON.stringify(request.runtime)} is not available for ${m.name}`, `use one of: tch, vllm, or ${KAITO_TRANSFORMERS} (KAITO's name, served by tch)`);
     }
     if (asked === "tch" && !fitsOneGpu) {
       throw pluginError("unsupported", RUNTIME_FIELD,
@@ -188,7 +210,7 @@ function workload(runtime, m, request, shape, sizing) {
   const multiNode = sizing.nodeCount > 1;
   const env = [];
   if (request.modelAccessSecret != null) {
-    env.push({ name: "HF_TOKEN", value: { tag: "secret-key", val: { name: request.modelAccessSecret, key: "HF_TOKEN", optional: false } } });
+    env.push({ name: "HF_TOKEN", value: { tag: "secret-key", val: { name: request.modelAccessSecret, key: "HF_TOKEN", optional: true } } });
   }
   const ports = [{ name: "http", containerPort: HTTP_PORT, servicePort: 80 }];
   const volumes = [
@@ -206,37 +228,47 @@ function workload(runtime, m, request, shape, sizing) {
   const startupThreshold = Math.floor(startupSeconds(weightsBytes(m)) / 10);
   let image, command, args, startup, readiness, liveness;
   if (runtime === "tch") {
-    args = ["--model", m.hfId, "--served-model-name", m.name, "--host", "0.0.0.0", "--port", String(HTTP_PORT),
+    args = ["--model", m.hfId, "--served-model-name", ...servedNames(m), "--host", "0.0.0.0", "--port", String(HTTP_PORT),
       "--download-dir", WEIGHTS_DIR, "--dtype", "auto", "--device", "auto"];
     if (request.maxModelLen != null) args.push("--max-model-len", String(request.maxModelLen));
     image = `${request.imageRegistry.replace(/\/+$/, "")}/kaito-inference:${TCH_IMAGE_TAG}`;
     command = ["kaito-inference"];
     [startup, readiness, liveness] = [httpProbe(0, startupThreshold), httpProbe(30, 3), httpProbe(0, 3)];
   } else {
+    const served = servedNames(m)[0];
     env.push({ name: "VLLM_USE_FLASHINFER_SAMPLER", value: { tag: "literal", val: "0" } });
+    env.push({ name: "VLLM_USE_DEEP_GEMM", value: { tag: "literal", val: "0" } });
     const vllm = [
       `--model=${m.hfId}`,
       `--download-dir=${WEIGHTS_DIR}`,
-      `--served-model-name=${m.name}`,
       `--port=${HTTP_PORT}`,
       request.maxModelLen != null ? `--max-model-len=${request.maxModelLen}` : "--max-model-len=auto",
       `--gpu-memory-utilization=${sizing.util}`,
       `--tensor-parallel-size=${sizing.parallelism.tensor}`,
       "--dtype=bfloat16",
       "--trust-remote-code",
+      "--compilation-config.pass_config.fuse_allreduce_rms=False",
+      '--kv-events-config={"enable_kv_cache_events":true}',
     ];
+    ports.push({ name: "kv-events", containerPort: KV_EVENTS_PORT, servicePort: KV_EVENTS_PORT });
+    if (sizing.parallelism.data > 1 || sizing.parallelism.pipeline > 1) vllm.push("--kaito-kv-cache-cpu-memory-utilization=0");
+    const modeKv = request.annotations.find((kv) => kv.key === PERFORMANCE_MODE_ANNOTATION);
+    const mode = modeKv ? modeKv.value.trim() : "";
+    if (mode !== "" && mode !== "balanced") vllm.push(`--performance-mode=${mode}`);
+    vllm.push("--served-model-name", ...servedNames(m));
     if (sizing.parallelism.data > 1) vllm.push(`--data-parallel-size=${sizing.parallelism.data}`);
     if (sizing.parallelism.pipeline > 1) {
       vllm.push(`--pipeline-parallel-size=${sizing.parallelism.pipeline}`, "--distributed-executor-backend=ray");
     }
     if (request.configMap != null) vllm.push("--kaito-config-file=/mnt/config/inference_config.yaml");
-    vllm.push("--enable-lora");
+    const template = KAITO_CHAT_TEMPLATES.find(([prefix]) => served.startsWith(prefix));
+    if (template) vllm.push(`--chat-template=/workspace/chat_templates/${template[1]}`);
     image = VLLM_IMAGE;
     if (multiNode) {
       env.push({ name: "POD_INDEX", value: { tag: "field-path", val: "metadata.labels['apps.kubernetes.io/pod-index']" } });
       ports.push({ name: "ray", containerPort: 6379, servicePort: 6379 }, { name: "dashboard", containerPort: 8265, servicePort: 8265 });
       const leader = `${request.workspace}-0.${request.workspace}-headless.${request.namespace}.svc.cluster.local`;
-      const script = `if [ "$POD_INDEX" = "0" ]; then ray start --head --port=6379 && exec python3 /workspace/vllm/inference_api.py ${vllm.join(" ")}; else exec ray start --address=${leader}:6379 --block; fi`;
+      const script = `if [ "$POD_INDEX" = "0" ]; then ray start --head --port=6379 && exec python3 /workspace/vllm/inference_api.py ${vllm.map(shWord).join(" ")}; else exec ray start --address=${leader}:6379 --block; fi`;
       const check = `if [ "$POD_INDEX" = "0" ]; then python3 -c 'import urllib.request; urllib.request.urlopen("http://localhost:${HTTP_PORT}/health", timeout=5)'; else ray health-check --address ${leader}:6379; fi`;
       const exec = (initialDelaySeconds, failureThreshold) => ({
         action: { tag: "exec", val: ["/bin/sh", "-c", check] },
@@ -275,7 +307,7 @@ function plan(request, shape) {
     throw pluginError("unsupported", "inference.adapters[0]", "LoRA adapters are not supported by this version of the preset plugins",
       "remove inference.adapters; adapter support is planned");
   }
-  const sizing = estimate(weightsBytes(m), bytesPerToken(m), len ?? DEFAULT_MAX_MODEL_LEN, shape, request.minNodes);
+  const sizing = estimate(weightsBytes(m), bytesPerToken(m), len ?? DEFAULT_MAX_MODEL_LEN, shape);
   const { runtime, notes } = choose(m, request, shape, sizing);
   if (runtime === "tch") sizing.parallelism = { tensor: 1, pipeline: 1, data: 1 };
   return {

@@ -27,6 +27,11 @@ HTTP_PORT = 5000
 WEIGHTS_DIR = "/workspace/weights"
 NVME_STORAGE_CLASS = "kaito-local-nvme-disk"
 RUNTIME_ANNOTATION = "kaito.sh/runtime"
+PERFORMANCE_MODE_ANNOTATION = "kaito.sh/performance-mode"
+KAITO_TRANSFORMERS = "transformers"
+KV_EVENTS_PORT = 5557
+# KAITO's tool-calling chat templates by served-name prefix (only the Phi entry can match here).
+KAITO_CHAT_TEMPLATES = [("phi-4-mini", "tool-chat-phi4-mini.jinja")]
 RUNTIME_FIELD = f"metadata.annotations[{RUNTIME_ANNOTATION}]"
 
 
@@ -48,6 +53,15 @@ class Spec:
 
     def bytes_per_token(self) -> int:
         return 2 * self.layers * self.kv_heads * self.head_dim * 2
+
+    def served_names(self) -> List[str]:
+        served = self.hf_id.rsplit("/", 1)[-1].lower()
+        return [served] if served == self.name else [served, self.name]
+
+
+def sh_word(word: str) -> str:
+    plain = all(c.isascii() and (c.isalnum() or c in "-_./=:,+@%") for c in word)
+    return word if word and plain else "'" + word.replace("'", "'\\''") + "'"
 
 
 def phi3_mini(name: str, hf_id: str, context_length: int) -> Spec:
@@ -148,12 +162,12 @@ class Sizing:
     util: float
 
 
-def estimate(weights: int, bpt: int, max_model_len: int, shape: types.GpuShape, min_nodes: int) -> Sizing:
+def estimate(weights: int, bpt: int, max_model_len: int, shape: types.GpuShape) -> Sizing:
     if shape.gpus_per_node == 0 or shape.gpu_memory_bytes == 0:
         fail(types.ErrorKind.INVALID_INPUT, "resource.instanceType",
              f"the target nodes report no GPUs ({shape.gpus_per_node} GPUs of {shape.gpu_memory_bytes} bytes)",
              "pick a GPU instance type, or label BYO nodes with nvidia.com/gpu.count and nvidia.com/gpu.memory")
-    util = utilization_for(shape.gpu_model)
+    util = 0.84
     model_bytes = float(weights) * WEIGHT_EXPANSION
     per_gpu = float(shape.gpu_memory_bytes)
     available = per_gpu * util
@@ -166,7 +180,7 @@ def estimate(weights: int, bpt: int, max_model_len: int, shape: types.GpuShape, 
              "choose an instance type with larger GPUs, or lower the context length (vllm.max-model-len in inference.config)")
     usable = (available - fixed) / WEIGHT_OVERHEAD
     min_gpus = math.floor(model_bytes / usable) + 1
-    node_count = max(-(-min_gpus // shape.gpus_per_node), max(min_nodes, 1))
+    node_count = max(-(-min_gpus // shape.gpus_per_node), 1)
     if node_count > shape.max_nodes:
         fail(types.ErrorKind.DOES_NOT_FIT, "resource.instanceType",
              f"the model needs {gib(model_bytes)} of GPU memory ({min_gpus} GPUs with {gib(usable)} usable each), that is "
@@ -176,17 +190,26 @@ def estimate(weights: int, bpt: int, max_model_len: int, shape: types.GpuShape, 
         par = api.Parallelism(tensor=1, pipeline=1, data=shape.gpus_per_node)
     else:
         par = api.Parallelism(tensor=shape.gpus_per_node, pipeline=node_count, data=1)
-    return Sizing(node_count, min_gpus, int(model_bytes), par, util)
+    return Sizing(node_count, min_gpus, int(model_bytes), par, utilization_for(shape.gpu_model))
 
 
 def choose(m: Spec, request: api.PlanRequest, shape: types.GpuShape, sizing: Sizing):
     notes: List[str] = []
     fits_one_gpu = sizing.node_count == 1 and sizing.min_gpus == 1
-    if request.runtime is not None:
+    if request.runtime is not None and request.runtime.strip().lower() == KAITO_TRANSFORMERS:
+        if fits_one_gpu:
+            notes.append(f"{RUNTIME_ANNOTATION}: {KAITO_TRANSFORMERS} is KAITO's Hugging Face transformers runtime; "
+                         "it is served here by the tch runtime (kaito-inference)")
+            runtime = "tch"
+        else:
+            notes.append(f"{RUNTIME_ANNOTATION}: {KAITO_TRANSFORMERS} asked, served by vllm: the tch runtime cannot serve "
+                         f"{m.name} here ({sizing.min_gpus} GPU(s) on {sizing.node_count} node(s), architecture Phi3ForCausalLM)")
+            runtime = "vllm"
+    elif request.runtime is not None:
         runtime = request.runtime.strip().lower()
         if runtime not in ("tch", "vllm"):
             fail(types.ErrorKind.UNSUPPORTED, RUNTIME_FIELD, f"runtime {quoted(request.runtime)} is not available for {m.name}",
-                 "use one of: tch, vllm")
+                 f"use one of: tch, vllm, or {KAITO_TRANSFORMERS} (KAITO's name, served by tch)")
         if runtime == "tch" and not fits_one_gpu:
             fail(types.ErrorKind.UNSUPPORTED, RUNTIME_FIELD,
                  f"the tch runtime serves a model from one GPU, but {m.name} needs {sizing.min_gpus} GPU(s) on "
@@ -215,7 +238,7 @@ def http_probe(initial_delay: int, failure_threshold: int) -> api.Probe:
 def workload(runtime: str, m: Spec, request: api.PlanRequest, shape: types.GpuShape, sizing: Sizing) -> api.WorkloadPlan:
     env: List[api.EnvVar] = []
     if request.model_access_secret is not None:
-        env.append(api.EnvVar("HF_TOKEN", api.EnvSource_SecretKey(api.SecretKeyRef(request.model_access_secret, "HF_TOKEN", False))))
+        env.append(api.EnvVar("HF_TOKEN", api.EnvSource_SecretKey(api.SecretKeyRef(request.model_access_secret, "HF_TOKEN", True))))
     ports = [api.Port("http", HTTP_PORT, 80)]
     weights_source = (api.VolumeSource_Persistent(api.PersistentClaim(NVME_STORAGE_CLASS, m.disk_bytes()))
                       if shape.nvme else api.VolumeSource_EmptyDir(None))
@@ -227,41 +250,54 @@ def workload(runtime: str, m: Spec, request: api.PlanRequest, shape: types.GpuSh
         volumes.append(api.Volume("config", "/mnt/config", True, api.VolumeSource_ConfigMap(request.config_map)))
     startup_threshold = startup_seconds(m.weights_bytes()) // 10
     if runtime == "tch":
-        args = ["--model", m.hf_id, "--served-model-name", m.name, "--host", "0.0.0.0", "--port", str(HTTP_PORT),
-                "--download-dir", WEIGHTS_DIR, "--dtype", "auto", "--device", "auto"]
+        args = (["--model", m.hf_id, "--served-model-name"] + m.served_names()
+                + ["--host", "0.0.0.0", "--port", str(HTTP_PORT), "--download-dir", WEIGHTS_DIR, "--dtype", "auto",
+                   "--device", "auto"])
         if request.max_model_len is not None:
             args += ["--max-model-len", str(request.max_model_len)]
         image = f"{request.image_registry.rstrip('/')}/kaito-inference:{TCH_IMAGE_TAG}"
         command = ["kaito-inference"]
         probes = (http_probe(0, startup_threshold), http_probe(30, 3), http_probe(0, 3))
     else:
+        served = m.served_names()[0]
         env.append(api.EnvVar("VLLM_USE_FLASHINFER_SAMPLER", api.EnvSource_Literal("0")))
+        env.append(api.EnvVar("VLLM_USE_DEEP_GEMM", api.EnvSource_Literal("0")))
         par = sizing.parallelism
         vllm = [
             f"--model={m.hf_id}",
             f"--download-dir={WEIGHTS_DIR}",
-            f"--served-model-name={m.name}",
             f"--port={HTTP_PORT}",
             f"--max-model-len={request.max_model_len}" if request.max_model_len is not None else "--max-model-len=auto",
             f"--gpu-memory-utilization={sizing.util}",
             f"--tensor-parallel-size={par.tensor}",
             "--dtype=bfloat16",
             "--trust-remote-code",
+            "--compilation-config.pass_config.fuse_allreduce_rms=False",
+            '--kv-events-config={"enable_kv_cache_events":true}',
         ]
+        ports.append(api.Port("kv-events", KV_EVENTS_PORT, KV_EVENTS_PORT))
+        if par.data > 1 or par.pipeline > 1:
+            vllm.append("--kaito-kv-cache-cpu-memory-utilization=0")
+        mode = next((kv.value.strip() for kv in request.annotations if kv.key == PERFORMANCE_MODE_ANNOTATION), "")
+        if mode not in ("", "balanced"):
+            vllm.append(f"--performance-mode={mode}")
+        vllm += ["--served-model-name"] + m.served_names()
         if par.data > 1:
             vllm.append(f"--data-parallel-size={par.data}")
         if par.pipeline > 1:
             vllm += [f"--pipeline-parallel-size={par.pipeline}", "--distributed-executor-backend=ray"]
         if request.config_map is not None:
             vllm.append("--kaito-config-file=/mnt/config/inference_config.yaml")
-        vllm.append("--enable-lora")
+        template = next((t for prefix, t in KAITO_CHAT_TEMPLATES if served.startswith(prefix)), None)
+        if template is not None:
+            vllm.append(f"--chat-template=/workspace/chat_templates/{template}")
         image = VLLM_IMAGE
         if sizing.node_count > 1:
             env.append(api.EnvVar("POD_INDEX", api.EnvSource_FieldPath("metadata.labels['apps.kubernetes.io/pod-index']")))
             ports += [api.Port("ray", 6379, 6379), api.Port("dashboard", 8265, 8265)]
             leader = f"{request.workspace}-0.{request.workspace}-headless.{request.namespace}.svc.cluster.local"
             script = (f'if [ "$POD_INDEX" = "0" ]; then ray start --head --port=6379 && exec python3 '
-                      f'/workspace/vllm/inference_api.py {" ".join(vllm)}; else exec ray start --address={leader}:6379 --block; fi')
+                      f'/workspace/vllm/inference_api.py {" ".join(sh_word(w) for w in vllm)}; else exec ray start --address={leader}:6379 --block; fi')
             check = (f'if [ "$POD_INDEX" = "0" ]; then python3 -c \'import urllib.request; '
                      f'urllib.request.urlopen("http://localhost:{HTTP_PORT}/health", timeout=5)\'; '
                      f'else ray health-check --address {leader}:6379; fi')
@@ -306,8 +342,7 @@ class PresetApi(wit_world.exports.PresetApi):
             fail(types.ErrorKind.UNSUPPORTED, "inference.adapters[0]",
                  "LoRA adapters are not supported by this version of the preset plugins",
                  "remove inference.adapters; adapter support is planned")
-        sizing = estimate(m.weights_bytes(), m.bytes_per_token(), n if n is not None else DEFAULT_MAX_MODEL_LEN, shape,
-                          request.min_nodes)
+        sizing = estimate(m.weights_bytes(), m.bytes_per_token(), n if n is not None else DEFAULT_MAX_MODEL_LEN, shape)
         runtime, notes = choose(m, request, shape, sizing)
         if runtime == "tch":
             sizing.parallelism = api.Parallelism(1, 1, 1)

@@ -58,6 +58,21 @@ pub struct ModelSpec {
 pub type Parsers = (Option<&'static str>, Option<&'static str>);
 
 impl ModelSpec {
+    /// The model name KAITO serves: the last segment of the Hugging Face id, lower-cased (`gemma-3-4b-it`,
+    /// `mistral-7b-v0.3`). Clients written for KAITO call this name.
+    pub fn served_name(&self) -> String {
+        served_name(self.hf_id)
+    }
+
+    /// Every name the runtime answers to: KAITO's served name first, then the preset name if it differs.
+    pub fn served_names(&self) -> Vec<String> {
+        let mut names = vec![self.served_name()];
+        if !names.contains(&self.name.to_string()) {
+            names.push(self.name.to_string());
+        }
+        names
+    }
+
     /// A model KAITO serves by Hugging Face id only: vLLM, multi-node, no tuning,
     /// no LoRA; its preset name is the lowercase HF id.
     #[allow(clippy::too_many_arguments)]
@@ -182,6 +197,11 @@ pub fn resolve<'a>(specs: &'a [ModelSpec], query: &str) -> Result<&'a ModelSpec,
     ))
 }
 
+/// KAITO's served model name for a Hugging Face id: its last `/` segment, lower-cased.
+pub fn served_name(hf_id: &str) -> String {
+    hf_id.rsplit('/').next().unwrap_or(hf_id).to_lowercase()
+}
+
 /// Resolve, size and plan one request against a family table.
 pub fn plan(specs: &[ModelSpec], request: PlanRequest, shape: GpuShape) -> Result<PresetPlan, PluginError> {
     let spec = resolve(specs, &request.model)?;
@@ -215,7 +235,6 @@ pub fn plan(specs: &[ModelSpec], request: PlanRequest, shape: GpuShape) -> Resul
         bytes_per_token: spec.bytes_per_token(),
         max_model_len: request.max_model_len.unwrap_or(DEFAULT_MAX_MODEL_LEN),
         shape: shape.clone(),
-        min_nodes: request.min_nodes,
         supports_multi_node: spec.supports_multi_node,
     })?;
     let (runtime, notes) = runtime::choose(spec, &request, &shape, &sizing)?;
@@ -237,4 +256,19 @@ pub fn plan(specs: &[ModelSpec], request: PlanRequest, shape: GpuShape) -> Resul
         },
         workload,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::served_name;
+
+    /// The names KAITO v0.12 serves for these Hugging Face ids (the last segment, lower-cased).
+    #[test]
+    fn served_names_are_kaitos() {
+        assert_eq!(served_name("google/gemma-3-4b-it"), "gemma-3-4b-it");
+        assert_eq!(served_name("mistralai/Mistral-7B-v0.3"), "mistral-7b-v0.3");
+        assert_eq!(served_name("mistralai/Ministral-3-8B-Instruct-2512"), "ministral-3-8b-instruct-2512");
+        assert_eq!(served_name("Qwen/Qwen3-8B-AWQ"), "qwen3-8b-awq");
+        assert_eq!(served_name("no-org"), "no-org");
+    }
 }

@@ -22,7 +22,53 @@ pub const NVME_STORAGE_CLASS: &str = "kaito-local-nvme-disk";
 pub const TCH_ARCHITECTURES: &[&str] =
     &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Phi3ForCausalLM"];
 /// Annotation that selects the runtime.
-pub const RUNTIME_ANNOTATION: &str = "kaito.sh/runtime";
+pub const RUNTIME_ANNOTATION: &str = kaito_names::annotations::RUNTIME;
+/// Annotation choosing vLLM's performance mode, as KAITO reads it (`balanced` passes no flag).
+pub const PERFORMANCE_MODE_ANNOTATION: &str = kaito_names::annotations::PERFORMANCE_MODE;
+/// Port of vLLM's KV-cache events (KAITO exposes it on the pod and the ClusterIP Service).
+pub const KV_EVENTS_PORT: u16 = 5557;
+
+/// What KAITO v0.12 passes to vLLM on its image, model by model: tool-calling chat templates it ships in
+/// `/workspace/chat_templates`, tokenizer modes and FP8 KV caches keyed by served-name prefix, and the
+/// architectures that need DeepGEMM or vLLM's hybrid KV-cache manager (no CPU KV offload). Facts read from KAITO's
+/// source, written here as data.
+mod kaito_vllm {
+    pub const CHAT_TEMPLATES: &[(&str, &str)] = &[
+        ("deepseek-r1", "tool-chat-deepseekr1.jinja"),
+        ("deepseek-v3", "tool-chat-deepseekv3.jinja"),
+        ("gemma-4", "tool-chat-gemma4.jinja"),
+        ("llama-3", "tool-chat-llama3.1-json.jinja"),
+        ("phi-4-mini", "tool-chat-phi4-mini.jinja"),
+        ("qwen2.5", "tool-chat-hermes.jinja"),
+    ];
+    pub const TOKENIZER_MODES: &[(&str, &str)] =
+        &[("deepseek-r1", "deepseek_v32"), ("deepseek-v3", "deepseek_v32"), ("deepseek-v4", "deepseek_v4")];
+    pub const FP8_KV_CACHE: &[&str] = &["deepseek-v4", "glm-5.2-fp8"];
+    pub const DEEP_GEMM_ARCHITECTURES: &[&str] =
+        &["DeepseekV4ForCausalLM", "DeepseekV32ForCausalLM", "GlmMoeDsaForCausalLM"];
+    /// Architecture prefixes served with the hybrid KV-cache manager, and those without LMCache.
+    pub const NO_CPU_KV_OFFLOAD: &[&str] =
+        &["NemotronH", "Gemma4", "Qwen3_5", "DeepseekV4", "DeepseekV32", "GptOssForCausalLM"];
+    /// Name markers of pre-quantised checkpoints, which vLLM loads with `--dtype=auto`.
+    pub const QUANTIZED_MARKERS: &[&str] = &["awq", "gptq", "fp8", "fp4", "int4", "int8", "w4a16", "w8a8"];
+
+    pub fn by_prefix(table: &'static [(&'static str, &'static str)], name: &str) -> Option<&'static str> {
+        table.iter().find(|(prefix, _)| name.starts_with(prefix)).map(|(_, v)| *v)
+    }
+}
+
+/// One word of a `/bin/sh -c` script: quoted unless it is made only of characters the shell leaves alone.
+fn sh_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// KAITO's value of [`RUNTIME_ANNOTATION`] for its non-vLLM runtime.
+pub const KAITO_TRANSFORMERS: &str = "transformers";
 
 /// A runtime a preset can plan for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,14 +116,41 @@ pub fn choose(
 ) -> Result<(Runtime, Vec<String>), PluginError> {
     let supported: Vec<&str> = spec.runtimes.iter().map(|r| r.name()).collect();
     let mut notes = Vec::new();
-    let runtime = match request.runtime.as_deref() {
+    let asked = request.runtime.as_deref().map(str::trim);
+    let runtime = match asked {
+        // KAITO's name for its non-vLLM runtime: ours is tch, which serves from one GPU; a KAITO file asking for it
+        // is never refused, it gets the runtime that can serve the model.
+        Some(t) if t.eq_ignore_ascii_case(KAITO_TRANSFORMERS) => {
+            if spec.runtimes.contains(&Runtime::Tch) && fits_one_gpu(sizing) {
+                notes.push(format!(
+                    "{RUNTIME_ANNOTATION}: {KAITO_TRANSFORMERS} is KAITO's Hugging Face transformers runtime; it is served here by the tch runtime (kaito-inference)"
+                ));
+                Runtime::Tch
+            } else if spec.runtimes.contains(&Runtime::Vllm) {
+                notes.push(format!(
+                    "{RUNTIME_ANNOTATION}: {KAITO_TRANSFORMERS} asked, served by vllm: the tch runtime cannot serve {} here ({} GPU(s) on {} node(s), architecture {})",
+                    spec.name, sizing.min_gpus, sizing.node_count, spec.architecture
+                ));
+                Runtime::Vllm
+            } else {
+                return Err(PluginError::new(
+                    ErrorKind::Unsupported,
+                    &field(),
+                    format!("neither the tch runtime nor vllm can serve {} on this instance type", spec.name),
+                    Some("pick an instance type with a larger GPU".into()),
+                ));
+            }
+        }
         Some(asked) => {
             let runtime = Runtime::parse(asked).filter(|r| spec.runtimes.contains(r)).ok_or_else(|| {
                 PluginError::new(
                     ErrorKind::Unsupported,
                     &field(),
                     format!("runtime {asked:?} is not available for {}", spec.name),
-                    Some(format!("use one of: {}", supported.join(", "))),
+                    Some(format!(
+                        "use one of: {}, or {KAITO_TRANSFORMERS} (KAITO's name, served by tch)",
+                        supported.join(", ")
+                    )),
                 )
             })?;
             if runtime == Runtime::Tch && !fits_one_gpu(sizing) {
@@ -164,7 +237,9 @@ pub fn workload(
     if let Some(secret) = &request.model_access_secret {
         env.push(EnvVar {
             name: "HF_TOKEN".into(),
-            value: EnvSource::SecretKey(SecretKeyRef { name: secret.clone(), key: "HF_TOKEN".into(), optional: false }),
+            // Optional, as KAITO makes it: a Secret without the key starts the pod, which then fails only for gated
+            // downloads.
+            value: EnvSource::SecretKey(SecretKeyRef { name: secret.clone(), key: "HF_TOKEN".into(), optional: true }),
         });
     }
     let mut ports = vec![Port { name: "http".into(), container_port: HTTP_PORT, service_port: Some(80) }];
@@ -200,11 +275,10 @@ pub fn workload(
     let startup_threshold = startup_seconds(spec.weights_bytes()) / 10;
     let (image, command, args, startup, readiness, liveness) = match runtime {
         Runtime::Tch => {
-            let mut args: Vec<String> = vec![
-                "--model".into(),
-                spec.hf_id.into(),
-                "--served-model-name".into(),
-                spec.name.into(),
+            let mut args: Vec<String> = vec!["--model".into(), spec.hf_id.into(), "--served-model-name".into()];
+            // KAITO's name first (what /v1/models lists), the preset name as a second accepted name.
+            args.extend(spec.served_names());
+            args.extend([
                 "--host".into(),
                 "0.0.0.0".into(),
                 "--port".into(),
@@ -215,7 +289,7 @@ pub fn workload(
                 "auto".into(),
                 "--device".into(),
                 "auto".into(),
-            ];
+            ]);
             if let Some(len) = request.max_model_len {
                 args.extend(["--max-model-len".into(), len.to_string()]);
             }
@@ -230,11 +304,15 @@ pub fn workload(
             )
         }
         Runtime::Vllm => {
+            let served = spec.served_name();
             env.push(literal("VLLM_USE_FLASHINFER_SAMPLER", "0"));
+            // KAITO notes vLLM crashes on its image without these two.
+            let deep_gemm = kaito_vllm::DEEP_GEMM_ARCHITECTURES.contains(&spec.architecture);
+            env.push(literal("VLLM_USE_DEEP_GEMM", if deep_gemm { "1" } else { "0" }));
+            let quantized = kaito_vllm::QUANTIZED_MARKERS.iter().any(|m| served.contains(m));
             let mut vllm: Vec<String> = vec![
                 format!("--model={}", spec.hf_id),
                 format!("--download-dir={WEIGHTS_DIR}"),
-                format!("--served-model-name={}", spec.name),
                 format!("--port={HTTP_PORT}"),
                 match request.max_model_len {
                     Some(len) => format!("--max-model-len={len}"),
@@ -242,9 +320,33 @@ pub fn workload(
                 },
                 format!("--gpu-memory-utilization={}", sizing.gpu_memory_utilization),
                 format!("--tensor-parallel-size={}", sizing.parallelism.tensor),
-                "--dtype=bfloat16".into(),
+                if quantized { "--dtype=auto".into() } else { "--dtype=bfloat16".into() },
                 "--trust-remote-code".into(),
+                "--compilation-config.pass_config.fuse_allreduce_rms=False".into(),
+                r#"--kv-events-config={"enable_kv_cache_events":true}"#.into(),
             ];
+            ports.push(Port {
+                name: "kv-events".into(),
+                container_port: KV_EVENTS_PORT,
+                service_port: Some(KV_EVENTS_PORT),
+            });
+            if let Some(mode) = kaito_vllm::by_prefix(kaito_vllm::TOKENIZER_MODES, &served) {
+                vllm.push(format!("--tokenizer-mode={mode}"));
+            }
+            if kaito_vllm::FP8_KV_CACHE.iter().any(|p| served.starts_with(p)) {
+                vllm.push("--kv-cache-dtype=fp8".into());
+            }
+            let no_offload = kaito_vllm::NO_CPU_KV_OFFLOAD.iter().any(|p| spec.architecture.starts_with(p));
+            if no_offload || sizing.parallelism.data > 1 || sizing.parallelism.pipeline > 1 {
+                vllm.push("--kaito-kv-cache-cpu-memory-utilization=0".into());
+            }
+            let mode = request.annotations.iter().find(|kv| kv.key == PERFORMANCE_MODE_ANNOTATION);
+            if let Some(kv) = mode.filter(|kv| !kv.value.trim().is_empty() && kv.value.trim() != "balanced") {
+                vllm.push(format!("--performance-mode={}", kv.value.trim()));
+            }
+            // vLLM takes several names after one flag (separate arguments); the first is the one it reports.
+            vllm.push("--served-model-name".into());
+            vllm.extend(spec.served_names());
             vllm.extend(spec.vllm_args.iter().map(|a| a.to_string()));
             if sizing.parallelism.data > 1 {
                 vllm.push(format!("--data-parallel-size={}", sizing.parallelism.data));
@@ -256,7 +358,8 @@ pub fn workload(
             if request.config_map.is_some() {
                 vllm.push("--kaito-config-file=/mnt/config/inference_config.yaml".into());
             }
-            if spec.supports_lora {
+            // As KAITO: LoRA only when the Workspace brings adapters (catalog() refuses adapters for now).
+            if spec.supports_lora && !request.adapters.is_empty() {
                 vllm.push("--enable-lora".into());
             }
             if let Some(p) = spec.tool_call_parser {
@@ -266,7 +369,7 @@ pub fn workload(
             if let Some(p) = spec.reasoning_parser {
                 vllm.push(format!("--reasoning-parser={p}"));
             }
-            if let Some(t) = spec.chat_template {
+            if let Some(t) = spec.chat_template.or_else(|| kaito_vllm::by_prefix(kaito_vllm::CHAT_TEMPLATES, &served)) {
                 vllm.push(format!("--chat-template=/workspace/chat_templates/{t}"));
             }
             if multi_node {
@@ -279,7 +382,7 @@ pub fn workload(
                 let leader = leader_host(request);
                 let script = format!(
                     "if [ \"$POD_INDEX\" = \"0\" ]; then ray start --head --port=6379 && exec python3 /workspace/vllm/inference_api.py {}; else exec ray start --address={leader}:6379 --block; fi",
-                    vllm.join(" ")
+                    vllm.iter().map(|w| sh_word(w)).collect::<Vec<_>>().join(" ")
                 );
                 let check = format!(
                     "if [ \"$POD_INDEX\" = \"0\" ]; then python3 -c 'import urllib.request; urllib.request.urlopen(\"http://localhost:{HTTP_PORT}/health\", timeout=5)'; else ray health-check --address {leader}:6379; fi"

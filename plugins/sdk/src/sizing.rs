@@ -10,9 +10,11 @@ use crate::{ErrorKind, GpuShape, Parallelism, PluginError};
 pub const GIB: u64 = 1 << 30;
 /// Context length assumed when the Workspace does not set one (KAITO's default).
 pub const DEFAULT_MAX_MODEL_LEN: u32 = 2048;
-/// Share of GPU memory the runtime may use (vLLM `--gpu-memory-utilization`).
+/// Share of GPU memory the estimator counts on, for every GPU (KAITO's estimator), and the runtime's default cap
+/// (vLLM `--gpu-memory-utilization`).
 pub const GPU_MEMORY_UTILIZATION: f64 = 0.84;
-/// Lower cap on A10-class GPUs, whose CUDA context takes a larger share.
+/// Lower runtime cap on A10-class GPUs, whose CUDA context takes a larger share. A runtime flag only: KAITO sizes
+/// A10 nodes with 0.84 like every other GPU, and so do we.
 pub const GPU_MEMORY_UTILIZATION_A10: f64 = 0.82;
 /// Weights grow by this factor once loaded (buffers, alignment).
 pub const WEIGHT_EXPANSION: f64 = 1.02;
@@ -28,7 +30,6 @@ pub struct SizingInput {
     pub bytes_per_token: u64,
     pub max_model_len: u32,
     pub shape: GpuShape,
-    pub min_nodes: u32,
     pub supports_multi_node: bool,
 }
 
@@ -40,10 +41,11 @@ pub struct Sizing {
     /// GPU memory the loaded model occupies, in bytes.
     pub model_bytes: u64,
     pub parallelism: Parallelism,
+    /// The runtime's `--gpu-memory-utilization` for this GPU (not the estimator's share).
     pub gpu_memory_utilization: f64,
 }
 
-/// Memory-utilisation cap for a GPU model name.
+/// Runtime memory-utilisation cap for a GPU model name.
 pub fn utilization_for(gpu_model: &str) -> f64 {
     let m = gpu_model.to_ascii_uppercase().replace("NVIDIA", "").replace(['-', '_', ' '], "");
     if m == "A10" || m == "A10G" { GPU_MEMORY_UTILIZATION_A10 } else { GPU_MEMORY_UTILIZATION }
@@ -54,7 +56,8 @@ pub fn gib(bytes: f64) -> String {
     format!("{:.2} GiB", bytes / GIB as f64)
 }
 
-/// Estimate GPUs, nodes and parallelism for one model on one GPU shape.
+/// Estimate GPUs, nodes and parallelism for one model on one GPU shape. As in KAITO, the model decides the node
+/// count: a Workspace's `resource.count` neither raises nor caps it.
 pub fn estimate(input: &SizingInput) -> Result<Sizing, PluginError> {
     let shape = &input.shape;
     if shape.gpus_per_node == 0 || shape.gpu_memory_bytes == 0 {
@@ -71,7 +74,7 @@ pub fn estimate(input: &SizingInput) -> Result<Sizing, PluginError> {
             ),
         ));
     }
-    let util = utilization_for(&shape.gpu_model);
+    let util = GPU_MEMORY_UTILIZATION;
     let model_bytes = input.weights_bytes as f64 * WEIGHT_EXPANSION;
     let per_gpu = shape.gpu_memory_bytes as f64;
     let available = per_gpu * util;
@@ -97,7 +100,7 @@ pub fn estimate(input: &SizingInput) -> Result<Sizing, PluginError> {
     let min_gpus = (model_bytes / usable_per_gpu).floor() as u64 + 1;
     let gpn = shape.gpus_per_node as u64;
     let needed_nodes = min_gpus.div_ceil(gpn);
-    let node_count = needed_nodes.max(input.min_nodes.max(1) as u64);
+    let node_count = needed_nodes.max(1);
     if node_count > shape.max_nodes as u64 {
         return Err(PluginError::new(
             ErrorKind::DoesNotFit,
@@ -136,7 +139,7 @@ pub fn estimate(input: &SizingInput) -> Result<Sizing, PluginError> {
         min_gpus: min_gpus as u32,
         model_bytes: model_bytes as u64,
         parallelism,
-        gpu_memory_utilization: util,
+        gpu_memory_utilization: utilization_for(&shape.gpu_model),
     })
 }
 
@@ -160,7 +163,6 @@ mod tests {
             bytes_per_token: 393_216,
             max_model_len: DEFAULT_MAX_MODEL_LEN,
             shape,
-            min_nodes: 1,
             supports_multi_node: true,
         }
     }
@@ -195,9 +197,37 @@ mod tests {
     }
 
     #[test]
-    fn a10_uses_lower_utilisation() {
+    fn a10_runtime_cap_is_lower() {
         assert_eq!(utilization_for("NVIDIA-A10"), GPU_MEMORY_UTILIZATION_A10);
         assert_eq!(utilization_for("A100"), GPU_MEMORY_UTILIZATION);
+    }
+
+    /// Cases from KAITO v0.12's estimator and preset tests, with their model sizes (written here, not copied).
+    #[test]
+    fn node_counts_match_kaitos_estimator() {
+        let case = |weights_gib: f64, bytes_per_token: u64, shape: GpuShape| {
+            let s = estimate(&SizingInput { bytes_per_token, ..input(weights_gib, shape) }).unwrap();
+            (s.node_count, s.parallelism)
+        };
+        // An 8 GiB model on 4x A100 80G: one node whatever count the Workspace asked for.
+        assert_eq!(case(8.0, 393_216, shape("A100", 4, 80, 8)).0, 1);
+        // 13.44 GiB on one A10: one node (the A10's runtime cap of 0.82 does not enter sizing).
+        assert_eq!(case(13.44, 393_216, shape("A10", 1, 24, 8)).0, 1);
+        // 62.5 GiB with 160 KiB of KV per token on one A100 80G: two nodes, pipeline 2.
+        let (nodes, p) = case(62.5, 163_840, shape("A100", 1, 80, 8));
+        assert_eq!((nodes, p), (2, Parallelism { tensor: 1, pipeline: 2, data: 1 }));
+        // 64 GiB on one A10 24G with a small KV cache: four pipeline stages, even with eight nodes allowed.
+        let (nodes, p) = case(64.0, 16_384, shape("A10", 1, 24, 8));
+        assert_eq!((nodes, p), (4, Parallelism { tensor: 1, pipeline: 4, data: 1 }));
+    }
+
+    #[test]
+    fn a10_sizing_uses_the_common_share_and_the_runtime_keeps_its_cap() {
+        // 15.7 GiB (16.01 GiB loaded) fits one A10 at 0.84 (16.30 GiB usable after the reserve and overhead) but
+        // would need two at 0.82 (15.84 GiB usable).
+        let s = estimate(&input(15.7, shape("A10", 1, 24, 8))).unwrap();
+        assert_eq!(s.node_count, 1);
+        assert_eq!(s.gpu_memory_utilization, GPU_MEMORY_UTILIZATION_A10);
     }
 
     #[test]

@@ -121,8 +121,26 @@ mod tests {
         assert_eq!(plan.runtime, "vllm");
         let cmd = plan.workload.command.join(" ");
         assert!(cmd.contains("--tensor-parallel-size=1"), "{cmd}");
-        assert!(cmd.contains("--served-model-name=phi-4"), "{cmd}");
-        assert!(cmd.contains("--enable-lora"), "{cmd}");
+        let words = &plan.workload.command;
+        let at = words.iter().position(|w| w == "--served-model-name").expect("a served name");
+        let names: Vec<&str> =
+            words[at + 1..].iter().take_while(|w| !w.starts_with("--")).map(|w| w.as_str()).collect();
+        assert_eq!(names, ["phi-4"], "KAITO's name, the same as the preset's: {cmd}");
+        assert!(!cmd.contains("--enable-lora"), "KAITO enables LoRA only when the Workspace has adapters: {cmd}");
+    }
+
+    #[test]
+    fn kaitos_transformers_runtime_is_served_by_tch() {
+        let mut r = request("phi-3.5-mini-instruct");
+        r.runtime = Some("transformers".into());
+        let plan = Phi::plan(r, a100()).unwrap();
+        assert_eq!(plan.runtime, "tch");
+        assert!(plan.notes.iter().any(|n| n.contains("transformers")), "{:?}", plan.notes);
+        assert_eq!(
+            plan.workload.args[3], "phi-3.5-mini-instruct",
+            "served as KAITO names it: {:?}",
+            plan.workload.args
+        );
     }
 
     #[test]
