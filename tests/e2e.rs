@@ -115,6 +115,14 @@ pub fn readme_install_commands() -> Vec<String> {
         .collect()
 }
 
+/// The README's `kubectl apply` line for the example whose file name mentions `kind` (`workspace`, `ragengine`).
+pub fn readme_apply(kind: &str) -> String {
+    readme_install_commands()
+        .into_iter()
+        .find(|l| l.starts_with("kubectl apply") && l.contains(kind))
+        .unwrap_or_else(|| panic!("the README's Install with Helm block applies no {kind} example"))
+}
+
 /// Polls `probe` every 250 ms until it returns `Some`, panicking after `secs` with `what`.
 pub async fn wait_for<T>(what: &str, secs: u64, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);

@@ -133,12 +133,8 @@ async fn readme_install_and_gpu_provisioner_lifecycle() {
 
     let mut a = Operator::start(kc, WORKSPACE_DEPLOYMENT, "operator-a", &[]).await;
     let mut b = Operator::start(kc, WORKSPACE_DEPLOYMENT, "operator-b", &[]).await;
-    let commands = e2e::readme_install_commands();
-    let apply = commands
-        .iter()
-        .find(|l| l.starts_with("kubectl apply") && l.contains("workspace"))
-        .expect("README applies a Workspace");
-    sh_ok(kc, apply);
+    let apply = e2e::readme_apply("workspace");
+    sh_ok(kc, &apply);
     let name = "workspace-phi-3-5-mini";
     let ws = wait_succeeded(kc, client, "default", name, 120).await;
     assert_eq!(column(kc, "workspace", "default", name, "Instance").as_deref(), Some("Standard_NC24ads_A100_v4"));
@@ -252,9 +248,7 @@ async fn readme_install_and_gpu_provisioner_lifecycle() {
         "no duplicate NodeClaims after the restart"
     );
 
-    for line in commands.iter().filter(|l| l.starts_with("kubectl apply") && l.contains("workspace")) {
-        sh_ok(kc, &line.replacen("kubectl apply", "kubectl delete", 1));
-    }
+    sh_ok(kc, &apply.replacen("kubectl apply", "kubectl delete", 1));
     workspaces.delete(second, &DeleteParams::default()).await.unwrap();
     assert_deleted(client, "default", name).await;
     assert_deleted(client, "default", second).await;
@@ -377,12 +371,8 @@ async fn readme_ragengine_lifecycle() {
     let (kc, client) = (&env.kubeconfig, &env.client);
     let a = Operator::start(kc, RAGENGINE_DEPLOYMENT, "rag-operator-a", &[]).await;
     let b = Operator::start(kc, RAGENGINE_DEPLOYMENT, "rag-operator-b", &[]).await;
-    let commands = e2e::readme_install_commands();
-    let apply = commands
-        .iter()
-        .find(|l| l.starts_with("kubectl apply") && l.contains("ragengine"))
-        .expect("README applies a RAGEngine");
-    sh_ok(kc, apply);
+    let apply = e2e::readme_apply("ragengine");
+    sh_ok(kc, &apply);
     let name = "ragengine-start";
     wait_for("`kubectl get ragengine` to show ServiceReady True", 120, async || {
         (column(kc, "ragengine", "default", name, "ServiceReady")? == "True").then_some(())
