@@ -92,12 +92,8 @@ pub fn sh_ok(kubeconfig: &Path, line: &str) -> String {
     out.stdout
 }
 
-/// The admin client of the cluster.
+/// A client for `kubeconfig` (the cluster's admin one, or a ServiceAccount's).
 pub async fn admin(kubeconfig: &Path) -> Client {
-    client_for(kubeconfig).await
-}
-
-async fn client_for(kubeconfig: &Path) -> Client {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("client config");
     Client::try_from(config).expect("client")
@@ -137,9 +133,14 @@ pub async fn wait_for<T>(what: &str, secs: u64, mut probe: impl AsyncFnMut() -> 
 
 /// A kubeconfig for `namespace/service_account`, holding a token from the TokenRequest API: what a pod of the
 /// chart's Deployment would be given.
-pub async fn service_account_kubeconfig(admin_kubeconfig: &Path, namespace: &str, service_account: &str, out: &Path) {
-    let client = admin(admin_kubeconfig).await;
-    let api: Api<ServiceAccount> = Api::namespaced(client, namespace);
+pub async fn service_account_kubeconfig(
+    client: &Client,
+    admin_kubeconfig: &Path,
+    namespace: &str,
+    service_account: &str,
+    out: &Path,
+) {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let request: TokenRequest =
         serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).expect("TokenRequest");
     let issued: TokenRequest = api
@@ -178,7 +179,7 @@ impl Operator {
     /// Deployment's ServiceAccount.
     pub async fn start(admin_kubeconfig: &Path, deployment: &str, identity: &str, overrides: &[&str]) -> Operator {
         let client = admin(admin_kubeconfig).await;
-        let deploy = Api::<Deployment>::namespaced(client, SYSTEM_NAMESPACE)
+        let deploy = Api::<Deployment>::namespaced(client.clone(), SYSTEM_NAMESPACE)
             .get(deployment)
             .await
             .unwrap_or_else(|e| panic!("the chart's Deployment {deployment}: {e}"));
@@ -188,7 +189,7 @@ impl Operator {
         let dir = std::env::temp_dir().join(format!("kaito-e2e-{}", std::process::id())).join(identity);
         std::fs::create_dir_all(&dir).expect("operator dir");
         let kubeconfig = dir.join("kubeconfig");
-        service_account_kubeconfig(admin_kubeconfig, SYSTEM_NAMESPACE, &service_account, &kubeconfig).await;
+        service_account_kubeconfig(&client, admin_kubeconfig, SYSTEM_NAMESPACE, &service_account, &kubeconfig).await;
         let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let flag = |a: &str| a.split('=').next().unwrap_or_default().to_string();
         let mut args: Vec<String> = container_args
@@ -225,7 +226,7 @@ impl Operator {
             .expect("starting kaito-operator");
         let op = Operator { child, identity: identity.into(), log, metrics_port };
         let port = op.metrics_port;
-        wait_for(&format!("operator {identity} to serve /readyz"), 60, async || {
+        wait_for(&format!("operator {identity} to listen on its metrics port"), 60, async || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
         })
         .await;

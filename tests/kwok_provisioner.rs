@@ -16,9 +16,10 @@
 //! Usage: `kwok-provisioner --kubeconfig=FILE --plugins=DIR[:DIR...]` (started by `cargo xtask cluster up`).
 
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
+use kaito_operator::finalizer;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -64,36 +65,30 @@ impl Provisioner {
         for pool in self.pools.list(&ListParams::default()).await?.items {
             self.pool(&pool).await?;
         }
-        for claim in self.claims.list(&ListParams::default()).await?.items {
-            self.claim(&claim).await?;
+        let claims = self.claims.list(&ListParams::default()).await?.items;
+        for claim in &claims {
+            self.claim(claim).await?;
         }
         self.volumes().await?;
         // Nodes whose claim is gone (deleted without its finalizer running) go too.
-        let claims: Vec<String> =
-            self.claims.list(&ListParams::default()).await?.items.iter().map(|c| c.name_any()).collect();
+        let names: Vec<String> = claims.iter().map(|c| c.name_any()).collect();
         for node in self.nodes.list(&ListParams::default().labels(MANAGED_BY)).await?.items {
-            if !claims.contains(&node.name_any()) {
+            if !names.contains(&node.name_any()) {
                 self.delete_node(&node.name_any()).await?;
             }
         }
         Ok(())
     }
 
-    async fn remove_finalizer(&self, api: &Api<DynamicObject>, object: &DynamicObject) -> kube::Result<()> {
-        let finalizers: Vec<&String> = object.finalizers().iter().filter(|f| *f != TERMINATION_FINALIZER).collect();
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": object.resource_version()}});
-        api.patch(&object.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        Ok(())
-    }
-
-    async fn add_finalizer(&self, api: &Api<DynamicObject>, object: &DynamicObject) -> kube::Result<()> {
-        if object.finalizers().iter().any(|f| f == TERMINATION_FINALIZER) {
-            return Ok(());
-        }
-        let mut finalizers = object.finalizers().to_vec();
-        finalizers.push(TERMINATION_FINALIZER.into());
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": object.resource_version()}});
-        api.patch(&object.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    /// Karpenter's termination finalizer, added or removed with the operator's finalizer patches.
+    async fn set_finalizer(&self, api: &Api<DynamicObject>, object: &DynamicObject, wanted: bool) -> kube::Result<()> {
+        let at = object.finalizers().iter().position(|f| f == TERMINATION_FINALIZER);
+        let patch = match (at, wanted) {
+            (None, true) => finalizer::add(object.metadata.finalizers.as_deref(), TERMINATION_FINALIZER),
+            (Some(i), false) => finalizer::remove(i, TERMINATION_FINALIZER),
+            _ => return Ok(()),
+        };
+        api.patch(&object.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await?;
         Ok(())
     }
 
@@ -105,11 +100,11 @@ impl Provisioner {
                 self.claims.delete(&claim.name_any(), &DeleteParams::background()).await?;
             }
             if mine.is_empty() {
-                self.remove_finalizer(&self.pools, pool).await?;
+                self.set_finalizer(&self.pools, pool, false).await?;
             }
             return Ok(());
         }
-        self.add_finalizer(&self.pools, pool).await?;
+        self.set_finalizer(&self.pools, pool, true).await?;
         let Some(replicas) = pool.data["spec"]["replicas"].as_u64() else {
             // Dynamic NodePools provision for pending pods; nothing here asks for that.
             return Ok(());
@@ -151,12 +146,9 @@ impl Provisioner {
             if self.nodes.get_opt(&name).await?.is_some() {
                 return self.delete_node(&name).await;
             }
-            if claim.finalizers().iter().any(|f| f == TERMINATION_FINALIZER) {
-                self.remove_finalizer(&self.claims, claim).await?;
-            }
-            return Ok(());
+            return self.set_finalizer(&self.claims, claim, false).await;
         }
-        self.add_finalizer(&self.claims, claim).await?;
+        self.set_finalizer(&self.claims, claim, true).await?;
         let conditions = claim.data["status"]["conditions"].as_array().cloned().unwrap_or_default();
         let is_true = |t: &str| conditions.iter().any(|c| c["type"] == t && c["status"] == "True");
         if is_true("Ready") {
@@ -179,7 +171,7 @@ impl Provisioner {
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        let capacity = json!({"cpu": "96", "memory": "880Gi", "pods": "110", "nvidia.com/gpu": gpus.count.to_string()});
+        let capacity = capacity(&gpus);
         let mut conds = vec![
             condition("Launched", "True", "Launched", "", &at),
             condition("Registered", "True", "Registered", "", &at),
@@ -268,6 +260,11 @@ fn rand_suffix() -> u64 {
     u32::from_le_bytes(bytes) as u64 & 0xfffff
 }
 
+/// What a node of the instance type offers (the GPUs are the instance type's; the rest is ample).
+fn capacity(gpus: &Gpus) -> Value {
+    json!({"cpu": "96", "memory": "880Gi", "pods": "110", "nvidia.com/gpu": gpus.count.to_string()})
+}
+
 /// The KWOK node for `claim`.
 fn node_for(claim: &DynamicObject, gpus: &Gpus) -> Node {
     let name = claim.name_any();
@@ -284,7 +281,7 @@ fn node_for(claim: &DynamicObject, gpus: &Gpus) -> Node {
     labels.insert("nvidia.com/gpu.product".into(), gpus.model.clone().into());
     labels.insert("nvidia.com/gpu.count".into(), gpus.count.to_string().into());
     labels.insert("nvidia.com/gpu.memory".into(), gpus.memory_mib_each.to_string().into());
-    let capacity = json!({"cpu": "96", "memory": "880Gi", "pods": "110", "nvidia.com/gpu": gpus.count.to_string()});
+    let capacity = capacity(gpus);
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -319,12 +316,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if instance_types.is_empty() {
         return Err(format!("no provisioner plugin in {dirs:?} describes an instance type with GPUs").into());
     }
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&kubeconfig)?,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await?;
-    let client = Client::try_from(config)?;
+    let client = kaito_tests::e2e::admin(std::path::Path::new(&kubeconfig)).await;
     let p = Provisioner {
         claims: Api::all_with(client.clone(), &karpenter("NodeClaim", "nodeclaims")),
         pools: Api::all_with(client.clone(), &karpenter("NodePool", "nodepools")),

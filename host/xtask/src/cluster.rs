@@ -19,9 +19,7 @@ pub const KUBERNETES: &str = "v1.36.3";
 pub const KARPENTER: &str = "v1.14.1";
 /// KWOK release whose stage definitions are used (the binary's version is pinned in go.mod).
 pub const KWOK: &str = "v0.8.0";
-/// The binaries `build` makes.
-const BINARIES: &[&str] = &["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"];
-/// Packages they are built from, in the order of [`BINARIES`].
+/// The packages `build` makes binaries of (each named after its last path element, as `go build -o DIR` does).
 const PACKAGES: &[&str] = &[
     "./cmd/etcd",
     "k8s.io/kubernetes/cmd/kube-apiserver",
@@ -66,23 +64,27 @@ fn go_output_in(dir: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// A module's directory in the module cache, downloaded (and checksum-verified) if needed. Run outside the test
-/// module: inside it, Go refuses modules its go.mod does not list (Karpenter's CRDs are data, not a dependency).
-fn module_source(module: &str, version: &str) -> Result<PathBuf> {
+/// `go mod download -json` of one module version (downloaded and checksum-verified if needed): the path of its
+/// `field` (`Dir`, `GoMod`). Run outside the test module: inside it, Go refuses modules its go.mod does not list
+/// (Karpenter's CRDs are data, not a dependency).
+fn module_download(module: &str, version: &str, field: &str) -> Result<PathBuf> {
     let json = go_output_in(&std::env::temp_dir(), &["mod", "download", "-json", &format!("{module}@{version}")])?;
     let v: serde_json::Value = serde_json::from_str(&json)?;
     if let Some(e) = v["Error"].as_str() {
         bail!("go mod download {module}@{version}: {e}");
     }
-    Ok(PathBuf::from(v["Dir"].as_str().context("no Dir in go mod download output")?))
+    Ok(PathBuf::from(v[field].as_str().with_context(|| format!("no {field} in go mod download output"))?))
+}
+
+/// A module's source directory in the module cache.
+fn module_source(module: &str, version: &str) -> Result<PathBuf> {
+    module_download(module, version, "Dir")
 }
 
 /// The replace block for k8s.io/kubernetes `version`, generated from that version's own go.mod: every staging
 /// module (`k8s.io/x => ./staging/src/k8s.io/x`) pinned to its published `v0.<minor>.<patch>`.
 fn staging_replaces(version: &str) -> Result<String> {
-    let json = go_output(&["mod", "download", "-json", &format!("k8s.io/kubernetes@{version}")])?;
-    let v: serde_json::Value = serde_json::from_str(&json)?;
-    let gomod = std::fs::read_to_string(v["GoMod"].as_str().context("no GoMod in go mod download output")?)?;
+    let gomod = std::fs::read_to_string(module_download("k8s.io/kubernetes", version, "GoMod")?)?;
     let staging_version = format!("v0.{}", version.trim_start_matches("v1."));
     let mut out = format!("{BEGIN} (k8s.io/kubernetes {version})\nreplace (\n");
     let mut n = 0;
@@ -146,7 +148,7 @@ pub fn build() -> Result<PathBuf> {
         );
     }
     let dir = home()?.join(".cache/kaito/kube-testenv").join(format!("{KUBERNETES}-{}", cache_key()?));
-    if BINARIES.iter().all(|b| dir.join(b).is_file()) {
+    if PACKAGES.iter().all(|p| dir.join(p.rsplit('/').next().unwrap_or(p)).is_file()) {
         return Ok(dir);
     }
     let tmp = dir.with_file_name(format!("{KUBERNETES}.partial"));
