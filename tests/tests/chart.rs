@@ -119,6 +119,11 @@ fn default_install_is_locked_down_and_leader_elected() {
 fn provisioner_and_plugin_variants() {
     let a = args(&render(&["provisioner=karpenter"]));
     assert!(a.contains(&"--provisioner=karpenter".to_string()));
+    assert!(!a.iter().any(|a| a.starts_with("--karpenter-node-classes")), "no allow-list unless asked");
+    let a = args(&render(&["nodeClasses[0].name=ubuntu", "nodeClasses[0].default=true", "nodeClasses[1].name=gpu"]));
+    let flag = a.iter().find_map(|a| a.strip_prefix("--karpenter-node-classes=")).expect("the allow-list flag");
+    let classes: kaito_workload::NodeClasses = flag.parse().expect("the operator parses what the chart passes");
+    assert_eq!((classes.names, classes.default.as_str()), (vec!["ubuntu".to_string(), "gpu".to_string()], "ubuntu"));
 
     let docs =
         render(&["provisioner=byo", "replicaCount=1", "leaderElection.enabled=false", "metrics.service.enabled=false"]);

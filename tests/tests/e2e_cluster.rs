@@ -445,6 +445,52 @@ async fn invalid_workspaces_are_refused_at_apply_time() {
     assert!(checked >= 9, "{checked} invalid fixtures");
 }
 
+/// The KAITO webhook rules that are not CEL here (`tests/fixtures/invalid-at-reconcile/`) are refused by the
+/// operator, running as the chart's ServiceAccount with a node-class allow-list, within one reconcile: the
+/// Workspace's conditions say InvalidWorkspace with the fixture's message, and no NodeClaim is made for it.
+#[tokio::test]
+async fn invalid_workspaces_get_a_condition_within_one_reconcile() {
+    let Some(env) = e2e::Env::start("invalid_workspaces_get_a_condition_within_one_reconcile").await else { return };
+    let (kc, client) = (&env.kubeconfig, &env.client);
+    let ns = "invalid-reconcile-e2e";
+    namespace(client, ns).await;
+    let operator =
+        Operator::start(kc, WORKSPACE_DEPLOYMENT, "validator", &["--karpenter-node-classes=default,gpu"]).await;
+    let dir = kaito_tests::root().join("tests/fixtures/invalid-at-reconcile");
+    let mut fixtures = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expected = text.lines().find_map(|l| l.strip_prefix("# condition: ")).expect("a `# condition:` line");
+        let rel = format!("tests/fixtures/invalid-at-reconcile/{}", path.file_name().unwrap().to_string_lossy());
+        sh_ok(kc, &format!("kubectl apply -n {ns} -f {rel}"));
+        fixtures.push((path.file_stem().unwrap().to_string_lossy().to_string(), expected.to_string()));
+    }
+    assert!(fixtures.len() >= 9, "{} fixtures", fixtures.len());
+    let api = Api::<Workspace>::namespaced(client.clone(), ns);
+    for (name, expected) in &fixtures {
+        let what = format!("{name} to be refused with {expected:?}");
+        wait_for(&what, 60, async || {
+            let ws = api.get(name).await.ok()?;
+            let c = ws.status?.conditions?.into_iter().find(|c| c.type_ == "WorkspaceSucceeded")?;
+            (c.status == "False" && c.reason == "InvalidWorkspace" && c.message.contains(expected.as_str()))
+                .then_some(())
+        })
+        .await;
+    }
+    let claims: Api<DynamicObject> = Api::all_with(client.clone(), &karpenter("NodeClaim", "nodeclaims"));
+    let made = claims.list(&ListParams::default().labels(&format!("kaito.sh/workspacenamespace={ns}"))).await.unwrap();
+    assert!(made.items.is_empty(), "no NodeClaim for a refused Workspace: {:?}", made.items);
+    for (name, _) in &fixtures {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    for (name, _) in &fixtures {
+        wait_for(&format!("{name} to be deleted"), 60, async || api.get_opt(name).await.ok()?.is_none().then_some(()))
+            .await;
+    }
+    assert_no_forbidden(kc, &[&operator]);
+}
+
 /// Two operators without leader election (a split brain, or a rollout that briefly runs two) reconcile the same
 /// Workspace at once: their concurrent creates of the same NodeClaims meet the API server's 409, which is taken as
 /// "already there"; the Workspace gets exactly one set of NodeClaims and reaches Ready.

@@ -141,16 +141,7 @@ fn error_byo_without_matching_ready_nodes() {
 #[test]
 fn node_class_annotation_is_input_not_a_plugin_fault() {
     let registry = kaito_tests::shipped_registry();
-    let seed = std::fs::read_to_string(root().join(SEED)).unwrap();
-    let with = |value: &str| {
-        let text = seed.replace(
-            "metadata:\n  name: workspace-phi-3-5-mini\n",
-            &format!(
-                "metadata:\n  name: workspace-phi-3-5-mini\n  annotations:\n    kaito.sh/node-class-name: {value:?}\n"
-            ),
-        );
-        kaito_crd::Workspace::from_yaml(&text).unwrap()
-    };
+    let with = seed_with_node_class;
     let opts = kaito_workload::RenderOptions { provisioner: Some("gpu-provisioner".into()), ..Default::default() };
     let rendered = kaito_workload::render(&registry, &with(""), &opts).expect("empty means the default class");
     assert_eq!(rendered.objects.nodes[0]["spec"]["nodeClassRef"]["name"], "default");
@@ -186,4 +177,172 @@ fn byo_refuses_an_instance_type() {
     let run = render(&["-f", &file.display().to_string(), "--nodes", &path("tests/fixtures/byo-nodes.yaml")]);
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(run.stderr.contains("resource.instanceType: must be empty with bring-your-own nodes"), "{}", run.stderr);
+}
+
+/// The seed Workspace annotated with `kaito.sh/node-class-name: value`.
+fn seed_with_node_class(value: &str) -> kaito_crd::Workspace {
+    let seed = std::fs::read_to_string(root().join(SEED)).unwrap();
+    let text = seed.replace(
+        "metadata:\n  name: workspace-phi-3-5-mini\n",
+        &format!(
+            "metadata:\n  name: workspace-phi-3-5-mini\n  annotations:\n    kaito.sh/node-class-name: {value:?}\n"
+        ),
+    );
+    kaito_crd::Workspace::from_yaml(&text).unwrap()
+}
+
+/// Node-class allow-list of the operator's configuration, as the CLI takes it.
+const NODE_CLASSES: &str = r#"[{"name":"default","default":true},{"name":"gpu"}]"#;
+
+/// Every KAITO webhook rule that is not CEL here (`tests/fixtures/invalid-at-reconcile/`, each naming its message)
+/// fails the render the operator runs, with that message; the end-to-end test sees the same as a condition.
+#[test]
+fn rules_checked_at_reconcile_refuse_their_fixtures() {
+    let dir = root().join("tests/fixtures/invalid-at-reconcile");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let file = entry.unwrap().path();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let expected = text.lines().find_map(|l| l.strip_prefix("# condition: ")).expect("a `# condition:` line");
+        let run = render(&["-f", &file.display().to_string(), "--karpenter-node-classes", NODE_CLASSES]);
+        assert_eq!(run.code, 1, "{}: rendered\n{}", file.display(), run.stdout);
+        assert!(run.stderr.contains(expected), "{}: expected {expected:?} in {}", file.display(), run.stderr);
+        checked += 1;
+    }
+    assert!(checked >= 9, "{checked} fixtures");
+}
+
+/// With an allow-list, an unset or empty node class is the list's default and a listed one passes; without one any
+/// valid name passes (KAITO checks the list only where it is configured).
+#[test]
+fn node_class_allow_list_picks_the_default() {
+    let registry = kaito_tests::shipped_registry();
+    let with = seed_with_node_class;
+    let classes: kaito_workload::NodeClasses = r#"[{"name":"gpu"},{"name":"ubuntu","default":true}]"#.parse().unwrap();
+    let opts = kaito_workload::RenderOptions {
+        provisioner: Some("gpu-provisioner".into()),
+        node_classes: Some(classes),
+        ..Default::default()
+    };
+    let class = |ws| {
+        kaito_workload::render(&registry, &ws, &opts)
+            .map(|r| r.objects.nodes[0]["spec"]["nodeClassRef"]["name"].clone())
+    };
+    assert_eq!(class(with("")).unwrap(), "ubuntu");
+    assert_eq!(class(with("gpu")).unwrap(), "gpu");
+    let err = class(with("default")).unwrap_err();
+    assert!(err.to_string().contains("use one of: gpu, ubuntu"), "{err}");
+    let open = kaito_workload::RenderOptions { provisioner: Some("gpu-provisioner".into()), ..Default::default() };
+    let any = kaito_workload::render(&registry, &with("my-class"), &open).unwrap();
+    assert_eq!(any.objects.nodes[0]["spec"]["nodeClassRef"]["name"], "my-class");
+}
+
+/// As KAITO on Azure: a template Workspace may name any N- or D-series size; a preset still needs the size's GPU
+/// facts from the table.
+#[test]
+fn template_workspaces_take_any_azure_n_or_d_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root().join("examples/custom-template/workspace-custom-vllm.yaml")).unwrap();
+    let from = text.lines().find(|l| l.trim_start().starts_with("instanceType:")).unwrap().to_string();
+    let file = dir.path().join("ws.yaml");
+    std::fs::write(&file, text.replace(&from, "  instanceType: Standard_D8s_v5")).unwrap();
+    let run = render(&["-f", &file.display().to_string()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("Standard_D8s_v5"), "{}", run.stdout);
+    std::fs::write(&file, text.replace(&from, "  instanceType: Standard_E8s_v5")).unwrap();
+    let run = render(&["-f", &file.display().to_string()]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.stderr.contains("Standard_N* or Standard_D*"), "{}", run.stderr);
+    let seed = std::fs::read_to_string(root().join(SEED)).unwrap();
+    std::fs::write(&file, seed.replace("Standard_NC24ads_A100_v4", "Standard_D8s_v5")).unwrap();
+    let run = render(&["-f", &file.display().to_string()]);
+    assert_eq!(run.code, 1, "a preset needs GPU facts: {}", run.stdout);
+    assert!(run.stderr.contains("resource.instanceType"), "{}", run.stderr);
+}
+
+/// KAITO's v1alpha1 rule: `count` nodes must hold the weights; the bypass annotation and v1beta1 (where the
+/// estimator sizes the node count) render.
+#[test]
+fn v1alpha1_count_must_hold_the_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = root().join("tests/fixtures/invalid-at-reconcile/v1alpha1-count-too-small.yaml");
+    let text = std::fs::read_to_string(&fixture).unwrap();
+    let run = render(&["-f", &fixture.display().to_string()]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("resource.count: insufficient total GPU memory: 1 x Standard_NV36ads_A10_v5"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("set resource.count to "), "{}", run.stderr);
+    let file = dir.path().join("ws.yaml");
+    let bypass =
+        text.replace("metadata:\n", "metadata:\n  annotations:\n    kaito.sh/bypass-resource-checks: \"true\"\n");
+    std::fs::write(&file, &bypass).unwrap();
+    let run = render(&["-f", &file.display().to_string()]);
+    assert!(!run.stderr.contains("insufficient total GPU memory"), "bypassed: {}", run.stderr);
+    std::fs::write(&file, text.replace("kaito.sh/v1alpha1", "kaito.sh/v1beta1")).unwrap();
+    let run = render(&["-f", &file.display().to_string()]);
+    assert!(!run.stderr.contains("insufficient total GPU memory"), "v1beta1: {}", run.stderr);
+}
+
+/// `tests/golden/kaito-webhook-rules.md` places every KAITO webhook rule: each row cites evidence that exists (a
+/// fixture the end-to-end tests apply, or a test function), every fixture is cited, and the summary counts add up.
+#[test]
+fn webhook_rule_table_is_backed_by_fixtures_and_tests() {
+    let table = std::fs::read_to_string(root().join("tests/golden/kaito-webhook-rules.md")).unwrap();
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    let mut cited = std::collections::BTreeSet::new();
+    let mut rows = 0;
+    for line in table.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| #")) {
+        let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+        let [n, _rule, place, evidence] = cells[..] else { panic!("row {line:?} has not 4 cells") };
+        rows += 1;
+        assert_eq!(n, rows.to_string(), "rows are numbered in order");
+        *counts.entry(place).or_default() += 1;
+        match place {
+            "apply" | "reconcile" => {
+                for item in evidence.split(", ") {
+                    if let Some((file, function)) = item.split_once("::") {
+                        let text = std::fs::read_to_string(root().join(file)).unwrap_or_default();
+                        assert!(text.contains(&format!("fn {function}(")), "row {n}: no test {item}");
+                    } else {
+                        let dir = if place == "apply" {
+                            "tests/fixtures/invalid/"
+                        } else {
+                            "tests/fixtures/invalid-at-reconcile/"
+                        };
+                        assert!(
+                            item.starts_with(dir) && root().join(item).is_file(),
+                            "row {n}: {item} is not in {dir}"
+                        );
+                        cited.insert(item.to_string());
+                    }
+                }
+            }
+            "differs" | "not yet" | "n/a" => {
+                assert!(evidence.len() > 10, "row {n}: say why");
+                for item in evidence.split([' ', ',']).filter(|w| w.starts_with("tests/fixtures/")) {
+                    assert!(root().join(item).is_file(), "row {n}: {item} does not exist");
+                    cited.insert(item.to_string());
+                }
+            }
+            other => panic!("row {n}: unknown place {other:?}"),
+        }
+    }
+    for dir in ["tests/fixtures/invalid", "tests/fixtures/invalid-at-reconcile"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let rel = format!("{dir}/{}", entry.unwrap().file_name().to_string_lossy());
+            assert!(cited.contains(&rel), "{rel} is in no row");
+        }
+    }
+    let summary = format!(
+        "Apply-time: {} of {rows} rules; at reconcile: {}; differently on purpose: {}; not yet: {}; not applicable: {}.",
+        counts.get("apply").copied().unwrap_or(0),
+        counts.get("reconcile").copied().unwrap_or(0),
+        counts.get("differs").copied().unwrap_or(0),
+        counts.get("not yet").copied().unwrap_or(0),
+        counts.get("n/a").copied().unwrap_or(0)
+    );
+    assert!(table.contains(&summary), "the summary line should read: {summary}");
 }

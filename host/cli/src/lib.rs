@@ -93,6 +93,9 @@ pub struct RenderArgs {
     /// Most nodes a Workspace may be given when provisioning.
     #[arg(long, default_value_t = DEFAULT_MAX_NODES)]
     pub max_nodes: u32,
+    /// Node classes `kaito.sh/node-class-name` may name, as the operator's flag of the same name.
+    #[arg(long)]
+    pub karpenter_node_classes: Option<kaito_workload::NodeClasses>,
     #[command(flatten)]
     pub plugins: PluginArgs,
 }
@@ -183,6 +186,7 @@ fn render_cmd(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -> an
         nodes,
         image_registry: args.image_registry.clone(),
         max_nodes: args.max_nodes,
+        node_classes: args.karpenter_node_classes.clone(),
     };
     let rendered = render(&registry, &ws, &opts)?;
     for note in &rendered.notes {

@@ -5,7 +5,9 @@
 //! Rules KAITO's validating webhook enforces that CEL can express are in the
 //! schema as `x-kubernetes-validations`; the rest stay in the controller.
 
-use crate::workspace::{MAX_ADAPTERS, RESERVED_LABEL_PREFIX, RESERVED_LABELS, Workspace};
+use crate::workspace::{
+    MAX_ADAPTERS, RESERVED_LABEL_PREFIX, RESERVED_LABELS, V1ALPHA1_DEFAULT_INSTANCE_TYPE, Workspace,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceColumnDefinition, CustomResourceDefinition, CustomResourceDefinitionNames,
     CustomResourceDefinitionSpec, CustomResourceDefinitionVersion, CustomResourceSubresourceStatus,
@@ -80,6 +82,12 @@ pub fn workspace_schema() -> Value {
     rule(
         &mut schema,
         &[],
+        "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+        "metadata.name must be a DNS-1123 label (lower-case letters, digits and '-')",
+    );
+    rule(
+        &mut schema,
+        &[],
         "has(self.inference) == has(oldSelf.inference)",
         "a Workspace cannot switch between inference and tuning",
     );
@@ -108,13 +116,86 @@ pub fn workspace_schema() -> Value {
         "set inference.preset or inference.template, not both",
     );
     rule(&mut schema, &["inference", "preset", "name"], "self == oldSelf", "inference.preset.name is immutable");
+    rule(&mut schema, &["inference", "preset"], "self == oldSelf", "inference.preset is immutable");
+    rule(
+        &mut schema,
+        &["resource"],
+        "has(self.partition) == has(oldSelf.partition) && (!has(self.partition) || self.partition == oldSelf.partition)",
+        "resource.partition is immutable",
+    );
     rule(
         &mut schema,
         &["inference", "adapters"],
         "self.all(a, !has(a.source) || !has(a.source.name) || self.filter(b, has(b.source) && has(b.source.name) && b.source.name == a.source.name).size() == 1)",
         "inference.adapters names must be unique",
     );
+    // KAITO's adapter checks (AdapterSpec.validateCreateorUpdate), per item.
+    let adapter = &mut at(&mut schema, &["inference", "adapters"])["items"];
+    adapter["properties"]["strength"]["maxLength"] = json!(32);
+    let adapter_rules = [
+        ("has(self.source)", "inference.adapters[].source is required"),
+        (
+            "!has(self.source) || has(self.source.name) && self.source.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",
+            "inference.adapters[].source.name is required and must be a DNS-1123 subdomain (lower-case letters, digits, '-' and '.')",
+        ),
+        (
+            "!has(self.source) || (has(self.source.image) && size(self.source.image) > 0) || has(self.source.volumeSource)",
+            "inference.adapters[].source needs an image or a volumeSource",
+        ),
+        (
+            "!has(self.source) || !has(self.source.urls) || size(self.source.urls) == 0",
+            "inference.adapters[].source.urls is not supported: use an image or a volumeSource",
+        ),
+        (
+            "!has(self.strength) || self.strength.matches('^(0*\\\\.[0-9]+|0+(\\\\.[0-9]*)?|1(\\\\.0*)?)$')",
+            "inference.adapters[].strength must be a number between 0 and 1",
+        ),
+    ];
+    for (cel, message) in adapter_rules {
+        let rules = adapter.as_object_mut().expect("adapter schema").entry("x-kubernetes-validations");
+        rules
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+            .expect("array")
+            .push(json!({"rule": cel, "message": message}));
+    }
+    // KAITO's tuning checks (TuningSpec, DataSource and DataDestination validateCreate) that need no lookup.
+    rule(&mut schema, &["tuning"], "has(self.preset)", "tuning.preset is required");
+    rule(&mut schema, &["tuning"], "has(self.input)", "tuning.input is required");
+    rule(&mut schema, &["tuning"], "has(self.output)", "tuning.output is required");
+    rule(&mut schema, &["tuning", "method"], "self.matches('^(?i)q?lora$')", "tuning.method must be lora or qlora");
+    rule(
+        &mut schema,
+        &["tuning", "input"],
+        "(has(self.urls) && size(self.urls) > 0 ? 1 : 0) + (has(self.image) && size(self.image) > 0 ? 1 : 0) + (has(self.volumeSource) ? 1 : 0) == 1",
+        "tuning.input needs exactly one of urls, image or volumeSource",
+    );
+    rule(
+        &mut schema,
+        &["tuning", "output"],
+        "(has(self.image) && size(self.image) > 0 ? 1 : 0) + (has(self.volumeSource) ? 1 : 0) == 1",
+        "tuning.output needs exactly one of image or volumeSource",
+    );
+    rule(
+        &mut schema,
+        &["tuning", "output"],
+        "!has(self.image) || size(self.image) == 0 || (has(self.imagePushSecret) && size(self.imagePushSecret) > 0)",
+        "tuning.output.image needs tuning.output.imagePushSecret (credentials to push the adapter)",
+    );
+    rule(
+        &mut schema,
+        &[],
+        "!has(self.tuning) || !has(self.resource.count) || self.resource.count <= 1",
+        "tuning runs on one node: set resource.count to 1",
+    );
+    rule(
+        &mut schema,
+        &[],
+        "!has(self.tuning) || !has(self.resource.partition)",
+        "GPU partitioning (resource.partition) is not supported for tuning",
+    );
     rule(&mut schema, &["tuning", "preset", "name"], "self == oldSelf", "tuning.preset.name is immutable");
+    rule(&mut schema, &["tuning", "preset"], "self == oldSelf", "tuning.preset is immutable");
     rule(&mut schema, &["tuning", "method"], "self == oldSelf", "tuning.method is immutable");
     rule(&mut schema, &["tuning", "input", "name"], "self == oldSelf", "tuning.input.name is immutable");
     // A field rule does not run when the field is removed: the parent checks that.
@@ -136,9 +217,24 @@ fn condition_column(name: &str) -> CustomResourceColumnDefinition {
     }
 }
 
-/// The Workspace CRD: v1beta1 stored, v1alpha1 served, same schema.
+/// The v1alpha1 schema: v1beta1's plus what KAITO's v1alpha1 webhook adds (the default instance type, private access
+/// mode needing an image). The API server stores a v1alpha1 request as v1beta1, so these run at apply time only.
+pub fn workspace_v1alpha1_schema() -> Value {
+    let mut schema = workspace_schema();
+    at(&mut schema, &["resource", "instanceType"])["default"] = json!(V1ALPHA1_DEFAULT_INSTANCE_TYPE);
+    rule(
+        &mut schema,
+        &["inference", "preset"],
+        "!has(self.accessMode) || self.accessMode != 'private' || (has(self.presetOptions) && has(self.presetOptions.image) && size(self.presetOptions.image) > 0)",
+        "inference.preset.accessMode private needs an image in inference.preset.presetOptions.image",
+    );
+    schema
+}
+
+/// The Workspace CRD: v1beta1 stored, v1alpha1 served.
 pub fn workspace_crd() -> CustomResourceDefinition {
     let schema: JSONSchemaProps = serde_json::from_value(workspace_schema()).expect("valid JSONSchemaProps");
+    let alpha: JSONSchemaProps = serde_json::from_value(workspace_v1alpha1_schema()).expect("valid JSONSchemaProps");
     let columns = vec![
         CustomResourceColumnDefinition {
             name: "Instance".into(),
@@ -163,7 +259,7 @@ pub fn workspace_crd() -> CustomResourceDefinition {
             ..Default::default()
         },
     ];
-    let version = |name: &str, storage: bool| CustomResourceDefinitionVersion {
+    let version = |name: &str, storage: bool, schema: &JSONSchemaProps| CustomResourceDefinitionVersion {
         name: name.into(),
         served: true,
         storage,
@@ -190,7 +286,7 @@ pub fn workspace_crd() -> CustomResourceDefinition {
                 ..Default::default()
             },
             scope: "Namespaced".into(),
-            versions: vec![version("v1beta1", true), version("v1alpha1", false)],
+            versions: vec![version("v1beta1", true, &schema), version("v1alpha1", false, &alpha)],
             ..Default::default()
         },
         status: None,

@@ -304,6 +304,16 @@ impl Workspace {
         Ok(())
     }
 
+    /// Whether the user wrote this Workspace as `kaito.sh/v1alpha1`: a file says so in `apiVersion`; in the cluster the
+    /// API server stores it as v1beta1 but records, in `managedFields`, the version each writer used.
+    pub fn written_as_v1alpha1(&self) -> bool {
+        self.api_version == V1ALPHA1
+            || self.metadata.managed_fields.iter().flatten().any(|m| {
+                m.api_version.as_deref() == Some(V1ALPHA1)
+                    && m.fields_v1.as_ref().is_some_and(|f| f.0.get("f:resource").is_some())
+            })
+    }
+
     /// Parse one Workspace from YAML (or JSON), naming the field of any error.
     pub fn from_yaml(text: &str) -> Result<Workspace, FieldError> {
         let value: serde_yaml::Value =

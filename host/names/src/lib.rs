@@ -105,6 +105,8 @@ pub mod annotations {
     pub const NODE_CLASS_NAME: &str = "kaito.sh/node-class-name";
     /// Node class used when the Workspace names none.
     pub const DEFAULT_NODE_CLASS: &str = "default";
+    /// KAITO's opt-out of its v1alpha1 GPU-memory check: present (any value) means skip it.
+    pub const BYPASS_RESOURCE_CHECKS: &str = "kaito.sh/bypass-resource-checks";
 }
 
 /// The node class a Workspace's annotation asks for: KAITO falls back to the default when it is unset or empty.

@@ -15,6 +15,8 @@ pub struct Config {
     pub provisioner: String,
     pub image_registry: String,
     pub max_nodes: u32,
+    /// Node classes Workspaces may name (KAITO's `--karpenter-node-classes`); `None`: any valid name.
+    pub node_classes: Option<kaito_workload::NodeClasses>,
     /// How soon to look again while a Workspace is on its way.
     pub poll: Duration,
     /// How often to look at a Ready Workspace without being told.
@@ -29,6 +31,7 @@ impl Default for Config {
             provisioner: DEFAULT_PROVISIONER.into(),
             image_registry: DEFAULT_IMAGE_REGISTRY.into(),
             max_nodes: DEFAULT_MAX_NODES,
+            node_classes: None,
             poll: Duration::from_secs(10),
             resync: Duration::from_secs(300),
             retry: Duration::from_secs(60),

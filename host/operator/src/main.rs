@@ -30,6 +30,10 @@ struct Args {
     /// Most nodes one Workspace may be given.
     #[arg(long, default_value_t = DEFAULT_MAX_NODES)]
     max_nodes: u32,
+    /// Node classes `kaito.sh/node-class-name` may name: KAITO's JSON array (`[{"name":..,"default":true}]`, the
+    /// `spec` of each is the provider's and is not read) or `a,b` with the first as default. Unset: any valid name.
+    #[arg(long, env = "KAITO_NODE_CLASSES")]
+    karpenter_node_classes: Option<kaito_workload::NodeClasses>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "KAITO_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -84,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
         provisioner: args.provisioner.clone(),
         image_registry: args.image_registry.clone(),
         max_nodes: args.max_nodes,
+        node_classes: args.karpenter_node_classes.clone(),
         ..Config::default()
     };
     let metrics = Arc::new(Metrics::default());

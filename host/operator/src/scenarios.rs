@@ -305,7 +305,7 @@ async fn a_plugin_failure_is_a_condition_and_a_warning() {
                 assert_eq!(s["state"], "Failed");
                 let c = condition(s, "WorkspaceSucceeded");
                 assert_eq!(c["status"], "False");
-                assert_eq!(c["reason"], "UnknownPreset");
+                assert_eq!(c["reason"], "InvalidWorkspace");
                 assert!(c["message"].as_str().unwrap().contains("phi-4-mini-instruct"), "names close presets: {c}");
             },
             ws.clone(),

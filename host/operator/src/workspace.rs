@@ -280,6 +280,7 @@ impl Steps for Workspace {
             nodes: (ctx.mode == ProvisionerMode::BringYourOwn).then(|| nodes.to_vec()),
             image_registry: ctx.config.image_registry.clone(),
             max_nodes: ctx.config.max_nodes,
+            node_classes: ctx.config.node_classes.clone(),
         };
         let (registry, ws) = (ctx.registry.clone(), self.clone());
         let _slot = ctx.plugin_slots.acquire().await.expect("the semaphore is never closed");

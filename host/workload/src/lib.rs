@@ -7,10 +7,12 @@
 //! StatefulSet from those plans. [`render_ragengine`] does the same for a
 //! RAGEngine (NodeClaims, Deployment, Service).
 
+mod checks;
 mod nodes;
 mod objects;
 pub mod ragengine;
 
+pub use checks::NodeClasses;
 pub use nodes::{node_is_ready, parse_nodes};
 pub use objects::{Objects, quantity};
 pub use ragengine::{RagObjects, render_ragengine};
@@ -41,6 +43,8 @@ pub struct RenderOptions {
     pub nodes: Option<Vec<Node>>,
     pub image_registry: String,
     pub max_nodes: u32,
+    /// Node classes `kaito.sh/node-class-name` may name; `None` passes any valid name to the provisioner.
+    pub node_classes: Option<NodeClasses>,
 }
 
 impl Default for RenderOptions {
@@ -50,6 +54,7 @@ impl Default for RenderOptions {
             nodes: None,
             image_registry: DEFAULT_IMAGE_REGISTRY.into(),
             max_nodes: DEFAULT_MAX_NODES,
+            node_classes: None,
         }
     }
 }
@@ -69,7 +74,11 @@ impl RenderError {
     /// Short reason, usable as a condition reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            RenderError::Invalid(_) => "InvalidWorkspace",
+            // What the user can fix in the Workspace is one reason, as KAITO's webhook refusals are one outcome; the
+            // message names the field. Faults of the plugin itself keep their own reasons.
+            RenderError::Invalid(_)
+            | RenderError::Resolve(ResolveError::UnknownModel { .. })
+            | RenderError::Plugin(CallError::Plugin { .. } | CallError::InvalidInput { .. }) => "InvalidWorkspace",
             RenderError::Resolve(e) => e.reason(),
             RenderError::Plugin(e) => e.reason(),
         }
@@ -187,6 +196,7 @@ pub fn render(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Resu
         .into());
     }
     let match_labels = ws.match_labels();
+    let annotations = checks::node_annotations(ws, opts.node_classes.as_ref())?;
     let node_request = |node_count: u32, disk_bytes: u64| NodeRequest {
         workspace: ws.name().into(),
         namespace: ws.namespace().into(),
@@ -194,11 +204,16 @@ pub fn render(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Resu
         node_count,
         match_labels: kvs(&match_labels),
         disk_bytes,
-        annotations: kvs(ws.metadata.annotations.iter().flatten()),
+        annotations: annotations.clone(),
     };
     if let Some(preset) = ws.preset() {
         let (plugin, model) = registry.find_model(&preset.name)?;
         let shape = gpu_shape(&provisioner, mode, ws, opts)?;
+        if mode != ProvisionerMode::BringYourOwn
+            && let Some(t) = ws.resource.instance_type.as_deref().and_then(|t| provisioner.instance_type(t))
+        {
+            checks::v1alpha1_gpu_memory(ws, &model, t)?;
+        }
         let plan = plugin.plan(&plan_request(ws, &model.name, &opts.image_registry), &shape)?;
         let node_plan = provisioner.plan_nodes(&node_request(plan.resources.node_count, plan.resources.disk_bytes))?;
         let objects = Objects::for_preset(ws, &model, &plugin, &plan, &node_plan);

@@ -48,6 +48,12 @@ fn sku(name: &str) -> Option<&'static (&'static str, &'static str, u32, u64, boo
     SKUS.iter().find(|s| s.0.eq_ignore_ascii_case(name))
 }
 
+/// Azure VM size names are case-insensitive; KAITO accepts any N- or D-series size it has no table entry for.
+fn is_n_or_d_series(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    ["standard_n", "standard_d"].iter().any(|p| lower.starts_with(p) && lower.len() > p.len())
+}
+
 fn requirement(key: &str, value: &str) -> Requirement {
     Requirement { key: key.into(), operator: RequirementOperator::IsIn, values: vec![value.into()] }
 }
@@ -81,12 +87,18 @@ impl Provisioner for Azure {
     }
 
     fn plan_nodes(request: NodeRequest) -> Result<NodePlan, PluginError> {
-        let Some(&(sku_name, ..)) = sku(&request.instance_type) else {
-            return Err(provisioning::unknown_instance_type(
-                &request.instance_type,
-                SKUS.iter().map(|s| s.0),
-                "gpu-provisioner",
-            ));
+        // As KAITO on Azure: any N- or D-series name may be provisioned (a template Workspace needs no GPU facts);
+        // only a preset needs the table, and the host asks the table for its GPU shape before it gets here.
+        let sku_name = match sku(&request.instance_type) {
+            Some(&(name, ..)) => name,
+            None if is_n_or_d_series(&request.instance_type) => request.instance_type.as_str(),
+            None => {
+                return Err(provisioning::unknown_instance_type(
+                    &request.instance_type,
+                    SKUS.iter().map(|s| s.0),
+                    "gpu-provisioner (nor is it a Standard_N* or Standard_D* name)",
+                ));
+            }
         };
         provisioning::check_node_count(&request, MAX_NODES)?;
         let image_family = lookup(&request.annotations, "kaito.sh/node-image-family").unwrap_or("ubuntu");
@@ -185,6 +197,19 @@ mod tests {
     }
 
     #[test]
+    fn any_n_or_d_series_name_is_provisioned_as_written() {
+        for sku in ["Standard_D4s_v5", "standard_nd96amsr_a100_v4_new", "Standard_NV36ads_A10_v5"] {
+            let plan = Azure::plan_nodes(request(sku, 1)).unwrap();
+            let req = &plan.objects[0].requirements;
+            assert!(req.iter().any(|r| r.key == "karpenter.azure.com/sku-name" && r.values == [sku]), "{sku}");
+        }
+        for sku in ["Standard_E4s_v5", "Standard_", "p4d.24xlarge"] {
+            let e = Azure::plan_nodes(request(sku, 1)).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::UnknownInstanceType, "{sku}");
+        }
+    }
+
+    #[test]
     fn an_empty_node_class_annotation_means_the_default_class() {
         for value in ["", "  "] {
             let mut req = request("Standard_NC24ads_A100_v4", 1);
@@ -199,7 +224,12 @@ mod tests {
 
     #[test]
     fn unknown_sku_names_close_ones() {
-        let e = Azure::plan_nodes(request("Standard_NC24ads_A100", 1)).unwrap_err();
+        // Not N- or D-series, so neither the table nor KAITO's name rule lets it through.
+        assert!(
+            Azure::plan_nodes(request("Standard_NC24ads_A100", 1)).is_ok(),
+            "an N-series name is provisioned as written"
+        );
+        let e = Azure::plan_nodes(request("Standard_MC24ads_A100_v4", 1)).unwrap_err();
         assert_eq!(e.kind, ErrorKind::UnknownInstanceType);
         assert!(e.hint.unwrap().contains("Standard_NC24ads_A100_v4"));
     }
