@@ -1,6 +1,6 @@
 //! The Phi preset written in Rust, Python (componentize-py) and JavaScript
 //! (jco, QuickJS) renders the same bytes for the same Workspaces, errors
-//! included. Needs `cargo xtask plugins plugin-js plugin-py` (`cargo xtask test` runs them).
+//! included; the Python port built on contract 0.1.0 does too, through the host's conversions. Needs `cargo xtask plugins plugin-js plugin-py` (`cargo xtask test` runs them).
 
 use kaito_tests::{kaito_with, plugin_dir, root};
 
@@ -30,6 +30,8 @@ fn rust_python_and_javascript_presets_render_identically() {
         ("rust", plugin_dir("presets-wasm/dist")),
         ("python", plugin_dir("plugins/polyglot/phi-py/dist")),
         ("javascript", plugin_dir("plugins/polyglot/phi-js/dist")),
+        // The same Python source built on contract 0.1.0: the host converts it, and it renders the same bytes.
+        ("python on contract 0.1.0", plugin_dir("plugins/polyglot/phi-py/dist-v0.1.0")),
     ];
     for case in cases() {
         let mut args = vec!["render", "-f"];
@@ -50,5 +52,24 @@ fn rust_python_and_javascript_presets_render_identically() {
                 run.stdout
             );
         }
+    }
+}
+
+/// The old-contract fixture really is a 0.1.0 component, and the shipped plugins are on 0.2.0.
+#[test]
+fn the_fixture_is_on_contract_0_1_0_and_shipped_plugins_on_0_2_0() {
+    let cache = tempfile::tempdir().unwrap();
+    let list = |dir: &str| kaito_with(&["plugins", "list"], &[plugin_dir(dir)], cache.path());
+    let old = list("plugins/polyglot/phi-py/dist-v0.1.0");
+    assert!(old.stdout.contains("preset-phi 0.1.0 (preset plugin, kaito:plugin@0.1.0)"), "{}", old.stdout);
+    for dir in ["presets-wasm/dist", "plugins/dist", "plugins/polyglot/phi-py/dist", "plugins/polyglot/phi-js/dist"] {
+        let run = list(dir);
+        assert!(run.code == 0 && !run.stdout.is_empty(), "{dir}: {}", run.stderr);
+        let heads: Vec<&str> = run.stdout.lines().filter(|l| l.contains(" plugin, kaito:plugin@")).collect();
+        assert!(
+            !heads.is_empty() && heads.iter().all(|l| l.ends_with("kaito:plugin@0.2.0)")),
+            "{dir}:\n{}",
+            run.stdout
+        );
     }
 }

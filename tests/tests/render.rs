@@ -346,3 +346,24 @@ fn webhook_rule_table_is_backed_by_fixtures_and_tests() {
     );
     assert!(table.contains(&summary), "the summary line should read: {summary}");
 }
+
+/// As KAITO on Azure: pods tolerate the spot taint (the gpu-provisioner plugin says so through contract 0.2.0's
+/// pod tolerations); on AWS they do not.
+#[test]
+fn azure_pods_tolerate_spot_nodes_and_aws_pods_do_not() {
+    let registry = kaito_tests::shipped_registry();
+    let ws = kaito_crd::Workspace::from_yaml(&std::fs::read_to_string(root().join(SEED)).unwrap()).unwrap();
+    let tolerations = |provisioner: &str, ws: &kaito_crd::Workspace| {
+        let opts = kaito_workload::RenderOptions { provisioner: Some(provisioner.into()), ..Default::default() };
+        let rendered = kaito_workload::render(&registry, ws, &opts).unwrap();
+        serde_json::to_value(&rendered.objects.statefulset).unwrap()["spec"]["template"]["spec"]["tolerations"].clone()
+    };
+    let spot = serde_json::json!({
+        "key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal", "value": "spot", "effect": "NoSchedule"
+    });
+    let azure = tolerations("gpu-provisioner", &ws);
+    assert!(azure.as_array().unwrap().contains(&spot), "{azure}");
+    let text = std::fs::read_to_string(root().join("tests/fixtures/llama-3.3-70b-aws.yaml")).unwrap();
+    let aws = tolerations("karpenter", &kaito_crd::Workspace::from_yaml(&text).unwrap());
+    assert!(!aws.as_array().unwrap().contains(&spot), "{aws}");
+}

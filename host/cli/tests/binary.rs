@@ -86,7 +86,7 @@ fn list_shows_digest_contract_and_catalogs() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     for want in [
-        "preset-phi 0.1.0 (preset plugin, kaito:plugin@0.1.0)",
+        "preset-phi 0.1.0 (preset plugin, kaito:plugin@0.2.0)",
         "microsoft/Phi-3.5-mini-instruct",
         "gpu-provisioner",
         "Standard_ND96isr_H100_v5",

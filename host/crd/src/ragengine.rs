@@ -12,7 +12,7 @@ use serde_json::json;
 /// Path of the committed RAGEngine CRD, relative to the repository root.
 pub const RAGENGINE_CRD_PATH: &str = "charts/kaito-ragengine/crds/kaito.sh_ragengines.yaml";
 /// Label the operator puts on every object it creates for a RAGEngine.
-pub const RAGENGINE_LABEL: &str = "kaito.sh/ragengine";
+pub const RAGENGINE_LABEL: &str = kaito_names::labels::RAGENGINE;
 /// Where the data volume is mounted when the spec does not say.
 pub const DEFAULT_MOUNT_PATH: &str = "/mnt/data";
 

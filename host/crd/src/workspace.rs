@@ -14,9 +14,9 @@ pub const V1ALPHA1: &str = "kaito.sh/v1alpha1";
 /// Instance type v1alpha1 Workspaces default to.
 pub const V1ALPHA1_DEFAULT_INSTANCE_TYPE: &str = "Standard_NC24ads_A100_v4";
 /// Label the operator puts on every object it creates for a Workspace.
-pub const WORKSPACE_LABEL: &str = "kaito.sh/workspace";
+pub const WORKSPACE_LABEL: &str = kaito_names::labels::WORKSPACE;
 /// Label with the Workspace's namespace, on cluster-scoped objects.
-pub const WORKSPACE_NAMESPACE_LABEL: &str = "kaito.sh/workspacenamespace";
+pub const WORKSPACE_NAMESPACE_LABEL: &str = kaito_names::labels::WORKSPACE_NAMESPACE;
 /// Annotation choosing the runtime (`tch` or `vllm`).
 pub const RUNTIME_ANNOTATION: &str = kaito_names::annotations::RUNTIME;
 /// Pod-template annotation carrying the spec revision, so a spec change rolls the pods and nothing else does.
@@ -25,8 +25,12 @@ pub const REVISION_ANNOTATION: &str = "workspace.kaito.io/revision";
 pub const MAX_ADAPTERS: usize = 10;
 
 /// Label keys the operator owns; users may not select on them.
-pub const RESERVED_LABELS: &[&str] =
-    &["kaito.sh/workspace", "kaito.sh/workspacenamespace", "kaito.sh/ragengine", "kaito.sh/ragenginenamespace"];
+pub const RESERVED_LABELS: &[&str] = &[
+    WORKSPACE_LABEL,
+    WORKSPACE_NAMESPACE_LABEL,
+    kaito_names::labels::RAGENGINE,
+    kaito_names::labels::RAGENGINE_NAMESPACE,
+];
 /// Label prefix the operator owns.
 pub const RESERVED_LABEL_PREFIX: &str = "karpenter.kaito.sh/";
 

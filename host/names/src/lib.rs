@@ -91,6 +91,24 @@ pub fn label_value(s: &str) -> bool {
     s.is_empty() || label_name(s)
 }
 
+/// The name node objects of an owner derive from: a Workspace's own name (so its NodeClaims keep their names), any
+/// other kind's name with the kind appended, so owners of different kinds never share node objects.
+pub fn owner_object_name(kind: &str, name: &str) -> String {
+    if kind == "Workspace" { name.to_string() } else { format!("{name}-{}", kind.to_ascii_lowercase()) }
+}
+
+/// Labels the operator stamps on what it makes for an owner, as KAITO names them.
+pub mod labels {
+    /// The Workspace an object belongs to.
+    pub const WORKSPACE: &str = "kaito.sh/workspace";
+    /// That Workspace's namespace (on cluster-scoped objects).
+    pub const WORKSPACE_NAMESPACE: &str = "kaito.sh/workspacenamespace";
+    /// The RAGEngine an object belongs to.
+    pub const RAGENGINE: &str = "kaito.sh/ragengine";
+    /// That RAGEngine's namespace.
+    pub const RAGENGINE_NAMESPACE: &str = "kaito.sh/ragenginenamespace";
+}
+
 /// Annotations with a meaning to the operator and its plugins, as KAITO names them.
 pub mod annotations {
     /// The runtime a Workspace asks for: `vllm`, `tch` (ours), or KAITO's `transformers` (served by tch).

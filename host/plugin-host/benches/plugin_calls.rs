@@ -101,6 +101,7 @@ fn main() {
         image_registry: req.image_registry.clone(),
         config_map: None,
         annotations: vec![],
+        model_facts: None,
     };
     let native_shape = kaito_plugin_sdk::GpuShape {
         gpu_model: shape.gpu_model.clone(),

@@ -73,6 +73,7 @@ pub fn reference_request(model: &str) -> PlanRequest {
         image_registry: "registry.invalid/kaito".into(),
         config_map: None,
         annotations: vec![],
+        model_facts: None,
     }
 }
 
@@ -182,8 +183,7 @@ fn fault_or_quarantine<T>(r: &Result<T, CallError>) -> bool {
 fn provisioner_checks(plugin: &Arc<Plugin>, report: &mut Report) {
     let Some(info) = plugin.provisioner_info().cloned() else { return };
     let request = |instance_type: &str, count: u32| NodeRequest {
-        workspace: "conformance".into(),
-        namespace: "default".into(),
+        owner: crate::wit::workspace_owner("conformance", "default"),
         instance_type: instance_type.into(),
         node_count: count,
         match_labels: vec![kv("apps", "conformance")],

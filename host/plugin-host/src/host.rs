@@ -5,7 +5,7 @@ use crate::error::LoadError;
 use crate::limits::{Limits, Policy};
 use crate::plugin::{CallState, Plugin};
 use crate::registry::{LoadFailure, Manifest, Registry};
-use crate::wit::v0_1_0;
+use crate::wit::{v0_1_0, v0_2_0};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -78,7 +78,10 @@ impl PluginHost {
     pub fn new(config: HostConfig) -> anyhow::Result<Self> {
         let engine = engine(&config.limits).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let mut linker = Linker::new(&engine);
+        // One log import per contract version: each is a distinct interface to the component model.
         v0_1_0::preset::kaito::plugin::log::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        v0_2_0::preset::kaito::plugin::log::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         {

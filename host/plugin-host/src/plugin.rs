@@ -6,7 +6,7 @@ use crate::host::Shared;
 use crate::registry::ManifestEntry;
 use crate::validate;
 use crate::wit::latest::*;
-use crate::wit::v0_1_0;
+use crate::wit::{compat_v0_1_0 as compat, v0_1_0, v0_2_0};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -44,6 +44,19 @@ impl ResourceLimiter for Limiter {
 }
 
 impl v0_1_0::preset::kaito::plugin::log::Host for CallState {
+    fn emit(&mut self, level: v0_1_0::preset::kaito::plugin::log::Level, message: String) {
+        use v0_1_0::preset::kaito::plugin::log::Level as Old;
+        let level = match level {
+            Old::Debug => Level::Debug,
+            Old::Info => Level::Info,
+            Old::Warn => Level::Warn,
+            Old::Error => Level::Error,
+        };
+        v0_2_0::preset::kaito::plugin::log::Host::emit(self, level, message)
+    }
+}
+
+impl v0_2_0::preset::kaito::plugin::log::Host for CallState {
     fn emit(&mut self, level: Level, message: String) {
         if self.log_lines_left == 0 {
             return;
@@ -88,6 +101,8 @@ impl PluginKind {
 enum Pre {
     PresetV0_1_0(v0_1_0::preset::PresetPre<CallState>),
     ProvisionerV0_1_0(v0_1_0::provisioner::ProvisionerPre<CallState>),
+    PresetV0_2_0(v0_2_0::preset::PresetPre<CallState>),
+    ProvisionerV0_2_0(v0_2_0::provisioner::ProvisionerPre<CallState>),
 }
 
 /// What a plugin said about itself when it was loaded.
@@ -147,7 +162,7 @@ impl Plugin {
         let ty = component.component_type();
         let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
         let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
-        let allowed = [v0_1_0::LOG_IMPORT, "kaito:plugin/types@0.1.0"];
+        let allowed = [v0_2_0::LOG_IMPORT, v0_2_0::TYPES_IMPORT, v0_1_0::LOG_IMPORT, v0_1_0::TYPES_IMPORT];
         let denied: Vec<&String> = imports.iter().filter(|i| !allowed.contains(&i.as_str())).collect();
         if !denied.is_empty() {
             return Err(LoadError::Imports {
@@ -159,20 +174,31 @@ impl Plugin {
         let instantiate_err =
             |e: wasmtime::Error| LoadError::Instantiate { file: file.to_path_buf(), detail: format!("{e:#}") };
         let has = |name: &str| exports.iter().any(|e| e == name);
-        let (kind, pre) = if has(v0_1_0::PRESET_EXPORT) {
-            let ip = shared.linker.instantiate_pre(&component).map_err(instantiate_err)?;
-            (PluginKind::Preset, Pre::PresetV0_1_0(v0_1_0::preset::PresetPre::new(ip).map_err(instantiate_err)?))
+        // The contract version is read off the component's exports before anything is instantiated.
+        let pre_of = || shared.linker.instantiate_pre(&component).map_err(instantiate_err);
+        let (kind, contract, pre) = if has(v0_2_0::PRESET_EXPORT) {
+            let pre = v0_2_0::preset::PresetPre::new(pre_of()?).map_err(instantiate_err)?;
+            (PluginKind::Preset, v0_2_0::VERSION, Pre::PresetV0_2_0(pre))
+        } else if has(v0_2_0::PROVISIONER_EXPORT) {
+            let pre = v0_2_0::provisioner::ProvisionerPre::new(pre_of()?).map_err(instantiate_err)?;
+            (PluginKind::Provisioner, v0_2_0::VERSION, Pre::ProvisionerV0_2_0(pre))
+        } else if has(v0_1_0::PRESET_EXPORT) {
+            let pre = v0_1_0::preset::PresetPre::new(pre_of()?).map_err(instantiate_err)?;
+            (PluginKind::Preset, v0_1_0::VERSION, Pre::PresetV0_1_0(pre))
         } else if has(v0_1_0::PROVISIONER_EXPORT) {
-            let ip = shared.linker.instantiate_pre(&component).map_err(instantiate_err)?;
-            (
-                PluginKind::Provisioner,
-                Pre::ProvisionerV0_1_0(v0_1_0::provisioner::ProvisionerPre::new(ip).map_err(instantiate_err)?),
-            )
+            let pre = v0_1_0::provisioner::ProvisionerPre::new(pre_of()?).map_err(instantiate_err)?;
+            (PluginKind::Provisioner, v0_1_0::VERSION, Pre::ProvisionerV0_1_0(pre))
         } else {
             return Err(LoadError::NoContract {
                 file: file.to_path_buf(),
                 exports: if exports.is_empty() { "nothing".into() } else { exports.join(", ") },
-                expected: format!("{} or {}", v0_1_0::PRESET_EXPORT, v0_1_0::PROVISIONER_EXPORT),
+                expected: [
+                    v0_2_0::PRESET_EXPORT,
+                    v0_2_0::PROVISIONER_EXPORT,
+                    v0_1_0::PRESET_EXPORT,
+                    v0_1_0::PROVISIONER_EXPORT,
+                ]
+                .join(" or "),
             });
         };
         let limits = &shared.limits;
@@ -190,7 +216,7 @@ impl Plugin {
             shared: shared.clone(),
             file: file.to_path_buf(),
             digest,
-            contract: v0_1_0::VERSION,
+            contract,
             kind,
             cache,
             pre,
@@ -215,6 +241,7 @@ impl Plugin {
 
     fn read_metadata(&self) -> Result<Metadata, CallError> {
         let limits = &self.shared.limits;
+        let invalid = |e: String| self.fault(Fault::InvalidOutput(e));
         match &self.pre {
             Pre::PresetV0_1_0(pre) => {
                 let (info, models) = self.call(|store| {
@@ -222,23 +249,55 @@ impl Plugin {
                     let api = api.kaito_plugin_preset_api();
                     Ok((api.call_info(&mut *store)?, api.call_models(&mut *store)?))
                 })?;
-                validate::plugin_info(&info, limits)
-                    .and_then(|_| validate::models(&models, limits))
-                    .map_err(|e| self.fault(Fault::InvalidOutput(e)))?;
-                Ok(Metadata::Preset { info, models })
+                let (info, models) = (compat::same(&info).map_err(invalid)?, compat::same(&models).map_err(invalid)?);
+                self.preset_metadata(info, models)
+            }
+            Pre::PresetV0_2_0(pre) => {
+                let (info, models) = self.call(|store| {
+                    let api = pre.instantiate(&mut *store)?;
+                    let api = api.kaito_plugin_preset_api();
+                    Ok((api.call_info(&mut *store)?, api.call_models(&mut *store)?))
+                })?;
+                self.preset_metadata(info, models)
             }
             Pre::ProvisionerV0_1_0(pre) => {
-                let (info, instance_types) = self.call(|store| {
+                let (info, types) = self.call(|store| {
                     let api = pre.instantiate(&mut *store)?;
                     let api = api.kaito_plugin_provisioner_api();
                     Ok((api.call_info(&mut *store)?, api.call_instance_types(&mut *store)?))
                 })?;
-                validate::plugin_info(&info.plugin, limits)
-                    .and_then(|_| validate::instance_types(&instance_types, limits))
-                    .map_err(|e| self.fault(Fault::InvalidOutput(e)))?;
-                Ok(Metadata::Provisioner { info, instance_types })
+                let (info, types) = (compat::same(&info).map_err(invalid)?, compat::same(&types).map_err(invalid)?);
+                self.provisioner_metadata(info, types, limits)
+            }
+            Pre::ProvisionerV0_2_0(pre) => {
+                let (info, types) = self.call(|store| {
+                    let api = pre.instantiate(&mut *store)?;
+                    let api = api.kaito_plugin_provisioner_api();
+                    Ok((api.call_info(&mut *store)?, api.call_instance_types(&mut *store)?))
+                })?;
+                self.provisioner_metadata(info, types, limits)
             }
         }
+    }
+
+    fn preset_metadata(&self, info: PluginInfo, models: Vec<ModelInfo>) -> Result<Metadata, CallError> {
+        let limits = &self.shared.limits;
+        validate::plugin_info(&info, limits)
+            .and_then(|_| validate::models(&models, limits))
+            .map_err(|e| self.fault(Fault::InvalidOutput(e)))?;
+        Ok(Metadata::Preset { info, models })
+    }
+
+    fn provisioner_metadata(
+        &self,
+        info: ProvisionerInfo,
+        instance_types: Vec<InstanceType>,
+        limits: &crate::Limits,
+    ) -> Result<Metadata, CallError> {
+        validate::plugin_info(&info.plugin, limits)
+            .and_then(|_| validate::instance_types(&instance_types, limits))
+            .map_err(|e| self.fault(Fault::InvalidOutput(e)))?;
+        Ok(Metadata::Provisioner { info, instance_types })
     }
 
     /// Plugin name (from its metadata; the file stem if that failed).
@@ -361,6 +420,23 @@ impl Plugin {
         }
     }
 
+    /// A request converted for an older contract; failing is the host's bug, never the plugin's, so it is not a fault.
+    fn down<T>(&self, converted: Result<T, String>) -> Result<T, CallError> {
+        converted.map_err(|detail| CallError::InvalidInput { plugin: self.name().to_string(), detail })
+    }
+
+    /// An older contract's answer in `latest` terms; one that does not convert is the plugin's invalid output.
+    fn up<T: serde::Serialize, E: serde::Serialize, U: serde::de::DeserializeOwned, F: serde::de::DeserializeOwned>(
+        &self,
+        answer: Result<T, E>,
+    ) -> Result<Result<U, F>, CallError> {
+        let invalid = |e: String| self.fault(Fault::InvalidOutput(e));
+        Ok(match answer {
+            Ok(v) => Ok(compat::same(&v).map_err(invalid)?),
+            Err(e) => Err(compat::same(&e).map_err(invalid)?),
+        })
+    }
+
     fn wrong_kind(&self, want: PluginKind) -> CallError {
         CallError::WrongKind { plugin: self.name().to_string(), actual: self.kind.as_str(), wanted: want.as_str() }
     }
@@ -377,15 +453,27 @@ impl Plugin {
         match &self.pre {
             Pre::PresetV0_1_0(pre) => self.call(|store| pre.instantiate(&mut *store).map(drop)),
             Pre::ProvisionerV0_1_0(pre) => self.call(|store| pre.instantiate(&mut *store).map(drop)),
+            Pre::PresetV0_2_0(pre) => self.call(|store| pre.instantiate(&mut *store).map(drop)),
+            Pre::ProvisionerV0_2_0(pre) => self.call(|store| pre.instantiate(&mut *store).map(drop)),
         }
     }
 
     /// Ask a preset plugin to size and plan one model.
     pub fn plan(&self, request: &PlanRequest, shape: &GpuShape) -> Result<PresetPlan, CallError> {
-        let Pre::PresetV0_1_0(pre) = &self.pre else { return Err(self.wrong_kind(PluginKind::Preset)) };
-        let answer = self.call(|store| {
-            pre.instantiate(&mut *store)?.kaito_plugin_preset_api().call_plan(&mut *store, request, shape)
-        })?;
+        let answer = match &self.pre {
+            Pre::PresetV0_2_0(pre) => self.call(|store| {
+                pre.instantiate(&mut *store)?.kaito_plugin_preset_api().call_plan(&mut *store, request, shape)
+            })?,
+            Pre::PresetV0_1_0(pre) => {
+                let (request, shape) =
+                    (self.down(compat::plan_request(request))?, self.down(compat::gpu_shape(shape))?);
+                let answer = self.call(|store| {
+                    pre.instantiate(&mut *store)?.kaito_plugin_preset_api().call_plan(&mut *store, &request, &shape)
+                })?;
+                self.up(answer)?
+            }
+            _ => return Err(self.wrong_kind(PluginKind::Preset)),
+        };
         let plan = answer.map_err(|e| self.typed_error(e))?;
         validate::preset_plan(&plan, shape, &self.shared.limits, &self.shared.policy)
             .map_err(|e| self.fault(Fault::InvalidOutput(e)))?;
@@ -394,14 +482,28 @@ impl Plugin {
 
     /// Ask a provisioner plugin for the nodes of one Workspace.
     pub fn plan_nodes(&self, request: &NodeRequest) -> Result<NodePlan, CallError> {
-        let Pre::ProvisionerV0_1_0(pre) = &self.pre else { return Err(self.wrong_kind(PluginKind::Provisioner)) };
         let mode = self.provisioner_info().map(|i| i.mode).ok_or_else(|| self.wrong_kind(PluginKind::Provisioner))?;
         // Output copied from an invalid request would be invalid through no fault of the plugin's.
         validate::node_request(request, &self.shared.limits)
             .map_err(|detail| CallError::InvalidInput { plugin: self.name().to_string(), detail })?;
-        let answer = self.call(|store| {
-            pre.instantiate(&mut *store)?.kaito_plugin_provisioner_api().call_plan_nodes(&mut *store, request)
-        })?;
+        let answer = match &self.pre {
+            Pre::ProvisionerV0_2_0(pre) => self.call(|store| {
+                pre.instantiate(&mut *store)?.kaito_plugin_provisioner_api().call_plan_nodes(&mut *store, request)
+            })?,
+            Pre::ProvisionerV0_1_0(pre) => {
+                let old = self.down(compat::node_request(request))?;
+                let answer = self.call(|store| {
+                    pre.instantiate(&mut *store)?.kaito_plugin_provisioner_api().call_plan_nodes(&mut *store, &old)
+                })?;
+                match answer {
+                    Ok(plan) => {
+                        Ok(compat::node_plan(&plan, &request.owner).map_err(|e| self.fault(Fault::InvalidOutput(e)))?)
+                    }
+                    Err(e) => Err(compat::same(&e).map_err(|e| self.fault(Fault::InvalidOutput(e)))?),
+                }
+            }
+            _ => return Err(self.wrong_kind(PluginKind::Provisioner)),
+        };
         let plan = answer.map_err(|e| self.typed_error(e))?;
         validate::node_plan(&plan, request, mode, &self.shared.limits)
             .map_err(|e| self.fault(Fault::InvalidOutput(e)))?;
@@ -410,10 +512,19 @@ impl Plugin {
 
     /// Ask a provisioner plugin to read a node's GPU shape from its labels.
     pub fn gpu_from_labels(&self, labels: &[KeyValue]) -> Result<NodeGpu, CallError> {
-        let Pre::ProvisionerV0_1_0(pre) = &self.pre else { return Err(self.wrong_kind(PluginKind::Provisioner)) };
-        let answer = self.call(|store| {
-            pre.instantiate(&mut *store)?.kaito_plugin_provisioner_api().call_gpu_from_labels(&mut *store, labels)
-        })?;
+        let answer = match &self.pre {
+            Pre::ProvisionerV0_2_0(pre) => self.call(|store| {
+                pre.instantiate(&mut *store)?.kaito_plugin_provisioner_api().call_gpu_from_labels(&mut *store, labels)
+            })?,
+            Pre::ProvisionerV0_1_0(pre) => {
+                let old = self.down(compat::key_values(labels))?;
+                let answer = self.call(|store| {
+                    pre.instantiate(&mut *store)?.kaito_plugin_provisioner_api().call_gpu_from_labels(&mut *store, &old)
+                })?;
+                self.up(answer)?
+            }
+            _ => return Err(self.wrong_kind(PluginKind::Provisioner)),
+        };
         let gpu = answer.map_err(|e| self.typed_error(e))?;
         validate::node_gpu(&gpu, &self.shared.limits).map_err(|e| self.fault(Fault::InvalidOutput(e)))?;
         Ok(gpu)

@@ -381,8 +381,13 @@ pub fn preset_plan(plan: &PresetPlan, shape: &GpuShape, limits: &Limits, policy:
 
 /// A node request, before a provisioner sees it: every string a plugin may copy into an object is valid there.
 pub fn node_request(request: &NodeRequest, limits: &Limits) -> Check {
-    ensure(dns_label(&request.workspace), || format!("workspace {:?} is not a DNS label", request.workspace))?;
-    ensure(dns_label(&request.namespace), || format!("namespace {:?} is not a DNS label", request.namespace))?;
+    let owner = &request.owner;
+    ensure(!owner.kind.is_empty() && owner.kind.chars().all(|c| c.is_ascii_alphanumeric()), || {
+        format!("owner kind {:?} is not a Kubernetes kind", owner.kind)
+    })?;
+    ensure(dns_label(&owner.name), || format!("owner name {:?} is not a DNS label", owner.name))?;
+    ensure(dns_label(&owner.namespace), || format!("owner namespace {:?} is not a DNS label", owner.namespace))?;
+    labels("owner.labels", &owner.labels, limits)?;
     ensure(label_value(&request.instance_type), || {
         format!("instance-type {:?} is not a valid label value", request.instance_type)
     })?;
@@ -411,6 +416,16 @@ pub fn node_plan(plan: &NodePlan, request: &NodeRequest, mode: ProvisionerMode, 
         )
     })?;
     labels("pod-node-labels", &plan.pod_node_labels, limits)?;
+    list("pod-tolerations", &plan.pod_tolerations, limits)?;
+    for t in &plan.pod_tolerations {
+        let exists = t.operator == TolerationOperator::Exists;
+        ensure((t.key.is_empty() && exists) || label_key(&t.key), || {
+            format!("pod-tolerations: key {:?} is not a label key", t.key)
+        })?;
+        ensure(if exists { t.value.is_empty() } else { label_value(&t.value) }, || {
+            format!("pod-tolerations[{}]: value {:?} does not suit operator {:?}", t.key, t.value, t.operator)
+        })?;
+    }
     let mut seen = HashSet::new();
     for (i, o) in plan.objects.iter().enumerate() {
         let f = format!("objects[{i}]");
@@ -418,6 +433,10 @@ pub fn node_plan(plan: &NodePlan, request: &NodeRequest, mode: ProvisionerMode, 
         ensure(dns_label(&o.name), || format!("{f}.name {:?} must be a DNS label", o.name))?;
         ensure(seen.insert(&o.name), || format!("{f}.name {} is used twice", o.name))?;
         labels(&format!("{f}.labels"), &o.labels, limits)?;
+        // The host finds an owner's node objects by these labels: one without them would be leaked.
+        for want in &request.owner.labels {
+            ensure(o.labels.contains(want), || format!("{f}.labels lack the owner label {}={}", want.key, want.value))?;
+        }
         annotations(&format!("{f}.annotations"), &o.annotations, limits)?;
         list(&format!("{f}.taints"), &o.taints, limits)?;
         for t in &o.taints {

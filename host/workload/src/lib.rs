@@ -178,6 +178,7 @@ pub fn plan_request(ws: &Workspace, model: &str, image_registry: &str) -> PlanRe
         image_registry: image_registry.into(),
         config_map: inference.config,
         annotations: kvs(ws.metadata.annotations.iter().flatten()),
+        model_facts: None,
     }
 }
 
@@ -198,8 +199,7 @@ pub fn render(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Resu
     let match_labels = ws.match_labels();
     let annotations = checks::node_annotations(ws, opts.node_classes.as_ref())?;
     let node_request = |node_count: u32, disk_bytes: u64| NodeRequest {
-        workspace: ws.name().into(),
-        namespace: ws.namespace().into(),
+        owner: kaito_plugin_host::wit::workspace_owner(ws.name(), ws.namespace()),
         instance_type: ws.resource.instance_type.clone().unwrap_or_default(),
         node_count,
         match_labels: kvs(&match_labels),

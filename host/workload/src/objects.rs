@@ -345,6 +345,19 @@ fn tolerations(node_plan: &NodePlan) -> Vec<Toleration> {
             out.push(tol);
         }
     }
+    for t in &node_plan.pod_tolerations {
+        let exists = t.operator == TolerationOperator::Exists;
+        let tol = Toleration {
+            key: Some(t.key.clone()).filter(|k| !k.is_empty()),
+            operator: Some(if exists { "Exists" } else { "Equal" }.into()),
+            value: (!exists).then(|| t.value.clone()),
+            effect: t.effect.map(|e| effect(e).into()),
+            ..Default::default()
+        };
+        if !out.contains(&tol) {
+            out.push(tol);
+        }
+    }
     out
 }
 

@@ -13,14 +13,14 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kaito_crd::ragengine::{DEFAULT_MOUNT_PATH, RAGENGINE_LABEL};
-use kaito_crd::{FieldError, RAGEngine, WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL};
+use kaito_crd::{FieldError, RAGEngine};
 use kaito_plugin_host::{NodeRequest, ProvisionerMode, Registry};
 use kube::ResourceExt;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Label with the RAGEngine's namespace, on cluster-scoped objects.
-pub const RAGENGINE_NAMESPACE_LABEL: &str = "kaito.sh/ragenginenamespace";
+pub const RAGENGINE_NAMESPACE_LABEL: &str = kaito_names::labels::RAGENGINE_NAMESPACE;
 /// Port the service listens on in the pod.
 pub const RAG_PORT: i32 = 5000;
 /// The embedding model the kaito-rag image carries, and where.
@@ -77,10 +77,17 @@ pub fn render_ragengine(
         let plugin = registry.provisioner(provisioner)?;
         if plugin.provisioner_info().map(|i| i.mode) != Some(ProvisionerMode::BringYourOwn) {
             crate::known_instance_type(&plugin, "spec.compute.instanceType", instance_type)?;
+            let (name, namespace) = (rag.name_any(), rag.namespace().unwrap_or_default());
             let request = NodeRequest {
-                // Suffixed so the claim names never equal those of a Workspace of the same name.
-                workspace: format!("{}-rag", rag.name_any()),
-                namespace: rag.namespace().unwrap_or_default(),
+                owner: kaito_plugin_host::Owner {
+                    kind: "RAGEngine".into(),
+                    labels: vec![
+                        kaito_plugin_host::wit::kv(RAGENGINE_LABEL, &name),
+                        kaito_plugin_host::wit::kv(RAGENGINE_NAMESPACE_LABEL, &namespace),
+                    ],
+                    name,
+                    namespace,
+                },
                 instance_type: instance_type.clone(),
                 node_count: 1,
                 match_labels: match_labels.iter().map(|(k, v)| kaito_plugin_host::wit::kv(k, v)).collect(),
@@ -89,7 +96,7 @@ pub fn render_ragengine(
                 annotations: Vec::new(),
             };
             let plan = plugin.plan_nodes(&request)?;
-            nodes = node_documents(&plan).into_iter().map(|n| relabel(n, rag)).collect();
+            nodes = node_documents(&plan);
         }
     }
     Ok(RagObjects {
@@ -97,21 +104,6 @@ pub fn render_ragengine(
         deployment: deployment(rag, image_registry, env, &match_labels, instance_type.is_some()),
         service: service(rag),
     })
-}
-
-/// Provisioner plugins label claims for a Workspace; these belong to a RAGEngine.
-fn relabel(mut node: Value, rag: &RAGEngine) -> Value {
-    for pointer in ["/metadata/labels", "/spec/template/metadata/labels"] {
-        if let Some(labels) = node.pointer_mut(pointer).and_then(Value::as_object_mut)
-            && labels.contains_key(WORKSPACE_LABEL)
-        {
-            labels.remove(WORKSPACE_LABEL);
-            labels.remove(WORKSPACE_NAMESPACE_LABEL);
-            labels.insert(RAGENGINE_LABEL.into(), rag.name_any().into());
-            labels.insert(RAGENGINE_NAMESPACE_LABEL.into(), rag.namespace().unwrap_or_default().into());
-        }
-    }
-    node
 }
 
 fn labels(rag: &RAGEngine) -> BTreeMap<String, String> {

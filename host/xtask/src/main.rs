@@ -171,18 +171,23 @@ fn plugin_py() -> Result<()> {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
         run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", COMPONENTIZE_PY]))?;
     }
-    std::fs::create_dir_all(dir.join("dist"))?;
-    run(Command::new(tool).current_dir(&dir).args([
-        "-d",
-        "../../../wit/v0.1.0",
-        "-w",
-        "preset",
-        "componentize",
-        "--stub-wasi",
-        "app",
-        "-o",
-        "dist/preset-phi-py.wasm",
-    ]))
+    // The same source twice: on the current contract (shipped), and on 0.1.0 as the old-contract fixture that
+    // proves the host still loads 0.1.0 plugins and renders them the same (tests/tests/polyglot.rs).
+    for (wit, out) in [("v0.2.0", "dist"), ("v0.1.0", "dist-v0.1.0")] {
+        std::fs::create_dir_all(dir.join(out))?;
+        run(Command::new(&tool).current_dir(&dir).args([
+            "-d",
+            &format!("../../../wit/{wit}"),
+            "-w",
+            "preset",
+            "componentize",
+            "--stub-wasi",
+            "app",
+            "-o",
+            &format!("{out}/preset-phi-py.wasm"),
+        ]))?;
+    }
+    Ok(())
 }
 
 /// Python packages of the torch venv: libtorch 2.4.0 for tch (rust-bert 0.23 pins it), the transformers

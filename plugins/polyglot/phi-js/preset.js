@@ -1,4 +1,4 @@
-// The Phi preset (kaito:plugin@0.1.0, world `preset`) in JavaScript.
+// The Phi preset (kaito:plugin@0.2.0, world `preset`) in JavaScript.
 //
 // A port of presets-wasm/phi and the Rust SDK's catalog, sizing and runtime
 // modules: for the same request it must return exactly what the Rust preset

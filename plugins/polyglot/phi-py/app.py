@@ -1,4 +1,4 @@
-"""The Phi preset (kaito:plugin@0.1.0, world `preset`) in Python.
+"""The Phi preset (world `preset` of kaito:plugin@0.2.0, and of 0.1.0 as the old-contract fixture) in Python.
 
 A port of presets-wasm/phi and the Rust SDK's catalog, sizing and runtime
 modules: for the same request it must return exactly what the Rust preset

@@ -3,7 +3,7 @@
 //! A model preset is a plain Rust type implementing [`Preset`]; a node
 //! provisioner implements [`Provisioner`]. [`export_preset!`] and
 //! [`export_provisioner!`] turn that type into the exports of the
-//! `kaito:plugin@0.1.0` contract (see `wit/v0.1.0/kaito.wit`). wit-bindgen
+//! `kaito:plugin@0.2.0` contract (see `wit/v0.2.0/kaito.wit`). wit-bindgen
 //! stays an implementation detail of this crate.
 //!
 //! The same crate also compiles natively, so plugin logic can be unit-tested
@@ -21,8 +21,8 @@ pub mod __private {
     /// Bindings for the `preset` world.
     pub mod preset {
         wit_bindgen::generate!({
-            path: "../../wit/v0.1.0",
-            world: "kaito:plugin/preset@0.1.0",
+            path: "../../wit/v0.2.0",
+            world: "kaito:plugin/preset@0.2.0",
             pub_export_macro: true,
             additional_derives: [PartialEq],
             export_macro_name: "export_preset_world",
@@ -32,32 +32,32 @@ pub mod __private {
     /// Bindings for the `provisioner` world; shared interfaces come from `preset`.
     pub mod provisioner {
         wit_bindgen::generate!({
-            path: "../../wit/v0.1.0",
-            world: "kaito:plugin/provisioner@0.1.0",
+            path: "../../wit/v0.2.0",
+            world: "kaito:plugin/provisioner@0.2.0",
             pub_export_macro: true,
             additional_derives: [PartialEq],
             export_macro_name: "export_provisioner_world",
             default_bindings_module: "kaito_plugin_sdk::__private::provisioner",
             with: {
-                "kaito:plugin/types@0.1.0": crate::__private::preset::kaito::plugin::types,
-                "kaito:plugin/log@0.1.0": crate::__private::preset::kaito::plugin::log,
+                "kaito:plugin/types@0.2.0": crate::__private::preset::kaito::plugin::types,
+                "kaito:plugin/log@0.2.0": crate::__private::preset::kaito::plugin::log,
             },
         });
     }
 }
 
 pub use __private::preset::exports::kaito::plugin::preset_api::{
-    Adapter, EnvSource, EnvVar, HttpGetAction, ModelInfo, Parallelism, PersistentClaim, PlanRequest, Port, PresetPlan,
-    Probe, ProbeAction, ResourcePlan, SecretKeyRef, Volume, VolumeSource, WorkloadPlan,
+    Adapter, EnvSource, EnvVar, HttpGetAction, ModelFacts, ModelInfo, Parallelism, PersistentClaim, PlanRequest, Port,
+    PresetPlan, Probe, ProbeAction, ResourcePlan, SecretKeyRef, Volume, VolumeSource, WorkloadPlan,
 };
-pub use __private::preset::kaito::plugin::types::{ErrorKind, GpuShape, KeyValue, PluginError, PluginInfo};
+pub use __private::preset::kaito::plugin::types::{ErrorKind, GpuShape, KeyValue, Owner, PluginError, PluginInfo};
 pub use __private::provisioner::exports::kaito::plugin::provisioner_api::{
     InstanceType, NodeClassRef, NodeGpu, NodeObject, NodeObjectKind, NodePlan, NodeRequest, ProvisionerInfo,
-    ProvisionerMode, Requirement, RequirementOperator, Taint, TaintEffect,
+    ProvisionerMode, Requirement, RequirementOperator, Taint, TaintEffect, Toleration, TolerationOperator,
 };
 
 /// Contract version this SDK builds against.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.2.0";
 
 /// A model preset: static model facts plus a pure planning function.
 pub trait Preset {

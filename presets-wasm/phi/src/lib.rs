@@ -74,6 +74,7 @@ mod tests {
             image_registry: "registry.example/kaito".into(),
             config_map: None,
             annotations: vec![],
+            model_facts: None,
         }
     }
 

@@ -5,7 +5,7 @@ use kaito_plugin_sdk::sizing::GIB;
 use kaito_plugin_sdk::{
     InstanceType, KeyValue, NodeClassRef, NodeGpu, NodeObject, NodeObjectKind, NodePlan, NodeRequest, PluginError,
     PluginInfo, Provisioner, ProvisionerInfo, ProvisionerMode, Requirement, RequirementOperator, Taint, TaintEffect,
-    gfd, kv, lookup,
+    Toleration, TolerationOperator, gfd, kv, lookup,
 };
 use kaito_plugin_sdk::{names, provisioning};
 
@@ -118,7 +118,7 @@ impl Provisioner for Azure {
         let objects = (0..request.node_count)
             .map(|i| NodeObject {
                 kind: NodeObjectKind::NodeClaim,
-                name: claim_name(&request.namespace, &request.workspace, i),
+                name: claim_name(&request.owner.namespace, &provisioning::owner_name(&request), i),
                 labels: labels.clone(),
                 annotations: vec![
                     kv("karpenter.sh/do-not-disrupt", "true"),
@@ -140,7 +140,14 @@ impl Provisioner for Azure {
                 node_limit: None,
             })
             .collect();
-        Ok(NodePlan { objects, pod_node_labels: owner })
+        // As KAITO on Azure: pods also tolerate the spot taint, so a node pool of spot VMs can run them.
+        let spot = Toleration {
+            key: "kubernetes.azure.com/scalesetpriority".into(),
+            operator: TolerationOperator::Equal,
+            value: "spot".into(),
+            effect: Some(TaintEffect::NoSchedule),
+        };
+        Ok(NodePlan { objects, pod_node_labels: owner, pod_tolerations: vec![spot] })
     }
 
     fn gpu_from_labels(labels: Vec<KeyValue>) -> Result<NodeGpu, PluginError> {
@@ -161,8 +168,7 @@ mod tests {
 
     fn request(sku: &str, count: u32) -> NodeRequest {
         NodeRequest {
-            workspace: "workspace-phi-3-5-mini".into(),
-            namespace: "default".into(),
+            owner: provisioning::workspace_owner("workspace-phi-3-5-mini", "default"),
             instance_type: sku.into(),
             node_count: count,
             match_labels: vec![kv("apps", "phi-3-5")],

@@ -33,7 +33,7 @@ impl Provisioner for Byo {
                 "bring-your-own nodes are found by labels, but no (non-reserved) matchLabels are set",
             ));
         }
-        Ok(NodePlan { objects: Vec::new(), pod_node_labels: Vec::new() })
+        Ok(NodePlan { objects: Vec::new(), pod_node_labels: Vec::new(), pod_tolerations: Vec::new() })
     }
 
     fn gpu_from_labels(labels: Vec<KeyValue>) -> Result<NodeGpu, PluginError> {

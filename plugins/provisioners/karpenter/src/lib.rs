@@ -102,7 +102,7 @@ impl Provisioner for Karpenter {
         labels.extend(request.match_labels.iter().cloned());
         let pool = NodeObject {
             kind: NodeObjectKind::NodePool,
-            name: pool_name(&request.namespace, &request.workspace),
+            name: pool_name(&request.owner.namespace, &provisioning::owner_name(&request)),
             labels,
             annotations: Vec::new(),
             taints: vec![Taint { key: "sku".into(), value: "gpu".into(), effect: TaintEffect::NoSchedule }],
@@ -119,7 +119,7 @@ impl Provisioner for Karpenter {
             storage_bytes: None,
             node_limit: Some(request.node_count),
         };
-        Ok(NodePlan { objects: vec![pool], pod_node_labels: owner })
+        Ok(NodePlan { objects: vec![pool], pod_node_labels: owner, pod_tolerations: Vec::new() })
     }
 
     fn gpu_from_labels(labels: Vec<KeyValue>) -> Result<NodeGpu, PluginError> {
@@ -139,8 +139,7 @@ mod tests {
 
     fn request(sku: &str, count: u32) -> NodeRequest {
         NodeRequest {
-            workspace: "workspace-llama-3-3-70b".into(),
-            namespace: "models".into(),
+            owner: provisioning::workspace_owner("workspace-llama-3-3-70b", "models"),
             instance_type: sku.into(),
             node_count: count,
             match_labels: vec![kv("apps", "llama")],
