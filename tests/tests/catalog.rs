@@ -2,7 +2,7 @@
 //! reference GPU shapes, as a golden table, and every alias has an example.
 
 use kaito_plugin_host::{CallError, GpuShape, HostConfig, PluginHost, PluginKind};
-use kaito_tests::{golden, plugin_dir, root};
+use kaito_tests::{golden, kaito_estimate, plugin_dir, root};
 
 const GIB: u64 = 1 << 30;
 
@@ -88,29 +88,6 @@ fn shapes() -> Vec<(&'static str, GpuShape)> {
         ("8x A100 40G", s("A100", 8, 40)),
         ("8x H100 80G", s("H100", 8, 80)),
     ]
-}
-
-/// KAITO v0.12's node estimator, written again here from its documented arithmetic as an independent reference
-/// (not through our plugins): loaded size = weights x 1.02; per GPU, 0.84 of its memory less a 2.3 GiB reserve and
-/// the KV cache of 2048 tokens spread over the node's GPUs, over 1.05; GPUs = floor(size / that) + 1; nodes =
-/// GPUs / GPUs per node, rounded up. Parallelism: data-parallel over the node's GPUs when one node suffices and the
-/// model is under half a GPU, else tensor over the node's GPUs and pipeline over the nodes. `None`: does not fit.
-fn kaito_estimate(weights_bytes: u64, bytes_per_token: u64, shape: &GpuShape) -> Option<(u32, u32, u32, u32)> {
-    const GIB: f64 = (1u64 << 30) as f64;
-    let size = weights_bytes as f64 * 1.02;
-    let per_gpu = shape.gpu_memory_bytes as f64;
-    let reserve = 2.3 * GIB + 2048.0 * bytes_per_token as f64 / shape.gpus_per_node as f64;
-    let available = per_gpu * 0.84;
-    if available <= reserve {
-        return None;
-    }
-    let gpus = (size / ((available - reserve) / 1.05)).floor() as u32 + 1;
-    let nodes = gpus.div_ceil(shape.gpus_per_node);
-    if nodes > shape.max_nodes {
-        return None;
-    }
-    let gpn = shape.gpus_per_node;
-    Some(if nodes == 1 && size < per_gpu / 2.0 && gpn > 1 { (nodes, 1, 1, gpn) } else { (nodes, gpn, nodes, 1) })
 }
 
 #[test]

@@ -120,6 +120,11 @@ fn provisioner_and_plugin_variants() {
     let a = args(&render(&["provisioner=karpenter"]));
     assert!(a.contains(&"--provisioner=karpenter".to_string()));
     assert!(!a.iter().any(|a| a.starts_with("--karpenter-node-classes")), "no allow-list unless asked");
+    assert!(!a.contains(&"--offline".to_string()), "the hub is read unless the user says offline");
+    let docs = render(&["hub.offline=true", "hub.endpoint=https://hub.example"]);
+    assert!(args(&docs).contains(&"--offline".to_string()));
+    let env = &find(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(env.as_array().unwrap().iter().any(|e| e["name"] == "HF_ENDPOINT" && e["value"] == "https://hub.example"));
     let a = args(&render(&["nodeClasses[0].name=ubuntu", "nodeClasses[0].default=true", "nodeClasses[1].name=gpu"]));
     let flag = a.iter().find_map(|a| a.strip_prefix("--karpenter-node-classes=")).expect("the allow-list flag");
     let classes: kaito_workload::NodeClasses = flag.parse().expect("the operator parses what the chart passes");

@@ -96,6 +96,9 @@ pub struct RenderArgs {
     /// Node classes `kaito.sh/node-class-name` may name, as the operator's flag of the same name.
     #[arg(long)]
     pub karpenter_node_classes: Option<kaito_workload::NodeClasses>,
+    /// Never read model configs from the Hugging Face hub (also `HF_HUB_OFFLINE=1`); the hub is `HF_ENDPOINT`.
+    #[arg(long)]
+    pub offline: bool,
     #[command(flatten)]
     pub plugins: PluginArgs,
 }
@@ -187,6 +190,7 @@ fn render_cmd(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -> an
         image_registry: args.image_registry.clone(),
         max_nodes: args.max_nodes,
         node_classes: args.karpenter_node_classes.clone(),
+        hub: if args.offline { None } else { kaito_hub::Hub::from_env().map(std::sync::Arc::new) },
     };
     let rendered = render(&registry, &ws, &opts)?;
     for note in &rendered.notes {

@@ -16,24 +16,13 @@ const WANTED: &[&str] = &[
     "model.safetensors.index.json",
 ];
 
-fn endpoint() -> String {
-    std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into()).trim_end_matches('/').to_string()
-}
-
 fn get(url: &str, range_from: u64) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
-    let mut req = ureq::get(url);
-    if let Ok(token) = std::env::var("HF_TOKEN") {
-        req = req.header("Authorization", &format!("Bearer {token}"));
-    }
-    if range_from > 0 {
-        req = req.header("Range", &format!("bytes={range_from}-"));
-    }
-    req.call().map_err(|e| anyhow::anyhow!("GET {url}: {e}"))
+    kaito_hub::get(url, range_from).map_err(|e| anyhow::anyhow!("GET {url}: {e}"))
 }
 
 /// Download `repo` (`org/name`) at `revision` into `<dir>/<org>--<name>` and return that directory.
 pub fn download(repo: &str, revision: &str, dir: &Path, metrics: &Metrics) -> anyhow::Result<PathBuf> {
-    let base = endpoint();
+    let base = kaito_hub::endpoint();
     let target = dir.join(repo.replace('/', "--"));
     std::fs::create_dir_all(&target)?;
     let info: serde_json::Value =

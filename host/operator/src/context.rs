@@ -17,6 +17,8 @@ pub struct Config {
     pub max_nodes: u32,
     /// Node classes Workspaces may name (KAITO's `--karpenter-node-classes`); `None`: any valid name.
     pub node_classes: Option<kaito_workload::NodeClasses>,
+    /// Where configs of models no preset catalogs are read; `None`: offline.
+    pub hub: Option<std::sync::Arc<kaito_hub::Hub>>,
     /// How soon to look again while a Workspace is on its way.
     pub poll: Duration,
     /// How often to look at a Ready Workspace without being told.
@@ -32,6 +34,7 @@ impl Default for Config {
             image_registry: DEFAULT_IMAGE_REGISTRY.into(),
             max_nodes: DEFAULT_MAX_NODES,
             node_classes: None,
+            hub: None,
             poll: Duration::from_secs(10),
             resync: Duration::from_secs(300),
             retry: Duration::from_secs(60),

@@ -34,6 +34,10 @@ struct Args {
     /// `spec` of each is the provider's and is not read) or `a,b` with the first as default. Unset: any valid name.
     #[arg(long, env = "KAITO_NODE_CLASSES")]
     karpenter_node_classes: Option<kaito_workload::NodeClasses>,
+    /// Never read model configs from the Hugging Face hub (also `HF_HUB_OFFLINE=1`): Workspaces naming a model no
+    /// preset catalogs are refused. The hub is `HF_ENDPOINT` (default huggingface.co), with `HF_TOKEN` if set.
+    #[arg(long)]
+    offline: bool,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "KAITO_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -89,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         image_registry: args.image_registry.clone(),
         max_nodes: args.max_nodes,
         node_classes: args.karpenter_node_classes.clone(),
+        hub: if args.offline { None } else { kaito_hub::Hub::from_env().map(Arc::new) },
         ..Config::default()
     };
     let metrics = Arc::new(Metrics::default());

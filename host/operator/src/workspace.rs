@@ -281,6 +281,7 @@ impl Steps for Workspace {
             image_registry: ctx.config.image_registry.clone(),
             max_nodes: ctx.config.max_nodes,
             node_classes: ctx.config.node_classes.clone(),
+            hub: ctx.config.hub.clone(),
         };
         let (registry, ws) = (ctx.registry.clone(), self.clone());
         let _slot = ctx.plugin_slots.acquire().await.expect("the semaphore is never closed");

@@ -20,8 +20,8 @@ pub use ragengine::{RagObjects, render_ragengine};
 use k8s_openapi::api::core::v1::Node;
 use kaito_crd::{FieldError, RUNTIME_ANNOTATION, Workspace};
 use kaito_plugin_host::{
-    Adapter, CallError, GpuShape, KeyValue, NodePlan, NodeRequest, PlanRequest, Plugin, PresetPlan, ProvisionerMode,
-    Registry, ResolveError,
+    Adapter, CallError, GpuShape, KeyValue, ModelFacts, ModelInfo, NodePlan, NodeRequest, PlanRequest, Plugin,
+    PresetPlan, ProvisionerMode, Registry, ResolveError,
 };
 use std::sync::Arc;
 
@@ -45,6 +45,8 @@ pub struct RenderOptions {
     pub max_nodes: u32,
     /// Node classes `kaito.sh/node-class-name` may name; `None` passes any valid name to the provisioner.
     pub node_classes: Option<NodeClasses>,
+    /// Where configs of models no preset catalogs are read; `None`: offline, such models are refused.
+    pub hub: Option<Arc<kaito_hub::Hub>>,
 }
 
 impl Default for RenderOptions {
@@ -55,6 +57,7 @@ impl Default for RenderOptions {
             image_registry: DEFAULT_IMAGE_REGISTRY.into(),
             max_nodes: DEFAULT_MAX_NODES,
             node_classes: None,
+            hub: None,
         }
     }
 }
@@ -182,6 +185,58 @@ pub fn plan_request(ws: &Workspace, model: &str, image_registry: &str) -> PlanRe
     }
 }
 
+/// The plugin and model for a preset name: a catalog entry, or, for a Hugging Face id no catalog lists, the facts read
+/// from the hub and the plugin that plans that architecture.
+fn resolve_model(
+    registry: &Registry,
+    name: &str,
+    hub: Option<&kaito_hub::Hub>,
+) -> Result<(Arc<Plugin>, ModelInfo, Option<ModelFacts>), RenderError> {
+    let unknown = match registry.find_model(name) {
+        Ok((plugin, model)) => return Ok((plugin, model, None)),
+        Err(e @ ResolveError::UnknownModel { .. }) if name.contains('/') => e,
+        Err(e) => return Err(e.into()),
+    };
+    let field = "inference.preset.name";
+    let Some(hub) = hub else {
+        return Err(FieldError::new(field, format!("{unknown}; as a Hugging Face id it could be sized from its config, but the hub is not read here (offline)"))
+            .hint("use a catalog model, or give the operator hub access (unset HF_HUB_OFFLINE)")
+            .into());
+    };
+    let facts = hub.model_facts(name.trim()).map_err(|e| {
+        FieldError::new(field, format!("{name:?} is in no preset catalog, and its config could not be read: {e}"))
+    })?;
+    let plugin = registry.preset_for_architecture(&facts.architecture)?;
+    let model = ModelInfo {
+        name: facts.hf_id.to_ascii_lowercase(),
+        aliases: Vec::new(),
+        hf_id: facts.hf_id.clone(),
+        family: "hub".into(),
+        architecture: facts.architecture.clone(),
+        weights_bytes: facts.weights_bytes,
+        disk_bytes: facts.weights_bytes + (80 << 30),
+        context_length: facts.context_length,
+        bytes_per_token: facts.bytes_per_token,
+        license: String::new(),
+        runtimes: vec!["vllm".into()],
+        chat_template: None,
+        tool_call_parser: None,
+        reasoning_parser: None,
+        supports_tuning: false,
+        supports_multi_node: true,
+        supports_lora: false,
+    };
+    let facts = ModelFacts {
+        hf_id: facts.hf_id,
+        architecture: facts.architecture,
+        weights_bytes: facts.weights_bytes,
+        context_length: facts.context_length,
+        bytes_per_token: facts.bytes_per_token,
+        quantization: facts.quantization,
+    };
+    Ok((plugin, model, Some(facts)))
+}
+
 /// Render every object the operator would create for `ws`.
 pub fn render(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Result<Rendered, RenderError> {
     ws.validate()?;
@@ -207,14 +262,19 @@ pub fn render(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Resu
         annotations: annotations.clone(),
     };
     if let Some(preset) = ws.preset() {
-        let (plugin, model) = registry.find_model(&preset.name)?;
+        let (plugin, model, facts) = resolve_model(registry, &preset.name, opts.hub.as_deref())?;
         let shape = gpu_shape(&provisioner, mode, ws, opts)?;
         if mode != ProvisionerMode::BringYourOwn
             && let Some(t) = ws.resource.instance_type.as_deref().and_then(|t| provisioner.instance_type(t))
         {
             checks::v1alpha1_gpu_memory(ws, &model, t)?;
         }
-        let plan = plugin.plan(&plan_request(ws, &model.name, &opts.image_registry), &shape)?;
+        let mut request = plan_request(ws, &model.name, &opts.image_registry);
+        if let Some(facts) = facts {
+            request.model = facts.hf_id.clone();
+            request.model_facts = Some(facts);
+        }
+        let plan = plugin.plan(&request, &shape)?;
         let node_plan = provisioner.plan_nodes(&node_request(plan.resources.node_count, plan.resources.disk_bytes))?;
         let objects = Objects::for_preset(ws, &model, &plugin, &plan, &node_plan);
         let nodes = plan.resources.node_count;

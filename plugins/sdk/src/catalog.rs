@@ -3,7 +3,7 @@
 
 use crate::runtime::{self, Runtime};
 use crate::sizing::{self, DEFAULT_MAX_MODEL_LEN, GIB, SizingInput};
-use crate::{ErrorKind, GpuShape, ModelInfo, PlanRequest, PluginError, PresetPlan, ResourcePlan};
+use crate::{ErrorKind, GpuShape, ModelFacts, ModelInfo, PlanRequest, PluginError, PresetPlan, ResourcePlan};
 
 /// Extra disk reserved beside the weights for the download cache (KAITO: +80 GiB).
 pub const DISK_HEADROOM_GIB: u64 = 80;
@@ -15,6 +15,8 @@ pub enum KvCache {
     Gqa { layers: u32, kv_heads: u32, head_dim: u32 },
     /// DeepSeek-style multi-head latent attention: one compressed latent plus the RoPE part.
     Mla { layers: u32, kv_lora_rank: u32, rope_dim: u32 },
+    /// Elements per token as the host computed them from a Hugging Face config (model facts).
+    Elements(u64),
 }
 
 impl KvCache {
@@ -23,6 +25,7 @@ impl KvCache {
         match self {
             KvCache::Gqa { layers, kv_heads, head_dim } => 2 * layers as u64 * kv_heads as u64 * head_dim as u64,
             KvCache::Mla { layers, kv_lora_rank, rope_dim } => layers as u64 * (kv_lora_rank as u64 + rope_dim as u64),
+            KvCache::Elements(n) => n,
         }
     }
 }
@@ -106,6 +109,23 @@ impl ModelSpec {
             supports_lora: false,
             vllm_args: &[],
         }
+    }
+
+    /// A model no family catalogs, from the facts the host read off its Hugging Face config: served by vLLM as KAITO
+    /// serves such models, named by its lower-cased id. Its strings are leaked: a plugin instance lives for one call.
+    pub fn from_facts(facts: &ModelFacts) -> ModelSpec {
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        ModelSpec::vllm_only(
+            leak(facts.hf_id.to_ascii_lowercase()),
+            leak(facts.hf_id.clone()),
+            "hub",
+            leak(facts.architecture.clone()),
+            facts.weights_bytes.saturating_mul(100).div_ceil(GIB),
+            facts.context_length,
+            KvCache::Elements(facts.bytes_per_token / KV_DTYPE_BYTES),
+            "see the model card",
+            (None, None),
+        )
     }
 
     /// Weights size in bytes.
@@ -204,7 +224,16 @@ pub fn served_name(hf_id: &str) -> String {
 
 /// Resolve, size and plan one request against a family table.
 pub fn plan(specs: &[ModelSpec], request: PlanRequest, shape: GpuShape) -> Result<PresetPlan, PluginError> {
-    let spec = resolve(specs, &request.model)?;
+    // A catalog entry wins; the host's facts plan a model no family lists.
+    let from_facts;
+    let spec = match (resolve(specs, &request.model), &request.model_facts) {
+        (Ok(spec), _) => spec,
+        (Err(_), Some(facts)) if facts.hf_id.eq_ignore_ascii_case(&request.model) => {
+            from_facts = ModelSpec::from_facts(facts);
+            &from_facts
+        }
+        (Err(e), _) => return Err(e),
+    };
     if request.workspace.is_empty() {
         return Err(PluginError::invalid("metadata.name", "the Workspace has no name"));
     }
