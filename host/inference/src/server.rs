@@ -136,6 +136,77 @@ struct CompletionRequest {
     common: Common,
 }
 
+/// Request fields this server reads, by endpoint (`Common`'s fields plus the endpoint's own), and OpenAI fields that
+/// change nothing here (`user`, `metadata`, `store`, `service_tier`, `parallel_tool_calls` without tools).
+const COMMON_FIELDS: &[&str] = &[
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "n",
+    "stream",
+    "stream_options",
+    "ignore_eos",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "parallel_tool_calls",
+];
+const CHAT_FIELDS: &[&str] = &["messages"];
+const COMPLETION_FIELDS: &[&str] = &["prompt", "echo"];
+
+/// OpenAI fields this server recognises but cannot honour yet, each with the values that ask for nothing: any other
+/// value is refused with a 400 naming the field, so a client never mistakes a dropped feature for a served one.
+fn unsupported(field: &str, value: &Value) -> Option<&'static str> {
+    let empty = value.is_null()
+        || value == &Value::Bool(false)
+        || value.as_array().is_some_and(|a| a.is_empty())
+        || value.as_object().is_some_and(|o| o.is_empty())
+        || value.as_str() == Some("")
+        || value.as_u64() == Some(0);
+    let why = match field {
+        "tools" | "functions" => "tool calling is not supported yet",
+        "tool_choice" | "function_call" if value.as_str() == Some("none") => return None,
+        "tool_choice" | "function_call" => "tool calling is not supported yet",
+        "response_format" if value.get("type").and_then(Value::as_str) == Some("text") => return None,
+        "response_format" => "structured output (json_object, json_schema) is not supported yet",
+        "logprobs" | "top_logprobs" => "log probabilities are not supported yet",
+        "best_of" if value.as_u64() == Some(1) => return None,
+        "best_of" => "best_of is not supported yet; only one sequence per request",
+        "logit_bias" => "logit_bias is not supported yet",
+        "suffix" => "suffix (insertion) is not supported",
+        "prediction" => "predicted outputs are not supported",
+        "modalities" if value == &json!(["text"]) => return None,
+        "audio" | "modalities" => "only text output is supported",
+        _ => return None,
+    };
+    (!empty).then_some(why)
+}
+
+/// Refuse what cannot be honoured (above); log, and otherwise ignore, fields no OpenAI-compatible server reads, as
+/// vLLM does.
+fn check_fields(body: &Bytes, endpoint_fields: &[&str]) -> Result<(), ApiError> {
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else { return Ok(()) };
+    for (field, value) in &fields {
+        if let Some(why) = unsupported(field, value) {
+            return Err(ApiError::bad(field, format!("{field}: {why} by this server (kaito-inference)")));
+        }
+        let known = COMMON_FIELDS.contains(&field.as_str()) || endpoint_fields.contains(&field.as_str());
+        let recognised = known || unsupported(field, &Value::Bool(true)).is_some() || field == "tool_choice";
+        if !recognised {
+            tracing::warn!(field, "ignoring a request field this server does not know");
+        }
+    }
+    Ok(())
+}
+
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -441,6 +512,7 @@ async fn generate(
 
 async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
     let result = async {
+        check_fields(&body, CHAT_FIELDS)?;
         let req: ChatRequest = parse(&body)?;
         state.check_model(&req.common.model)?;
         let serving = state.serving()?;
@@ -472,6 +544,7 @@ async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
 
 async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
     let result = async {
+        check_fields(&body, COMPLETION_FIELDS)?;
         let req: CompletionRequest = parse(&body)?;
         state.check_model(&req.common.model)?;
         let serving = state.serving()?;

@@ -98,6 +98,42 @@ async fn bad_requests_get_json_errors_naming_the_field() {
     );
 }
 
+/// OpenAI features the server cannot honour yet are refused with a 400 naming the field, never silently dropped; the
+/// values that ask for nothing (`tools: []`, `tool_choice: "none"`, `response_format: text`, `logprobs: false`) pass.
+#[tokio::test]
+async fn unsupported_openai_fields_are_refused_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny("MistralForCausalLM").write(dir.path());
+    let s = state(dir.path(), EngineConfig::default());
+    let chat = |extra: Value| {
+        let mut body = json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body.to_string()
+    };
+    let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    for (extra, field) in [
+        (json!({"tools": tool}), "tools"),
+        (json!({"tool_choice": "required"}), "tool_choice"),
+        (json!({"response_format": {"type": "json_object"}}), "response_format"),
+        (json!({"logprobs": true, "top_logprobs": 2}), "logprobs"),
+        (json!({"logit_bias": {"42": 5}}), "logit_bias"),
+    ] {
+        let (code, body) = call(&s, "POST", "/v1/chat/completions", &chat(extra.clone())).await;
+        assert_eq!((code, body["error"]["param"].as_str()), (400, Some(field)), "{extra}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("not supported"), "{body}");
+    }
+    let (code, body) =
+        call(&s, "POST", "/v1/completions", r#"{"model": "smollm2", "prompt": "hi", "max_tokens": 2, "logprobs": 2}"#)
+            .await;
+    assert_eq!((code, body["error"]["param"].as_str()), (400, Some("logprobs")), "{body}");
+    let noop = json!({
+        "tools": [], "tool_choice": "none", "response_format": {"type": "text"}, "logprobs": false,
+        "user": "u", "some_vendor_extension": 1
+    });
+    let (code, body) = call(&s, "POST", "/v1/chat/completions", &chat(noop)).await;
+    assert_eq!(code, 200, "no-op values and unknown extras pass: {body}");
+}
+
 /// As vLLM with several `--served-model-name` values: KAITO's name first, an alias accepted too, both listed.
 #[tokio::test]
 async fn a_second_served_name_is_accepted_and_listed() {

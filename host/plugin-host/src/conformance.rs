@@ -66,7 +66,8 @@ pub fn reference_request(model: &str) -> PlanRequest {
         namespace: "default".into(),
         model: model.into(),
         runtime: None,
-        model_access_secret: None,
+        // Gated models refuse a request without one, as KAITO's webhook does.
+        model_access_secret: Some("hf-token".into()),
         adapters: vec![],
         max_model_len: None,
         min_nodes: 1,

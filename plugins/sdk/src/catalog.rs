@@ -224,6 +224,17 @@ pub fn served_name(hf_id: &str) -> String {
 
 /// Resolve, size and plan one request against a family table.
 pub fn plan(specs: &[ModelSpec], request: PlanRequest, shape: GpuShape) -> Result<PresetPlan, PluginError> {
+    plan_gated(specs, &[], request, shape)
+}
+
+/// [`plan`] for a family some of whose models (by Hugging Face id) the hub serves only with a token, KAITO's
+/// `downloadAuthRequired`: a Workspace for one of them must name the Secret holding it, as KAITO's webhook demands.
+pub fn plan_gated(
+    specs: &[ModelSpec],
+    gated: &[&str],
+    request: PlanRequest,
+    shape: GpuShape,
+) -> Result<PresetPlan, PluginError> {
     // A catalog entry wins; the host's facts plan a model no family lists.
     let from_facts;
     let spec = match (resolve(specs, &request.model), &request.model_facts) {
@@ -234,6 +245,17 @@ pub fn plan(specs: &[ModelSpec], request: PlanRequest, shape: GpuShape) -> Resul
         }
         (Err(e), _) => return Err(e),
     };
+    if gated.contains(&spec.hf_id) && request.model_access_secret.as_deref().is_none_or(str::is_empty) {
+        return Err(PluginError::new(
+            ErrorKind::InvalidInput,
+            "inference.preset.presetOptions.modelAccessSecret",
+            format!("{} is gated on Hugging Face: its weights download only with a token", spec.hf_id),
+            Some(
+                "create a Secret with the key HF_TOKEN and name it in inference.preset.presetOptions.modelAccessSecret"
+                    .into(),
+            ),
+        ));
+    }
     if request.workspace.is_empty() {
         return Err(PluginError::invalid("metadata.name", "the Workspace has no name"));
     }

@@ -105,10 +105,13 @@ pub fn lookup<'a>(pairs: &'a [KeyValue], key: &str) -> Option<&'a str> {
 
 /// A whole table-driven family plugin in one line: defines `$name`, implements
 /// [`Preset`] with [`catalog::models`] and [`catalog::plan`] over `$models`, and
-/// exports it.
+/// exports it. `gated = [...]` names the Hugging Face ids that need a token ([`catalog::plan_gated`]).
 #[macro_export]
 macro_rules! catalog_preset {
     ($name:ident, $plugin:literal, $description:literal, $models:expr) => {
+        $crate::catalog_preset!($name, $plugin, $description, $models, gated = []);
+    };
+    ($name:ident, $plugin:literal, $description:literal, $models:expr, gated = [$($gated:literal),* $(,)?]) => {
         /// The family's preset plugin.
         pub struct $name;
 
@@ -129,7 +132,7 @@ macro_rules! catalog_preset {
                 request: $crate::PlanRequest,
                 shape: $crate::GpuShape,
             ) -> ::core::result::Result<$crate::PresetPlan, $crate::PluginError> {
-                $crate::catalog::plan($models, request, shape)
+                $crate::catalog::plan_gated($models, &[$($gated),*], request, shape)
             }
         }
 

@@ -38,4 +38,11 @@ pub const MODELS: &[ModelSpec] = &[
     llama3("llama-3.3-70b-instruct", "meta-llama/Llama-3.3-70B-Instruct", 13142, 80, "llama3.3"),
 ];
 
-kaito_plugin_sdk::catalog_preset!(Llama, "preset-llama", "Meta Llama 3.1 and 3.3 instruct models", MODELS);
+// KAITO's catalog marks both `downloadAuthRequired`: Meta's repositories are gated.
+kaito_plugin_sdk::catalog_preset!(
+    Llama,
+    "preset-llama",
+    "Meta Llama 3.1 and 3.3 instruct models",
+    MODELS,
+    gated = ["meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.3-70B-Instruct"]
+);
