@@ -54,6 +54,14 @@ async fn file(
             json(json!({"metadata": {"total_size": 15 * GIB}, "weight_map": {}}))
         }
         ("acme/Small-Single-File", "config.json") => json(qwen2_config(24, 2, 8192)),
+        ("acme/Compact-Qwen2", "config.json") => {
+            let mut config = qwen2_config(28, 4, 32768);
+            config["quantization_config"] = json!({"quant_method": "awq", "bits": 4});
+            json(config)
+        }
+        ("acme/Compact-Qwen2", "model.safetensors.index.json") => {
+            json(json!({"metadata": {"total_size": 5 * GIB}, "weight_map": {}}))
+        }
         ("acme/Small-Single-File", "model.safetensors") if method == Method::HEAD => {
             ([("content-length", (3 * GIB).to_string())], "").into_response()
         }
@@ -104,6 +112,7 @@ async fn a_model_outside_the_catalog_is_sized_from_its_hub_config_as_kaito_does(
     assert_eq!(rendered.objects.nodes.len(), nodes as usize, "one NodeClaim per node");
     let args = plan.workload.args.join(" ");
     assert!(args.contains("giant-qwen2-instruct"), "KAITO's served name, the lower-cased last segment: {args}");
+    assert!(args.contains("--dtype=bfloat16"), "an unquantised checkpoint: {args}");
     assert!(seen.lock().unwrap().iter().all(|(_, auth)| auth.as_deref() == Some(&format!("Bearer {TOKEN}")[..])));
 }
 
@@ -121,6 +130,8 @@ async fn gated_single_file_missing_and_offline_models() {
     assert_eq!(with_token.plan.unwrap().resources.node_count, 1);
     let single = run("acme/Small-Single-File", Some(Hub::new(&url, None))).await.unwrap().unwrap();
     assert_eq!(single.plan.unwrap().resources.node_count, 1, "3 GiB from model.safetensors' size");
+    let awq = run("acme/Compact-Qwen2", Some(Hub::new(&url, None))).await.unwrap().unwrap().plan.unwrap();
+    assert!(awq.workload.args.join(" ").contains("--dtype=auto"), "quantised per its config: {:?}", awq.workload.args);
     let missing = run("acme/No-Such-Model", Some(Hub::new(&url, None))).await.unwrap().unwrap_err();
     assert!(missing.contains("acme/No-Such-Model is not on http://127.0.0.1"), "{missing}");
     let before = seen.lock().unwrap().len();

@@ -164,18 +164,17 @@ impl Registry {
         }
     }
 
-    /// The preset plugin to plan a model no catalog lists, from its architecture: the first healthy plugin with a
-    /// model of that architecture (it knows the family's runtime needs), else the first healthy preset plugin (every
-    /// preset built on the SDK plans any architecture on vLLM, as KAITO does).
-    pub fn preset_for_architecture(&self, architecture: &str) -> Result<Arc<Plugin>, ResolveError> {
-        let healthy: Vec<&Arc<Plugin>> =
-            self.of_kind(PluginKind::Preset).filter(|p| p.quarantined().is_none()).collect();
-        healthy
-            .iter()
-            .find(|p| p.models().iter().any(|m| m.architecture == architecture))
-            .or(healthy.first())
-            .map(|p| Arc::clone(p))
-            .ok_or_else(|| ResolveError::UnknownModel { query: architecture.into(), nearest: Vec::new() })
+    /// The healthy preset plugins to ask, in order, to plan a model no catalog lists: those with a model of its
+    /// architecture first (they know the family's runtime needs), then the rest (every preset built on the SDK plans
+    /// any architecture on vLLM, as KAITO does).
+    pub fn presets_for_architecture(&self, architecture: &str) -> Vec<Arc<Plugin>> {
+        let (mut knowing, rest): (Vec<_>, Vec<_>) = self
+            .of_kind(PluginKind::Preset)
+            .filter(|p| p.quarantined().is_none())
+            .cloned()
+            .partition(|p| p.models().iter().any(|m| m.architecture == architecture));
+        knowing.extend(rest);
+        knowing
     }
 
     /// The provisioner plugin called `name`.

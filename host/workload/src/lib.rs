@@ -185,15 +185,15 @@ pub fn plan_request(ws: &Workspace, model: &str, image_registry: &str) -> PlanRe
     }
 }
 
-/// The plugin and model for a preset name: a catalog entry, or, for a Hugging Face id no catalog lists, the facts read
-/// from the hub and the plugin that plans that architecture.
+/// The plugins to ask, in order, and the model for a preset name: a catalog entry's plugin, or, for a Hugging Face id
+/// no catalog lists, the facts read from the hub and the plugins by preference for that architecture.
 fn resolve_model(
     registry: &Registry,
     name: &str,
     hub: Option<&kaito_hub::Hub>,
-) -> Result<(Arc<Plugin>, ModelInfo, Option<ModelFacts>), RenderError> {
+) -> Result<(Vec<Arc<Plugin>>, ModelInfo, Option<ModelFacts>), RenderError> {
     let unknown = match registry.find_model(name) {
-        Ok((plugin, model)) => return Ok((plugin, model, None)),
+        Ok((plugin, model)) => return Ok((vec![plugin], model, None)),
         Err(e @ ResolveError::UnknownModel { .. }) if name.contains('/') => e,
         Err(e) => return Err(e.into()),
     };
@@ -206,7 +206,10 @@ fn resolve_model(
     let facts = hub.model_facts(name.trim()).map_err(|e| {
         FieldError::new(field, format!("{name:?} is in no preset catalog, and its config could not be read: {e}"))
     })?;
-    let plugin = registry.preset_for_architecture(&facts.architecture)?;
+    let plugins = registry.presets_for_architecture(&facts.architecture);
+    if plugins.is_empty() {
+        return Err(unknown.into());
+    }
     let model = ModelInfo {
         name: facts.hf_id.to_ascii_lowercase(),
         aliases: Vec::new(),
@@ -234,7 +237,7 @@ fn resolve_model(
         bytes_per_token: facts.bytes_per_token,
         quantization: facts.quantization,
     };
-    Ok((plugin, model, Some(facts)))
+    Ok((plugins, model, Some(facts)))
 }
 
 /// Render every object the operator would create for `ws`.
@@ -262,7 +265,7 @@ pub fn render(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Resu
         annotations: annotations.clone(),
     };
     if let Some(preset) = ws.preset() {
-        let (plugin, model, facts) = resolve_model(registry, &preset.name, opts.hub.as_deref())?;
+        let (plugins, model, facts) = resolve_model(registry, &preset.name, opts.hub.as_deref())?;
         let shape = gpu_shape(&provisioner, mode, ws, opts)?;
         if mode != ProvisionerMode::BringYourOwn
             && let Some(t) = ws.resource.instance_type.as_deref().and_then(|t| provisioner.instance_type(t))
@@ -274,7 +277,16 @@ pub fn render(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Resu
             request.model = facts.hf_id.clone();
             request.model_facts = Some(facts);
         }
-        let plan = plugin.plan(&request, &shape)?;
+        // A plugin that plans no model from facts (one not built on the SDK) says unknown-model: ask the next.
+        let mut asked = plugins.iter().peekable();
+        let (plugin, plan) = loop {
+            let plugin = asked.next().expect("resolve_model returns at least one plugin");
+            match plugin.plan(&request, &shape) {
+                Err(CallError::Plugin { error, .. })
+                    if error.kind == kaito_plugin_host::ErrorKind::UnknownModel && asked.peek().is_some() => {}
+                result => break (plugin, result?),
+            }
+        };
         let node_plan = provisioner.plan_nodes(&node_request(plan.resources.node_count, plan.resources.disk_bytes))?;
         let objects = Objects::for_preset(ws, &model, &plugin, &plan, &node_plan);
         let nodes = plan.resources.node_count;

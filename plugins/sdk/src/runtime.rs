@@ -309,7 +309,9 @@ pub fn workload(
             // KAITO notes vLLM crashes on its image without these two.
             let deep_gemm = kaito_vllm::DEEP_GEMM_ARCHITECTURES.contains(&spec.architecture);
             env.push(literal("VLLM_USE_DEEP_GEMM", if deep_gemm { "1" } else { "0" }));
-            let quantized = kaito_vllm::QUANTIZED_MARKERS.iter().any(|m| served.contains(m));
+            // Catalog models by their name, as KAITO's catalog field; models from the hub by their config.
+            let quantized = kaito_vllm::QUANTIZED_MARKERS.iter().any(|m| served.contains(m))
+                || request.model_facts.as_ref().is_some_and(|f| f.quantization.is_some());
             let mut vllm: Vec<String> = vec![
                 format!("--model={}", spec.hf_id),
                 format!("--download-dir={WEIGHTS_DIR}"),
