@@ -2,11 +2,11 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use kaito_cli::PluginArgs;
 use kaito_operator::leader::LeaderElector;
 use kaito_operator::metrics::Metrics;
 use kaito_operator::server::{Health, router};
 use kaito_operator::{Config, Context, controller};
+use kaito_workload::plugin_args::PluginArgs;
 use kaito_workload::{DEFAULT_IMAGE_REGISTRY, DEFAULT_MAX_NODES, DEFAULT_PROVISIONER};
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -10,6 +10,7 @@
 mod checks;
 mod nodes;
 mod objects;
+pub mod plugin_args;
 pub mod ragengine;
 
 pub use checks::NodeClasses;
