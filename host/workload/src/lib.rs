@@ -186,15 +186,20 @@ pub fn plan_request(ws: &Workspace, model: &str, image_registry: &str) -> PlanRe
     }
 }
 
+/// What a preset name resolved to.
+struct Resolved {
+    /// Preset plugins to ask, in order.
+    plugins: Vec<Arc<Plugin>>,
+    model: ModelInfo,
+    /// Set for a model no catalog lists, read from the hub.
+    facts: Option<ModelFacts>,
+}
+
 /// The plugins to ask, in order, and the model for a preset name: a catalog entry's plugin, or, for a Hugging Face id
 /// no catalog lists, the facts read from the hub and the plugins by preference for that architecture.
-fn resolve_model(
-    registry: &Registry,
-    name: &str,
-    hub: Option<&kaito_hub::Hub>,
-) -> Result<(Vec<Arc<Plugin>>, ModelInfo, Option<ModelFacts>), RenderError> {
+fn resolve_model(registry: &Registry, name: &str, hub: Option<&kaito_hub::Hub>) -> Result<Resolved, RenderError> {
     let unknown = match registry.find_model(name) {
-        Ok((plugin, model)) => return Ok((vec![plugin], model, None)),
+        Ok((plugin, model)) => return Ok(Resolved { plugins: vec![plugin], model, facts: None }),
         Err(e @ ResolveError::UnknownModel { .. }) if name.contains('/') => e,
         Err(e) => return Err(e.into()),
     };
@@ -238,7 +243,7 @@ fn resolve_model(
         bytes_per_token: facts.bytes_per_token,
         quantization: facts.quantization,
     };
-    Ok((plugins, model, Some(facts)))
+    Ok(Resolved { plugins, model, facts: Some(facts) })
 }
 
 /// Render every object the operator would create for `ws`.
@@ -266,7 +271,7 @@ pub fn render(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Resu
         annotations: annotations.clone(),
     };
     if let Some(preset) = ws.preset() {
-        let (plugins, model, facts) = resolve_model(registry, &preset.name, opts.hub.as_deref())?;
+        let Resolved { plugins, model, facts } = resolve_model(registry, &preset.name, opts.hub.as_deref())?;
         let shape = gpu_shape(&provisioner, mode, ws, opts)?;
         if mode != ProvisionerMode::BringYourOwn
             && let Some(t) = ws.resource.instance_type.as_deref().and_then(|t| provisioner.instance_type(t))
@@ -289,7 +294,7 @@ pub fn render(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Resu
             }
         };
         let node_plan = provisioner.plan_nodes(&node_request(plan.resources.node_count, plan.resources.disk_bytes))?;
-        let objects = Objects::for_preset(ws, &model, &plugin, &plan, &node_plan);
+        let objects = Objects::for_preset(ws, &model, plugin, &plan, &node_plan);
         let nodes = plan.resources.node_count;
         // KAITO's estimator decides the node count; the deprecated count is neither a floor nor a cap.
         let count_note = ws.resource.count.filter(|c| *c > 1 && *c as u32 != nodes).map(|count| {
