@@ -110,7 +110,7 @@ async fn a_model_outside_the_catalog_is_sized_from_its_hub_config_as_kaito_does(
     let p = &plan.resources.parallelism;
     assert_eq!((plan.resources.node_count, p.tensor, p.pipeline, p.data), (nodes, tensor, pipeline, data));
     assert_eq!(rendered.objects.nodes.len(), nodes as usize, "one NodeClaim per node");
-    let args = plan.workload.args.join(" ");
+    let args = [plan.workload.command.clone(), plan.workload.args.clone()].concat().join(" ");
     assert!(args.contains("giant-qwen2-instruct"), "KAITO's served name, the lower-cased last segment: {args}");
     assert!(args.contains("--dtype=bfloat16"), "an unquantised checkpoint: {args}");
     assert!(seen.lock().unwrap().iter().all(|(_, auth)| auth.as_deref() == Some(&format!("Bearer {TOKEN}")[..])));
@@ -131,7 +131,8 @@ async fn gated_single_file_missing_and_offline_models() {
     let single = run("acme/Small-Single-File", Some(Hub::new(&url, None))).await.unwrap().unwrap();
     assert_eq!(single.plan.unwrap().resources.node_count, 1, "3 GiB from model.safetensors' size");
     let awq = run("acme/Compact-Qwen2", Some(Hub::new(&url, None))).await.unwrap().unwrap().plan.unwrap();
-    assert!(awq.workload.args.join(" ").contains("--dtype=auto"), "quantised per its config: {:?}", awq.workload.args);
+    let line = [awq.workload.command.clone(), awq.workload.args.clone()].concat().join(" ");
+    assert!(line.contains("--dtype=auto"), "quantised per its config: {line}");
     let missing = run("acme/No-Such-Model", Some(Hub::new(&url, None))).await.unwrap().unwrap_err();
     assert!(missing.contains("acme/No-Such-Model is not on http://127.0.0.1"), "{missing}");
     let before = seen.lock().unwrap().len();

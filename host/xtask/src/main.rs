@@ -23,7 +23,11 @@ use std::process::Command;
 const GUEST_TARGET: &str = "wasm32-unknown-unknown";
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("repository root").to_path_buf()
+    // `cargo run` sets CARGO_MANIFEST_DIR for the run too: prefer it, because two checkouts sharing one
+    // CARGO_TARGET_DIR share one `target/debug/xtask`, and the compile-time path would be the other checkout's.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let manifest = manifest.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.ancestors().nth(2).expect("repository root").to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
