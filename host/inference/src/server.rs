@@ -199,7 +199,8 @@ fn check_fields(body: &Bytes, endpoint_fields: &[&str]) -> Result<(), ApiError> 
             return Err(ApiError::bad(field, format!("{field}: {why} by this server (kaito-inference)")));
         }
         let known = COMMON_FIELDS.contains(&field.as_str()) || endpoint_fields.contains(&field.as_str());
-        let recognised = known || unsupported(field, &Value::Bool(true)).is_some() || field == "tool_choice";
+        // `true` asks for something of every field `unsupported` lists, so it probes membership of that list.
+        let recognised = known || unsupported(field, &Value::Bool(true)).is_some();
         if !recognised {
             tracing::warn!(field, "ignoring a request field this server does not know");
         }

@@ -240,7 +240,6 @@ impl Plugin {
     }
 
     fn read_metadata(&self) -> Result<Metadata, CallError> {
-        let limits = &self.shared.limits;
         let invalid = |e: String| self.fault(Fault::InvalidOutput(e));
         match &self.pre {
             Pre::PresetV0_1_0(pre) => {
@@ -267,7 +266,7 @@ impl Plugin {
                     Ok((api.call_info(&mut *store)?, api.call_instance_types(&mut *store)?))
                 })?;
                 let (info, types) = (compat::same(&info).map_err(invalid)?, compat::same(&types).map_err(invalid)?);
-                self.provisioner_metadata(info, types, limits)
+                self.provisioner_metadata(info, types)
             }
             Pre::ProvisionerV0_2_0(pre) => {
                 let (info, types) = self.call(|store| {
@@ -275,7 +274,7 @@ impl Plugin {
                     let api = api.kaito_plugin_provisioner_api();
                     Ok((api.call_info(&mut *store)?, api.call_instance_types(&mut *store)?))
                 })?;
-                self.provisioner_metadata(info, types, limits)
+                self.provisioner_metadata(info, types)
             }
         }
     }
@@ -292,8 +291,8 @@ impl Plugin {
         &self,
         info: ProvisionerInfo,
         instance_types: Vec<InstanceType>,
-        limits: &crate::Limits,
     ) -> Result<Metadata, CallError> {
+        let limits = &self.shared.limits;
         validate::plugin_info(&info.plugin, limits)
             .and_then(|_| validate::instance_types(&instance_types, limits))
             .map_err(|e| self.fault(Fault::InvalidOutput(e)))?;
@@ -425,14 +424,16 @@ impl Plugin {
         converted.map_err(|detail| CallError::InvalidInput { plugin: self.name().to_string(), detail })
     }
 
-    /// An older contract's answer in `latest` terms; one that does not convert is the plugin's invalid output.
-    fn up<T: serde::Serialize, E: serde::Serialize, U: serde::de::DeserializeOwned, F: serde::de::DeserializeOwned>(
+    /// An older contract's answer in `latest` terms, its value through `convert` (its error keeps its shape); one that
+    /// does not convert is the plugin's invalid output.
+    fn up<T, E: serde::Serialize, U, F: serde::de::DeserializeOwned>(
         &self,
         answer: Result<T, E>,
+        convert: impl FnOnce(&T) -> Result<U, String>,
     ) -> Result<Result<U, F>, CallError> {
         let invalid = |e: String| self.fault(Fault::InvalidOutput(e));
         Ok(match answer {
-            Ok(v) => Ok(compat::same(&v).map_err(invalid)?),
+            Ok(v) => Ok(convert(&v).map_err(invalid)?),
             Err(e) => Err(compat::same(&e).map_err(invalid)?),
         })
     }
@@ -470,7 +471,7 @@ impl Plugin {
                 let answer = self.call(|store| {
                     pre.instantiate(&mut *store)?.kaito_plugin_preset_api().call_plan(&mut *store, &request, &shape)
                 })?;
-                self.up(answer)?
+                self.up(answer, compat::same)?
             }
             _ => return Err(self.wrong_kind(PluginKind::Preset)),
         };
@@ -495,12 +496,7 @@ impl Plugin {
                 let answer = self.call(|store| {
                     pre.instantiate(&mut *store)?.kaito_plugin_provisioner_api().call_plan_nodes(&mut *store, &old)
                 })?;
-                match answer {
-                    Ok(plan) => {
-                        Ok(compat::node_plan(&plan, &request.owner).map_err(|e| self.fault(Fault::InvalidOutput(e)))?)
-                    }
-                    Err(e) => Err(compat::same(&e).map_err(|e| self.fault(Fault::InvalidOutput(e)))?),
-                }
+                self.up(answer, |plan| compat::node_plan(plan, &request.owner))?
             }
             _ => return Err(self.wrong_kind(PluginKind::Provisioner)),
         };
@@ -521,7 +517,7 @@ impl Plugin {
                 let answer = self.call(|store| {
                     pre.instantiate(&mut *store)?.kaito_plugin_provisioner_api().call_gpu_from_labels(&mut *store, &old)
                 })?;
-                self.up(answer)?
+                self.up(answer, compat::same)?
             }
             _ => return Err(self.wrong_kind(PluginKind::Provisioner)),
         };

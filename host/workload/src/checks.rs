@@ -51,8 +51,7 @@ impl std::str::FromStr for NodeClasses {
 /// The Workspace's annotations as the provisioner sees them: with an allow-list, the node class is checked against
 /// it and an unset or empty one becomes the list's default.
 pub(crate) fn node_annotations(ws: &Workspace, classes: Option<&NodeClasses>) -> Result<Vec<KeyValue>, FieldError> {
-    let mut annotations: Vec<KeyValue> =
-        ws.metadata.annotations.iter().flatten().map(|(k, v)| KeyValue { key: k.clone(), value: v.clone() }).collect();
+    let mut annotations = crate::kvs(ws.metadata.annotations.iter().flatten());
     let Some(classes) = classes else { return Ok(annotations) };
     let asked = ws.annotation(NODE_CLASS_NAME).map(str::trim).unwrap_or_default();
     let class = if asked.is_empty() {

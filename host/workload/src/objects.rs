@@ -333,27 +333,25 @@ fn tolerations(node_plan: &NodePlan) -> Vec<Toleration> {
         effect: Some("NoSchedule".into()),
         ..Default::default()
     }];
-    for t in node_plan.objects.iter().flat_map(|o| &o.taints) {
-        let tol = Toleration {
-            key: Some(t.key.clone()),
-            operator: Some("Equal".into()),
-            value: Some(t.value.clone()),
-            effect: Some(effect(t.effect).into()),
-            ..Default::default()
-        };
-        if !out.contains(&tol) {
-            out.push(tol);
-        }
-    }
-    for t in &node_plan.pod_tolerations {
+    // The node objects' taints, then what the provisioner says pods need besides; each once.
+    let of_taints = node_plan.objects.iter().flat_map(|o| &o.taints).map(|t| Toleration {
+        key: Some(t.key.clone()),
+        operator: Some("Equal".into()),
+        value: Some(t.value.clone()),
+        effect: Some(effect(t.effect).into()),
+        ..Default::default()
+    });
+    let asked = node_plan.pod_tolerations.iter().map(|t| {
         let exists = t.operator == TolerationOperator::Exists;
-        let tol = Toleration {
+        Toleration {
             key: Some(t.key.clone()).filter(|k| !k.is_empty()),
             operator: Some(if exists { "Exists" } else { "Equal" }.into()),
             value: (!exists).then(|| t.value.clone()),
             effect: t.effect.map(|e| effect(e).into()),
             ..Default::default()
-        };
+        }
+    });
+    for tol in of_taints.chain(asked) {
         if !out.contains(&tol) {
             out.push(tol);
         }

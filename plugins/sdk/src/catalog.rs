@@ -123,7 +123,8 @@ impl ModelSpec {
             facts.weights_bytes.saturating_mul(100).div_ceil(GIB),
             facts.context_length,
             KvCache::Elements(facts.bytes_per_token / KV_DTYPE_BYTES),
-            "see the model card",
+            // Unknown: a config carries no license.
+            "",
             (None, None),
         )
     }
