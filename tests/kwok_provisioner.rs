@@ -16,7 +16,6 @@
 //! Usage: `kwok-provisioner --kubeconfig=FILE --plugins=DIR[:DIR...]` (started by `cargo xtask cluster up`).
 
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
-use kaito_operator::finalizer;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -80,14 +79,23 @@ impl Provisioner {
         Ok(())
     }
 
-    /// Karpenter's termination finalizer, added or removed with the operator's finalizer patches.
+    /// Karpenter's termination finalizer, added or removed by a JSON patch whose `test` makes a concurrent change to
+    /// the list fail instead of being overwritten.
     async fn set_finalizer(&self, api: &Api<DynamicObject>, object: &DynamicObject, wanted: bool) -> kube::Result<()> {
         let at = object.finalizers().iter().position(|f| f == TERMINATION_FINALIZER);
-        let patch = match (at, wanted) {
-            (None, true) => finalizer::add(object.metadata.finalizers.as_deref(), TERMINATION_FINALIZER),
-            (Some(i), false) => finalizer::remove(i, TERMINATION_FINALIZER),
+        let ops = match (at, wanted) {
+            (None, true) => json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": object.metadata.finalizers},
+                {"op": "add", "path": "/metadata/finalizers", "value":
+                    object.finalizers().iter().map(String::as_str).chain([TERMINATION_FINALIZER]).collect::<Vec<_>>()},
+            ]),
+            (Some(i), false) => json!([
+                {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": TERMINATION_FINALIZER},
+                {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
+            ]),
             _ => return Ok(()),
         };
+        let patch: json_patch::Patch = serde_json::from_value(ops).expect("a valid JSON patch");
         api.patch(&object.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await?;
         Ok(())
     }

@@ -99,6 +99,30 @@ pub fn operator_context(
     std::sync::Arc::new(kaito_operator::Context::new(cluster.client(), registry, config, Default::default()))
 }
 
+/// Reconciles the object at `collection`/`namespace`/`name` of `cluster` as kube-runtime's Controller would: a
+/// reconcile that only added the finalizer is followed by the one its watch event brings, and a cleanup that waits
+/// yields `error_policy`'s requeue. Any other error fails the test.
+pub async fn reconcile_as_controller<K: kaito_operator::Owner>(
+    cluster: &cluster::Cluster,
+    ctx: &std::sync::Arc<kaito_operator::Context>,
+    collection: &str,
+    namespace: &str,
+    name: &str,
+) -> kube::runtime::controller::Action {
+    loop {
+        let live = cluster.get(collection, namespace, name).unwrap_or_else(|| panic!("{name} exists"));
+        let had_finalizer =
+            live["metadata"]["finalizers"].as_array().is_some_and(|f| f.iter().any(|f| f == K::FINALIZER));
+        let object: std::sync::Arc<K> = std::sync::Arc::new(serde_json::from_value(live).expect("object deserialises"));
+        match kaito_operator::reconcile(object.clone(), ctx.clone()).await {
+            Ok(action) if !had_finalizer && action == kube::runtime::controller::Action::await_change() => continue,
+            Ok(action) => return action,
+            Err(e) if e.is_waiting() => return kaito_operator::error_policy(object, &e, ctx.clone()),
+            Err(e) => panic!("reconcile of {name} failed: {e}"),
+        }
+    }
+}
+
 /// A YAML document as JSON.
 pub fn yaml(text: &str) -> serde_json::Value {
     serde_yaml::from_str(text).expect("valid YAML")

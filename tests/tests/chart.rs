@@ -223,6 +223,10 @@ fn the_chart_ships_the_generated_crd() {
     let (ok, stdout, stderr) = helm(&["template", "kaito", "--include-crds"]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains(&kaito_crd::workspace_crd_yaml()), "charts/kaito-workspace/crds/ differs from `kaito crd`");
+    assert!(
+        stdout.contains(&kaito_crd::inferenceset_crd_yaml()),
+        "charts/kaito-workspace/crds/ differs from `kaito crd inferenceset`"
+    );
 }
 
 #[test]

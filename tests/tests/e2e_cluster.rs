@@ -397,6 +397,141 @@ async fn readme_ragengine_lifecycle() {
     assert_no_forbidden(kc, &[&a, &b]);
 }
 
+/// Waits for `kubectl get isets` to show `want` ReadyReplicas for `set`.
+async fn ready_replicas(kc: &Path, set: &str, want: &str) {
+    wait_for(&format!("`kubectl get isets {set}` to show ReadyReplicas {want}"), 180, async || {
+        (column(kc, "isets", "default", set, "ReadyReplicas")? == want).then_some(())
+    })
+    .await;
+}
+
+/// KAITO's phi-4-mini InferenceSet example: `kubectl scale` to 3 makes three Ready Workspaces; scale to 1 removes
+/// the two highest; a template change rolls one Workspace at a time (never more than `maxUnavailable` unready);
+/// `nodeCountLimit` holds; deleting the set removes its Workspaces and their NodeClaims.
+#[tokio::test]
+async fn inferenceset_scale_roll_limit_and_delete() {
+    let Some(env) = e2e::Env::start("inferenceset_scale_roll_limit_and_delete").await else { return };
+    let (kc, client) = (&env.kubeconfig, &env.client);
+    sh_ok(kc, "kubectl wait --for=condition=Established crd/inferencesets.kaito.sh --timeout=60s");
+    let op = Operator::start(kc, WORKSPACE_DEPLOYMENT, "operator-sets", &["--leader-elect=false"]).await;
+    let file = "examples/inference/kaito_inferenceset_phi_4_mini.yaml";
+    sh_ok(kc, &format!("kubectl apply -f {file}"));
+    let set = "phi-4-mini";
+    let workspaces: Api<Workspace> = Api::namespaced(client.clone(), "default");
+    let of_set = ListParams::default().labels(&format!("inferenceset.kaito.sh/created-by={set}"));
+    let names = async || {
+        let mut n: Vec<String> = workspaces.list(&of_set).await.unwrap().items.iter().map(|w| w.name_any()).collect();
+        n.sort();
+        n
+    };
+    ready_replicas(kc, set, "1").await;
+    assert_eq!(names().await, ["phi-4-mini-0"]);
+
+    // The scale subresource, as an HPA would drive it.
+    sh_ok(kc, &format!("kubectl scale inferenceset {set} --replicas=3"));
+    ready_replicas(kc, set, "3").await;
+    assert_eq!(names().await, ["phi-4-mini-0", "phi-4-mini-1", "phi-4-mini-2"]);
+    for ws in workspaces.list(&of_set).await.unwrap().items {
+        assert_eq!(condition(&ws, "WorkspaceSucceeded").map(|c| c.0).as_deref(), Some("True"), "{}", ws.name_any());
+        assert_eq!(ws.owner_references()[0].kind, "InferenceSet");
+    }
+    let scale =
+        sh_ok(kc, &format!("kubectl get --raw /apis/kaito.sh/v1beta1/namespaces/default/inferencesets/{set}/scale"));
+    let scale: serde_json::Value = serde_json::from_str(&scale).unwrap();
+    assert_eq!((scale["spec"]["replicas"].as_i64(), scale["status"]["replicas"].as_i64()), (Some(3), Some(3)));
+    assert_eq!(scale["status"]["selector"], format!("inferenceset.kaito.sh/created-by={set}"));
+    let pods = Api::<Pod>::namespaced(client.clone(), "default")
+        .list(&ListParams::default().labels(scale["status"]["selector"].as_str().unwrap()))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(pods.len(), 3, "the scale selector finds the replicas' pods, as an HPA reads them");
+
+    sh_ok(kc, &format!("kubectl scale inferenceset {set} --replicas=1"));
+    wait_for("the two highest Workspaces to be gone", 120, async || (names().await == ["phi-4-mini-0"]).then_some(()))
+        .await;
+    ready_replicas(kc, set, "1").await;
+
+    // A template change with two replicas: watch every version of the set's Workspaces; at no moment may more than
+    // one (maxUnavailable) be unready, and both end on the new template.
+    sh_ok(kc, &format!("kubectl scale inferenceset {set} --replicas=2"));
+    ready_replicas(kc, set, "2").await;
+    let (tx, mut versions) = tokio::sync::mpsc::unbounded_channel();
+    let watch = tokio::spawn({
+        let config = watcher::Config::default().labels(&format!("inferenceset.kaito.sh/created-by={set}"));
+        watcher(workspaces.clone(), config).for_each(move |e| {
+            let _ = tx.send(e);
+            async {}
+        })
+    });
+    let sets: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("kaito.sh", "v1beta1", "InferenceSet"),
+            "inferencesets",
+        ),
+    );
+    sets.patch(
+        set,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": {"inference": {"config": "phi-config"}}}})),
+    )
+    .await
+    .unwrap();
+    let mut latest: std::collections::BTreeMap<String, Workspace> = Default::default();
+    let mut worst = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let event = tokio::time::timeout_at(deadline, versions.recv())
+            .await
+            .expect("the rollout to finish within 180 s")
+            .expect("watch open")
+            .expect("watch event");
+        match event {
+            watcher::Event::Apply(ws) | watcher::Event::InitApply(ws) => {
+                latest.insert(ws.name_any(), ws);
+            }
+            watcher::Event::Delete(ws) => {
+                latest.remove(&ws.name_any());
+            }
+            _ => continue,
+        }
+        let unready = 2 - latest.values().filter(|w| w.succeeded() && w.metadata.deletion_timestamp.is_none()).count();
+        worst = worst.max(unready);
+        let done = latest.len() == 2
+            && latest
+                .values()
+                .all(|w| w.succeeded() && w.inference.as_ref().unwrap().config.as_deref() == Some("phi-config"));
+        if done {
+            break;
+        }
+    }
+    watch.abort();
+    assert!(worst <= 1, "{worst} replicas were unready at once during the rollout (maxUnavailable 1)");
+    ready_replicas(kc, set, "2").await;
+
+    // nodeCountLimit 2 with 3 replicas of one node each: two Workspaces, and the set says why.
+    sets.patch(set, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3, "nodeCountLimit": 2}})))
+        .await
+        .unwrap();
+    wait_for("InferenceSetReady to name the node limit", 60, async || {
+        let s = sets.get(set).await.ok()?;
+        let c = s.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "InferenceSetReady")?.clone();
+        (c["reason"] == "NodeCountLimitReached").then_some(())
+    })
+    .await;
+    assert_eq!(names().await, ["phi-4-mini-0", "phi-4-mini-1"]);
+
+    sh_ok(kc, &format!("kubectl delete -f {file}"));
+    wait_for("the set to be gone", 120, async || sets.get_opt(set).await.ok()?.is_none().then_some(())).await;
+    assert!(names().await.is_empty(), "the set's Workspaces went first");
+    for i in 0..2 {
+        assert_deleted(client, "default", &format!("{set}-{i}")).await;
+    }
+    assert_no_forbidden(kc, &[&op]);
+}
+
 /// Every file under examples/ is accepted by the real API server (CRD schema and CEL, by server-side dry run).
 #[tokio::test]
 async fn every_example_is_accepted_by_the_api_server() {

@@ -11,9 +11,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 async fn reconcile(cluster: &Cluster, ctx: &Arc<Context>, ns: &str, name: &str) -> Action {
-    let live = cluster.get(paths::WORKSPACES, ns, name).expect("workspace exists");
-    let ws: Workspace = serde_json::from_value(live).expect("workspace deserialises");
-    kaito_operator::reconcile(Arc::new(ws), ctx.clone()).await.expect("reconcile succeeds")
+    kaito_tests::reconcile_as_controller::<Workspace>(cluster, ctx, paths::WORKSPACES, ns, name).await
 }
 
 fn workspace(cluster: &Cluster, name: &str) -> Value {

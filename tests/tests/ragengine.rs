@@ -5,7 +5,6 @@
 
 use kaito_crd::RAGEngine;
 use kaito_operator::Context;
-use kaito_operator::controller::reconcile_ragengine;
 use kaito_tests::cluster::{Cluster, GPUS_PER_NODE, paths};
 use kaito_tests::{operator_context, root, shipped_registry, yaml};
 use kube::runtime::controller::Action;
@@ -13,9 +12,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 async fn reconcile(cluster: &Cluster, ctx: &Arc<Context>, name: &str) -> Action {
-    let live = cluster.get(paths::RAGENGINES, "default", name).expect("ragengine exists");
-    let rag: RAGEngine = serde_json::from_value(live).expect("ragengine deserialises");
-    reconcile_ragengine(Arc::new(rag), ctx.clone()).await.expect("reconcile succeeds")
+    kaito_tests::reconcile_as_controller::<RAGEngine>(cluster, ctx, paths::RAGENGINES, "default", name).await
 }
 
 fn rag(cluster: &Cluster, name: &str) -> Value {
@@ -100,7 +97,12 @@ async fn provisioned_ragengine_from_creation_to_deletion() {
     assert_eq!(deploy["spec"], serde_json::to_value(&rendered.deployment).unwrap()["spec"]);
 
     // The Deployment becomes available: ServiceReady, with a Normal event.
-    cluster.edit(paths::DEPLOYMENTS, "default", name, json!({"status": {"replicas": 1, "availableReplicas": 1}}));
+    cluster.edit(
+        paths::DEPLOYMENTS,
+        "default",
+        name,
+        json!({"status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}}),
+    );
     assert_eq!(reconcile(&cluster, &ctx, name).await, Action::requeue(ctx.config.resync));
     let r = rag(&cluster, name);
     assert_eq!(condition(&r, "ServiceReady"), ("True".into(), "ServiceReady".into()));

@@ -28,8 +28,8 @@ pub enum Command {
     Plugins(PluginsCommand),
     /// Print a CustomResourceDefinition generated from the types.
     Crd {
-        /// workspace or ragengine.
-        #[arg(default_value = "workspace", value_parser = ["workspace", "ragengine"])]
+        /// workspace, inferenceset or ragengine.
+        #[arg(default_value = "workspace", value_parser = ["workspace", "inferenceset", "ragengine"])]
         kind: String,
     },
 }
@@ -94,7 +94,15 @@ fn render_cmd(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -> an
         out.write_all(to_yaml(&objects.documents()).as_bytes())?;
         return Ok(0);
     }
-    let ws = Workspace::from_yaml(&text)?;
+    let kind = serde_yaml::from_str::<serde_yaml::Value>(&text).ok().and_then(|v| v.get("kind").cloned());
+    let (workspaces, set) = if kind == Some(serde_yaml::Value::from("InferenceSet")) {
+        let set = kaito_crd::InferenceSet::from_yaml(&text)?;
+        let byo = args.provisioner.as_deref() == Some(kaito_workload::BYO_PROVISIONER);
+        set.validate(byo)?;
+        ((0..set.replicas()).map(|i| set.workspace(i)).collect(), Some(set))
+    } else {
+        (vec![Workspace::from_yaml(&text)?], None)
+    };
     let nodes = match &args.nodes {
         Some(path) => {
             let text =
@@ -113,11 +121,34 @@ fn render_cmd(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -> an
         node_classes: args.karpenter_node_classes.clone(),
         hub: if args.offline { None } else { kaito_hub::Hub::from_env().map(std::sync::Arc::new) },
     };
-    let rendered = render(&registry, &ws, &opts)?;
-    for note in &rendered.notes {
-        writeln!(err, "kaito: note: {note}")?;
+    let mut documents = Vec::new();
+    let mut nodes_used = 0;
+    for ws in &workspaces {
+        let rendered = render(&registry, ws, &opts)?;
+        // The set's node limit, as the operator applies it: a replica that would pass it is not made.
+        if let Some((set, limit)) = set.as_ref().and_then(|s| Some((s, s.node_count_limit()?))) {
+            let need = rendered.plan.as_ref().map_or(1, |p| p.resources.node_count.max(1));
+            if nodes_used + need > limit {
+                writeln!(
+                    err,
+                    "kaito: note: {} and later replicas are not made: each needs {need} node(s) and spec.nodeCountLimit is {limit} ({} of {} replicas fit)",
+                    ws.name(),
+                    nodes_used / need,
+                    set.replicas()
+                )?;
+                break;
+            }
+            nodes_used += need;
+        }
+        for note in &rendered.notes {
+            writeln!(err, "kaito: note: {}: {note}", ws.name())?;
+        }
+        if set.is_some() {
+            documents.push(serde_json::to_value(ws)?);
+        }
+        documents.extend(rendered.objects.documents());
     }
-    out.write_all(to_yaml(&rendered.objects.documents()).as_bytes())?;
+    out.write_all(to_yaml(&documents).as_bytes())?;
     Ok(0)
 }
 
@@ -217,8 +248,11 @@ where
         Command::Plugins(PluginsCommand::List(args)) => list_cmd(args, out, err),
         Command::Plugins(PluginsCommand::Test { files, plugins }) => test_cmd(files, plugins, out),
         Command::Crd { kind } => {
-            let yaml =
-                if kind == "ragengine" { kaito_crd::ragengine_crd_yaml() } else { kaito_crd::workspace_crd_yaml() };
+            let yaml = match kind.as_str() {
+                "ragengine" => kaito_crd::ragengine_crd_yaml(),
+                "inferenceset" => kaito_crd::inferenceset_crd_yaml(),
+                _ => kaito_crd::workspace_crd_yaml(),
+            };
             out.write_all(yaml.as_bytes()).map(|_| 0).map_err(Into::into)
         }
     };

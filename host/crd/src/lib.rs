@@ -1,12 +1,16 @@
-//! KAITO custom resources: the Workspace and the RAGEngine. The Workspace follows KAITO's `kaito.sh/v1beta1`
+//! KAITO custom resources: the Workspace, the InferenceSet and the RAGEngine. The Workspace follows KAITO's `kaito.sh/v1beta1`
 //! shape: `resource`, `inference` and `tuning` sit at the top level, beside
 //! `metadata`, with no `spec` wrapper.
 
 pub mod crd;
+pub mod inferenceset;
 pub mod ragengine;
 pub mod workspace;
 
 pub use crd::{WORKSPACE_CRD_PATH, workspace_crd, workspace_crd_yaml};
+pub use inferenceset::{
+    INFERENCESET_CRD_PATH, InferenceSet, InferenceSetSpec, InferenceSetStatus, inferenceset_crd, inferenceset_crd_yaml,
+};
 pub use ragengine::{RAGENGINE_CRD_PATH, RAGEngine, RAGEngineSpec, RAGEngineStatus, ragengine_crd, ragengine_crd_yaml};
 pub use workspace::*;
 

@@ -147,6 +147,9 @@ pub struct RAGEngineStatus {
     /// ResourceReady, ServiceReady.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<Condition>>,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
 
 impl RAGEngineSpec {

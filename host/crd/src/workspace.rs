@@ -216,6 +216,10 @@ pub struct WorkspaceStatus {
     pub conditions: Option<Vec<Condition>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_node_count: Option<i32>,
+    /// The generation this status describes: until it is `metadata.generation`, the conditions are about an older
+    /// spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
 
 impl kube::Resource for Workspace {

@@ -144,3 +144,53 @@ fn invalid_fixtures_are_rejected_client_side_too() {
     }
     assert!(n >= 9);
 }
+
+fn inferenceset_check(object: &Value, old: Option<&Value>) -> Result<(), String> {
+    Validator::new()
+        .validate(&kaito_crd::inferenceset::inferenceset_schema(), object, old)
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[test]
+fn inferenceset_examples_pass_and_kaito_rules_refuse() {
+    let mut files = 0;
+    for e in std::fs::read_dir(root().join("examples/inference")).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("kaito_inferenceset_") {
+            let set = yaml(&p);
+            inferenceset_check(&set, None).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            // A template may change: the set has no immutability rules (its Workspaces are replaced instead).
+            let mut changed = set.clone();
+            changed["spec"]["template"]["inference"]["preset"]["name"] = json!("phi-4");
+            changed["spec"]["template"]["resource"]["instanceType"] = json!("Standard_NC96ads_A100_v4");
+            inferenceset_check(&changed, Some(&set)).unwrap_or_else(|e| panic!("{} changed: {e}", p.display()));
+            files += 1;
+        }
+    }
+    assert_eq!(files, 3, "KAITO's three InferenceSet examples");
+    let seed = yaml(&root().join("examples/inference/kaito_inferenceset_phi_4_mini.yaml"));
+    let refused = |edit: &dyn Fn(&mut Value), message: &str| {
+        let mut set = seed.clone();
+        edit(&mut set);
+        let err = inferenceset_check(&set, None).expect_err(message);
+        assert!(err.contains(message), "expected {message:?} in {err}");
+    };
+    refused(&|s| s["metadata"]["name"] = json!("a".repeat(59)), "at most 58 characters");
+    refused(&|s| s["metadata"]["name"] = json!("Phi"), "DNS-1123 label");
+    refused(&|s| s["spec"]["autoUpgrade"] = json!({"enabled": true}), "spec.autoUpgrade.enabled is not supported");
+    refused(
+        &|s| s["spec"]["template"]["inference"]["template"] = json!({"spec": {"containers": []}}),
+        "set inference.preset or inference.template, not both",
+    );
+    refused(
+        &|s| s["spec"]["labelSelector"]["matchLabels"] = json!({"kaito.sh/workspace": "x"}),
+        "needs a label that is not reserved",
+    );
+    refused(
+        &|s| s["spec"]["updateStrategy"] = json!({"type": "OnDelete", "rollingUpdate": {"maxUnavailable": 2}}),
+        "only read with type RollingUpdate",
+    );
+    let mut off = seed.clone();
+    off["spec"]["autoUpgrade"] = json!({"enabled": false, "strategy": "InPlace"});
+    inferenceset_check(&off, None).unwrap();
+}

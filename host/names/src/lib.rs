@@ -107,6 +107,10 @@ pub mod labels {
     pub const RAGENGINE: &str = "kaito.sh/ragengine";
     /// That RAGEngine's namespace.
     pub const RAGENGINE_NAMESPACE: &str = "kaito.sh/ragenginenamespace";
+    /// The InferenceSet a Workspace (and its pods) was made for; `status.selector` of the set, as KAITO names it.
+    pub const INFERENCESET: &str = "inferenceset.kaito.sh/created-by";
+    /// The index of a Workspace within its InferenceSet (`<set>-<index>`), so scale-down removes the highest.
+    pub const INFERENCESET_INDEX: &str = "inferenceset.kaito.sh/index";
 }
 
 /// Annotations with a meaning to the operator and its plugins, as KAITO names them.
@@ -125,6 +129,10 @@ pub mod annotations {
     pub const DEFAULT_NODE_CLASS: &str = "default";
     /// KAITO's opt-out of its v1alpha1 GPU-memory check: present (any value) means skip it.
     pub const BYPASS_RESOURCE_CHECKS: &str = "kaito.sh/bypass-resource-checks";
+    /// The preset plugin that rendered a StatefulSet (set by the renderer, read by the operator's metrics).
+    pub const PRESET_PLUGIN: &str = "kaito.sh/preset-plugin";
+    /// Hash of the InferenceSet template a Workspace was made from: a Workspace whose hash differs is rolled.
+    pub const INFERENCESET_TEMPLATE_HASH: &str = "inferenceset.kaito.sh/template-hash";
 }
 
 /// The node class a Workspace's annotation asks for: KAITO falls back to the default when it is unset or empty.

@@ -1,12 +1,16 @@
 //! What every reconcile shares: the client, the plugins, the configuration, metrics and the event recorder.
 
 use crate::metrics::Metrics;
+use k8s_openapi::api::core::v1::Node;
+use kaito_crd::Workspace;
 use kaito_plugin_host::{ProvisionerMode, Registry};
 use kaito_workload::{BYO_PROVISIONER, DEFAULT_IMAGE_REGISTRY, DEFAULT_MAX_NODES, DEFAULT_PROVISIONER};
+use kaito_workload::{RenderError, RenderOptions, Rendered};
 use kube::Client;
+use kube::ResourceExt;
 use kube::runtime::events::{Recorder, Reporter};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Operator settings (flags and environment in the binary).
 #[derive(Debug, Clone)]
@@ -73,5 +77,31 @@ impl Context {
         let recorder = Recorder::new(client.clone(), reporter);
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Context { client, registry, config, metrics, recorder, mode, plugin_slots: tokio::sync::Semaphore::new(cores) }
+    }
+}
+
+impl Context {
+    /// Renders `ws` as `kaito render` would with the operator's settings; `nodes` are the selected nodes, read by
+    /// the bring-your-own provisioner. The outer error is the worker thread's; the inner one the Workspace's.
+    pub async fn render(&self, ws: &Workspace, nodes: &[Node]) -> crate::Result<Result<Rendered, RenderError>> {
+        let opts = RenderOptions {
+            provisioner: Some(self.config.provisioner.clone()),
+            nodes: (self.mode == ProvisionerMode::BringYourOwn).then(|| nodes.to_vec()),
+            image_registry: self.config.image_registry.clone(),
+            max_nodes: self.config.max_nodes,
+            node_classes: self.config.node_classes.clone(),
+            hub: self.config.hub.clone(),
+        };
+        let (registry, ws) = (self.registry.clone(), ws.clone());
+        let _slot = self.plugin_slots.acquire().await.expect("the semaphore is never closed");
+        let started = Instant::now();
+        // Plugin calls are synchronous CPU work under an epoch deadline: keep them off the async workers.
+        let rendered = tokio::task::spawn_blocking(move || kaito_workload::render(&registry, &ws, &opts)).await?;
+        let plugin = match &rendered {
+            Ok(r) => r.objects.statefulset.annotations().get(kaito_names::annotations::PRESET_PLUGIN).cloned(),
+            Err(_) => None,
+        };
+        self.metrics.plugin_call(plugin.as_deref().unwrap_or("none"), started.elapsed());
+        Ok(rendered)
     }
 }

@@ -1,136 +1,130 @@
-//! The kube-runtime controller: thin `reconcile` and `error_policy`, and the watches.
+//! The pipeline every owned kind shares, as in kube-rs's controller-rs: a kind is its CRD type plus an [`Owner`]
+//! impl (what it makes, how it cleans up, what it watches); `reconcile`, `error_policy`, the CRD check and `run`
+//! exist once, generic over the kind. Finalizers go through `kube::runtime::finalizer`.
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::ragengine::RAGEngineExt;
-use crate::workspace::{WorkspaceExt, node_kind, node_resource};
+use crate::verdict::{self, Verdict};
+use crate::writes;
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Service;
-use kaito_crd::ragengine::RAGENGINE_LABEL;
-use kaito_crd::{RAGEngine, WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL, Workspace};
-use kaito_workload::ragengine::RAGENGINE_NAMESPACE_LABEL;
-use kube::api::{Api, DynamicObject, ListParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, ListParams};
+use kube::core::NamespaceResourceScope;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
-/// Reconcile one Workspace; the work is in [`WorkspaceExt`].
-pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action> {
-    let span = tracing::info_span!("reconcile", workspace = %format!("{}/{}", ws.namespace(), ws.name()));
-    let started = Instant::now();
-    let result = ws.reconcile(&ctx).instrument(span).await;
-    ctx.metrics.reconciled(started.elapsed());
-    result
-}
-
-/// Count the failure and retry soon; conflicts and API hiccups clear on their own.
-pub fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(workspace = %format!("{}/{}", ws.namespace(), ws.name()), %error, "reconcile failed");
-    ctx.metrics.failed(error.metric_label());
-    Action::requeue(Duration::from_secs(5))
-}
-
-/// Fail early, with the fix, when the Workspace CRD is not installed.
-pub async fn check_crd(ctx: &Context) -> anyhow::Result<()> {
-    let api: Api<Workspace> = Api::all(ctx.client.clone());
-    api.list(&ListParams::default().limit(1)).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot list workspaces.kaito.sh ({e}); install the CRD with `kubectl apply -f charts/kaito-workspace/crds/`"
-        )
-    })?;
-    Ok(())
-}
-
-/// Watches the provisioner's node objects (if it makes any), mapped back to
-/// the owner named by their `name_label` and `ns_label` labels.
-fn watch_nodes<K>(
-    controller: Controller<K>,
-    ctx: &Context,
-    name_label: &'static str,
-    ns_label: &'static str,
-) -> Controller<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+/// A kind the operator reconciles: its finalizer, what it makes, how it cleans up and what it watches.
+pub trait Owner:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
 {
-    let Some(kind) = node_kind(ctx.mode) else { return controller };
-    let ar = node_resource(kind);
-    let api = Api::<DynamicObject>::all_with(ctx.client.clone(), &ar);
-    controller.watches_with(api, ar, watcher::Config::default().labels(name_label), move |o: DynamicObject| {
-        let labels = o.metadata.labels.unwrap_or_default();
-        Some(ObjectRef::<K>::new(labels.get(name_label)?).within(labels.get(ns_label)?))
-    })
+    /// Finalizer put on every object of the kind, as KAITO names it.
+    const FINALIZER: &'static str;
+    /// Where the CRD is installed from, told when it is missing.
+    const CRD_SOURCE: &'static str;
+    /// The condition type set (True) while the object's cleanup runs, as KAITO names it.
+    const DELETING: &'static str;
+    /// The object's status conditions.
+    fn conditions(&self) -> Vec<Condition>;
+    /// Its status while it is being deleted, with `conditions`.
+    fn deleting_status(&self, conditions: Vec<Condition>) -> impl Serialize + Send;
+    /// Bring the cluster to what the object asks for and report how far it got.
+    fn apply(&self, ctx: &Context) -> impl Future<Output = Result<Action>> + Send;
+    /// Remove what owner references do not (cluster-scoped node objects, children kept by finalizers); an
+    /// [`Error::Waiting`] keeps the finalizer until the next look.
+    fn cleanup(&self, ctx: &Context) -> impl Future<Output = Result<Action>> + Send;
+    /// The watches beyond the kind itself: what it owns, and node objects mapped back to it.
+    fn watches(controller: Controller<Self>, ctx: &Context) -> Controller<Self>;
 }
 
-/// Run the controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let client = ctx.client.clone();
-    let owned = || watcher::Config::default().labels(WORKSPACE_LABEL);
-    let controller = Controller::new(Api::<Workspace>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<StatefulSet>::all(client.clone()), owned())
-        .owns(Api::<Service>::all(client.clone()), owned());
-    // Node objects are cluster-scoped and cannot carry a namespaced owner: map them back by label.
-    let controller = watch_nodes(controller, &ctx, WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL);
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(workspace = %object, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
-            }
-        })
-        .await;
+/// Sets the kind's Deleting condition, once, as a cleanup starts; true when it was set now.
+pub async fn mark_deleting<K: Owner>(ctx: &Context, object: &K, message: &str) -> Result<bool> {
+    let conditions = object.conditions();
+    if conditions.iter().any(|c| c.type_ == K::DELETING) {
+        return Ok(false);
+    }
+    let deleting = Verdict::ok("Deleting", message);
+    let conditions = verdict::with_condition(conditions, K::DELETING, &deleting, object.meta().generation);
+    writes::patch_status(ctx, object, &object.deleting_status(conditions)).await?;
+    Ok(true)
 }
 
-/// Reconcile one RAGEngine; the work is in [`RAGEngineExt`].
-pub async fn reconcile_ragengine(rag: Arc<RAGEngine>, ctx: Arc<Context>) -> Result<Action> {
-    let key = format!(
-        "{}/{}",
-        rag.metadata.namespace.as_deref().unwrap_or_default(),
-        rag.metadata.name.as_deref().unwrap_or_default()
-    );
+/// When to look again: at the resync interval once the object is Ready, soon while it is on its way.
+pub fn next_look(ctx: &Context, ready: bool) -> Action {
+    Action::requeue(if ready { ctx.config.resync } else { ctx.config.poll })
+}
+
+fn key<K: Owner>(object: &K) -> String {
+    format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any())
+}
+
+/// Reconcile one object: the finalizer first, then [`Owner::apply`], or [`Owner::cleanup`] once it is deleted.
+pub async fn reconcile<K: Owner>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let span = tracing::info_span!("reconcile", kind = %K::kind(&()), object = %key(&*object));
     let started = Instant::now();
-    let result = rag.reconcile(&ctx).instrument(tracing::info_span!("reconcile", ragengine = %key)).await;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let result = finalizer(&api, K::FINALIZER, object, |event| async {
+        match event {
+            Event::Apply(o) => o.apply(&ctx).await,
+            Event::Cleanup(o) => o.cleanup(&ctx).await,
+        }
+    })
+    .instrument(span)
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.reconciled(started.elapsed());
     result
 }
 
-/// Count the failure and retry soon.
-pub fn error_policy_ragengine(rag: Arc<RAGEngine>, error: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(ragengine = ?rag.metadata.name, %error, "reconcile failed");
+/// Look again soon: while a cleanup waits at the poll interval, after a failure (counted) in 5 s, as conflicts and
+/// API hiccups clear on their own.
+pub fn error_policy<K: Owner>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_waiting() {
+        tracing::debug!(kind = %K::kind(&()), object = %key(&*object), %error, "cleanup waits");
+        return Action::requeue(ctx.config.poll);
+    }
+    tracing::warn!(kind = %K::kind(&()), object = %key(&*object), %error, "reconcile failed");
     ctx.metrics.failed(error.metric_label());
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Fail early, with the fix, when the RAGEngine CRD is not installed.
-pub async fn check_ragengine_crd(ctx: &Context) -> anyhow::Result<()> {
-    let api: Api<RAGEngine> = Api::all(ctx.client.clone());
+/// Fail early, with the fix, when the kind's CRD is not installed.
+pub async fn check_crd<K: Owner>(ctx: &Context) -> anyhow::Result<()> {
+    let api: Api<K> = Api::all(ctx.client.clone());
     api.list(&ListParams::default().limit(1)).await.map_err(|e| {
         anyhow::anyhow!(
-            "cannot list ragengines.kaito.sh ({e}); install the CRD with `kubectl apply -f charts/kaito-ragengine/crds/`"
+            "cannot list {}.{} ({e}); install the CRD with `kubectl apply -f {}`",
+            K::plural(&()),
+            K::group(&()),
+            K::CRD_SOURCE
         )
     })?;
     Ok(())
 }
 
-/// Run the RAGEngine controller until `shutdown` resolves.
-pub async fn run_ragengine(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let client = ctx.client.clone();
-    let owned = || watcher::Config::default().labels(RAGENGINE_LABEL);
-    let controller = Controller::new(Api::<RAGEngine>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Deployment>::all(client.clone()), owned())
-        .owns(Api::<Service>::all(client.clone()), owned());
-    let controller = watch_nodes(controller, &ctx, RAGENGINE_LABEL, RAGENGINE_NAMESPACE_LABEL);
-    controller
+/// Run the kind's controller until `shutdown` resolves.
+pub async fn run<K: Owner>(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let controller = Controller::new(Api::<K>::all(ctx.client.clone()), watcher::Config::default());
+    K::watches(controller, &ctx)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile_ragengine, error_policy_ragengine, ctx)
+        .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|result| async move {
             match result {
-                Ok((object, _)) => tracing::debug!(ragengine = %object, "reconciled"),
+                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
                 Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
             }
         })

@@ -1,7 +1,8 @@
-//! `kaito-operator`: reconciles Workspaces (and RAGEngines, with `--controllers`) in the cluster the kubeconfig (or the pod's service account) points at.
+//! `kaito-operator`: reconciles Workspaces and InferenceSets (and RAGEngines, with `--controllers`) in the cluster the kubeconfig (or the pod's service account) points at.
 
 use anyhow::Context as _;
 use clap::Parser;
+use kaito_crd::{InferenceSet, RAGEngine, Workspace};
 use kaito_operator::leader::LeaderElector;
 use kaito_operator::metrics::Metrics;
 use kaito_operator::server::{Health, router};
@@ -50,8 +51,9 @@ struct Args {
     /// Name of the leader Lease.
     #[arg(long, default_value = "kaito-operator-leader")]
     lease_name: String,
-    /// Controllers to run: workspace, ragengine, or both (the two Helm charts run one each).
-    #[arg(long, env = "KAITO_CONTROLLERS", value_delimiter = ',', default_value = "workspace", value_parser = ["workspace", "ragengine"])]
+    /// Controllers to run: workspace, inferenceset, ragengine, or several (the Workspace chart runs the first two,
+    /// the RAGEngine chart the last).
+    #[arg(long, env = "KAITO_CONTROLLERS", value_delimiter = ',', default_value = "workspace,inferenceset", value_parser = ["workspace", "inferenceset", "ragengine"])]
     controllers: Vec<String>,
     #[command(flatten)]
     plugins: PluginArgs,
@@ -98,13 +100,16 @@ async fn main() -> anyhow::Result<()> {
     };
     let metrics = Arc::new(Metrics::default());
     let ctx = Arc::new(Context::new(client.clone(), registry, config, metrics.clone()));
-    let (workspaces, ragengines) =
-        (args.controllers.iter().any(|c| c == "workspace"), args.controllers.iter().any(|c| c == "ragengine"));
+    let runs = |name: &str| args.controllers.iter().any(|c| c == name);
+    let (workspaces, sets, ragengines) = (runs("workspace"), runs("inferenceset"), runs("ragengine"));
     if workspaces {
-        controller::check_crd(&ctx).await?;
+        controller::check_crd::<Workspace>(&ctx).await?;
+    }
+    if sets {
+        controller::check_crd::<InferenceSet>(&ctx).await?;
     }
     if ragengines {
-        controller::check_ragengine_crd(&ctx).await?;
+        controller::check_crd::<RAGEngine>(&ctx).await?;
     }
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -139,17 +144,23 @@ async fn main() -> anyhow::Result<()> {
     let stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let (ws_ctx, rag_ctx, ws_stop, rag_stop) = (ctx.clone(), ctx, stop(stop_rx.clone()), stop(stop_rx.clone()));
+    let (ws_ctx, set_ctx, rag_ctx) = (ctx.clone(), ctx.clone(), ctx);
+    let (ws_stop, set_stop, rag_stop) = (stop(stop_rx.clone()), stop(stop_rx.clone()), stop(stop_rx.clone()));
     let run = async move {
         tokio::join!(
             async move {
                 if workspaces {
-                    controller::run(ws_ctx, ws_stop).await
+                    controller::run::<Workspace>(ws_ctx, ws_stop).await
+                }
+            },
+            async move {
+                if sets {
+                    controller::run::<InferenceSet>(set_ctx, set_stop).await
                 }
             },
             async move {
                 if ragengines {
-                    controller::run_ragengine(rag_ctx, rag_stop).await
+                    controller::run::<RAGEngine>(rag_ctx, rag_stop).await
                 }
             }
         );

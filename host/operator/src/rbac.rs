@@ -19,11 +19,15 @@ const fn p(group: &'static str, resource: &'static str, verbs: &'static [&'stati
     Permission { group, resource, verbs }
 }
 
-/// What the controller, the event recorder and leader election need.
+/// What the Workspace and InferenceSet controllers (the Workspace chart), the event recorder and leader election
+/// need. The InferenceSet controller creates, applies and deletes Workspaces.
 pub const PERMISSIONS: &[Permission] = &[
-    p("kaito.sh", "workspaces", &["get", "list", "watch", "patch"]),
+    p("kaito.sh", "workspaces", &["get", "list", "watch", "create", "patch", "delete"]),
     p("kaito.sh", "workspaces/status", &["patch"]),
     p("kaito.sh", "workspaces/finalizers", &["update"]),
+    p("kaito.sh", "inferencesets", &["get", "list", "watch", "patch"]),
+    p("kaito.sh", "inferencesets/status", &["patch"]),
+    p("kaito.sh", "inferencesets/finalizers", &["update"]),
     p("karpenter.sh", "nodeclaims", &["get", "list", "watch", "create", "delete"]),
     p("karpenter.sh", "nodepools", &["get", "list", "watch", "create", "patch", "delete"]),
     p("", "nodes", &["get", "list", "watch"]),

@@ -63,7 +63,13 @@ async fn serve(mut handle: Handle, script: Vec<Expect>) {
     for (i, e) in script.into_iter().enumerate() {
         let (request, send) =
             handle.next_request().await.unwrap_or_else(|| panic!("request {i} ({} {}) never came", e.method, e.uri));
-        assert_eq!((request.method().as_str(), request.uri().to_string()), (e.method, e.uri.clone()), "request {i}");
+        let uri = request.uri().to_string();
+        // A URI ending in `*` is a prefix: the recorder names an event series by a generated name.
+        let uri = match e.uri.strip_suffix('*') {
+            Some(prefix) if uri.starts_with(prefix) => e.uri.clone(),
+            _ => uri,
+        };
+        assert_eq!((request.method().as_str(), uri), (e.method, e.uri.clone()), "request {i}");
         let bytes = request.into_body().collect().await.expect("body").to_bytes();
         let body: Value =
             if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
@@ -74,19 +80,29 @@ async fn serve(mut handle: Handle, script: Vec<Expect>) {
     }
 }
 
-async fn run(ws: Value, script: Vec<Expect>) -> Action {
+/// Reconciles `object` once against `script`, and returns what the controller does next: the reconcile's action,
+/// or `error_policy`'s for a cleanup that waits. Any other error fails the test.
+async fn run_as<K: crate::Owner>(object: Value, script: Vec<Expect>) -> Action {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     let ctx = Arc::new(Context::new(client, registry(), Config::default(), Arc::new(Metrics::default())));
     let server = tokio::spawn(serve(handle, script));
-    let ws: Workspace = serde_json::from_value(ws).expect("workspace");
-    let action = tokio::time::timeout(Duration::from_secs(30), crate::reconcile(Arc::new(ws), ctx.clone()))
+    let object: Arc<K> = Arc::new(serde_json::from_value(object).expect("object deserialises"));
+    let result = tokio::time::timeout(Duration::from_secs(30), crate::reconcile(object.clone(), ctx.clone()))
         .await
-        .expect("reconcile finished")
-        .expect("reconcile succeeded");
+        .expect("reconcile finished");
+    let action = match result {
+        Ok(action) => action,
+        Err(e) if e.is_waiting() => crate::error_policy(object, &e, ctx.clone()),
+        Err(e) => panic!("reconcile failed: {e}"),
+    };
     tokio::time::timeout(Duration::from_secs(5), server).await.expect("script done").expect("script passed");
     drop(ctx);
     action
+}
+
+async fn run(ws: Value, script: Vec<Expect>) -> Action {
+    run_as::<Workspace>(ws, script).await
 }
 
 fn workspace(finalizers: Value, status: Value) -> Value {
@@ -136,20 +152,37 @@ fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
 }
 
 #[tokio::test]
-async fn first_reconcile_adds_the_finalizer_and_creates_the_nodeclaim() {
+async fn the_finalizer_comes_first_then_the_nodeclaim() {
+    // kube-runtime's finalizer helper: the patch alone, and the watch event it causes brings the next reconcile.
+    let script = vec![expect(
+        "PATCH",
+        format!("{WS}?"),
+        |b| {
+            assert_eq!(
+                b,
+                &json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+                        {"op": "add", "path": "/metadata/finalizers", "value": ["workspace.finalizer.kaito.sh"]}])
+            )
+        },
+        workspace(json!(["workspace.finalizer.kaito.sh"]), Value::Null),
+    )];
+    assert_eq!(run(workspace(Value::Null, Value::Null), script).await, Action::await_change());
+    // Another writer's finalizer is kept: the test operation pins the whole list.
+    let script = vec![expect(
+        "PATCH",
+        format!("{WS}?"),
+        |b| {
+            assert_eq!(
+                b,
+                &json!([{"op": "test", "path": "/metadata/finalizers", "value": ["example.com/keep"]},
+                        {"op": "add", "path": "/metadata/finalizers/-", "value": "workspace.finalizer.kaito.sh"}])
+            )
+        },
+        workspace(json!(["example.com/keep", "workspace.finalizer.kaito.sh"]), Value::Null),
+    )];
+    assert_eq!(run(workspace(json!(["example.com/keep"]), Value::Null), script).await, Action::await_change());
+
     let script = vec![
-        expect(
-            "PATCH",
-            format!("{WS}?"),
-            |b| {
-                assert_eq!(
-                    b,
-                    &json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
-                            {"op": "add", "path": "/metadata/finalizers", "value": ["workspace.finalizer.kaito.sh"]}])
-                )
-            },
-            workspace(json!(["workspace.finalizer.kaito.sh"]), Value::Null),
-        ),
         expect("GET", NODES, |_| {}, list(vec![])),
         expect("GET", CLAIMS, |_| {}, list(vec![])),
         expect(
@@ -175,6 +208,7 @@ async fn first_reconcile_adds_the_finalizer_and_creates_the_nodeclaim() {
                 let s = &b["status"];
                 assert_eq!(s["state"], "Pending");
                 assert_eq!(s["targetNodeCount"], 1);
+                assert_eq!(s["observedGeneration"], 1);
                 assert_eq!(condition(s, "NodeClaimReady")["reason"], "NodeClaimNotLaunched");
                 assert_eq!(condition(s, "WorkspaceSucceeded")["status"], "False");
                 assert_eq!(condition(s, "WorkspaceSucceeded")["observedGeneration"], 1);
@@ -183,7 +217,7 @@ async fn first_reconcile_adds_the_finalizer_and_creates_the_nodeclaim() {
         ),
         event("NodeClaimNotLaunched", "Normal"),
     ];
-    let action = run(workspace(Value::Null, Value::Null), script).await;
+    let action = run(workspace(json!(["workspace.finalizer.kaito.sh"]), Value::Null), script).await;
     assert_eq!(action, Action::requeue(Config::default().poll));
 }
 
@@ -356,27 +390,27 @@ fn ragengine(finalizers: Value) -> Value {
 }
 
 #[tokio::test]
-async fn ragengine_first_reconcile_applies_service_and_deployment_on_a_ready_node() {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "default");
-    let ctx = Arc::new(Context::new(client, registry(), Config::default(), Arc::new(Metrics::default())));
+async fn ragengine_applies_service_and_deployment_on_a_ready_node() {
+    let script = vec![expect(
+        "PATCH",
+        format!("{RAG}?"),
+        |b| {
+            assert_eq!(
+                b,
+                &json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+                        {"op": "add", "path": "/metadata/finalizers", "value": ["ragengine.finalizer.kaito.sh"]}])
+            )
+        },
+        ragengine(json!(["ragengine.finalizer.kaito.sh"])),
+    )];
+    assert_eq!(run_as::<kaito_crd::RAGEngine>(ragengine(Value::Null), script).await, Action::await_change());
     let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "cpu-1", "labels": {"rag": "yes"}},
                       "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
-    let deploy_reply = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "rag", "namespace": "default"},
-        "spec": {"selector": {}, "template": {}}, "status": {"replicas": 1, "availableReplicas": 1}});
+    // What a real API server answers once the Deployment controller has rolled out this generation.
+    let deploy_reply = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "rag", "namespace": "default", "generation": 1},
+        "spec": {"replicas": 1, "selector": {}, "template": {}},
+        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}});
     let script = vec![
-        expect(
-            "PATCH",
-            format!("{RAG}?"),
-            |b| {
-                assert_eq!(
-                    b,
-                    &json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
-                            {"op": "add", "path": "/metadata/finalizers", "value": ["ragengine.finalizer.kaito.sh"]}])
-                )
-            },
-            ragengine(json!(["ragengine.finalizer.kaito.sh"])),
-        ),
         expect("GET", "/api/v1/nodes?&labelSelector=rag%3Dyes", |_| {}, list(vec![node])),
         expect(
             "PATCH",
@@ -428,15 +462,276 @@ async fn ragengine_first_reconcile_applies_service_and_deployment_on_a_ready_nod
             json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"}, "eventTime": null}),
         ),
     ];
-    let server = tokio::spawn(serve(handle, script));
-    let rag: kaito_crd::RAGEngine = serde_json::from_value(ragengine(Value::Null)).expect("ragengine");
-    let action = tokio::time::timeout(
-        Duration::from_secs(30),
-        crate::controller::reconcile_ragengine(Arc::new(rag), ctx.clone()),
-    )
-    .await
-    .expect("reconcile finished")
-    .expect("reconcile succeeded");
-    tokio::time::timeout(Duration::from_secs(5), server).await.expect("script done").expect("script passed");
+    let action = run_as::<kaito_crd::RAGEngine>(ragengine(json!(["ragengine.finalizer.kaito.sh"])), script).await;
     assert_eq!(action, Action::requeue(Config::default().resync));
+}
+
+const SETS: &str = "/apis/kaito.sh/v1beta1/namespaces/default/inferencesets/phi";
+const SET_WORKSPACES: &str = "/apis/kaito.sh/v1beta1/namespaces/default/workspaces";
+const SET_LIST: &str =
+    "/apis/kaito.sh/v1beta1/namespaces/default/workspaces?&labelSelector=inferenceset.kaito.sh%2Fcreated-by%3Dphi";
+
+fn inferenceset(replicas: i64, limit: Option<i64>) -> Value {
+    let mut set = json!({
+        "apiVersion": "kaito.sh/v1beta1", "kind": "InferenceSet",
+        "metadata": {"name": "phi", "namespace": "default", "uid": "set-uid", "generation": 3, "resourceVersion": "9",
+                     "finalizers": ["inferenceset.finalizer.kaito.sh"]},
+        "spec": {
+            "replicas": replicas,
+            "labelSelector": {"matchLabels": {"apps": "phi"}},
+            "template": {"resource": {"instanceType": "Standard_NC24ads_A100_v4"},
+                         "inference": {"preset": {"name": "phi-4-mini-instruct"}}}
+        }
+    });
+    if let Some(limit) = limit {
+        set["spec"]["nodeCountLimit"] = json!(limit);
+    }
+    set
+}
+
+/// A Workspace of the set `phi` at `index`, made from `set`'s template, Ready for its generation.
+fn set_workspace(set: &Value, index: u32, ready: bool) -> Value {
+    let parsed: kaito_crd::InferenceSet = serde_json::from_value(set.clone()).unwrap();
+    let mut ws = serde_json::to_value(parsed.workspace(index)).unwrap();
+    ws["metadata"]["generation"] = json!(1);
+    ws["status"] = json!({"observedGeneration": 1, "state": if ready {"Ready"} else {"Pending"}, "conditions": [
+        {"type": "WorkspaceSucceeded", "status": if ready {"True"} else {"False"}, "reason": "x", "message": "",
+         "observedGeneration": 1, "lastTransitionTime": "2026-12-01T00:00:00Z"}]});
+    ws
+}
+
+fn set_event(reason: &'static str, kind: &'static str) -> Expect {
+    expect(
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/default/events?",
+        move |b| {
+            assert_eq!((b["reason"].as_str(), b["type"].as_str()), (Some(reason), Some(kind)), "{b}");
+            assert_eq!(
+                (b["regarding"]["kind"].as_str(), b["regarding"]["name"].as_str()),
+                (Some("InferenceSet"), Some("phi"))
+            );
+        },
+        json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"}, "eventTime": null}),
+    )
+}
+
+#[tokio::test]
+async fn inferenceset_creates_its_workspaces_from_the_template() {
+    let set = inferenceset(2, None);
+    let created = |index: u32| {
+        let set = set.clone();
+        expect(
+            "POST",
+            format!("{SET_WORKSPACES}?&fieldManager=kaito-operator"),
+            move |b| {
+                assert_eq!(b["metadata"]["name"], format!("phi-{index}"));
+                assert_eq!(
+                    b["metadata"]["labels"],
+                    json!({"inferenceset.kaito.sh/created-by": "phi", "inferenceset.kaito.sh/index": index.to_string()})
+                );
+                assert_eq!(
+                    b["metadata"]["ownerReferences"],
+                    json!([{"apiVersion": "kaito.sh/v1beta1", "kind": "InferenceSet", "name": "phi", "uid": "set-uid", "controller": true, "blockOwnerDeletion": true}])
+                );
+                assert_eq!(
+                    b["resource"],
+                    json!({"instanceType": "Standard_NC24ads_A100_v4", "labelSelector": {"matchLabels": {"apps": "phi"}}})
+                );
+                assert_eq!(b["inference"], set["spec"]["template"]["inference"]);
+            },
+            json!({"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": format!("phi-{index}"), "namespace": "default"}}),
+        )
+    };
+    let script = vec![
+        expect("GET", SET_LIST, |_| {}, list(vec![])),
+        created(0),
+        set_event("WorkspaceCreated", "Normal"),
+        created(1),
+        set_event_again(),
+        expect(
+            "PATCH",
+            format!("{SETS}/status{APPLY}"),
+            |b| {
+                assert_eq!(
+                    (b["apiVersion"].as_str(), b["kind"].as_str()),
+                    (Some("kaito.sh/v1beta1"), Some("InferenceSet"))
+                );
+                let s = &b["status"];
+                assert_eq!(
+                    (s["replicas"].as_i64(), s["readyReplicas"].as_i64(), s["updatedReplicas"].as_i64()),
+                    (Some(2), Some(0), Some(2))
+                );
+                assert_eq!(s["selector"], "inferenceset.kaito.sh/created-by=phi");
+                assert_eq!(s["observedGeneration"], 3);
+                let c = condition(s, "InferenceSetReady");
+                assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("False"), Some("InferenceSetNotReady")));
+                assert_eq!(c["message"], "0/2 replica(s) are ready");
+            },
+            set.clone(),
+        ),
+        set_event("InferenceSetNotReady", "Normal"),
+    ];
+    assert_eq!(run_as::<kaito_crd::InferenceSet>(set.clone(), script).await, Action::requeue(Config::default().poll));
+}
+
+#[tokio::test]
+async fn inferenceset_scales_down_from_the_highest_index() {
+    let set = inferenceset(1, None);
+    let ws: Vec<Value> = (0..3).map(|i| set_workspace(&set, i, true)).collect();
+    let deleted = |name: &'static str| {
+        expect(
+            "DELETE",
+            format!("{SET_WORKSPACES}/{name}?"),
+            |b| assert_eq!(b["propagationPolicy"], "Background"),
+            json!({"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": name}}),
+        )
+    };
+    let script = vec![
+        expect("GET", SET_LIST, |_| {}, list(ws)),
+        deleted("phi-2"),
+        set_event("WorkspaceDeleted", "Normal"),
+        deleted("phi-1"),
+        set_event_again(),
+        expect(
+            "PATCH",
+            format!("{SETS}/status{APPLY}"),
+            |b| {
+                let s = &b["status"];
+                assert_eq!((s["replicas"].as_i64(), s["readyReplicas"].as_i64()), (Some(1), Some(1)));
+                assert_eq!(condition(s, "InferenceSetReady")["status"], "True");
+            },
+            set.clone(),
+        ),
+        set_event("InferenceSetReady", "Normal"),
+    ];
+    assert_eq!(run_as::<kaito_crd::InferenceSet>(set, script).await, Action::requeue(Config::default().resync));
+}
+
+#[tokio::test]
+async fn inferenceset_rolls_one_workspace_and_replaces_what_cannot_change_in_place() {
+    let old = inferenceset(2, None);
+    let ws: Vec<Value> = (0..2).map(|i| set_workspace(&old, i, true)).collect();
+    let mut set = old.clone();
+    set["spec"]["template"]["inference"]["preset"]["name"] = json!("phi-4");
+    let refused = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Invalid", "code": 422,
+        "message": "Workspace.kaito.sh \"phi-1\" is invalid: inference.preset: Invalid value: \"object\": inference.preset is immutable"});
+    let mut apply = expect(
+        "PATCH",
+        format!("{SET_WORKSPACES}/phi-1{APPLY}"),
+        |b| {
+            assert_eq!(b["inference"]["preset"]["name"], "phi-4");
+            assert_eq!(b["metadata"]["labels"]["inferenceset.kaito.sh/index"], "1");
+        },
+        refused,
+    );
+    apply.code = 422;
+    // maxUnavailable 1: phi-1 goes (highest index first); phi-0 keeps serving until phi-1 is back.
+    let script = vec![
+        expect("GET", SET_LIST, |_| {}, list(ws)),
+        apply,
+        expect(
+            "DELETE",
+            format!("{SET_WORKSPACES}/phi-1?"),
+            |_| {},
+            json!({"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "phi-1"}}),
+        ),
+        set_event("WorkspaceReplaced", "Normal"),
+        expect(
+            "PATCH",
+            format!("{SETS}/status{APPLY}"),
+            |b| {
+                let s = &b["status"];
+                assert_eq!(
+                    (s["replicas"].as_i64(), s["readyReplicas"].as_i64(), s["updatedReplicas"].as_i64()),
+                    (Some(2), Some(2), Some(0))
+                );
+                assert_eq!(condition(s, "InferenceSetReady")["reason"], "RolloutInProgress");
+            },
+            set.clone(),
+        ),
+        set_event("RolloutInProgress", "Normal"),
+    ];
+    assert_eq!(run_as::<kaito_crd::InferenceSet>(set, script).await, Action::requeue(Config::default().poll));
+}
+
+#[tokio::test]
+async fn inferenceset_holds_its_node_count_limit() {
+    let set = inferenceset(3, Some(2));
+    let script = vec![
+        expect("GET", SET_LIST, |_| {}, list(vec![set_workspace(&set, 0, true)])),
+        // Sizing a replica: the estimator plans the template's Workspace (one A100 node for phi-4-mini).
+        expect("GET", "/api/v1/nodes?&labelSelector=apps%3Dphi", |_| {}, list(vec![])),
+        expect(
+            "POST",
+            format!("{SET_WORKSPACES}?&fieldManager=kaito-operator"),
+            |b| assert_eq!(b["metadata"]["name"], "phi-1"),
+            json!({"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "phi-1", "namespace": "default"}}),
+        ),
+        set_event("WorkspaceCreated", "Normal"),
+        expect(
+            "PATCH",
+            format!("{SETS}/status{APPLY}"),
+            |b| {
+                let s = &b["status"];
+                assert_eq!(s["replicas"], 2);
+                let c = condition(s, "InferenceSetReady");
+                assert_eq!(c["reason"], "NodeCountLimitReached");
+                assert_eq!(
+                    c["message"],
+                    "2 of 3 replica(s) made: each needs 1 node(s) and spec.nodeCountLimit is 2; raise the limit or lower spec.replicas"
+                );
+            },
+            set.clone(),
+        ),
+        set_event("NodeCountLimitReached", "Warning"),
+    ];
+    assert_eq!(run_as::<kaito_crd::InferenceSet>(set, script).await, Action::requeue(Config::default().poll));
+}
+
+#[tokio::test]
+async fn inferenceset_deletion_waits_for_its_workspaces() {
+    let mut set = inferenceset(1, None);
+    set["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
+    let script = vec![
+        expect(
+            "PATCH",
+            format!("{SETS}/status{APPLY}"),
+            |b| assert_eq!(condition(&b["status"], "InferenceSetDeleting")["status"], "True"),
+            set.clone(),
+        ),
+        expect("GET", SET_LIST, |_| {}, list(vec![set_workspace(&set, 0, true)])),
+        expect(
+            "DELETE",
+            format!("{SET_WORKSPACES}/phi-0?"),
+            |_| {},
+            json!({"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "phi-0"}}),
+        ),
+    ];
+    assert_eq!(run_as::<kaito_crd::InferenceSet>(set.clone(), script).await, Action::requeue(Config::default().poll));
+    set["status"] = json!({"conditions": [{"type": "InferenceSetDeleting", "status": "True", "reason": "Deleting", "message": "", "lastTransitionTime": "2026-12-01T00:00:00Z"}]});
+    let script = vec![
+        expect("GET", SET_LIST, |_| {}, list(vec![])),
+        expect(
+            "PATCH",
+            format!("{SETS}?"),
+            |b| {
+                assert_eq!(
+                    b,
+                    &json!([{"op": "test", "path": "/metadata/finalizers/0", "value": "inferenceset.finalizer.kaito.sh"}, {"op": "remove", "path": "/metadata/finalizers/0"}])
+                )
+            },
+            set.clone(),
+        ),
+    ];
+    assert_eq!(run_as::<kaito_crd::InferenceSet>(set, script).await, Action::await_change());
+}
+
+/// The same reason again for the same object: kube's recorder counts it in the series it started (a PATCH).
+fn set_event_again() -> Expect {
+    expect(
+        "PATCH",
+        "/apis/events.k8s.io/v1/namespaces/default/events/phi.*",
+        |b| assert!(b["series"]["count"].as_i64().is_some_and(|n| n >= 2), "{b}"),
+        json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"}, "eventTime": null}),
+    )
 }

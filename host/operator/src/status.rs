@@ -1,5 +1,7 @@
 //! Conditions and state of a Workspace from the objects observed for it.
 
+use crate::nodes::{GPU_RESOURCE, node_ready_with_gpus};
+use crate::verdict::Verdict;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -15,10 +17,6 @@ pub mod types {
     pub const WORKSPACE_DELETING: &str = "WorkspaceDeleting";
 }
 
-/// Extended resource NVIDIA's device plugin reports.
-const GPU_RESOURCE: &str = "nvidia.com/gpu";
-
-/// What the controller saw for one Workspace.
 #[derive(Debug, Default)]
 pub struct Observed<'a> {
     /// Nodes the Workspace needs.
@@ -33,24 +31,6 @@ pub struct Observed<'a> {
     pub plan_error: Option<(&'a str, &'a str)>,
     /// Why the target node count differs from `resource.count`, told in the ResourceReady message.
     pub count_note: Option<&'a str>,
-}
-
-/// One condition's verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    pub ready: bool,
-    pub reason: String,
-    pub message: String,
-}
-
-impl Verdict {
-    fn ok(reason: &str, message: impl Into<String>) -> Self {
-        Verdict { ready: true, reason: reason.into(), message: message.into() }
-    }
-
-    fn not(reason: &str, message: impl Into<String>) -> Self {
-        Verdict { ready: false, reason: reason.into(), message: message.into() }
-    }
 }
 
 fn json_condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
@@ -88,16 +68,6 @@ pub fn claims_verdict(claims: &[Value], target: u32) -> Verdict {
         return Verdict::not("NodeClaimNotReady", format!("NodeClaim {name} is not Ready"));
     }
     Verdict::ok("NodeClaimsReady", format!("{} NodeClaim(s) Ready", claims.len()))
-}
-
-/// A node counts when it is Ready and reports GPU capacity.
-pub fn node_ready_with_gpus(node: &Node) -> bool {
-    let status = node.status.as_ref();
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let gpus = status.and_then(|s| s.capacity.as_ref()).and_then(|c| c.get(GPU_RESOURCE)).is_some_and(|q| q.0 != "0");
-    ready && gpus
 }
 
 /// Nodes: enough Ready nodes that report GPU capacity.
@@ -219,17 +189,6 @@ pub fn resource_verdict(claims: &[Value], nodes: &[Node], target: u32, uses_clai
     resource_verdicts(claims, nodes, target, uses_claims).2
 }
 
-fn condition(kind: &str, v: &Verdict, generation: Option<i64>, now: &Time) -> Condition {
-    Condition {
-        type_: kind.into(),
-        status: if v.ready { "True" } else { "False" }.into(),
-        reason: v.reason.clone(),
-        message: v.message.clone(),
-        observed_generation: generation,
-        last_transition_time: now.clone(),
-    }
-}
-
 /// All conditions and the state for one observation. `now` stamps the
 /// transition time; callers keep the old stamp when a condition's status did
 /// not change.
@@ -242,7 +201,7 @@ pub fn evaluate(
     if let Some((reason, message)) = observed.plan_error {
         let v = Verdict::not(reason, message);
         let conds = [types::RESOURCE_READY, types::INFERENCE_READY, types::WORKSPACE_SUCCEEDED]
-            .map(|t| condition(t, &v, generation, now))
+            .map(|t| v.condition(t, generation, now))
             .to_vec();
         return (conds, "Failed");
     }
@@ -253,16 +212,16 @@ pub fn evaluate(
         resource.message = format!("{} ({note})", resource.message);
     }
     if let Some(c) = &claims {
-        out.push(condition(types::NODE_CLAIM_READY, c, generation, now));
+        out.push(c.condition(types::NODE_CLAIM_READY, generation, now));
     }
-    out.push(condition(types::NODES_READY, &nodes, generation, now));
-    out.push(condition(types::RESOURCE_READY, &resource, generation, now));
+    out.push(nodes.condition(types::NODES_READY, generation, now));
+    out.push(resource.condition(types::RESOURCE_READY, generation, now));
     let inference = if resource.ready {
         inference_verdict(observed.statefulset, observed.pods)
     } else {
         Verdict::not("WaitingForResources", "inference starts once the nodes are Ready")
     };
-    out.push(condition(types::INFERENCE_READY, &inference, generation, now));
+    out.push(inference.condition(types::INFERENCE_READY, generation, now));
     // The headline names what blocks the Workspace: the resource step while nodes are missing.
     let succeeded = if inference.ready {
         Verdict::ok("WorkspaceSucceeded", "the inference endpoint is serving")
@@ -271,7 +230,7 @@ pub fn evaluate(
     } else {
         inference.clone()
     };
-    out.push(condition(types::WORKSPACE_SUCCEEDED, &succeeded, generation, now));
+    out.push(succeeded.condition(types::WORKSPACE_SUCCEEDED, generation, now));
     let state = match (resource.ready, inference.ready) {
         (true, true) => "Ready",
         (true, false)
@@ -352,7 +311,7 @@ mod tests {
     }
 
     #[test]
-    fn nodes_need_ready_and_gpu_capacity() {
+    fn nodes_need_ready_and_gpu_capacity_to_count() {
         assert!(nodes_verdict(&[node(true, "1")], 1).ready);
         assert!(!nodes_verdict(&[node(true, "0")], 1).ready);
         assert!(!nodes_verdict(&[node(false, "8")], 1).ready);

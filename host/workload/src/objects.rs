@@ -62,7 +62,7 @@ impl Objects {
         let mut annotations = BTreeMap::from([
             (RUNTIME_ANNOTATION.to_string(), plan.runtime.clone()),
             ("kaito.sh/preset".to_string(), model.name.clone()),
-            ("kaito.sh/preset-plugin".to_string(), plugin.name().to_string()),
+            (kaito_names::annotations::PRESET_PLUGIN.to_string(), plugin.name().to_string()),
         ]);
         annotations.insert(
             "kaito.sh/parallelism".into(),
@@ -114,12 +114,8 @@ impl Objects {
         };
         let volumes: Vec<K8sVolume> = w.volumes.iter().filter_map(volume).collect();
         let claims: Vec<PersistentVolumeClaim> = w.volumes.iter().filter_map(claim_template).collect();
-        let pod_labels: BTreeMap<String, String> = w
-            .labels
-            .iter()
-            .map(|kv| (kv.key.clone(), kv.value.clone()))
-            .chain([(WORKSPACE_LABEL.to_string(), ws.name().to_string())])
-            .collect();
+        let pod_labels: BTreeMap<String, String> =
+            w.labels.iter().map(|kv| (kv.key.clone(), kv.value.clone())).chain(owner_pod_labels(ws)).collect();
         let pod = PodSpec {
             containers: vec![container],
             affinity: affinity(ws, node_plan),
@@ -184,7 +180,7 @@ impl Objects {
         spec.affinity = spec.affinity.take().or_else(|| affinity(ws, node_plan));
         spec.tolerations.get_or_insert_with(Vec::new).extend(tolerations(node_plan));
         let meta = template.metadata.get_or_insert_with(Default::default);
-        meta.labels.get_or_insert_with(BTreeMap::new).insert(WORKSPACE_LABEL.into(), ws.name().into());
+        meta.labels.get_or_insert_with(BTreeMap::new).extend(owner_pod_labels(ws));
         let ports: Vec<ServicePort> = spec
             .containers
             .iter()
@@ -231,6 +227,16 @@ fn meta(ws: &Workspace, name: String, annotations: BTreeMap<String, String>) -> 
         owner_references: owner_refs(ws),
         ..Default::default()
     }
+}
+
+/// Labels every pod of the Workspace carries: the Workspace, and the InferenceSet that made it (its
+/// `status.selector`, so an HPA scaling the set finds the pods).
+fn owner_pod_labels(ws: &Workspace) -> Vec<(String, String)> {
+    let set = ws.metadata.labels.as_ref().and_then(|l| l.get(kaito_names::labels::INFERENCESET));
+    [(WORKSPACE_LABEL.to_string(), ws.name().to_string())]
+        .into_iter()
+        .chain(set.map(|s| (kaito_names::labels::INFERENCESET.to_string(), s.clone())))
+        .collect()
 }
 
 fn selector(ws: &Workspace) -> BTreeMap<String, String> {

@@ -1,0 +1,57 @@
+//! Every write an owner makes besides its finalizer: server-side apply of what it renders, its status (applied too,
+//! so the operator owns exactly the status fields it sets) and its events.
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::NamespaceResourceScope;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use std::fmt::Debug;
+
+/// Field manager of every write.
+pub const FIELD_MANAGER: &str = "kaito-operator";
+
+/// `value` as JSON; `what` names it in the error.
+pub fn serialize<T: Serialize>(what: &'static str, value: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|source| Error::Serialize { what, source })
+}
+
+/// Server-side applies `object` in `namespace`, taking ownership of its fields, and returns what the server holds.
+pub async fn apply<T>(ctx: &Context, namespace: &str, object: &T) -> Result<T>
+where
+    T: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let api: Api<T> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(api.patch(&object.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await?)
+}
+
+/// Applies `status` as the status of `object`.
+pub async fn patch_status<K>(ctx: &Context, object: &K, status: &impl Serialize) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+{
+    let body = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": serialize("status", status)?});
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    api.patch_status(&object.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+    Ok(())
+}
+
+/// Publishes a Reconcile event about `object`. An event that cannot be written must not fail the reconcile that
+/// produced it: it is logged.
+pub async fn publish_event<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let reference = object.object_ref(&());
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        tracing::warn!(kind = ?reference.kind, name = ?reference.name, reason, error = %e, "could not publish event");
+    }
+}
