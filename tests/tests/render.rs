@@ -367,3 +367,32 @@ fn azure_pods_tolerate_spot_nodes_and_aws_pods_do_not() {
     let aws = tolerations("karpenter", &kaito_crd::Workspace::from_yaml(&text).unwrap());
     assert!(!aws.as_array().unwrap().contains(&spot), "{aws}");
 }
+
+#[test]
+fn an_inferenceset_renders_its_workspaces_within_the_node_limit() {
+    let text = std::fs::read_to_string(root().join("examples/inference/kaito_inferenceset_phi_4_mini.yaml"))
+        .unwrap()
+        .replace("replicas: 1", "replicas: 7");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("set.yaml");
+    std::fs::write(&file, text).unwrap();
+    let run = render(&["-f", &file.display().to_string()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let docs: Vec<serde_json::Value> =
+        run.stdout.split("\n---\n").filter(|d| !d.trim().is_empty()).map(kaito_tests::yaml).collect();
+    let workspaces: Vec<&str> =
+        docs.iter().filter(|d| d["kind"] == "Workspace").map(|d| d["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(workspaces, ["phi-4-mini-0", "phi-4-mini-1", "phi-4-mini-2", "phi-4-mini-3", "phi-4-mini-4"]);
+    assert_eq!(docs.iter().filter(|d| d["kind"] == "StatefulSet").count(), 5, "each Workspace renders");
+    assert!(
+        run.stderr.contains(
+            "phi-4-mini-5 and later replicas are not made: each needs 1 node(s) and spec.nodeCountLimit is 5"
+        ),
+        "{}",
+        run.stderr
+    );
+    // With bring-your-own nodes, KAITO's rule: no instance type.
+    let byo = render(&["-f", &file.display().to_string(), "--provisioner", "byo"]);
+    assert_ne!(byo.code, 0);
+    assert!(byo.stderr.contains("spec.template.resource.instanceType: must be empty"), "{}", byo.stderr);
+}

@@ -141,7 +141,11 @@ fn render_cmd(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -> an
             nodes_used += need;
         }
         for note in &rendered.notes {
-            writeln!(err, "kaito: note: {}: {note}", ws.name())?;
+            // A set renders several Workspaces: say which one a note is about.
+            match &set {
+                Some(_) => writeln!(err, "kaito: note: {}: {note}", ws.name())?,
+                None => writeln!(err, "kaito: note: {note}")?,
+            }
         }
         if set.is_some() {
             documents.push(serde_json::to_value(ws)?);
