@@ -37,6 +37,30 @@ pub fn cluster_kubeconfig(test: &str) -> Option<PathBuf> {
     }
 }
 
+/// Environment variable with the `host:port` of the local OCI registry (set by `cargo xtask test`).
+pub const REGISTRY_ENV: &str = "KAITO_E2E_REGISTRY";
+/// Environment variable with the path of the `oras` binary built beside it.
+pub const ORAS_ENV: &str = "KAITO_ORAS";
+
+/// The local OCI registry (CNCF Distribution) and `oras`, or `None` when the run was declared local-only; panics,
+/// with the fix, when there is none.
+pub fn registry(test: &str) -> Option<(String, PathBuf)> {
+    match (std::env::var(REGISTRY_ENV), std::env::var_os(ORAS_ENV)) {
+        (Ok(addr), Some(oras)) => {
+            let oras = PathBuf::from(oras);
+            assert!(oras.is_file(), "{ORAS_ENV}={} does not exist: run `cargo xtask registry build`", oras.display());
+            Some((addr, oras))
+        }
+        _ if std::env::var(MODE_ENV).as_deref() == Ok("local-only") => {
+            eprintln!("SKIPPED {test}: {MODE_ENV}=local-only (no registry)");
+            None
+        }
+        _ => panic!(
+            "{test} needs the local OCI registry: run `cargo xtask test` (it starts one), or `cargo xtask registry up` and set {REGISTRY_ENV} to the address it prints and {ORAS_ENV} to the oras in the directory `cargo xtask registry build` prints; set {MODE_ENV}=local-only to skip"
+        ),
+    }
+}
+
 /// The end-to-end scenarios share one cluster and run one at a time: each starts operators that reconcile every
 /// Workspace in the cluster, with its own provisioner.
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {

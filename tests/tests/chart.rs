@@ -277,3 +277,29 @@ fn ragengine_chart_lints_renders_and_ships_its_crd() {
         "charts/kaito-ragengine/crds/ differs from `kaito crd ragengine`"
     );
 }
+
+#[test]
+fn oci_plugin_references_are_pinned_or_refused() {
+    let pinned = format!("registry.example.com/kaito/my-preset@sha256:{}", "b".repeat(64));
+    let docs =
+        render(&[&format!("plugins.oci[0]={pinned}"), "plugins.registrySecret=regcred", "plugins.plainHttp=true"]);
+    let a = args(&docs);
+    for want in [
+        format!("--plugins=oci://{pinned}"),
+        "--plain-http".to_string(),
+        "--registry-config=/etc/kaito/registry/.dockerconfigjson".to_string(),
+    ] {
+        assert!(a.contains(&want), "{want} missing from {a:?}");
+    }
+    // What the chart passes, the operator's flag parser takes.
+    let source: kaito_workload::plugin_args::PluginSource = format!("oci://{pinned}").parse().unwrap();
+    assert_eq!(source, kaito_workload::plugin_args::PluginSource::Oci(pinned.clone()));
+    let volumes = &find(&docs, "Deployment")["spec"]["template"]["spec"]["volumes"];
+    assert!(volumes.as_array().unwrap().iter().any(|v| v["secret"]["secretName"] == "regcred"));
+
+    let tag = "registry.example.com/kaito/my-preset:latest";
+    let (ok, _, stderr) = helm(&["template", "kaito", "--set", &format!("plugins.oci[0]={tag}")]);
+    assert!(!ok && stderr.contains("names no digest"), "an unpinned tag is refused: {stderr}");
+    let a = args(&render(&[&format!("plugins.oci[0]={tag}"), "plugins.allowUnpinned=true"]));
+    assert!(a.contains(&"--allow-unpinned-plugins".to_string()) && a.contains(&format!("--plugins=oci://{tag}")));
+}

@@ -47,6 +47,26 @@ pub enum PluginsCommand {
         #[command(flatten)]
         plugins: PluginArgs,
     },
+    /// Run the conformance suite on a component, then push it to an OCI registry as a Wasm artifact; prints the
+    /// reference pinned by digest as the last line. A failing component is refused.
+    Push {
+        /// The component file.
+        file: PathBuf,
+        /// Where to push: REGISTRY/REPOSITORY:TAG (`oci://` optional).
+        reference: String,
+        #[command(flatten)]
+        plugins: PluginArgs,
+    },
+    /// Pull a Wasm artifact from an OCI registry into a file; prints the pinned reference.
+    Pull {
+        /// REGISTRY/REPOSITORY:TAG or @sha256:DIGEST (`oci://` optional).
+        reference: String,
+        /// Where to write the component.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+        #[command(flatten)]
+        registry: kaito_workload::plugin_args::RegistryArgs,
+    },
 }
 
 /// `kaito render` options.
@@ -229,6 +249,36 @@ fn test_cmd(files: &[PathBuf], args: &PluginArgs, out: &mut dyn Write) -> anyhow
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
+fn push_cmd(file: &std::path::Path, reference: &str, args: &PluginArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let target = kaito_oci::parse(reference)?;
+    if test_cmd(&[file.to_path_buf()], args, out)? != 0 {
+        anyhow::bail!("{} fails the conformance suite: not pushed", file.display());
+    }
+    let bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let title = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "plugin.wasm".into());
+    let oci = kaito_oci::Oci::new(args.registry.options());
+    let pinned = kaito_workload::plugin_args::block_on(oci.push_wasm(&bytes, &target, &title))??;
+    writeln!(out, "{pinned}")?;
+    Ok(0)
+}
+
+fn pull_cmd(
+    reference: &str,
+    output: &std::path::Path,
+    registry: &kaito_workload::plugin_args::RegistryArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    let source = kaito_oci::parse(reference)?;
+    let oci = kaito_oci::Oci::new(registry.options());
+    let pulled = kaito_workload::plugin_args::block_on(oci.pull_wasm(&source))??;
+    // Through a temporary file: a crash mid-copy leaves no truncated component at `output`.
+    let tmp = output.with_extension("partial");
+    std::fs::copy(&pulled.path, &tmp).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, output).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
+    writeln!(out, "{}", pulled.pinned)?;
+    Ok(0)
+}
+
 /// Run `kaito` with `args`; returns the exit code.
 pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> i32
 where
@@ -251,6 +301,10 @@ where
         Command::Render(args) => render_cmd(args, out, err),
         Command::Plugins(PluginsCommand::List(args)) => list_cmd(args, out, err),
         Command::Plugins(PluginsCommand::Test { files, plugins }) => test_cmd(files, plugins, out),
+        Command::Plugins(PluginsCommand::Push { file, reference, plugins }) => push_cmd(file, reference, plugins, out),
+        Command::Plugins(PluginsCommand::Pull { reference, output, registry }) => {
+            pull_cmd(reference, output, registry, out)
+        }
         Command::Crd { kind } => {
             let yaml = match kind.as_str() {
                 "ragengine" => kaito_crd::ragengine_crd_yaml(),

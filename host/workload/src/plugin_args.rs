@@ -7,12 +7,75 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// One place plugins come from: a directory of `.wasm` files, or a Wasm artifact in an OCI registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    Dir(PathBuf),
+    /// `oci://REF`, pinned by digest unless `--allow-unpinned-plugins`.
+    Oci(String),
+}
+
+impl std::str::FromStr for PluginSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix(kaito_oci::SCHEME) {
+            Some(reference) => {
+                kaito_oci::parse(reference).map_err(|e| e.to_string())?;
+                Ok(PluginSource::Oci(reference.to_string()))
+            }
+            None => Ok(PluginSource::Dir(PathBuf::from(s))),
+        }
+    }
+}
+
+/// How OCI plugin references are fetched.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RegistryArgs {
+    /// Talk to registries over plain HTTP (a local registry without TLS), as `oras --plain-http`.
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Docker config with registry credentials (`{"auths": ...}`; a Secret's .dockerconfigjson).
+    #[arg(long, value_name = "FILE", env = "KAITO_REGISTRY_CONFIG")]
+    pub registry_config: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    /// The OCI client options these flags describe.
+    pub fn options(&self) -> kaito_oci::Options {
+        kaito_oci::Options {
+            plain_http: self.plain_http,
+            docker_config: self.registry_config.clone(),
+            ..kaito_oci::Options::new()
+        }
+    }
+}
+
+/// Runs `future` to completion on a runtime of its own, on a thread of its own, so that sync callers work inside
+/// and outside an async runtime (the operator loads plugins from within its own).
+pub fn block_on<T: Send>(future: impl Future<Output = T> + Send) -> anyhow::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            Ok(runtime.block_on(future))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the registry client thread panicked"))?
+    })
+}
+
 /// Where plugins come from and the limits they run under.
 #[derive(Debug, Clone, Args)]
 pub struct PluginArgs {
-    /// Plugin directory (repeatable). Default: $KAITO_PLUGIN_DIRS (':'-separated), else the repository's built plugins.
-    #[arg(long = "plugins", value_name = "DIR")]
-    pub dirs: Vec<PathBuf>,
+    /// Plugin directory or `oci://REGISTRY/REPO@sha256:DIGEST` (repeatable). Default: $KAITO_PLUGIN_DIRS
+    /// (':'-separated), else the repository's built plugins.
+    #[arg(long = "plugins", value_name = "DIR|oci://REF")]
+    pub dirs: Vec<PluginSource>,
+    /// Accept `oci://` plugin references without a digest (a tag can move under a running operator).
+    #[arg(long)]
+    pub allow_unpinned_plugins: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Directory for precompiled plugins (default: $KAITO_PLUGIN_CACHE or ~/.cache/kaito/plugins).
     #[arg(long, value_name = "DIR")]
     pub plugin_cache: Option<PathBuf>,
@@ -63,17 +126,47 @@ impl PluginArgs {
         })
     }
 
-    /// Load the plugin directories, reporting files that failed on `err`.
+    /// Load the plugin directories and OCI references, reporting files that failed on `err`. An OCI reference that
+    /// cannot be pulled is an error: it was named explicitly.
     pub fn registry(&self, host: &PluginHost, err: &mut dyn Write) -> anyhow::Result<Registry> {
-        let dirs = if self.dirs.is_empty() { default_plugin_dirs() } else { self.dirs.clone() };
+        let oci: Vec<&str> = self
+            .dirs
+            .iter()
+            .filter_map(|s| match s {
+                PluginSource::Oci(r) => Some(r.as_str()),
+                PluginSource::Dir(_) => None,
+            })
+            .collect();
+        let dirs: Vec<PathBuf> = if self.dirs.is_empty() {
+            default_plugin_dirs()
+        } else {
+            self.dirs
+                .iter()
+                .filter_map(|s| match s {
+                    PluginSource::Dir(d) => Some(d.clone()),
+                    PluginSource::Oci(_) => None,
+                })
+                .collect()
+        };
         let present: Vec<PathBuf> = dirs.iter().filter(|d| d.is_dir()).cloned().collect();
-        if present.is_empty() {
+        if present.is_empty() && oci.is_empty() {
             anyhow::bail!(
                 "no plugin directory found (looked in {}); build the plugins with `cargo xtask plugins`, or pass --plugins DIR",
                 dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
             );
         }
-        let registry = host.load_dirs(&present);
+        let mut registry = host.load_dirs(&present);
+        for (reference, pulled) in oci.iter().zip(self.pull(&oci)?) {
+            // The digest was verified against the pinned manifest: it pins the file as plugins.yaml would.
+            let entry = kaito_plugin_host::ManifestEntry {
+                file: pulled.path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                sha256: Some(pulled.digest.trim_start_matches("sha256:").to_string()),
+                memory_mib: None,
+                deadline_ms: None,
+            };
+            let plugin = host.load_file(&pulled.path, Some(&entry)).map_err(|e| anyhow::anyhow!("{reference}: {e}"))?;
+            registry.add(plugin);
+        }
         for f in &registry.failures {
             writeln!(err, "kaito: warning: plugin {} not loaded: {}", f.file.display(), f.error)?;
         }
@@ -83,5 +176,29 @@ impl PluginArgs {
             }
         }
         Ok(registry)
+    }
+}
+
+impl PluginArgs {
+    /// Pulls the `oci://` plugin references into the blob cache, refusing unpinned ones unless allowed.
+    fn pull(&self, references: &[&str]) -> anyhow::Result<Vec<kaito_oci::PulledWasm>> {
+        if references.is_empty() {
+            return Ok(vec![]);
+        }
+        let parsed = references.iter().map(|r| kaito_oci::parse(r)).collect::<Result<Vec<_>, _>>()?;
+        for (text, r) in references.iter().zip(&parsed) {
+            if r.digest().is_none() && !self.allow_unpinned_plugins {
+                return Err(kaito_oci::Error::Unpinned { reference: text.to_string() }.into());
+            }
+        }
+        let oci = kaito_oci::Oci::new(self.registry.options());
+        let pulled = block_on(async {
+            let mut out = Vec::new();
+            for r in &parsed {
+                out.push(oci.pull_wasm(r).await?);
+            }
+            Ok::<_, kaito_oci::Error>(out)
+        })??;
+        Ok(pulled)
     }
 }

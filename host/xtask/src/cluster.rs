@@ -34,11 +34,17 @@ fn module_dir() -> PathBuf {
     root().join("tests/kube-testenv")
 }
 
-/// Go with its module and build caches outside the clone, the committed go.sum enforced, and no toolchain download.
+/// Go in the control plane's module (see [`go_in`]).
 fn go() -> Result<Command> {
+    go_in(&module_dir())
+}
+
+/// Go in `module`, with its module and build caches outside the clone, the committed go.sum enforced, and no
+/// toolchain download.
+pub(crate) fn go_in(module: &Path) -> Result<Command> {
     let cache = home()?.join(".cache/kaito");
     let mut cmd = Command::new("go");
-    cmd.current_dir(module_dir())
+    cmd.current_dir(module)
         .env("GOPATH", cache.join("go"))
         .env("GOCACHE", cache.join("go-build"))
         .env("GOTOOLCHAIN", "local")
@@ -174,7 +180,7 @@ pub fn state_dir() -> Result<PathBuf> {
     Ok(std::env::var_os("KAITO_CLUSTER_DIR").map(PathBuf::from).unwrap_or(home()?.join(".cache/kaito/cluster")))
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -257,7 +263,7 @@ fn random_token() -> Result<String> {
 }
 
 /// Starts `bin` in its own process group with its output in `logs/<name>.log`, recording its pid.
-fn spawn(state: &Path, name: &str, bin: &Path, args: &[String]) -> Result<()> {
+pub(crate) fn spawn(state: &Path, name: &str, bin: &Path, args: &[String]) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let log = std::fs::File::create(state.join("logs").join(format!("{name}.log")))?;
     let child = Command::new(bin)
@@ -274,7 +280,13 @@ fn spawn(state: &Path, name: &str, bin: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn wait_until(what: &str, state: &Path, log: &str, secs: u64, mut ready: impl FnMut() -> bool) -> Result<()> {
+pub(crate) fn wait_until(
+    what: &str,
+    state: &Path,
+    log: &str,
+    secs: u64,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
         if ready() {
@@ -504,7 +516,12 @@ fn alive(pid: &str) -> bool {
 
 /// `cluster down`: stop every process `up` started and remove the state.
 pub fn down() -> Result<()> {
-    let state = state_dir()?;
+    stop(&state_dir()?)
+}
+
+/// Stops every process [`spawn`] recorded in `state` (its process group) and removes the state directory.
+pub(crate) fn stop(state: &Path) -> Result<()> {
+    let state = state.to_path_buf();
     let pids = std::fs::read_to_string(state.join("pids")).unwrap_or_default();
     let pids: Vec<&str> = pids.lines().filter_map(|l| l.split_whitespace().next()).collect();
     for signal in ["-TERM", "-KILL"] {

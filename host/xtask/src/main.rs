@@ -15,6 +15,7 @@
 //! - `test`: everything CI checks (format, lints, guest and host tests, end-to-end tests on the local cluster).
 
 mod cluster;
+mod registry;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -379,11 +380,18 @@ fn test() -> Result<()> {
     run(test()?.arg("--no-run"))?;
     cluster::down()?;
     let kubeconfig = cluster::up_prebuilt()?;
-    let result = run(test()?.env("KAITO_E2E_KUBECONFIG", &kubeconfig).env("KAITO_TOOLS_BIN", tools()?));
+    let registry = registry::up()?;
+    let oras = registry::build()?.join("oras");
+    let result = run(test()?
+        .env("KAITO_E2E_KUBECONFIG", &kubeconfig)
+        .env("KAITO_TOOLS_BIN", tools()?)
+        .env("KAITO_E2E_REGISTRY", &registry)
+        .env("KAITO_ORAS", &oras));
     if result.is_err() {
         cluster::print_logs()?;
     }
     cluster::down()?;
+    registry::down()?;
     result
 }
 
@@ -398,6 +406,15 @@ fn main() -> Result<()> {
         "tools" => tools().map(|_| ()),
         "serve" => serve(None),
         "test" => test(),
+        "registry" => match std::env::args().nth(2).as_deref() {
+            Some("build") => registry::build().map(|dir| println!("{}", dir.display())),
+            Some("up") => registry::up().map(|addr| println!("{addr}")),
+            Some("down") => registry::down(),
+            _ => {
+                eprintln!("usage: cargo xtask registry <build|up|down>");
+                std::process::exit(2)
+            }
+        },
         "cluster" => match std::env::args().nth(2).as_deref() {
             Some("build") => cluster::build().map(|dir| println!("{}", dir.display())),
             Some("up") => cluster::up().map(|kubeconfig| println!("{}", kubeconfig.display())),
@@ -409,7 +426,9 @@ fn main() -> Result<()> {
             }
         },
         _ => {
-            eprintln!("usage: cargo xtask <plugins|plugin-js|plugin-py|models|tools|serve|quickstart|test|cluster>");
+            eprintln!(
+                "usage: cargo xtask <plugins|plugin-js|plugin-py|models|tools|serve|quickstart|test|cluster|registry>"
+            );
             std::process::exit(2)
         }
     }

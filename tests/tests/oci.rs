@@ -1,0 +1,308 @@
+//! Plugins as OCI artifacts against a real registry (CNCF Distribution, `cargo xtask registry up`) and a second,
+//! independent client (`oras`): pushed by one, pulled by the other, both ways. Faults a real registry does not make
+//! on demand (a corrupted or truncated blob, 500s, refused credentials) come from a small proxy in front of it that
+//! forwards everything else unchanged.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use futures::StreamExt;
+use kaito_oci::{Error, Oci, Options};
+use kaito_tests::{Run, e2e, plugin_dir};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// `kaito` in-process with exactly `args`.
+fn kaito(args: &[&str]) -> Run {
+    let argv: Vec<String> = std::iter::once("kaito").chain(args.iter().copied()).map(String::from).collect();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = kaito_cli::run(argv, &mut out, &mut err);
+    Run { code, stdout: String::from_utf8(out).unwrap(), stderr: String::from_utf8(err).unwrap() }
+}
+
+fn oras(bin: &Path, dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin).current_dir(dir).args(args).output().expect("oras runs");
+    assert!(out.status.success(), "oras {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn phi() -> PathBuf {
+    plugin_dir("presets-wasm/dist").join("preset-phi.wasm")
+}
+
+#[test]
+fn plugins_interoperate_with_oras_both_ways() {
+    let Some((registry, oras_bin)) = e2e::registry("plugins_interoperate_with_oras_both_ways") else { return };
+    let work = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let cache_arg = cache.path().display().to_string();
+
+    // Ours, pushed: the conformance suite runs first, the last line is the pinned reference; oras pulls the file.
+    let target = format!("{registry}/interop/preset-phi:ours");
+    let phi_path = phi().display().to_string();
+    let push = kaito(&["plugins", "push", &phi_path, &target, "--plain-http", "--plugin-cache", &cache_arg]);
+    assert_eq!(push.code, 0, "{}{}", push.stdout, push.stderr);
+    assert!(push.stdout.contains("0 failed"), "conformance ran first: {}", push.stdout);
+    let pinned = push.stdout.lines().last().unwrap().to_string();
+    assert!(pinned.starts_with(&format!("{registry}/interop/preset-phi@sha256:")), "{pinned}");
+    oras(&oras_bin, work.path(), &["pull", "--plain-http", &pinned, "-o", "by-oras"]);
+    assert_eq!(std::fs::read(work.path().join("by-oras/preset-phi.wasm")).unwrap(), std::fs::read(phi()).unwrap());
+    let manifest: serde_json::Value =
+        serde_json::from_str(&oras(&oras_bin, work.path(), &["manifest", "fetch", "--plain-http", &pinned])).unwrap();
+    assert_eq!(manifest["config"]["mediaType"], kaito_oci::WASM_CONFIG_MEDIA_TYPE);
+    assert_eq!(manifest["layers"][0]["mediaType"], kaito_oci::WASM_LAYER_MEDIA_TYPE);
+
+    // oras, pushed in the Wasm artifact layout: we pull it, and load it as a plugin by its pinned reference.
+    let azure = plugin_dir("plugins/dist").join("provisioner-azure.wasm");
+    std::fs::copy(&azure, work.path().join("provisioner-azure.wasm")).unwrap();
+    std::fs::write(work.path().join("config.json"), r#"{"architecture":"wasm","os":"wasip2"}"#).unwrap();
+    let theirs = format!("{registry}/interop/provisioner-azure:oras");
+    oras(
+        &oras_bin,
+        work.path(),
+        &[
+            "push",
+            "--plain-http",
+            &theirs,
+            "--config",
+            "config.json:application/vnd.wasm.config.v0+json",
+            "provisioner-azure.wasm:application/wasm",
+        ],
+    );
+    let out = work.path().join("pulled.wasm");
+    let pull = kaito(&["plugins", "pull", &theirs, "--plain-http", "-o", &out.display().to_string()]);
+    assert_eq!(pull.code, 0, "{}", pull.stderr);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&azure).unwrap());
+    let their_pin = pull.stdout.trim().to_string();
+    let list = kaito(&[
+        "plugins",
+        "list",
+        "--plugins",
+        &format!("oci://{their_pin}"),
+        "--plugins",
+        &format!("oci://{pinned}"),
+        "--plain-http",
+        "--plugin-cache",
+        &cache_arg,
+    ]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    assert!(list.stdout.contains("gpu-provisioner") && list.stdout.contains("preset-phi"), "{}", list.stdout);
+    // A Workspace renders through plugins that came from the registry alone.
+    let seed = kaito_tests::root().join("examples/inference/kaito_workspace_phi_3.5-instruct.yaml");
+    let render = kaito(&[
+        "render",
+        "-f",
+        &seed.display().to_string(),
+        "--plugins",
+        &format!("oci://{pinned}"),
+        "--plugins",
+        &format!("oci://{their_pin}"),
+        "--plain-http",
+        "--plugin-cache",
+        &cache_arg,
+    ]);
+    assert_eq!(render.code, 0, "{}", render.stderr);
+    assert!(render.stdout.contains("kind: StatefulSet"));
+
+    // A tag is refused as a plugin source unless the user opts in; a non-Wasm artifact is refused by name.
+    let unpinned = kaito(&["plugins", "list", "--plugins", &format!("oci://{target}"), "--plain-http"]);
+    assert_ne!(unpinned.code, 0);
+    assert!(unpinned.stderr.contains("names no digest"), "{}", unpinned.stderr);
+    let opted = kaito(&[
+        "plugins",
+        "list",
+        "--plugins",
+        &format!("oci://{target}"),
+        "--allow-unpinned-plugins",
+        "--plain-http",
+        "--plugin-cache",
+        &cache_arg,
+    ]);
+    assert_eq!(opted.code, 0, "{}", opted.stderr);
+    std::fs::write(work.path().join("notes.txt"), "not a component").unwrap();
+    let text = format!("{registry}/interop/notes:1");
+    oras(&oras_bin, work.path(), &["push", "--plain-http", &text, "notes.txt"]);
+    let refused =
+        kaito(&["plugins", "pull", &text, "--plain-http", "-o", &work.path().join("x").display().to_string()]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("is not a Wasm component artifact"), "{}", refused.stderr);
+    assert!(!work.path().join("x").exists());
+
+    // A component that fails the conformance suite is not pushed.
+    let broken = work.path().join("broken.wasm");
+    std::fs::write(&broken, b"\0asm\x0d\0\x01\0").unwrap();
+    let push = kaito(&[
+        "plugins",
+        "push",
+        &broken.display().to_string(),
+        &format!("{registry}/interop/broken:1"),
+        "--plain-http",
+    ]);
+    assert_ne!(push.code, 0);
+    assert!(push.stderr.contains("fails the conformance suite: not pushed"), "{}", push.stderr);
+}
+
+/// What the proxy does to the requests it forwards.
+#[derive(Default)]
+struct Faults {
+    /// Answer 500 to this many requests first.
+    errors: AtomicU32,
+    /// Flip a byte of every blob.
+    corrupt: AtomicBool,
+    /// Cut the next blob off halfway.
+    truncate: AtomicBool,
+    /// Demand this `Authorization` header.
+    basic: Mutex<Option<String>>,
+    /// `Range` headers seen.
+    ranges: Mutex<Vec<String>>,
+}
+
+async fn forward(State((upstream, faults)): State<(String, Arc<Faults>)>, req: Request) -> Response {
+    let status = |code: u16| Response::builder().status(code);
+    if let Some(want) = faults.basic.lock().unwrap().clone() {
+        let have = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if have != want {
+            return status(401).header("www-authenticate", "Basic realm=\"test\"").body(Body::empty()).unwrap();
+        }
+    }
+    if faults.errors.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+        return status(500).body(Body::from("injected")).unwrap();
+    }
+    let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let blob = path.contains("/blobs/sha256:");
+    let mut headers = vec![];
+    for name in ["accept", "range"] {
+        if let Some(v) = req.headers().get(name).and_then(|v| v.to_str().ok()) {
+            headers.push((name, v.to_string()));
+        }
+    }
+    if let Some((_, r)) = headers.iter().find(|(n, _)| *n == "range") {
+        faults.ranges.lock().unwrap().push(r.clone());
+    }
+    let url = format!("http://{upstream}{path}");
+    let (code, reply_headers, mut body) = tokio::task::spawn_blocking(move || {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        let mut request = agent.get(&url);
+        for (n, v) in &headers {
+            request = request.header(*n, v);
+        }
+        let mut response = request.call().expect("upstream answers");
+        let keep = ["content-type", "docker-content-digest", "content-range"];
+        let reply_headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .filter(|(k, _)| keep.contains(&k.as_str()))
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect();
+        let body = response.body_mut().read_to_vec().expect("upstream body");
+        (response.status().as_u16(), reply_headers, body)
+    })
+    .await
+    .unwrap();
+    let mut builder = status(code);
+    for (k, v) in reply_headers {
+        builder = builder.header(k, v);
+    }
+    if blob && code < 300 {
+        if faults.corrupt.load(Ordering::SeqCst)
+            && let Some(last) = body.last_mut()
+        {
+            *last ^= 0xff;
+        }
+        if faults.truncate.swap(false, Ordering::SeqCst) {
+            // The promised length, half the bytes, then a broken connection.
+            let half = body[..body.len() / 2].to_vec();
+            // The pause lets the half reach the client before the connection breaks.
+            let cut = async {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                Err::<Vec<u8>, _>(std::io::Error::other("connection cut by the test"))
+            };
+            let chunks = futures::stream::once(async { Ok(half) }).chain(futures::stream::once(cut));
+            return builder.header("content-length", body.len()).body(Body::from_stream(chunks)).unwrap();
+        }
+    }
+    builder.body(Body::from(body)).unwrap()
+}
+
+/// A proxy in front of `upstream` with `faults`; returns its address.
+async fn proxy(upstream: &str, faults: Arc<Faults>) -> String {
+    let app = axum::Router::new().fallback(forward).with_state((upstream.to_string(), faults));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// No blob and no partial download is left in the cache.
+fn cache_is_empty(cache: &Path) {
+    let blobs = cache.join("blobs/sha256");
+    let left: Vec<_> = std::fs::read_dir(&blobs).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "left in the cache: {left:?}");
+}
+
+#[tokio::test]
+async fn faulty_registries_fail_clearly_and_leave_nothing_half_written() {
+    let Some((registry, _)) = e2e::registry("faulty_registries_fail_clearly_and_leave_nothing_half_written") else {
+        return;
+    };
+    let direct = Oci::new(Options { plain_http: true, ..Options::new() });
+    let phi_bytes = std::fs::read(phi()).unwrap();
+    let pinned = direct
+        .push_wasm(
+            &phi_bytes,
+            &kaito_oci::parse(&format!("{registry}/faults/preset-phi:1")).unwrap(),
+            "preset-phi.wasm",
+        )
+        .await
+        .unwrap();
+    let digest = pinned.split_once('@').unwrap().1.to_string();
+    let faults = Arc::new(Faults::default());
+    let front = proxy(&registry, faults.clone()).await;
+    let through = |cache: &Path, retries: u32, docker_config: Option<PathBuf>| {
+        Oci::new(Options { plain_http: true, cache_dir: cache.to_path_buf(), retries, docker_config })
+    };
+    let reference = kaito_oci::parse(&format!("{front}/faults/preset-phi@{digest}")).unwrap();
+
+    // A blob whose bytes do not hash to its digest: refused, nothing kept.
+    let cache = tempfile::tempdir().unwrap();
+    faults.corrupt.store(true, Ordering::SeqCst);
+    let err = through(cache.path(), 0, None).pull_wasm(&reference).await.unwrap_err();
+    assert!(matches!(err, Error::Registry { .. } | Error::Digest { .. }), "{err}");
+    assert!(err.to_string().contains("sha256"), "{err}");
+    cache_is_empty(cache.path());
+    faults.corrupt.store(false, Ordering::SeqCst);
+
+    // A download cut off halfway resumes from where it stopped (a Range request) and verifies the whole.
+    let cache = tempfile::tempdir().unwrap();
+    faults.truncate.store(true, Ordering::SeqCst);
+    let pulled = through(cache.path(), 3, None).pull_wasm(&reference).await.unwrap();
+    assert_eq!(std::fs::read(&pulled.path).unwrap(), phi_bytes);
+    let ranges = faults.ranges.lock().unwrap().clone();
+    assert_eq!(ranges, [format!("bytes={}-", phi_bytes.len() / 2)], "resumed, not restarted");
+
+    // 500s that clear up are retried; 500s that do not are a clear error, and nothing is kept.
+    let cache = tempfile::tempdir().unwrap();
+    faults.errors.store(2, Ordering::SeqCst);
+    through(cache.path(), 3, None).pull_wasm(&reference).await.unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    faults.errors.store(100, Ordering::SeqCst);
+    let err = through(cache.path(), 1, None).pull_wasm(&reference).await.unwrap_err();
+    assert!(err.to_string().contains("500"), "{err}");
+    cache_is_empty(cache.path());
+    faults.errors.store(0, Ordering::SeqCst);
+
+    // Credentials: refused without them (naming the 401), accepted from a docker config.
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
+    *faults.basic.lock().unwrap() = Some(format!("Basic {token}"));
+    let cache = tempfile::tempdir().unwrap();
+    let err = through(cache.path(), 0, None).pull_wasm(&reference).await.unwrap_err();
+    assert!(err.to_string().contains("Not authorized"), "{err}");
+    cache_is_empty(cache.path());
+    let config = cache.path().join("config.json");
+    std::fs::write(&config, format!(r#"{{"auths": {{"{front}": {{"auth": "{token}"}}}}}}"#)).unwrap();
+    let pulled = through(cache.path(), 0, Some(config)).pull_wasm(&reference).await.unwrap();
+    assert_eq!(std::fs::read(&pulled.path).unwrap(), phi_bytes);
+}
