@@ -306,3 +306,138 @@ async fn faulty_registries_fail_clearly_and_leave_nothing_half_written() {
     let pulled = through(cache.path(), 0, Some(config)).pull_wasm(&reference).await.unwrap();
     assert_eq!(std::fs::read(&pulled.path).unwrap(), phi_bytes);
 }
+
+fn models_dir(name: &str) -> PathBuf {
+    let dir = std::env::var_os("KAITO_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kaito/models"))
+        .join(name);
+    assert!(dir.join("config.json").is_file(), "{} is missing: run `cargo xtask models`", dir.display());
+    dir
+}
+
+/// Every file under `dir` but hidden ones (`.complete`, `.gitattributes`: not pushed), relative, with its length.
+fn tree(dir: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push((p.strip_prefix(dir).unwrap().display().to_string(), std::fs::metadata(&p).unwrap().len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn same_files(a: &Path, b: &Path) {
+    assert_eq!(tree(a), tree(b));
+    for (rel, _) in tree(a) {
+        assert!(std::fs::read(a.join(&rel)).unwrap() == std::fs::read(b.join(&rel)).unwrap(), "{rel} differs");
+    }
+}
+
+#[test]
+fn model_directories_travel_as_modelpack_artifacts_both_ways() {
+    let Some((registry, oras_bin)) = e2e::registry("model_directories_travel_as_modelpack_artifacts_both_ways") else {
+        return;
+    };
+    let model = models_dir("all-minilm-l6-v2");
+    let work = tempfile::tempdir().unwrap();
+    let target = format!("{registry}/models/all-minilm:1");
+    let push = kaito(&["models", "push", &model.display().to_string(), &target, "--plain-http"]);
+    assert_eq!(push.code, 0, "{}", push.stderr);
+    let pinned = push.stdout.trim().to_string();
+    // oras writes every layer to its title: the same tree, subdirectories included.
+    oras(&oras_bin, work.path(), &["pull", "--plain-http", &pinned, "-o", "by-oras"]);
+    same_files(&model, &work.path().join("by-oras"));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&oras(&oras_bin, work.path(), &["manifest", "fetch", "--plain-http", &pinned])).unwrap();
+    assert_eq!(manifest["artifactType"], kaito_oci::MODEL_ARTIFACT_TYPE);
+    assert_eq!(manifest["config"]["mediaType"], kaito_oci::MODEL_CONFIG_MEDIA_TYPE);
+    let weights = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["annotations"][kaito_oci::TITLE_ANNOTATION] == "model.safetensors");
+    assert_eq!(weights.unwrap()["mediaType"], kaito_oci::MODEL_WEIGHT_MEDIA_TYPE);
+
+    // And the other way: oras pushes the directory's files, kaito pulls them concurrently.
+    let theirs = format!("{registry}/models/all-minilm:oras");
+    let mut args = vec!["push".to_string(), "--plain-http".into(), theirs.clone()];
+    args.extend(tree(&model).into_iter().map(|(rel, _)| rel));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    oras(&oras_bin, &model, &args);
+    let out = work.path().join("by-kaito");
+    let pull =
+        kaito(&["models", "pull", &theirs, "-o", &out.display().to_string(), "--plain-http", "--concurrency", "8"]);
+    assert_eq!(pull.code, 0, "{}", pull.stderr);
+    same_files(&model, &out);
+}
+
+#[tokio::test]
+async fn the_inference_server_serves_a_model_pulled_from_the_registry() {
+    let Some((registry, _)) = e2e::registry("the_inference_server_serves_a_model_pulled_from_the_registry") else {
+        return;
+    };
+    let model = models_dir("smollm2-135m-instruct");
+    let oci = Oci::new(Options { plain_http: true, ..Options::new() });
+    let pinned = oci
+        .push_dir(&model, &kaito_oci::parse(&format!("{registry}/models/smollm2:1")).unwrap(), "smollm2")
+        .await
+        .unwrap();
+    let bin = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("kaito-inference");
+    assert!(bin.is_file(), "{} is missing: `cargo test --workspace` builds it", bin.display());
+    let downloads = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(&bin)
+        .args(["--model", &format!("oci://{pinned}"), "--plain-http", "--served-model-name", "smollm2"])
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--download-dir"])
+        .arg(downloads.path())
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kaito-inference starts");
+    // Killed however the test ends.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let server = Server(child);
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let health = format!("http://127.0.0.1:{port}/health");
+    let ready = e2e::wait_for("the pulled model to load", 120, async || {
+        let agent = agent.clone();
+        let health = health.clone();
+        let status =
+            tokio::task::spawn_blocking(move || agent.get(&health).call().map(|r| r.status().as_u16())).await.unwrap();
+        (status.ok()? == 200).then_some(())
+    });
+    ready.await;
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let body = r#"{"model": "smollm2", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "temperature": 0}"#;
+    let answer: serde_json::Value = tokio::task::spawn_blocking(move || {
+        let mut r = agent.post(&url).header("content-type", "application/json").send(body).unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.body_mut().read_json::<serde_json::Value>().unwrap()
+    })
+    .await
+    .unwrap();
+    drop(server);
+    let text = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    assert!(!text.is_empty(), "{answer}");
+    // The pulled directory holds the pushed files, byte for byte.
+    let pulled = std::fs::read_dir(downloads.path()).unwrap().flatten().next().expect("a pulled directory").path();
+    same_files(&model, &pulled);
+}

@@ -26,6 +26,9 @@ pub enum Command {
     /// Inspect and check plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Move model weights (or LoRA adapters) to and from OCI registries.
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// Print a CustomResourceDefinition generated from the types.
     Crd {
         /// workspace, inferenceset or ragengine.
@@ -64,6 +67,34 @@ pub enum PluginsCommand {
         /// Where to write the component.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: PathBuf,
+        #[command(flatten)]
+        registry: kaito_workload::plugin_args::RegistryArgs,
+    },
+}
+
+/// `kaito models ...`
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Push a Hugging Face model (or PEFT adapter) directory as a ModelPack artifact, one layer per file; prints
+    /// the reference pinned by digest as the last line.
+    Push {
+        /// The directory.
+        dir: PathBuf,
+        /// REGISTRY/REPOSITORY:TAG (`oci://` optional).
+        reference: String,
+        #[command(flatten)]
+        registry: kaito_workload::plugin_args::RegistryArgs,
+    },
+    /// Pull a model artifact into a directory; prints the pinned reference.
+    Pull {
+        /// REGISTRY/REPOSITORY:TAG or @sha256:DIGEST (`oci://` optional).
+        reference: String,
+        /// The directory to write the files into.
+        #[arg(short = 'o', long = "output", value_name = "DIR")]
+        output: PathBuf,
+        /// Layers pulled at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
         #[command(flatten)]
         registry: kaito_workload::plugin_args::RegistryArgs,
     },
@@ -279,6 +310,26 @@ fn pull_cmd(
     Ok(0)
 }
 
+fn models_cmd(cmd: &ModelsCommand, out: &mut dyn Write) -> anyhow::Result<i32> {
+    match cmd {
+        ModelsCommand::Push { dir, reference, registry } => {
+            let target = kaito_oci::parse(reference)?;
+            let name = dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
+            let oci = kaito_oci::Oci::new(registry.options());
+            let pinned = kaito_workload::plugin_args::block_on(oci.push_dir(dir, &target, &name.unwrap_or_default()))??;
+            writeln!(out, "{pinned}")?;
+        }
+        ModelsCommand::Pull { reference, output, concurrency, registry } => {
+            let source = kaito_oci::parse(reference)?;
+            let oci = kaito_oci::Oci::new(registry.options());
+            let pulled =
+                kaito_workload::plugin_args::block_on(oci.pull_dir(&source, output, *concurrency, |_, _| {}))??;
+            writeln!(out, "{}", pulled.pinned)?;
+        }
+    }
+    Ok(0)
+}
+
 /// Run `kaito` with `args`; returns the exit code.
 pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> i32
 where
@@ -302,6 +353,7 @@ where
         Command::Plugins(PluginsCommand::List(args)) => list_cmd(args, out, err),
         Command::Plugins(PluginsCommand::Test { files, plugins }) => test_cmd(files, plugins, out),
         Command::Plugins(PluginsCommand::Push { file, reference, plugins }) => push_cmd(file, reference, plugins, out),
+        Command::Models(cmd) => models_cmd(cmd, out),
         Command::Plugins(PluginsCommand::Pull { reference, output, registry }) => {
             pull_cmd(reference, output, registry, out)
         }

@@ -88,3 +88,38 @@ pub fn download(repo: &str, revision: &str, dir: &Path, metrics: &Metrics) -> an
     metrics.download_remaining_seconds.set(0);
     Ok(target)
 }
+
+/// Pull the model artifact `reference` (a ModelPack directory, as `kaito models push` makes) into
+/// `<dir>/<registry>--<repository>@<digest hex>` with `concurrency` layers at once, progress in logs and metrics;
+/// return that directory. Called from a blocking thread of the server's runtime.
+pub fn pull_oci(
+    reference: &str,
+    dir: &Path,
+    options: kaito_oci::Options,
+    concurrency: usize,
+    metrics: &Metrics,
+) -> anyhow::Result<PathBuf> {
+    let parsed = kaito_oci::parse(reference)?;
+    let oci = kaito_oci::Oci::new(options);
+    let started = Instant::now();
+    let last_log = std::sync::Mutex::new(Instant::now());
+    let pulled = tokio::runtime::Handle::current().block_on(async {
+        let (_, digest) = oci.manifest(&parsed).await?;
+        let name = format!("{}--{}@{}", parsed.registry(), parsed.repository(), digest.trim_start_matches("sha256:"))
+            .replace(['/', ':'], "-");
+        let target = dir.join(name);
+        oci.pull_dir(&parsed, &target, concurrency, |done, total| {
+            metrics.download_bytes.set(done);
+            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            metrics.download_remaining_seconds.set((total.saturating_sub(done) as f64 / rate.max(1.0)).ceil() as i64);
+            let mut last = last_log.lock().expect("progress lock");
+            if last.elapsed().as_secs() >= 5 || done == total {
+                tracing::info!(reference, done_mb = done >> 20, total_mb = total >> 20, "pulling model layers");
+                *last = Instant::now();
+            }
+        })
+        .await
+    })?;
+    tracing::info!(reference, pinned = %pulled.pinned, mb = pulled.bytes >> 20, seconds = started.elapsed().as_secs_f64(), "model pulled");
+    Ok(pulled.dir)
+}

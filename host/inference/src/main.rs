@@ -12,9 +12,19 @@ use std::sync::{Arc, OnceLock};
 #[derive(Debug, Parser)]
 #[command(name = "kaito-inference", version, about = "OpenAI-compatible inference on libtorch")]
 struct Args {
-    /// A Hugging Face model directory, or a hub id (org/name) to download.
+    /// A Hugging Face model directory, a hub id (org/name) to download, or `oci://REF` (a model artifact, as
+    /// `kaito models push` makes) to pull.
     #[arg(long)]
     model: String,
+    /// Talk to the model's registry over plain HTTP (a registry without TLS).
+    #[arg(long)]
+    plain_http: bool,
+    /// Docker config with registry credentials for `--model oci://`.
+    #[arg(long, value_name = "FILE", env = "KAITO_REGISTRY_CONFIG")]
+    registry_config: Option<PathBuf>,
+    /// Layers of an `oci://` model pulled at once.
+    #[arg(long, default_value_t = 4)]
+    pull_concurrency: usize,
     /// Names clients use in `model`, as with vLLM: the first is reported, the others are accepted too (default:
     /// the directory or hub id).
     #[arg(long, num_args = 1..)]
@@ -86,6 +96,13 @@ async fn main() -> anyhow::Result<()> {
             let local = PathBuf::from(&args.model);
             let dir = if local.is_dir() {
                 local
+            } else if let Some(reference) = args.model.strip_prefix(kaito_oci::SCHEME) {
+                let options = kaito_oci::Options {
+                    plain_http: args.plain_http,
+                    docker_config: args.registry_config.clone(),
+                    ..kaito_oci::Options::new()
+                };
+                download::pull_oci(reference, &args.download_dir, options, args.pull_concurrency, &metrics)?
             } else if args.model.contains('/') && !args.model.starts_with(['.', '/']) {
                 download::download(&args.model, &args.revision, &args.download_dir, &metrics)?
             } else {

@@ -26,6 +26,17 @@ pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
 pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
 /// The layer annotation naming a file (what `oras pull` writes a layer to).
 pub const TITLE_ANNOTATION: &str = "org.opencontainers.image.title";
+/// Artifact type of a model directory (weights, or a LoRA adapter), as CNCF ModelPack names it.
+pub const MODEL_ARTIFACT_TYPE: &str = "application/vnd.cncf.model.manifest.v1+json";
+/// Config media type of a model artifact (ModelPack).
+pub const MODEL_CONFIG_MEDIA_TYPE: &str = "application/vnd.cncf.model.config.v1+json";
+/// Layer media types of a model artifact (ModelPack, raw: one file per layer, written as is by any client).
+pub const MODEL_WEIGHT_MEDIA_TYPE: &str = "application/vnd.cncf.model.weight.v1.raw";
+/// A model's configuration, tokenizer and adapter config files.
+pub const MODEL_CONFIG_FILE_MEDIA_TYPE: &str = "application/vnd.cncf.model.weight.config.v1.raw";
+/// A model's documentation (README, LICENSE).
+pub const MODEL_DOC_MEDIA_TYPE: &str = "application/vnd.cncf.model.doc.v1.raw";
+
 /// Scheme prefix of an OCI reference where a path is also accepted (`--plugins oci://REF@sha256:...`).
 pub const SCHEME: &str = "oci://";
 
@@ -167,6 +178,20 @@ fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
 }
 
+/// Feeds what is written to a hasher.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A Wasm component pulled into the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PulledWasm {
@@ -176,6 +201,62 @@ pub struct PulledWasm {
     pub digest: String,
     /// The reference pinned to the manifest digest.
     pub pinned: String,
+}
+
+/// A model (or adapter) directory pulled out of the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledDir {
+    /// Where its files are.
+    pub dir: PathBuf,
+    /// The reference pinned to the manifest digest.
+    pub pinned: String,
+    /// Bytes of all its files.
+    pub bytes: u64,
+}
+
+/// The ModelPack layer media type of a file in a model directory.
+fn model_media_type(name: &str) -> &'static str {
+    let lower = name.to_ascii_lowercase();
+    if [".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx"].iter().any(|ext| lower.ends_with(ext)) {
+        MODEL_WEIGHT_MEDIA_TYPE
+    } else if lower.ends_with(".md") || lower.starts_with("license") || lower.starts_with("readme") {
+        MODEL_DOC_MEDIA_TYPE
+    } else {
+        MODEL_CONFIG_FILE_MEDIA_TYPE
+    }
+}
+
+/// A layer title as a path inside the output directory: relative, no `..`, no empty parts.
+fn safe_title(title: &str) -> Option<PathBuf> {
+    let path = Path::new(title);
+    let ok = !title.is_empty()
+        && path.components().all(|c| matches!(c, std::path::Component::Normal(_)))
+        && !title.contains('\\');
+    ok.then(|| path.to_path_buf())
+}
+
+/// The regular files under `dir`, as paths relative to it, sorted (hidden files and directories skipped).
+fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        let here = dir.join(&rel);
+        for entry in std::fs::read_dir(&here).map_err(io(&here))? {
+            let entry = entry.map_err(io(&here))?;
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let kind = entry.file_type().map_err(io(&entry.path()))?;
+            if kind.is_dir() {
+                todo.push(rel.join(&name));
+            } else if kind.is_file() {
+                out.push(rel.join(&name));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// A registry client with a blob cache.
@@ -259,11 +340,13 @@ impl Oci {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let partial = path.with_extension("partial");
         // Each retry resumes from what the last one wrote; a pull that fails for good leaves nothing behind.
-        if let Err(e) = self.retrying(&layer.digest, || self.download(reference, layer, &partial)).await {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e);
-        }
-        let actual = sha256_file(&partial)?;
+        let actual = match self.retrying(&layer.digest, || self.download(reference, layer, &partial)).await {
+            Ok(digest) => digest,
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+        };
         if actual != layer.digest {
             let _ = std::fs::remove_file(&partial);
             return Err(Error::Digest { reference: reference.whole(), expected: layer.digest.clone(), actual });
@@ -274,7 +357,9 @@ impl Oci {
 
     /// Appends the rest of the blob to `partial` (from its current length), or rewrites it when the registry does not
     /// serve ranges.
-    async fn download(&self, reference: &Reference, layer: &OciDescriptor, partial: &Path) -> Result<()> {
+    /// Returns the `sha256:` digest of the whole partial file. A whole-blob stream is verified against the layer's
+    /// digest by oci-client as it arrives; a resumed one is hashed here as it is written, its prefix first.
+    async fn download(&self, reference: &Reference, layer: &OciDescriptor, partial: &Path) -> Result<String> {
         use futures::StreamExt;
         use oci_client::client::BlobResponse;
         let offset = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
@@ -284,7 +369,7 @@ impl Oci {
             return Box::pin(self.download(reference, layer, partial)).await;
         }
         if size > 0 && offset == size {
-            return Ok(());
+            return sha256_file(partial);
         }
         self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth(reference)?).await;
         let (mut stream, append) = if offset == 0 {
@@ -300,7 +385,12 @@ impl Oci {
                 BlobResponse::Full(s) => (s, false),
             }
         };
-        let mut file = tokio::fs::OpenOptions::new()
+        let mut hasher = Sha256::new();
+        if append {
+            let mut prefix = std::fs::File::open(partial).map_err(io(partial))?;
+            std::io::copy(&mut prefix, &mut HashWriter(&mut hasher)).map_err(io(partial))?;
+        }
+        let file = tokio::fs::OpenOptions::new()
             .create(true)
             .write(true)
             .append(append)
@@ -308,7 +398,13 @@ impl Oci {
             .open(partial)
             .await
             .map_err(io(partial))?;
+        // Large writes: each write of a tokio file is a hop to a blocking thread.
+        let mut file = tokio::io::BufWriter::with_capacity(4 << 20, file);
         while let Some(chunk) = stream.stream.next().await {
+            if chunk.is_err() {
+                // What arrived before the break is kept for the resume.
+                file.flush().await.map_err(io(partial))?;
+            }
             let chunk = chunk.map_err(|e| {
                 // oci-client checks a whole blob's digest at the end of its stream: a mismatch is final.
                 match e.get_ref().and_then(|inner| inner.downcast_ref::<oci_client::errors::DigestError>()) {
@@ -320,11 +416,15 @@ impl Oci {
                     None => Error::Io { path: partial.to_path_buf(), source: e },
                 }
             })?;
+            if append {
+                hasher.update(&chunk);
+            }
             file.write_all(&chunk).await.map_err(io(partial))?;
         }
         file.flush().await.map_err(io(partial))?;
-        file.sync_all().await.map_err(io(partial))?;
-        Ok(())
+        // On disk before it is renamed into the cache: a crash must not leave a named blob with missing bytes.
+        file.get_ref().sync_data().await.map_err(io(partial))?;
+        Ok(if append { format!("sha256:{}", hex::encode(hasher.finalize())) } else { layer.digest.clone() })
     }
 
     /// Pulls the Wasm component `reference` names into the cache. The manifest must be a Wasm artifact: config
@@ -366,18 +466,114 @@ impl Oci {
             WASM_LAYER_MEDIA_TYPE.into(),
             Some(BTreeMap::from([(TITLE_ANNOTATION.to_string(), title.to_string())])),
         );
-        let manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
-        // The manifest goes up as these exact bytes, so the digest we pin is the one the registry stores.
+        self.push_artifact(reference, vec![layer], config, None).await
+    }
+}
+
+impl Oci {
+    /// Pushes every file under `dir` as one layer of a ModelPack artifact (weights, configs, docs by name), titled
+    /// with its path; returns the reference pinned to the manifest. `name` goes into the artifact's config.
+    pub async fn push_dir(&self, dir: &Path, reference: &Reference, name: &str) -> Result<String> {
+        let files = files_under(dir)?;
+        let mut layers = Vec::new();
+        for rel in &files {
+            let path = dir.join(rel);
+            let data = tokio::fs::read(&path).await.map_err(io(&path))?;
+            let title = rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
+            let media_type = model_media_type(&title).to_string();
+            layers.push(ImageLayer::new(
+                data,
+                media_type,
+                Some(BTreeMap::from([(TITLE_ANNOTATION.to_string(), title)])),
+            ));
+        }
+        let digests: Vec<String> = layers.iter().map(|l| l.sha256_digest()).collect();
+        let config = serde_json::json!({
+            "descriptor": {"name": name},
+            "config": {"format": if files.iter().any(|f| f.to_string_lossy().ends_with(".safetensors")) { "safetensors" } else { "" }},
+            "modelfs": {"type": "layers", "diffIds": digests},
+        });
+        let config =
+            Config::new(serde_json::to_vec(&config).expect("config serialises"), MODEL_CONFIG_MEDIA_TYPE.into(), None);
+        self.push_artifact(reference, layers, config, Some(MODEL_ARTIFACT_TYPE)).await
+    }
+
+    /// Pushes `layers` and `config` and then their manifest, as exactly the bytes whose digest is returned pinned.
+    async fn push_artifact(
+        &self,
+        reference: &Reference,
+        layers: Vec<ImageLayer>,
+        config: Config,
+        artifact_type: Option<&str>,
+    ) -> Result<String> {
+        let mut manifest = OciImageManifest::build(&layers, &config, None);
+        manifest.artifact_type = artifact_type.map(String::from);
         let body = serde_json::to_vec(&manifest).expect("manifest serialises");
         let manifest_digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
         self.client.store_auth_if_needed(reference.resolve_registry(), &self.auth(reference)?).await;
-        let err = Self::registry_error(reference);
-        self.client.push_blob(reference, layer.data, &layer_digest).await.map_err(err)?;
-        let config_digest = manifest.config.digest.clone();
-        self.client.push_blob(reference, config.data, &config_digest).await.map_err(Self::registry_error(reference))?;
+        for (layer, descriptor) in layers.into_iter().zip(&manifest.layers) {
+            self.client
+                .push_blob(reference, layer.data, &descriptor.digest)
+                .await
+                .map_err(Self::registry_error(reference))?;
+        }
+        self.client
+            .push_blob(reference, config.data, &manifest.config.digest)
+            .await
+            .map_err(Self::registry_error(reference))?;
         let media_type = http::HeaderValue::from_static(oci_client::manifest::OCI_IMAGE_MEDIA_TYPE);
         self.client.push_manifest_raw(reference, body, media_type).await.map_err(Self::registry_error(reference))?;
         Ok(pinned(reference, &manifest_digest))
+    }
+
+    /// Pulls a directory artifact (a model or an adapter, any layer titled with a relative path) into `out`: up to
+    /// `concurrency` layers at once into the blob cache (each verified), then each linked (or copied) to its path.
+    /// `progress` hears `(bytes done, bytes in all)` after each layer.
+    pub async fn pull_dir(
+        &self,
+        reference: &Reference,
+        out: &Path,
+        concurrency: usize,
+        progress: impl Fn(u64, u64) + Send + Sync,
+    ) -> Result<PulledDir> {
+        use futures::{StreamExt, TryStreamExt};
+        let (manifest, manifest_digest) = self.manifest(reference).await?;
+        let mut wanted = Vec::new();
+        for layer in &manifest.layers {
+            let title = layer.annotations.as_ref().and_then(|a| a.get(TITLE_ANNOTATION)).cloned().unwrap_or_default();
+            let rel = safe_title(&title).ok_or_else(|| Error::NotWasm {
+                reference: reference.whole(),
+                why: format!("layer {} has no usable file name ({TITLE_ANNOTATION}: {title:?})", layer.digest),
+            })?;
+            wanted.push((layer.clone(), rel));
+        }
+        let total: u64 = wanted.iter().map(|(l, _)| u64::try_from(l.size).unwrap_or(0)).sum();
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let (done, progress) = (&done, &progress);
+        let blobs: Vec<(PathBuf, PathBuf)> = futures::stream::iter(wanted)
+            .map(|(layer, rel)| async move {
+                let blob = self.blob(reference, &layer).await?;
+                let size = u64::try_from(layer.size).unwrap_or(0);
+                let now = done.fetch_add(size, std::sync::atomic::Ordering::SeqCst) + size;
+                progress(now, total);
+                Ok::<_, Error>((blob, rel))
+            })
+            .buffer_unordered(concurrency.max(1))
+            .try_collect()
+            .await?;
+        for (blob, rel) in blobs {
+            let dest = out.join(&rel);
+            let parent = dest.parent().expect("a joined path has a parent");
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+            let _ = std::fs::remove_file(&dest);
+            // The cache holds the content once; a hard link costs nothing, a copy is the fallback across filesystems.
+            if std::fs::hard_link(&blob, &dest).is_err() {
+                let tmp = dest.with_extension("partial");
+                std::fs::copy(&blob, &tmp).map_err(io(&tmp))?;
+                std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+            }
+        }
+        Ok(PulledDir { dir: out.to_path_buf(), pinned: pinned(reference, &manifest_digest), bytes: total })
     }
 }
 
@@ -415,6 +611,17 @@ mod tests {
         assert!(digest_hex(&format!("sha256:{}", "0".repeat(64))).is_ok());
         for bad in ["sha256:../../etc/passwd", "sha512:00", "sha256:ABC", &format!("sha256:{}", "G".repeat(64))] {
             assert!(matches!(digest_hex(bad), Err(Error::BadDigest(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn model_files_get_modelpack_media_types_and_titles_stay_inside() {
+        assert_eq!(model_media_type("model-00001-of-00002.safetensors"), MODEL_WEIGHT_MEDIA_TYPE);
+        assert_eq!(model_media_type("tokenizer.json"), MODEL_CONFIG_FILE_MEDIA_TYPE);
+        assert_eq!(model_media_type("README.md"), MODEL_DOC_MEDIA_TYPE);
+        assert_eq!(safe_title("onnx/model.onnx"), Some(PathBuf::from("onnx/model.onnx")));
+        for bad in ["", "../x", "/etc/passwd", "a/../../b", "./a"] {
+            assert_eq!(safe_title(bad), None, "{bad}");
         }
     }
 
