@@ -151,6 +151,7 @@ fn provisioner_and_plugin_variants() {
         "--allow-host-path=/mnt/models",
         "--plugins=/opt/kaito/plugins/extra",
         "--plugin-deadline-ms=500",
+        "--plugin-reload-seconds=10",
     ] {
         assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
     }

@@ -49,7 +49,10 @@ impl Default for Config {
 /// Shared state of the controller.
 pub struct Context {
     pub client: Client,
-    pub registry: Arc<Registry>,
+    /// The plugin set; swapped whole by a reload, so a reconcile holds the one it started with.
+    plugins: std::sync::RwLock<Arc<Registry>>,
+    /// Counts plugin-set swaps; the controllers reconcile everything when it moves.
+    pub plugin_generation: tokio::sync::watch::Sender<u64>,
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
@@ -76,11 +79,31 @@ impl Context {
         let reporter = Reporter { controller: "kaito-operator".into(), instance: std::env::var("POD_NAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Context { client, registry, config, metrics, recorder, mode, plugin_slots: tokio::sync::Semaphore::new(cores) }
+        Context {
+            client,
+            plugins: std::sync::RwLock::new(registry),
+            plugin_generation: tokio::sync::watch::Sender::new(0),
+            config,
+            metrics,
+            recorder,
+            mode,
+            plugin_slots: tokio::sync::Semaphore::new(cores),
+        }
     }
 }
 
 impl Context {
+    /// The current plugin set.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.plugins.read().expect("the plugin set lock is never poisoned").clone()
+    }
+
+    /// Replaces the plugin set; calls in flight finish on the old one. The controllers then reconcile everything.
+    pub fn swap_registry(&self, registry: Arc<Registry>) {
+        *self.plugins.write().expect("the plugin set lock is never poisoned") = registry;
+        self.plugin_generation.send_modify(|g| *g += 1);
+    }
+
     /// Renders `ws` as `kaito render` would with the operator's settings; `nodes` are the selected nodes, read by
     /// the bring-your-own provisioner. The outer error is the worker thread's; the inner one the Workspace's.
     pub async fn render(&self, ws: &Workspace, nodes: &[Node]) -> crate::Result<Result<Rendered, RenderError>> {
@@ -92,7 +115,7 @@ impl Context {
             node_classes: self.config.node_classes.clone(),
             hub: self.config.hub.clone(),
         };
-        let (registry, ws) = (self.registry.clone(), ws.clone());
+        let (registry, ws) = (self.registry(), ws.clone());
         let _slot = self.plugin_slots.acquire().await.expect("the semaphore is never closed");
         let started = Instant::now();
         // Plugin calls are synchronous CPU work under an epoch deadline: keep them off the async workers.

@@ -119,7 +119,13 @@ pub async fn check_crd<K: Owner>(ctx: &Context) -> anyhow::Result<()> {
 /// Run the kind's controller until `shutdown` resolves.
 pub async fn run<K: Owner>(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let controller = Controller::new(Api::<K>::all(ctx.client.clone()), watcher::Config::default());
+    // A new plugin set re-renders everything: objects whose plugins did not change render the same and are left.
+    let swaps = futures::stream::unfold(ctx.plugin_generation.subscribe(), |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    });
     K::watches(controller, &ctx)
+        .reconcile_all_on(swaps)
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|result| async move {

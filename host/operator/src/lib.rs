@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod ragengine;
 pub mod rbac;
+pub mod reload;
 pub mod server;
 pub mod status;
 pub mod verdict;

@@ -55,6 +55,9 @@ struct Args {
     /// the RAGEngine chart the last).
     #[arg(long, env = "KAITO_CONTROLLERS", value_delimiter = ',', default_value = "workspace,inferenceset", value_parser = ["workspace", "inferenceset", "ragengine"])]
     controllers: Vec<String>,
+    /// How often to look at the plugin sources for a changed set, in seconds (0: never; the set is fixed at start).
+    #[arg(long, env = "KAITO_PLUGIN_RELOAD_SECONDS", default_value_t = 10)]
+    plugin_reload_seconds: u64,
     #[command(flatten)]
     plugins: PluginArgs,
 }
@@ -110,6 +113,36 @@ async fn main() -> anyhow::Result<()> {
     }
     if ragengines {
         controller::check_crd::<RAGEngine>(&ctx).await?;
+    }
+
+    if args.plugin_reload_seconds > 0 {
+        let mut reloader = kaito_operator::reload::Reloader::new(args.plugins.clone(), host.clone());
+        let (ctx, every) = (ctx.clone(), Duration::from_secs(args.plugin_reload_seconds));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let ctx = ctx.clone();
+                // Loading and conformance are CPU work: on a blocking thread, one look at a time.
+                let looked = tokio::task::spawn_blocking(move || {
+                    let outcome = reloader.check(&ctx);
+                    (reloader, outcome)
+                })
+                .await;
+                match looked {
+                    Ok((r, Err(e))) => {
+                        tracing::warn!(error = %format!("{e:#}"), "plugin sources could not be read; the set is unchanged");
+                        reloader = r;
+                    }
+                    Ok((r, Ok(_))) => reloader = r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the plugin reload thread failed; reloading stops");
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     let ready = Arc::new(AtomicBool::new(false));

@@ -26,6 +26,13 @@ pub struct PluginLabels {
     pub plugin: String,
 }
 
+/// Label of the plugin reload counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `swapped` (every new plugin accepted) or `refused` (some kept out; the old ones serve).
+    pub outcome: String,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -34,6 +41,7 @@ pub struct Metrics {
     duration: Histogram,
     workspaces: Family<StateLabels, Gauge>,
     plugin_latency: Family<PluginLabels, Histogram>,
+    plugin_reloads: Family<OutcomeLabels, Counter>,
     /// The state each Workspace was last counted under, so the gauge moves instead of growing.
     states: Mutex<HashMap<String, String>>,
     plugin_nanos: AtomicU64,
@@ -61,7 +69,14 @@ impl Default for Metrics {
             "Time spent in plugin calls (a render) per reconcile, by preset plugin",
             plugin_latency.clone(),
         );
+        let plugin_reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "plugin_reloads",
+            "Plugin-set reloads, by outcome (refused: a new plugin failed to load or conform)",
+            plugin_reloads.clone(),
+        );
         Metrics {
+            plugin_reloads,
             registry,
             reconciles,
             errors,
@@ -75,6 +90,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Count a plugin-set reload.
+    pub fn plugin_reload(&self, all_accepted: bool) {
+        let outcome = if all_accepted { "swapped" } else { "refused" };
+        self.plugin_reloads.get_or_create(&OutcomeLabels { outcome: outcome.into() }).inc();
+    }
+
     /// Count a reconcile and its duration.
     pub fn reconciled(&self, took: Duration) {
         self.reconciles.inc();

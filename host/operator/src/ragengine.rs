@@ -137,7 +137,7 @@ impl Steps for RAGEngine {
     }
 
     async fn render(&self, ctx: &Context) -> Result<Result<RagObjects, RenderError>> {
-        let (registry, rag) = (ctx.registry.clone(), self.clone());
+        let (registry, rag) = (ctx.registry(), self.clone());
         let (provisioner, image_registry) = (ctx.config.provisioner.clone(), ctx.config.image_registry.clone());
         let _slot = ctx.plugin_slots.acquire().await.expect("the semaphore is never closed");
         // Plugin calls are synchronous CPU work under an epoch deadline: keep them off the async workers.
