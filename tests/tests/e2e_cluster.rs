@@ -532,6 +532,126 @@ async fn inferenceset_scale_roll_limit_and_delete() {
     assert_no_forbidden(kc, &[&op]);
 }
 
+/// Plugin hot reload on the real control plane: 50 Workspaces (25 Phi, 25 Qwen) reconcile while the Phi preset's
+/// file is replaced by another build of it (the Python port); none fails, the Phi StatefulSets end up carrying the
+/// new build's digest, the Qwen ones keep theirs and their revision; then a replacement that traps is refused and
+/// the serving build stays.
+#[tokio::test]
+async fn plugins_reload_while_workspaces_reconcile() {
+    let Some(env) = e2e::Env::start("plugins_reload_while_workspaces_reconcile").await else { return };
+    let (kc, client) = (&env.kubeconfig, &env.client);
+    namespace(client, "reload").await;
+    let presets = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(kaito_tests::plugin_dir("presets-wasm/dist")).unwrap().flatten() {
+        std::fs::copy(e.path(), presets.path().join(e.file_name())).unwrap();
+    }
+    let plugins_flag = format!("--plugins={}", presets.path().display());
+    let provisioners_flag = format!("--plugins={}", kaito_tests::plugin_dir("plugins/dist").display());
+    let op = Operator::start(
+        kc,
+        WORKSPACE_DEPLOYMENT,
+        "operator-reload",
+        &[&plugins_flag, &provisioners_flag, "--plugin-reload-seconds=1", "--leader-elect=false"],
+    )
+    .await;
+    let example =
+        |file: &str| std::fs::read_to_string(kaito_tests::root().join("examples/inference").join(file)).unwrap();
+    let (phi, qwen) =
+        (example("kaito_workspace_phi_3.5-instruct.yaml"), example("kaito_workspace_qwen2.5-coder-7b-instruct.yaml"));
+    let workspaces: Api<Workspace> = Api::namespaced(client.clone(), "reload");
+    let mut names = Vec::new();
+    for i in 0..25 {
+        for (text, old_name, old_label, family) in [
+            (&phi, "workspace-phi-3-5-mini", "apps: phi-3-5", "phi"),
+            (&qwen, "workspace-qwen2-5-coder-7b-instruct", "apps: qwen2-5-coder-7b-instruct", "qwen"),
+        ] {
+            let name = format!("{family}-{i}");
+            let ws = Workspace::from_yaml(
+                &text.replace(old_name, &name).replace(old_label, &format!("apps: reload-{name}")),
+            )
+            .unwrap();
+            workspaces.create(&PostParams::default(), &ws).await.unwrap();
+            names.push(name);
+        }
+    }
+    // Mid-reconcile, the Phi preset is swapped for another build of it (renamed into place, as a ConfigMap update is).
+    let py = kaito_tests::plugin_dir("plugins/polyglot/phi-py/dist").join("preset-phi-py.wasm");
+    let staged = presets.path().join(".preset-phi.staged");
+    std::fs::copy(&py, &staged).unwrap();
+    std::fs::rename(&staged, presets.path().join("preset-phi.wasm")).unwrap();
+    let digest_of = |file: &Path| {
+        let out = std::process::Command::new("sha256sum").arg(file).output().expect("sha256sum runs");
+        format!("sha256:{}", String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap())
+    };
+    let (new_phi, qwen_digest) =
+        (digest_of(&py), digest_of(&kaito_tests::plugin_dir("presets-wasm/dist").join("preset-qwen.wasm")));
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), "reload");
+    let digest_on = |sts: &StatefulSet| sts.annotations().get("kaito.sh/preset-plugin-digest").cloned();
+    wait_for("all 50 Workspaces Ready, the Phi ones rendered by the new build", 240, async || {
+        for name in &names {
+            let ws = workspaces.get(name).await.ok()?;
+            if condition(&ws, "WorkspaceSucceeded")?.0 != "True" {
+                return None;
+            }
+            let want = if name.starts_with("phi") { &new_phi } else { &qwen_digest };
+            if digest_on(&statefulsets.get(name).await.ok()?).as_ref() != Some(want) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    for name in names.iter().filter(|n| n.starts_with("qwen")) {
+        let ws = workspaces.get(name).await.unwrap();
+        let sts = statefulsets.get(name).await.unwrap();
+        let template = sts.spec.unwrap().template.metadata.unwrap().annotations.unwrap_or_default();
+        assert_eq!(template.get("workspace.kaito.io/revision"), Some(&ws.revision_name()), "{name} kept its revision");
+    }
+    let log = op.log_text();
+    assert!(!log.contains("reconcile failed"), "no reconcile failed during the swap:\n{log}");
+    assert!(log.contains("plugin set swapped"), "{log}");
+
+    // A replacement that traps: refused, and the serving build stays.
+    let trap = kaito_tests::plugin_dir("plugins/fixtures/dist").join("hostile-trap.wasm");
+    std::fs::copy(&trap, &staged).unwrap();
+    std::fs::rename(&staged, presets.path().join("preset-phi.wasm")).unwrap();
+    let metrics = format!("http://127.0.0.1:{}/metrics", op.metrics_port);
+    wait_for("the trapping replacement to be refused", 30, async || {
+        let m = metrics.clone();
+        let body = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args(["-s", &m])
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        })
+        .await
+        .ok()??;
+        body.contains("kaito_plugin_reloads_total{outcome=\"refused\"}").then_some(())
+    })
+    .await;
+    workspaces
+        .patch("phi-0", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"poke": "1"}}})))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let ws = workspaces.get("phi-0").await.unwrap();
+    assert_eq!(
+        condition(&ws, "WorkspaceSucceeded").map(|c| c.0).as_deref(),
+        Some("True"),
+        "the old build still serves"
+    );
+    assert_eq!(digest_on(&statefulsets.get("phi-0").await.unwrap()).as_ref(), Some(&new_phi));
+
+    for name in &names {
+        workspaces.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    for name in &names {
+        assert_deleted(client, "reload", name).await;
+    }
+    assert_no_forbidden(kc, &[&op]);
+}
+
 /// Every file under examples/ is accepted by the real API server (CRD schema and CEL, by server-side dry run).
 #[tokio::test]
 async fn every_example_is_accepted_by_the_api_server() {

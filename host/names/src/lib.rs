@@ -131,6 +131,8 @@ pub mod annotations {
     pub const BYPASS_RESOURCE_CHECKS: &str = "kaito.sh/bypass-resource-checks";
     /// The preset plugin that rendered a StatefulSet (set by the renderer, read by the operator's metrics).
     pub const PRESET_PLUGIN: &str = "kaito.sh/preset-plugin";
+    /// Digest of that plugin's component (set by the operator only), so a plugin reload shows what it re-rendered.
+    pub const PRESET_PLUGIN_DIGEST: &str = "kaito.sh/preset-plugin-digest";
     /// Hash of the InferenceSet template a Workspace was made from: a Workspace whose hash differs is rolled.
     pub const INFERENCESET_TEMPLATE_HASH: &str = "inferenceset.kaito.sh/template-hash";
 }

@@ -115,15 +115,28 @@ impl Context {
             node_classes: self.config.node_classes.clone(),
             hub: self.config.hub.clone(),
         };
-        let (registry, ws) = (self.registry(), ws.clone());
+        let registry = self.registry();
+        let (for_render, ws) = (registry.clone(), ws.clone());
         let _slot = self.plugin_slots.acquire().await.expect("the semaphore is never closed");
         let started = Instant::now();
         // Plugin calls are synchronous CPU work under an epoch deadline: keep them off the async workers.
-        let rendered = tokio::task::spawn_blocking(move || kaito_workload::render(&registry, &ws, &opts)).await?;
+        let mut rendered = tokio::task::spawn_blocking(move || kaito_workload::render(&for_render, &ws, &opts)).await?;
         let plugin = match &rendered {
             Ok(r) => r.objects.statefulset.annotations().get(kaito_names::annotations::PRESET_PLUGIN).cloned(),
             Err(_) => None,
         };
+        // Which plugin build rendered it, on the StatefulSet (not the pod template: a new build that renders the same
+        // pods rolls nothing). `kaito render` leaves it out, so ports of a preset still render the same bytes.
+        if let (Ok(r), Some(name)) = (&mut rendered, &plugin)
+            && let Some(p) = registry.plugins.iter().find(|p| p.name() == name.as_str())
+        {
+            r.objects
+                .statefulset
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(kaito_names::annotations::PRESET_PLUGIN_DIGEST.into(), format!("sha256:{}", p.digest()));
+        }
         self.metrics.plugin_call(plugin.as_deref().unwrap_or("none"), started.elapsed());
         Ok(rendered)
     }

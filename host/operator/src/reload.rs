@@ -64,8 +64,14 @@ impl Reloader {
                         plugin.file().display(),
                         why.join("; ")
                     ));
+                    // What it would replace: the same file's previous build, or a plugin of the same name and kind.
                     keep.extend(
-                        old.plugins.iter().filter(|p| p.name() == plugin.name() && p.kind() == plugin.kind()).cloned(),
+                        old.plugins
+                            .iter()
+                            .filter(|p| {
+                                p.file() == plugin.file() || (p.name() == plugin.name() && p.kind() == plugin.kind())
+                            })
+                            .cloned(),
                     );
                     continue;
                 }
