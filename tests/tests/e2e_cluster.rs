@@ -630,6 +630,11 @@ async fn plugins_reload_while_workspaces_reconcile() {
         body.contains("kaito_plugin_reloads_total{outcome=\"refused\"}").then_some(())
     })
     .await;
+    wait_for("a PluginRefused event on the operator's pod", 30, async || {
+        let out = sh(kc, "kubectl get events -n kaito-system --field-selector reason=PluginRefused -o name");
+        (out.ok && !out.stdout.trim().is_empty()).then_some(())
+    })
+    .await;
     workspaces
         .patch("phi-0", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"poke": "1"}}})))
         .await

@@ -2,6 +2,7 @@
 
 use anyhow::Context as _;
 use clap::Parser;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kaito_crd::{InferenceSet, RAGEngine, Workspace};
 use kaito_operator::leader::LeaderElector;
 use kaito_operator::metrics::Metrics;
@@ -9,6 +10,7 @@ use kaito_operator::server::{Health, router};
 use kaito_operator::{Config, Context, controller};
 use kaito_workload::plugin_args::PluginArgs;
 use kaito_workload::{DEFAULT_IMAGE_REGISTRY, DEFAULT_MAX_NODES, DEFAULT_PROVISIONER};
+use kube::runtime::events::{Event, EventType};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,15 +120,16 @@ async fn main() -> anyhow::Result<()> {
     if args.plugin_reload_seconds > 0 {
         let mut reloader = kaito_operator::reload::Reloader::new(args.plugins.clone(), host.clone());
         let (ctx, every) = (ctx.clone(), Duration::from_secs(args.plugin_reload_seconds));
+        let lease_namespace = args.lease_namespace.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let ctx = ctx.clone();
+                let for_check = ctx.clone();
                 // Loading and conformance are CPU work: on a blocking thread, one look at a time.
                 let looked = tokio::task::spawn_blocking(move || {
-                    let outcome = reloader.check(&ctx);
+                    let outcome = reloader.check(&for_check);
                     (reloader, outcome)
                 })
                 .await;
@@ -135,7 +138,31 @@ async fn main() -> anyhow::Result<()> {
                         tracing::warn!(error = %format!("{e:#}"), "plugin sources could not be read; the set is unchanged");
                         reloader = r;
                     }
-                    Ok((r, Ok(_))) => reloader = r,
+                    Ok((r, Ok(outcome))) => {
+                        reloader = r;
+                        // Each refusal is also an Event on the operator's pod, where `kubectl get events` shows it.
+                        for refused in outcome.map(|o| o.refused).unwrap_or_default() {
+                            let pod = ObjectReference {
+                                api_version: Some("v1".into()),
+                                kind: Some("Pod".into()),
+                                name: std::env::var("POD_NAME").ok(),
+                                namespace: Some(lease_namespace.clone()),
+                                ..Default::default()
+                            };
+                            let event = Event {
+                                type_: EventType::Warning,
+                                reason: "PluginRefused".into(),
+                                note: Some(kaito_operator::writes::event_note(format!(
+                                    "the plugin it would replace keeps serving; refused: {refused}"
+                                ))),
+                                action: "Reload".into(),
+                                secondary: None,
+                            };
+                            if let Err(e) = ctx.recorder.publish(&event, &pod).await {
+                                tracing::warn!(error = %e, "could not publish the PluginRefused event");
+                            }
+                        }
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "the plugin reload thread failed; reloading stops");
                         return;

@@ -40,6 +40,21 @@ where
     Ok(())
 }
 
+/// Longest event note the API server accepts (`note` is validated at 1024 bytes).
+const MAX_NOTE_BYTES: usize = 1024;
+
+/// `note` cut to what an Event may carry, at a character boundary, marked as cut.
+pub fn event_note(note: String) -> String {
+    if note.len() <= MAX_NOTE_BYTES {
+        return note;
+    }
+    let mut end = MAX_NOTE_BYTES - '…'.len_utf8();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &note[..end])
+}
+
 /// Publishes a Reconcile event about `object`. An event that cannot be written must not fail the reconcile that
 /// produced it: it is logged.
 pub async fn publish_event<K: Resource<DynamicType = ()>>(
@@ -50,8 +65,25 @@ pub async fn publish_event<K: Resource<DynamicType = ()>>(
     note: String,
 ) {
     let reference = object.object_ref(&());
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(event_note(note)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
     if let Err(e) = ctx.recorder.publish(&event, &reference).await {
         tracing::warn!(kind = ?reference.kind, name = ?reference.name, reason, error = %e, "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_notes_are_cut_to_what_the_api_server_takes() {
+        let long = "é".repeat(700);
+        let cut = super::event_note(long);
+        assert!(cut.len() <= 1024 && cut.ends_with('…'), "{}", cut.len());
+        assert_eq!(super::event_note("short".into()), "short");
     }
 }
