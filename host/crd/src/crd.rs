@@ -245,7 +245,7 @@ pub fn workspace_crd() -> CustomResourceDefinition {
         condition_column("ResourceReady"),
         condition_column("InferenceReady"),
         condition_column("JobStarted"),
-        condition_column("WorkspaceSucceeded"),
+        condition_column(crate::workspace::SUCCEEDED_CONDITION),
         CustomResourceColumnDefinition {
             name: "State".into(),
             type_: "string".into(),

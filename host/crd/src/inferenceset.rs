@@ -325,7 +325,7 @@ impl Workspace {
         };
         *observed_generation == self.metadata.generation
             && conditions.iter().any(|c| {
-                c.type_ == "WorkspaceSucceeded"
+                c.type_ == crate::SUCCEEDED_CONDITION
                     && c.status == "True"
                     && (c.observed_generation.is_none() || c.observed_generation == self.metadata.generation)
             })

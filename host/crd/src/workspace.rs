@@ -21,6 +21,8 @@ pub const WORKSPACE_NAMESPACE_LABEL: &str = kaito_names::labels::WORKSPACE_NAMES
 pub const RUNTIME_ANNOTATION: &str = kaito_names::annotations::RUNTIME;
 /// Pod-template annotation carrying the spec revision, so a spec change rolls the pods and nothing else does.
 pub const REVISION_ANNOTATION: &str = "workspace.kaito.io/revision";
+/// The Workspace's headline condition, as KAITO names it: True once the latest spec serves.
+pub const SUCCEEDED_CONDITION: &str = "WorkspaceSucceeded";
 /// Most adapters one Workspace may load.
 pub const MAX_ADAPTERS: usize = 10;
 

@@ -55,6 +55,8 @@ pub enum Error {
     },
     #[error("{reference} is not a Wasm component artifact: {why}")]
     NotWasm { reference: String, why: String },
+    #[error("{reference} is not a directory artifact (a model or an adapter): {why}")]
+    NotDirectory { reference: String, why: String },
     #[error("blob {expected} from {reference} has digest {actual}: refused")]
     Digest { reference: String, expected: String, actual: String },
     #[error("{0:?} is not a sha256 digest")]
@@ -541,7 +543,7 @@ impl Oci {
         let mut wanted = Vec::new();
         for layer in &manifest.layers {
             let title = layer.annotations.as_ref().and_then(|a| a.get(TITLE_ANNOTATION)).cloned().unwrap_or_default();
-            let rel = safe_title(&title).ok_or_else(|| Error::NotWasm {
+            let rel = safe_title(&title).ok_or_else(|| Error::NotDirectory {
                 reference: reference.whole(),
                 why: format!("layer {} has no usable file name ({TITLE_ANNOTATION}: {title:?})", layer.digest),
             })?;

@@ -248,7 +248,8 @@ impl Steps for InferenceSet {
             .filter(|w| w.metadata.deletion_timestamp.is_none() && !deleted.iter().any(|d| d == w.name()))
             .collect();
         let failing = live.iter().find_map(|w| {
-            let c = w.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "WorkspaceSucceeded")?;
+            let c =
+                w.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == kaito_crd::SUCCEEDED_CONDITION)?;
             let stuck =
                 c.status == "False" && matches!(w.status.as_ref()?.state.as_deref(), Some("Failed" | "NotReady"));
             stuck.then(|| (w.name().to_string(), format!("{}: {}", c.reason, c.message)))

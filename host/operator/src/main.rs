@@ -10,7 +10,7 @@ use kaito_operator::server::{Health, router};
 use kaito_operator::{Config, Context, controller};
 use kaito_workload::plugin_args::PluginArgs;
 use kaito_workload::{DEFAULT_IMAGE_REGISTRY, DEFAULT_MAX_NODES, DEFAULT_PROVISIONER};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,7 +120,14 @@ async fn main() -> anyhow::Result<()> {
     if args.plugin_reload_seconds > 0 {
         let mut reloader = kaito_operator::reload::Reloader::new(args.plugins.clone(), host.clone());
         let (ctx, every) = (ctx.clone(), Duration::from_secs(args.plugin_reload_seconds));
-        let lease_namespace = args.lease_namespace.clone();
+        // Refusals are Events on the operator's own pod.
+        let pod = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: std::env::var("POD_NAME").ok(),
+            namespace: Some(args.lease_namespace.clone()),
+            ..Default::default()
+        };
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -142,25 +149,9 @@ async fn main() -> anyhow::Result<()> {
                         reloader = r;
                         // Each refusal is also an Event on the operator's pod, where `kubectl get events` shows it.
                         for refused in outcome.map(|o| o.refused).unwrap_or_default() {
-                            let pod = ObjectReference {
-                                api_version: Some("v1".into()),
-                                kind: Some("Pod".into()),
-                                name: std::env::var("POD_NAME").ok(),
-                                namespace: Some(lease_namespace.clone()),
-                                ..Default::default()
-                            };
-                            let event = Event {
-                                type_: EventType::Warning,
-                                reason: "PluginRefused".into(),
-                                note: Some(kaito_operator::writes::event_note(format!(
-                                    "the plugin it would replace keeps serving; refused: {refused}"
-                                ))),
-                                action: "Reload".into(),
-                                secondary: None,
-                            };
-                            if let Err(e) = ctx.recorder.publish(&event, &pod).await {
-                                tracing::warn!(error = %e, "could not publish the PluginRefused event");
-                            }
+                            let note = format!("the plugin it would replace keeps serving; refused: {refused}");
+                            let warning = EventType::Warning;
+                            kaito_operator::writes::publish(&ctx, &pod, warning, "PluginRefused", "Reload", note).await;
                         }
                     }
                     Err(e) => {

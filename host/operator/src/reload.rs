@@ -6,7 +6,7 @@
 
 use crate::context::Context;
 use kaito_plugin_host::{Plugin, PluginHost, Registry, conformance};
-use kaito_workload::plugin_args::{PluginArgs, PluginSource, default_plugin_dirs};
+use kaito_workload::plugin_args::{PluginArgs, PluginSource};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -100,13 +100,8 @@ impl Reloader {
 
 /// What the sources hold, cheaply: each directory's entries with size and modification time, and the references.
 fn fingerprint(args: &PluginArgs) -> String {
-    let sources: Vec<PluginSource> = if args.dirs.is_empty() {
-        default_plugin_dirs().into_iter().map(PluginSource::Dir).collect()
-    } else {
-        args.dirs.clone()
-    };
     let mut out = String::new();
-    for source in sources {
+    for source in args.sources() {
         match source {
             PluginSource::Oci(reference) => out.push_str(&format!("oci {reference}\n")),
             PluginSource::Dir(dir) => {

@@ -13,7 +13,7 @@ pub mod types {
     pub const NODES_READY: &str = "NodesReady";
     pub const RESOURCE_READY: &str = "ResourceReady";
     pub const INFERENCE_READY: &str = "InferenceReady";
-    pub const WORKSPACE_SUCCEEDED: &str = "WorkspaceSucceeded";
+    pub const WORKSPACE_SUCCEEDED: &str = kaito_crd::SUCCEEDED_CONDITION;
     pub const WORKSPACE_DELETING: &str = "WorkspaceDeleting";
 }
 

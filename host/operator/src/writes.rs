@@ -64,15 +64,22 @@ pub async fn publish_event<K: Resource<DynamicType = ()>>(
     reason: &str,
     note: String,
 ) {
-    let reference = object.object_ref(&());
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(event_note(note)),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+    publish(ctx, &object.object_ref(&()), type_, reason, "Reconcile", note).await;
+}
+
+/// Publishes an event about `reference` (its note cut to what the API server takes); a failure is logged, not
+/// returned, as no caller should fail for want of an event.
+pub async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event =
+        Event { type_, reason: reason.into(), note: Some(event_note(note)), action: action.into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
         tracing::warn!(kind = ?reference.kind, name = ?reference.name, reason, error = %e, "could not publish event");
     }
 }

@@ -106,6 +106,15 @@ pub fn default_plugin_dirs() -> Vec<PathBuf> {
 }
 
 impl PluginArgs {
+    /// Where plugins come from: the `--plugins` given, else the default directories.
+    pub fn sources(&self) -> Vec<PluginSource> {
+        if self.dirs.is_empty() {
+            default_plugin_dirs().into_iter().map(PluginSource::Dir).collect()
+        } else {
+            self.dirs.clone()
+        }
+    }
+
     /// The host these options describe.
     pub fn host(&self) -> anyhow::Result<PluginHost> {
         let limits = Limits {
@@ -129,25 +138,14 @@ impl PluginArgs {
     /// Load the plugin directories and OCI references, reporting files that failed on `err`. An OCI reference that
     /// cannot be pulled is an error: it was named explicitly.
     pub fn registry(&self, host: &PluginHost, err: &mut dyn Write) -> anyhow::Result<Registry> {
-        let oci: Vec<&str> = self
-            .dirs
-            .iter()
-            .filter_map(|s| match s {
-                PluginSource::Oci(r) => Some(r.as_str()),
-                PluginSource::Dir(_) => None,
-            })
-            .collect();
-        let dirs: Vec<PathBuf> = if self.dirs.is_empty() {
-            default_plugin_dirs()
-        } else {
-            self.dirs
-                .iter()
-                .filter_map(|s| match s {
-                    PluginSource::Dir(d) => Some(d.clone()),
-                    PluginSource::Oci(_) => None,
-                })
-                .collect()
-        };
+        let sources = self.sources();
+        let (mut dirs, mut oci) = (Vec::new(), Vec::new());
+        for source in &sources {
+            match source {
+                PluginSource::Dir(d) => dirs.push(d.clone()),
+                PluginSource::Oci(r) => oci.push(r.as_str()),
+            }
+        }
         let present: Vec<PathBuf> = dirs.iter().filter(|d| d.is_dir()).cloned().collect();
         if present.is_empty() && oci.is_empty() {
             anyhow::bail!(
