@@ -133,7 +133,8 @@ fn provisioner_and_plugin_variants() {
     let docs =
         render(&["provisioner=byo", "replicaCount=1", "leaderElection.enabled=false", "metrics.service.enabled=false"]);
     assert!(args(&docs).contains(&"--leader-elect=false".to_string()));
-    assert!(!docs.iter().any(|d| d["kind"] == "Role" || d["kind"] == "Service"));
+    assert!(!docs.iter().any(|d| d["kind"] == "Service"));
+    assert!(!docs.iter().any(|d| d["kind"] == "Role" && d["metadata"]["name"] == "kaito-kaito-operator-leader"));
 
     let sha = "a".repeat(64);
     let docs = render(&[
@@ -155,7 +156,7 @@ fn provisioner_and_plugin_variants() {
     ] {
         assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
     }
-    let manifest = find(&docs, "ConfigMap")["data"]["plugins.yaml"].as_str().unwrap();
+    let manifest = docs.iter().find_map(|d| d["data"]["plugins.yaml"].as_str()).expect("the extra plugins.yaml");
     let parsed: Value = serde_yaml::from_str(manifest).unwrap();
     assert_eq!(parsed["plugins"][0]["file"], "my-preset.wasm");
     assert_eq!(parsed["plugins"][0]["sha256"], sha.as_str());
@@ -286,21 +287,52 @@ fn oci_plugin_references_are_pinned_or_refused() {
         render(&[&format!("plugins.oci[0]={pinned}"), "plugins.registrySecret=regcred", "plugins.plainHttp=true"]);
     let a = args(&docs);
     for want in [
-        format!("--plugins=oci://{pinned}"),
-        "--plain-http".to_string(),
-        "--registry-config=/etc/kaito/registry/.dockerconfigjson".to_string(),
+        "--plugin-configmap=kaito-kaito-operator-plugin-refs",
+        "--plain-http",
+        "--registry-config=/etc/kaito/registry/.dockerconfigjson",
     ] {
-        assert!(a.contains(&want), "{want} missing from {a:?}");
+        assert!(a.contains(&want.to_string()), "{want} missing from {a:?}");
     }
-    // What the chart passes, the operator's flag parser takes.
-    let source: kaito_workload::plugin_args::PluginSource = format!("oci://{pinned}").parse().unwrap();
+    // The references go into the ConfigMap the operator watches, one entry per repository name, in the form its
+    // flag parser takes; the Role reads that ConfigMap only.
+    let refs = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "kaito-kaito-operator-plugin-refs")
+        .expect("the plugin-reference ConfigMap");
+    let entry = refs["data"]["my-preset"].as_str().expect("an entry named by the repository");
+    assert_eq!(entry, format!("oci://{pinned}"));
+    let source: kaito_workload::plugin_args::PluginSource = entry.parse().unwrap();
     assert_eq!(source, kaito_workload::plugin_args::PluginSource::Oci(pinned.clone()));
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "kaito-kaito-operator-plugin-refs")
+        .expect("the plugin-reference Role");
+    assert_eq!(role["rules"][0]["resourceNames"], serde_json::json!(["kaito-kaito-operator-plugin-refs"]));
+    // A new reference is swapped in live: it does not roll the operator's pod.
+    let checksum = |docs: &[Value]| {
+        find(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/plugins"].clone()
+    };
+    assert_eq!(checksum(&docs), checksum(&render(&["plugins.registrySecret=regcred", "plugins.plainHttp=true"])));
+    let empty = render(&[]);
+    let refs = empty.iter().find(|d| d["kind"] == "ConfigMap").expect("the ConfigMap exists with no references");
+    assert!(refs["data"].as_object().is_none_or(|d| d.is_empty()), "{refs}");
     let volumes = &find(&docs, "Deployment")["spec"]["template"]["spec"]["volumes"];
     assert!(volumes.as_array().unwrap().iter().any(|v| v["secret"]["secretName"] == "regcred"));
 
     let tag = "registry.example.com/kaito/my-preset:latest";
     let (ok, _, stderr) = helm(&["template", "kaito", "--set", &format!("plugins.oci[0]={tag}")]);
     assert!(!ok && stderr.contains("names no digest"), "an unpinned tag is refused: {stderr}");
-    let a = args(&render(&[&format!("plugins.oci[0]={tag}"), "plugins.allowUnpinned=true"]));
-    assert!(a.contains(&"--allow-unpinned-plugins".to_string()) && a.contains(&format!("--plugins=oci://{tag}")));
+    let docs = render(&[&format!("plugins.oci[0]={tag}"), "plugins.allowUnpinned=true"]);
+    assert!(args(&docs).contains(&"--allow-unpinned-plugins".to_string()));
+    let refs = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    assert_eq!(refs["data"]["my-preset"], format!("oci://{tag}"));
+    let (ok, _, stderr) = helm(&[
+        "template",
+        "kaito",
+        "--set",
+        &format!("plugins.oci[0]={pinned}"),
+        "--set",
+        &format!("plugins.oci[1]=other.example/my-preset@sha256:{}", "c".repeat(64)),
+    ]);
+    assert!(!ok && stderr.contains("my-preset"), "two entries of one name are refused: {stderr}");
 }

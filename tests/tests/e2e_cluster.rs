@@ -532,26 +532,40 @@ async fn inferenceset_scale_roll_limit_and_delete() {
     assert_no_forbidden(kc, &[&op]);
 }
 
-/// Plugin hot reload on the real control plane: 50 Workspaces (25 Phi, 25 Qwen) reconcile while the Phi preset's
-/// file is replaced by another build of it (the Python port); none fails, the Phi StatefulSets end up carrying the
-/// new build's digest, the Qwen ones keep theirs and their revision; then a replacement that traps is refused and
-/// the serving build stays.
+/// Plugin hot reload on the real control plane, through the chart's plugin-reference ConfigMap and the real
+/// registry: the Phi preset's entry points at a pushed build of it; 50 Workspaces (25 Phi, 25 Qwen) reconcile while
+/// `kubectl patch` replaces the entry with another build (the Python port); none fails, the Phi StatefulSets end up
+/// carrying the new build's digest, the Qwen ones keep theirs and their revision; then a replacement that traps is
+/// refused (metric and Event) and the serving build stays.
 #[tokio::test]
 async fn plugins_reload_while_workspaces_reconcile() {
     let Some(env) = e2e::Env::start("plugins_reload_while_workspaces_reconcile").await else { return };
+    let (registry, _) = e2e::registry("plugins_reload_while_workspaces_reconcile").expect("the registry runs");
     let (kc, client) = (&env.kubeconfig, &env.client);
     namespace(client, "reload").await;
-    let presets = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(kaito_tests::plugin_dir("presets-wasm/dist")).unwrap().flatten() {
-        std::fs::copy(e.path(), presets.path().join(e.file_name())).unwrap();
-    }
-    let plugins_flag = format!("--plugins={}", presets.path().display());
-    let provisioners_flag = format!("--plugins={}", kaito_tests::plugin_dir("plugins/dist").display());
+    let oci = kaito_oci::Oci::new(kaito_oci::Options { plain_http: true, ..kaito_oci::Options::new() });
+    let push = async |file: std::path::PathBuf, repo: &str| {
+        let reference = kaito_oci::parse(&format!("{registry}/e2e-reload/{repo}:1")).unwrap();
+        format!("oci://{}", oci.push_wasm(&std::fs::read(&file).unwrap(), &reference, repo).await.unwrap())
+    };
+    let py = kaito_tests::plugin_dir("plugins/polyglot/phi-py/dist").join("preset-phi-py.wasm");
+    let (phi_ref, py_ref, trap_ref) = (
+        push(kaito_tests::plugin_dir("presets-wasm/dist").join("preset-phi.wasm"), "preset-phi").await,
+        push(py.clone(), "preset-phi-py").await,
+        push(kaito_tests::plugin_dir("plugins/fixtures/dist").join("hostile-trap.wasm"), "trap").await,
+    );
+    let refs = format!("{WORKSPACE_DEPLOYMENT}-plugin-refs");
+    let set_entry = |value: &str| {
+        // No spaces: `sh` splits the line on whitespace.
+        let patch = json!({"data": {"phi": value}}).to_string();
+        sh_ok(kc, &format!("kubectl patch configmap {refs} -n {SYSTEM_NAMESPACE} --type merge -p {patch}"));
+    };
+    set_entry(&phi_ref);
     let op = Operator::start(
         kc,
         WORKSPACE_DEPLOYMENT,
         "operator-reload",
-        &[&plugins_flag, &provisioners_flag, "--plugin-reload-seconds=1", "--leader-elect=false"],
+        &["--plugin-reload-seconds=1", "--leader-elect=false", "--plain-http"],
     )
     .await;
     let example =
@@ -574,11 +588,8 @@ async fn plugins_reload_while_workspaces_reconcile() {
             names.push(name);
         }
     }
-    // Mid-reconcile, the Phi preset is swapped for another build of it (renamed into place, as a ConfigMap update is).
-    let py = kaito_tests::plugin_dir("plugins/polyglot/phi-py/dist").join("preset-phi-py.wasm");
-    let staged = presets.path().join(".preset-phi.staged");
-    std::fs::copy(&py, &staged).unwrap();
-    std::fs::rename(&staged, presets.path().join("preset-phi.wasm")).unwrap();
+    // Mid-reconcile, the Phi entry is pointed at another build of the preset.
+    set_entry(&py_ref);
     let digest_of = |file: &Path| {
         let out = std::process::Command::new("sha256sum").arg(file).output().expect("sha256sum runs");
         format!("sha256:{}", String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap())
@@ -612,9 +623,7 @@ async fn plugins_reload_while_workspaces_reconcile() {
     assert!(log.contains("plugin set swapped"), "{log}");
 
     // A replacement that traps: refused, and the serving build stays.
-    let trap = kaito_tests::plugin_dir("plugins/fixtures/dist").join("hostile-trap.wasm");
-    std::fs::copy(&trap, &staged).unwrap();
-    std::fs::rename(&staged, presets.path().join("preset-phi.wasm")).unwrap();
+    set_entry(&trap_ref);
     let metrics = format!("http://127.0.0.1:{}/metrics", op.metrics_port);
     wait_for("the trapping replacement to be refused", 30, async || {
         let m = metrics.clone();
@@ -654,6 +663,13 @@ async fn plugins_reload_while_workspaces_reconcile() {
     for name in &names {
         assert_deleted(client, "reload", name).await;
     }
+    // The chart's ConfigMap back as installed, for the tests after this one.
+    sh_ok(
+        kc,
+        &format!(
+            "kubectl patch configmap {refs} -n {SYSTEM_NAMESPACE} --type json -p [{{\"op\":\"remove\",\"path\":\"/data/phi\"}}]"
+        ),
+    );
     assert_no_forbidden(kc, &[&op]);
 }
 

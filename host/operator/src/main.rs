@@ -10,7 +10,6 @@ use kaito_operator::server::{Health, router};
 use kaito_operator::{Config, Context, controller};
 use kaito_workload::plugin_args::PluginArgs;
 use kaito_workload::{DEFAULT_IMAGE_REGISTRY, DEFAULT_MAX_NODES, DEFAULT_PROVISIONER};
-use kube::runtime::events::EventType;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +59,10 @@ struct Args {
     /// How often to look at the plugin sources for a changed set, in seconds (0: never; the set is fixed at start).
     #[arg(long, env = "KAITO_PLUGIN_RELOAD_SECONDS", default_value_t = 10)]
     plugin_reload_seconds: u64,
+    /// ConfigMap in the operator's namespace whose entries are plugin references (`NAME: oci://REF@sha256:...`),
+    /// watched while the operator runs; an entry overrides a built-in plugin of the same name and kind.
+    #[arg(long, value_name = "NAME")]
+    plugin_configmap: Option<String>,
     #[command(flatten)]
     plugins: PluginArgs,
 }
@@ -89,9 +92,6 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let host = args.plugins.host()?;
     let registry = Arc::new(args.plugins.registry(&host, &mut std::io::stderr())?);
-    registry
-        .provisioner(&args.provisioner)
-        .with_context(|| format!("--provisioner {}: no such provisioner plugin is loaded", args.provisioner))?;
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes client: set KUBECONFIG or run in a pod with a service account")?;
@@ -117,9 +117,18 @@ async fn main() -> anyhow::Result<()> {
         controller::check_crd::<RAGEngine>(&ctx).await?;
     }
 
+    let references = args
+        .plugin_configmap
+        .as_deref()
+        .map(|name| kaito_operator::reload::watch_references(client.clone(), &args.lease_namespace, name));
+    let reloader = kaito_operator::reload::Reloader::new(args.plugins.clone(), host.clone(), references.clone());
+    let reloader = kaito_operator::reload::first_load(reloader, &ctx, references.clone())
+        .await
+        .with_context(|| format!("--plugin-configmap {}", args.plugin_configmap.as_deref().unwrap_or_default()))?;
+    ctx.registry()
+        .provisioner(&args.provisioner)
+        .with_context(|| format!("--provisioner {}: no such provisioner plugin is loaded", args.provisioner))?;
     if args.plugin_reload_seconds > 0 {
-        let mut reloader = kaito_operator::reload::Reloader::new(args.plugins.clone(), host.clone());
-        let (ctx, every) = (ctx.clone(), Duration::from_secs(args.plugin_reload_seconds));
         // Refusals are Events on the operator's own pod.
         let pod = ObjectReference {
             api_version: Some("v1".into()),
@@ -128,39 +137,8 @@ async fn main() -> anyhow::Result<()> {
             namespace: Some(args.lease_namespace.clone()),
             ..Default::default()
         };
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let for_check = ctx.clone();
-                // Loading and conformance are CPU work: on a blocking thread, one look at a time.
-                let looked = tokio::task::spawn_blocking(move || {
-                    let outcome = reloader.check(&for_check);
-                    (reloader, outcome)
-                })
-                .await;
-                match looked {
-                    Ok((r, Err(e))) => {
-                        tracing::warn!(error = %format!("{e:#}"), "plugin sources could not be read; the set is unchanged");
-                        reloader = r;
-                    }
-                    Ok((r, Ok(outcome))) => {
-                        reloader = r;
-                        // Each refusal is also an Event on the operator's pod, where `kubectl get events` shows it.
-                        for refused in outcome.map(|o| o.refused).unwrap_or_default() {
-                            let note = format!("the plugin it would replace keeps serving; refused: {refused}");
-                            let warning = EventType::Warning;
-                            kaito_operator::writes::publish(&ctx, &pod, warning, "PluginRefused", "Reload", note).await;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "the plugin reload thread failed; reloading stops");
-                        return;
-                    }
-                }
-            }
-        });
+        let every = Duration::from_secs(args.plugin_reload_seconds);
+        tokio::spawn(kaito_operator::reload::run(reloader, ctx.clone(), every, references, pod));
     }
 
     let ready = Arc::new(AtomicBool::new(false));

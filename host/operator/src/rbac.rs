@@ -36,6 +36,8 @@ pub const PERMISSIONS: &[Permission] = &[
     p("apps", "statefulsets", &["get", "list", "watch", "create", "patch"]),
     p("events.k8s.io", "events", &["create", "patch"]),
     p("coordination.k8s.io", "leases", &["get", "create", "update"]),
+    // Only the plugin-reference ConfigMap, by name (`--plugin-configmap`).
+    p("", "configmaps", &["get", "list", "watch"]),
 ];
 
 /// What the RAGEngine controller (`--controllers ragengine`), its events and leader election need.

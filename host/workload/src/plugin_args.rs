@@ -155,15 +155,7 @@ impl PluginArgs {
         }
         let mut registry = host.load_dirs(&present);
         for (reference, pulled) in oci.iter().zip(self.pull(&oci)?) {
-            // The digest was verified against the pinned manifest: it pins the file as plugins.yaml would.
-            let entry = kaito_plugin_host::ManifestEntry {
-                file: pulled.path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
-                sha256: Some(pulled.digest.trim_start_matches("sha256:").to_string()),
-                memory_mib: None,
-                deadline_ms: None,
-            };
-            let plugin = host.load_file(&pulled.path, Some(&entry)).map_err(|e| anyhow::anyhow!("{reference}: {e}"))?;
-            registry.add(plugin);
+            registry.add(load_pulled(host, reference, &pulled)?);
         }
         for f in &registry.failures {
             writeln!(err, "kaito: warning: plugin {} not loaded: {}", f.file.display(), f.error)?;
@@ -177,7 +169,35 @@ impl PluginArgs {
     }
 }
 
+/// Loads a pulled Wasm artifact; the digest was verified against the pinned manifest, so it pins the file as
+/// plugins.yaml would.
+fn load_pulled(
+    host: &PluginHost,
+    reference: &str,
+    pulled: &kaito_oci::PulledWasm,
+) -> anyhow::Result<std::sync::Arc<kaito_plugin_host::Plugin>> {
+    let entry = kaito_plugin_host::ManifestEntry {
+        file: pulled.path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+        sha256: Some(pulled.digest.trim_start_matches("sha256:").to_string()),
+        memory_mib: None,
+        deadline_ms: None,
+    };
+    host.load_file(&pulled.path, Some(&entry)).map_err(|e| anyhow::anyhow!("{reference}: {e}"))
+}
+
 impl PluginArgs {
+    /// Pulls and loads one `oci://` plugin reference (`reference` without the scheme), under the same pinning rule
+    /// as `--plugins`: the operator's ConfigMap of references loads each entry on its own, so one bad entry fails
+    /// alone.
+    pub fn load_reference(
+        &self,
+        host: &PluginHost,
+        reference: &str,
+    ) -> anyhow::Result<std::sync::Arc<kaito_plugin_host::Plugin>> {
+        let pulled = self.pull(&[reference])?;
+        load_pulled(host, reference, &pulled[0])
+    }
+
     /// Pulls the `oci://` plugin references into the blob cache, refusing unpinned ones unless allowed.
     fn pull(&self, references: &[&str]) -> anyhow::Result<Vec<kaito_oci::PulledWasm>> {
         if references.is_empty() {
