@@ -352,10 +352,11 @@ fn model_directories_travel_as_modelpack_artifacts_both_ways() {
     let model = models_dir("all-minilm-l6-v2");
     let work = tempfile::tempdir().unwrap();
     let target = format!("{registry}/models/all-minilm:1");
-    let push = kaito(&["models", "push", &model.display().to_string(), &target, "--plain-http"]);
+    let push =
+        kaito(&["models", "push", &model.display().to_string(), &target, "--plain-http", "--compression", "none"]);
     assert_eq!(push.code, 0, "{}", push.stderr);
     let pinned = push.stdout.trim().to_string();
-    // oras writes every layer to its title: the same tree, subdirectories included.
+    // Raw layers: oras writes every layer to its title: the same tree, subdirectories included.
     oras(&oras_bin, work.path(), &["pull", "--plain-http", &pinned, "-o", "by-oras"]);
     same_files(&model, &work.path().join("by-oras"));
     let manifest: serde_json::Value =
@@ -380,6 +381,47 @@ fn model_directories_travel_as_modelpack_artifacts_both_ways() {
         kaito(&["models", "pull", &theirs, "-o", &out.display().to_string(), "--plain-http", "--concurrency", "8"]);
     assert_eq!(pull.code, 0, "{}", pull.stderr);
     same_files(&model, &out);
+
+    // zstd layers (the default): each file a zstd-compressed tar under the ModelPack `.tar+zstd` media type; kaito
+    // unpacks the same tree, oras fetches the compressed blobs (zstd frames, smaller than the files).
+    let zstd_target = format!("{registry}/models/all-minilm:zstd");
+    let push = kaito(&["models", "push", &model.display().to_string(), &zstd_target, "--plain-http"]);
+    assert_eq!(push.code, 0, "{}", push.stderr);
+    let zstd_pinned = push.stdout.trim().to_string();
+    let out = work.path().join("unpacked");
+    let pull = kaito(&["models", "pull", &zstd_pinned, "-o", &out.display().to_string(), "--plain-http"]);
+    assert_eq!(pull.code, 0, "{}", pull.stderr);
+    same_files(&model, &out);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&oras(&oras_bin, work.path(), &["manifest", "fetch", "--plain-http", &zstd_pinned]))
+            .unwrap();
+    let layer = |title: &str| {
+        manifest["layers"].as_array().unwrap().iter().find(|l| l["annotations"][kaito_oci::TITLE_ANNOTATION] == title)
+    };
+    assert_eq!(layer("model.safetensors").unwrap()["mediaType"], "application/vnd.cncf.model.weight.v1.tar+zstd");
+    assert_eq!(layer("config.json").unwrap()["mediaType"], "application/vnd.cncf.model.weight.config.v1.tar+zstd");
+    oras(&oras_bin, work.path(), &["pull", "--plain-http", &zstd_pinned, "-o", "zstd-by-oras"]);
+    let blob = std::fs::read(work.path().join("zstd-by-oras/model.safetensors")).unwrap();
+    assert_eq!(blob[..4], [0x28, 0xb5, 0x2f, 0xfd], "a zstd frame");
+    let raw = std::fs::metadata(model.join("model.safetensors")).unwrap().len();
+    assert!((blob.len() as u64) < raw, "compressed: {} of {raw} bytes", blob.len());
+    // Both pushes are reproducible: the same directory, the same manifest digest.
+    let again = kaito(&["models", "push", &model.display().to_string(), &zstd_target, "--plain-http"]);
+    assert_eq!(again.stdout.trim(), zstd_pinned);
+
+    // A gzip layer (which we neither write nor read) is refused by name, and nothing is written.
+    std::fs::write(work.path().join("w.tgz"), b"not really gzip").unwrap();
+    let gzip = format!("{registry}/models/gzip:1");
+    oras(
+        &oras_bin,
+        work.path(),
+        &["push", "--plain-http", &gzip, "w.tgz:application/vnd.cncf.model.weight.v1.tar+gzip"],
+    );
+    let refused = work.path().join("refused");
+    let pull = kaito(&["models", "pull", &gzip, "-o", &refused.display().to_string(), "--plain-http"]);
+    assert_ne!(pull.code, 0);
+    assert!(pull.stderr.contains("gzip layers are not read"), "{}", pull.stderr);
+    assert!(!refused.join("w.tgz").exists());
 }
 
 #[tokio::test]
@@ -390,7 +432,12 @@ async fn the_inference_server_serves_a_model_pulled_from_the_registry() {
     let model = models_dir("smollm2-135m-instruct");
     let oci = Oci::new(Options { plain_http: true, ..Options::new() });
     let pinned = oci
-        .push_dir(&model, &kaito_oci::parse(&format!("{registry}/models/smollm2:1")).unwrap(), "smollm2")
+        .push_dir(
+            &model,
+            &kaito_oci::parse(&format!("{registry}/models/smollm2:1")).unwrap(),
+            "smollm2",
+            kaito_oci::Compression::Zstd,
+        )
         .await
         .unwrap();
     let bin = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("kaito-inference");

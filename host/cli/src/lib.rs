@@ -82,6 +82,10 @@ pub enum ModelsCommand {
         dir: PathBuf,
         /// REGISTRY/REPOSITORY:TAG (`oci://` optional).
         reference: String,
+        /// Layers as zstd-compressed tars (`zstd`, smaller downloads) or the files themselves (`none`, which
+        /// `oras pull` writes back as is).
+        #[arg(long, value_name = "zstd|none", default_value = "zstd")]
+        compression: kaito_oci::Compression,
         #[command(flatten)]
         registry: kaito_workload::plugin_args::RegistryArgs,
     },
@@ -312,11 +316,16 @@ fn pull_cmd(
 
 fn models_cmd(cmd: &ModelsCommand, out: &mut dyn Write) -> anyhow::Result<i32> {
     match cmd {
-        ModelsCommand::Push { dir, reference, registry } => {
+        ModelsCommand::Push { dir, reference, compression, registry } => {
             let target = kaito_oci::parse(reference)?;
             let name = dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
             let oci = kaito_oci::Oci::new(registry.options());
-            let pinned = kaito_workload::plugin_args::block_on(oci.push_dir(dir, &target, &name.unwrap_or_default()))??;
+            let pinned = kaito_workload::plugin_args::block_on(oci.push_dir(
+                dir,
+                &target,
+                &name.unwrap_or_default(),
+                *compression,
+            ))??;
             writeln!(out, "{pinned}")?;
         }
         ModelsCommand::Pull { reference, output, concurrency, registry } => {

@@ -9,6 +9,9 @@
 //! - Credentials come from a docker config (`~/.docker/config.json` or a Secret's `.dockerconfigjson`): basic
 //!   credentials, which oci-client also trades for a bearer token when the registry asks for one.
 
+mod layers;
+pub use layers::Compression;
+
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
@@ -474,26 +477,45 @@ impl Oci {
 
 impl Oci {
     /// Pushes every file under `dir` as one layer of a ModelPack artifact (weights, configs, docs by name), titled
-    /// with its path; returns the reference pinned to the manifest. `name` goes into the artifact's config.
-    pub async fn push_dir(&self, dir: &Path, reference: &Reference, name: &str) -> Result<String> {
+    /// with its path, raw or as a zstd-compressed tar; returns the reference pinned to the manifest. `name` goes into
+    /// the artifact's config.
+    pub async fn push_dir(
+        &self,
+        dir: &Path,
+        reference: &Reference,
+        name: &str,
+        compression: Compression,
+    ) -> Result<String> {
         let files = files_under(dir)?;
         let mut layers = Vec::new();
+        let mut diff_ids = Vec::new();
         for rel in &files {
             let path = dir.join(rel);
             let data = tokio::fs::read(&path).await.map_err(io(&path))?;
             let title = rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
-            let media_type = model_media_type(&title).to_string();
+            // The ModelPack config lists each file's uncompressed digest.
+            diff_ids.push(format!("sha256:{}", hex::encode(Sha256::digest(&data))));
+            let media_type = layers::packed_media_type(model_media_type(&title), compression);
+            let data = match compression {
+                Compression::None => data,
+                Compression::Zstd => {
+                    let t = title.clone();
+                    tokio::task::spawn_blocking(move || layers::pack(&t, &data))
+                        .await
+                        .expect("the packing thread")
+                        .map_err(io(&path))?
+                }
+            };
             layers.push(ImageLayer::new(
                 data,
                 media_type,
                 Some(BTreeMap::from([(TITLE_ANNOTATION.to_string(), title)])),
             ));
         }
-        let digests: Vec<String> = layers.iter().map(|l| l.sha256_digest()).collect();
         let config = serde_json::json!({
             "descriptor": {"name": name},
             "config": {"format": if files.iter().any(|f| f.to_string_lossy().ends_with(".safetensors")) { "safetensors" } else { "" }},
-            "modelfs": {"type": "layers", "diffIds": digests},
+            "modelfs": {"type": "layers", "diffIds": diff_ids},
         });
         let config =
             Config::new(serde_json::to_vec(&config).expect("config serialises"), MODEL_CONFIG_MEDIA_TYPE.into(), None);
@@ -529,8 +551,9 @@ impl Oci {
     }
 
     /// Pulls a directory artifact (a model or an adapter, any layer titled with a relative path) into `out`: up to
-    /// `concurrency` layers at once into the blob cache (each verified), then each linked (or copied) to its path.
-    /// `progress` hears `(bytes done, bytes in all)` after each layer.
+    /// `concurrency` layers at once into the blob cache (each verified), then each raw layer linked (or copied) to
+    /// its path and each tar (`.tar`, `.tar+zstd`) layer unpacked there. `progress` hears `(bytes done, bytes in
+    /// all)`, in layer bytes, after each layer.
     pub async fn pull_dir(
         &self,
         reference: &Reference,
@@ -547,35 +570,49 @@ impl Oci {
                 reference: reference.whole(),
                 why: format!("layer {} has no usable file name ({TITLE_ANNOTATION}: {title:?})", layer.digest),
             })?;
-            wanted.push((layer.clone(), rel));
+            let how = layers::Unpack::of(&layer.media_type)
+                .map_err(|why| Error::NotDirectory { reference: reference.whole(), why })?;
+            wanted.push((layer.clone(), rel, how));
         }
-        let total: u64 = wanted.iter().map(|(l, _)| u64::try_from(l.size).unwrap_or(0)).sum();
+        let total: u64 = wanted.iter().map(|(l, _, _)| u64::try_from(l.size).unwrap_or(0)).sum();
         let done = std::sync::atomic::AtomicU64::new(0);
         let (done, progress) = (&done, &progress);
-        let blobs: Vec<(PathBuf, PathBuf)> = futures::stream::iter(wanted)
-            .map(|(layer, rel)| async move {
+        let whole = reference.whole();
+        let whole = &whole;
+        let bytes = futures::stream::iter(wanted)
+            .map(|(layer, rel, how)| async move {
                 let blob = self.blob(reference, &layer).await?;
+                let dest = out.join(&rel);
+                let parent = dest.parent().expect("a joined path has a parent");
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+                let written = if how == layers::Unpack::Raw {
+                    let _ = std::fs::remove_file(&dest);
+                    // The cache holds the content once; a hard link costs nothing, a copy is the fallback across
+                    // filesystems.
+                    if std::fs::hard_link(&blob, &dest).is_err() {
+                        let tmp = layers::partial(&dest);
+                        std::fs::copy(&blob, &tmp).map_err(io(&tmp))?;
+                        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+                    }
+                    std::fs::metadata(&dest).map_err(io(&dest))?.len()
+                } else {
+                    // Decompression is CPU work: off the runtime, overlapping the other layers' downloads.
+                    let reference = whole.clone();
+                    tokio::task::spawn_blocking(move || layers::unpack(&blob, how, &rel, &dest, &reference))
+                        .await
+                        .expect("the unpacking thread")?
+                };
                 let size = u64::try_from(layer.size).unwrap_or(0);
                 let now = done.fetch_add(size, std::sync::atomic::Ordering::SeqCst) + size;
                 progress(now, total);
-                Ok::<_, Error>((blob, rel))
+                Ok::<_, Error>(written)
             })
             .buffer_unordered(concurrency.max(1))
-            .try_collect()
-            .await?;
-        for (blob, rel) in blobs {
-            let dest = out.join(&rel);
-            let parent = dest.parent().expect("a joined path has a parent");
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-            let _ = std::fs::remove_file(&dest);
-            // The cache holds the content once; a hard link costs nothing, a copy is the fallback across filesystems.
-            if std::fs::hard_link(&blob, &dest).is_err() {
-                let tmp = dest.with_extension("partial");
-                std::fs::copy(&blob, &tmp).map_err(io(&tmp))?;
-                std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
-            }
-        }
-        Ok(PulledDir { dir: out.to_path_buf(), pinned: pinned(reference, &manifest_digest), bytes: total })
+            .try_collect::<Vec<u64>>()
+            .await?
+            .into_iter()
+            .sum();
+        Ok(PulledDir { dir: out.to_path_buf(), pinned: pinned(reference, &manifest_digest), bytes })
     }
 }
 
