@@ -92,6 +92,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let host = args.plugins.host()?;
     let registry = Arc::new(args.plugins.registry(&host, &mut std::io::stderr())?);
+    let no_such_provisioner = || format!("--provisioner {}: no such provisioner plugin is loaded", args.provisioner);
+    // Refused before anything else, unless the plugin-reference ConfigMap (read below) may still bring it.
+    if args.plugin_configmap.is_none() {
+        registry.provisioner(&args.provisioner).with_context(no_such_provisioner)?;
+    }
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes client: set KUBECONFIG or run in a pod with a service account")?;
@@ -125,9 +130,7 @@ async fn main() -> anyhow::Result<()> {
     let reloader = kaito_operator::reload::first_load(reloader, &ctx, references.clone())
         .await
         .with_context(|| format!("--plugin-configmap {}", args.plugin_configmap.as_deref().unwrap_or_default()))?;
-    ctx.registry()
-        .provisioner(&args.provisioner)
-        .with_context(|| format!("--provisioner {}: no such provisioner plugin is loaded", args.provisioner))?;
+    ctx.registry().provisioner(&args.provisioner).with_context(no_such_provisioner)?;
     if args.plugin_reload_seconds > 0 {
         // Refusals are Events on the operator's own pod.
         let pod = ObjectReference {
