@@ -440,12 +440,30 @@ async fn the_inference_server_serves_a_model_pulled_from_the_registry() {
         )
         .await
         .unwrap();
+    // A LoRA adapter for it, made by peft, travels the same way (zstd layers) and is served by name.
+    let adapter = tempfile::tempdir().unwrap();
+    let python = std::env::var_os("KAITO_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kaito/torch-venv/bin/python"));
+    let made = Command::new(python)
+        .arg(kaito_tests::root().join("tests/python/lora_reference.py"))
+        .arg(&model)
+        .arg(adapter.path())
+        .arg(r#"{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}"#)
+        .args(["[1, 2, 3]", "1"])
+        .output()
+        .expect("python runs");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let adapter_ref = kaito_oci::parse(&format!("{registry}/adapters/smollm2-tuned:1")).unwrap();
+    let adapter_pinned =
+        oci.push_dir(adapter.path(), &adapter_ref, "smollm2-tuned", kaito_oci::Compression::Zstd).await.unwrap();
     let bin = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("kaito-inference");
     assert!(bin.is_file(), "{} is missing: `cargo test --workspace` builds it", bin.display());
     let downloads = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new(&bin)
         .args(["--model", &format!("oci://{pinned}"), "--plain-http", "--served-model-name", "smollm2"])
+        .args(["--enable-lora", "--lora-modules", &format!("tuned=oci://{adapter_pinned}")])
         .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--download-dir"])
         .arg(downloads.path())
         .env("OMP_NUM_THREADS", "1")
@@ -473,18 +491,42 @@ async fn the_inference_server_serves_a_model_pulled_from_the_registry() {
     });
     ready.await;
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-    let body = r#"{"model": "smollm2", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "temperature": 0}"#;
-    let answer: serde_json::Value = tokio::task::spawn_blocking(move || {
-        let mut r = agent.post(&url).header("content-type", "application/json").send(body).unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-        r.body_mut().read_json::<serde_json::Value>().unwrap()
-    })
-    .await
-    .unwrap();
+    let models_url = format!("http://127.0.0.1:{port}/v1/models");
+    let ask = |model: &str| {
+        format!(
+            r#"{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hi."}}], "max_tokens": 4, "temperature": 0}}"#
+        )
+    };
+    let (base_body, adapter_body) = (ask("smollm2"), ask("tuned"));
+    let (answer, tuned, models): (serde_json::Value, serde_json::Value, serde_json::Value) =
+        tokio::task::spawn_blocking(move || {
+            let post = |body: &str| {
+                let mut r = agent.post(&url).header("content-type", "application/json").send(body).unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                r.body_mut().read_json::<serde_json::Value>().unwrap()
+            };
+            let (a, t) = (post(&base_body), post(&adapter_body));
+            let m = agent.get(&models_url).call().unwrap().body_mut().read_json::<serde_json::Value>().unwrap();
+            (a, t, m)
+        })
+        .await
+        .unwrap();
     drop(server);
     let text = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default();
     assert!(!text.is_empty(), "{answer}");
-    // The pulled directory holds the pushed files, byte for byte.
-    let pulled = std::fs::read_dir(downloads.path()).unwrap().flatten().next().expect("a pulled directory").path();
+    assert_eq!(tuned["model"], "tuned", "{tuned}");
+    assert!(!tuned["choices"][0]["message"]["content"].as_str().unwrap_or_default().is_empty(), "{tuned}");
+    let card = &models["data"][1];
+    assert_eq!((card["id"].as_str(), card["parent"].as_str()), (Some("tuned"), Some("smollm2")), "{models}");
+    // The pulled directories hold the pushed files, byte for byte.
+    let pulled = std::fs::read_dir(downloads.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name() != "adapters")
+        .expect("a pulled directory")
+        .path();
     same_files(&model, &pulled);
+    let adapters = downloads.path().join("adapters");
+    let pulled = std::fs::read_dir(&adapters).unwrap().flatten().next().expect("a pulled adapter").path();
+    same_files(adapter.path(), &pulled);
 }

@@ -1,5 +1,7 @@
 //! Decode speed, ours vs Hugging Face transformers `generate`, in one run on the same machine, same SmolLM2
-//! weights, f32 on CPU, same thread count; then aggregate tokens/s at 1, 4 and 16 concurrent requests.
+//! weights, f32 on CPU, same thread count; then aggregate tokens/s at 1, 4 and 16 concurrent requests; then LoRA
+//! serving: one request with a peft-made rank-16 adapter on every projection, ours vs transformers + peft
+//! (unmerged), and 16 concurrent requests over 0, 1 and 4 such adapters in one batch.
 //!
 //! `cargo bench -p kaito-inference --bench decode [-- THREADS]` (after `cargo xtask models`; default 1 thread).
 
@@ -18,10 +20,15 @@ const NEW_TOKENS: usize = 64;
 
 /// Time to first token and decode tokens/s of one request, from the engine's event stream.
 async fn one(engine: &Engine, prompt: Vec<u32>) -> (f64, f64) {
+    one_with(engine, prompt, None).await
+}
+
+/// [`one`], generating with the loaded adapter `adapter`.
+async fn one_with(engine: &Engine, prompt: Vec<u32>, adapter: Option<String>) -> (f64, f64) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let params = SamplingParams { temperature: 0.0, max_tokens: NEW_TOKENS, ignore_eos: true, ..Default::default() };
     let start = Instant::now();
-    engine.submit(GenRequest { prompt, sampler: Sampler::new(params), events: tx }).unwrap();
+    engine.submit(GenRequest { prompt, adapter, sampler: Sampler::new(params), events: tx }).unwrap();
     let (mut first, mut count) = (None, 0);
     while let Some(e) = rx.recv().await {
         match e {
@@ -40,8 +47,14 @@ async fn one(engine: &Engine, prompt: Vec<u32>) -> (f64, f64) {
 
 /// Aggregate generated tokens/s with `n` requests at once.
 async fn aggregate(engine: &Engine, prompts: &[Vec<u32>], n: usize) -> f64 {
+    aggregate_over(engine, prompts, n, &[]).await
+}
+
+/// [`aggregate`], request `i` using adapter `i % adapters.len()` (none when `adapters` is empty).
+async fn aggregate_over(engine: &Engine, prompts: &[Vec<u32>], n: usize, adapters: &[String]) -> f64 {
     let start = Instant::now();
-    let runs = (0..n).map(|i| one(engine, prompts[i % prompts.len()].clone()));
+    let adapter = |i: usize| (!adapters.is_empty()).then(|| adapters[i % adapters.len()].clone());
+    let runs = (0..n).map(|i| one_with(engine, prompts[i % prompts.len()].clone(), adapter(i)));
     futures::future::join_all(runs).await;
     (n * NEW_TOKENS) as f64 / start.elapsed().as_secs_f64()
 }
@@ -95,5 +108,56 @@ async fn main() {
     for n in [4, 16] {
         let agg = aggregate(&engine, &prompts, n).await;
         println!("| {n} | {agg:.1} | {:.2}x |", agg / single);
+    }
+
+    // LoRA: four peft-made adapters, rank 16 on all seven projections of every layer.
+    let work = tempfile::tempdir().unwrap();
+    let shape = engine.shape.clone();
+    let mut names = Vec::new();
+    for i in 0..4 {
+        let adapter = work.path().join(format!("adapter-{i}"));
+        let spec = serde_json::json!({"r": 16, "lora_alpha": 32, "seed": i, "target_modules":
+            ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]});
+        let made = std::process::Command::new(common::python())
+            .arg(common::script("lora_reference.py"))
+            .arg(&dir)
+            .arg(&adapter)
+            .arg(spec.to_string())
+            .args(["[1, 2, 3]", "1"])
+            .output()
+            .expect("python runs");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        let name = format!("adapter-{i}");
+        let loaded = kaito_inference::lora::Adapter::load(&name, &adapter, &shape).expect("adapter loads");
+        engine.load_adapter(loaded).await.unwrap();
+        names.push(name);
+    }
+    one_with(&engine, prompts[0].clone(), Some(names[0].clone())).await; // warm-up
+    let (_, lora_decode) = one_with(&engine, prompts[0].clone(), Some(names[0].clone())).await;
+    let out = std::process::Command::new(common::python())
+        .arg(common::script("bench_transformers.py"))
+        .arg(&dir)
+        .arg(serde_json::to_string(&prompts[0]).unwrap())
+        .arg(NEW_TOKENS.to_string())
+        .arg(threads.to_string())
+        .arg(work.path().join("adapter-0"))
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let peft_decode = reference["decode_tok_s"].as_f64().unwrap();
+    println!();
+    println!("| batch 1, rank-16 adapter on every projection | kaito-inference | transformers + peft | ours / peft |");
+    println!("|---|---:|---:|---:|");
+    println!("| decode tokens/s | {lora_decode:.1} | {peft_decode:.1} | {:.2}x |", lora_decode / peft_decode);
+    println!("| vs the base model | {:.2}x | {:.2}x | |", lora_decode / decode, peft_decode / hf_decode);
+    println!();
+    println!("| 16 concurrent requests | aggregate tokens/s | vs no adapter |");
+    println!("|---|---:|---:|");
+    let none = aggregate_over(&engine, &prompts, 16, &[]).await;
+    println!("| base model only | {none:.1} | 1.00x |");
+    for k in [1, 4] {
+        let agg = aggregate_over(&engine, &prompts, 16, &names[..k]).await;
+        println!("| {k} adapter(s), round robin | {agg:.1} | {:.2}x |", agg / none);
     }
 }

@@ -7,10 +7,12 @@
 //! when decoding outgrows the bound the newest sequence is preempted (its cache
 //! freed, its tokens recomputed later), so memory never runs out mid-step.
 
+use crate::lora::{Adapter, Shape};
 use crate::metrics::Metrics;
 use crate::models::decoder::{Decoder, SeqCache, Span};
 use crate::sampling::Sampler;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -47,6 +49,9 @@ pub enum Event {
 /// One generation request.
 pub struct GenRequest {
     pub prompt: Vec<u32>,
+    /// The name of the loaded LoRA adapter to generate with (`None`: the base model). The sequence holds the
+    /// adapter until it ends, so unloading an adapter never cuts a generation short.
+    pub adapter: Option<String>,
     pub sampler: Sampler,
     /// Closing the receiver cancels the request.
     pub events: UnboundedSender<Event>,
@@ -83,7 +88,7 @@ pub enum SubmitError {
 /// The handle the HTTP layer holds.
 #[derive(Clone)]
 pub struct Engine {
-    tx: mpsc::Sender<GenRequest>,
+    tx: mpsc::Sender<Command>,
     queued: Arc<AtomicUsize>,
     running: Arc<AtomicUsize>,
     max_waiting: usize,
@@ -91,10 +96,13 @@ pub struct Engine {
     pub max_context: usize,
     /// KV bound in tokens, so requests that could never fit are refused up front.
     pub kv_tokens: usize,
+    /// What adapters for this model must fit.
+    pub shape: Shape,
 }
 
 struct Seq {
     tokens: Vec<u32>,
+    adapter: Option<Rc<Adapter>>,
     prompt_len: usize,
     cache: SeqCache,
     sampler: Sampler,
@@ -125,12 +133,14 @@ impl Engine {
             max_waiting: config.max_waiting,
             max_context: model.max_context,
             kv_tokens: config.kv_tokens,
+            shape: Shape::of(&model),
         };
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
                 let scheduler = Scheduler {
                     model,
+                    adapters: HashMap::new(),
                     stop_ids,
                     config,
                     metrics,
@@ -157,15 +167,38 @@ impl Engine {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::Overloaded(waiting));
         }
-        self.tx.send(request).map_err(|_| {
+        self.tx.send(Command::Generate(Box::new(request))).map_err(|_| {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             SubmitError::Stopped
         })
     }
+
+    /// Hands `adapter` to the engine thread; from the answer on, requests may name it.
+    pub async fn load_adapter(&self, adapter: Adapter) -> Result<(), String> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.tx.send(Command::Load(adapter, done)).map_err(|_| "the engine has stopped".to_string())?;
+        answer.await.map_err(|_| "the engine has stopped".to_string())?
+    }
+
+    /// Removes the adapter `name`; sequences already using it finish with it.
+    pub async fn unload_adapter(&self, name: &str) -> Result<(), String> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.tx.send(Command::Unload(name.to_string(), done)).map_err(|_| "the engine has stopped".to_string())?;
+        answer.await.map_err(|_| "the engine has stopped".to_string())?
+    }
+}
+
+/// What the engine thread is asked to do, in arrival order.
+enum Command {
+    Generate(Box<GenRequest>),
+    Load(Adapter, tokio::sync::oneshot::Sender<Result<(), String>>),
+    Unload(String, tokio::sync::oneshot::Sender<Result<(), String>>),
 }
 
 struct Scheduler {
     model: Decoder,
+    /// Loaded adapters by name; the engine thread owns them (tensors are not shared across threads).
+    adapters: HashMap<String, Rc<Adapter>>,
     stop_ids: Vec<u32>,
     config: EngineConfig,
     metrics: Arc<Metrics>,
@@ -176,19 +209,19 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    fn run(mut self, rx: mpsc::Receiver<GenRequest>) {
+    fn run(mut self, rx: mpsc::Receiver<Command>) {
         let _no_grad = tch::no_grad_guard();
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
                 self.active.store(0, Ordering::SeqCst);
                 self.metrics.set_queue(0, 0);
                 match rx.recv() {
-                    Ok(r) => self.enqueue(r),
+                    Ok(c) => self.command(c),
                     Err(_) => return,
                 }
             }
-            while let Ok(r) = rx.try_recv() {
-                self.enqueue(r);
+            while let Ok(c) = rx.try_recv() {
+                self.command(c);
             }
             self.drop_cancelled();
             self.admit();
@@ -200,11 +233,41 @@ impl Scheduler {
         }
     }
 
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Generate(r) => self.enqueue(*r),
+            Command::Load(adapter, done) => {
+                let _ = done.send(if self.adapters.contains_key(&adapter.name) {
+                    Err(format!("the adapter {:?} is loaded already", adapter.name))
+                } else {
+                    self.adapters.insert(adapter.name.clone(), Rc::new(adapter));
+                    Ok(())
+                });
+            }
+            Command::Unload(name, done) => {
+                let _ = done.send(match self.adapters.remove(&name) {
+                    Some(_) => Ok(()),
+                    None => Err(format!("no adapter {name:?} is loaded")),
+                });
+            }
+        }
+    }
+
     fn enqueue(&mut self, r: GenRequest) {
+        let adapter = match r.adapter.as_deref().map(|name| self.adapters.get(name).cloned().ok_or(name)) {
+            None => None,
+            Some(Ok(a)) => Some(a),
+            Some(Err(name)) => {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                let _ = r.events.send(Event::Failed(format!("the adapter {name:?} was unloaded")));
+                return;
+            }
+        };
         let cache = self.model.new_cache();
         self.waiting.push_back(Seq {
             prompt_len: r.prompt.len(),
             tokens: r.prompt,
+            adapter,
             cache,
             sampler: r.sampler,
             events: r.events,
@@ -286,6 +349,13 @@ impl Scheduler {
             spans.push(Span { start: tokens.len(), len: take });
             tokens.extend(s.tokens[s.cache.len..s.cache.len + take].iter().map(|&t| t as i64));
         }
+        // Cloned handles: the caches below borrow the sequences mutably.
+        let held: Vec<Option<Rc<Adapter>>> = if plan.iter().any(|(i, _)| self.running[*i].adapter.is_some()) {
+            plan.iter().map(|(i, _)| self.running[*i].adapter.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        let adapters: Vec<Option<&Adapter>> = held.iter().map(|a| a.as_deref()).collect();
         let started = Instant::now();
         let logits = {
             let mut caches: Vec<&mut SeqCache> = Vec::with_capacity(plan.len());
@@ -298,7 +368,7 @@ impl Scheduler {
                 rest = tail;
                 offset = i + 1;
             }
-            self.model.forward(&tokens, &spans, &mut caches)
+            self.model.forward(&tokens, &spans, &mut caches, &adapters)
         };
         let vocab = logits.size()[1] as usize;
         let flat: Vec<f32> = match Vec::<f32>::try_from(logits.to_device(tch::Device::Cpu).flatten(0, -1)) {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod download;
 pub mod engine;
 pub mod loader;
+pub mod lora;
 pub mod metrics;
 pub mod models;
 pub mod sampling;

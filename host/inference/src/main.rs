@@ -3,7 +3,7 @@
 use clap::Parser;
 use kaito_inference::engine::{Engine, EngineConfig};
 use kaito_inference::metrics::Metrics;
-use kaito_inference::server::{AppState, Serving, router};
+use kaito_inference::server::{AppState, Lora, Serving, router};
 use kaito_inference::{download, loader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,6 +60,17 @@ struct Args {
     /// KV cache bound, in tokens across all sequences.
     #[arg(long, default_value_t = 32_768)]
     kv_cache_tokens: usize,
+    /// Serve LoRA adapters (as vLLM's flag): needed for --lora-modules and runtime loading.
+    #[arg(long)]
+    enable_lora: bool,
+    /// Adapters served from the start, each `NAME=PATH` or vLLM's JSON `{"name": ..., "path": ...}`; PATH is a
+    /// PEFT adapter directory or `oci://REF` (an artifact `kaito models push` made).
+    #[arg(long, num_args = 1.., value_name = "NAME=PATH")]
+    lora_modules: Vec<String>,
+    /// Serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter (they load paths the caller names; also
+    /// turned on by VLLM_ALLOW_RUNTIME_LORA_UPDATING=true, as in vLLM).
+    #[arg(long)]
+    allow_runtime_lora_updating: bool,
     /// Intra-op CPU threads (default: libtorch's choice).
     #[arg(long)]
     threads: Option<i32>,
@@ -80,12 +91,34 @@ async fn main() -> anyhow::Result<()> {
     let name = names.next().unwrap_or_else(|| args.model.trim_end_matches('/').to_string());
     let aliases: Vec<String> = names.collect();
     let metrics = Arc::new(Metrics::default());
+    let modules = args.lora_modules.iter().map(|m| lora_module(m)).collect::<anyhow::Result<Vec<_>>>()?;
+    let runtime_updates = args.allow_runtime_lora_updating
+        || std::env::var("VLLM_ALLOW_RUNTIME_LORA_UPDATING").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    anyhow::ensure!(
+        args.enable_lora || (modules.is_empty() && !runtime_updates),
+        "--lora-modules and runtime adapter loading need --enable-lora"
+    );
+    let options = kaito_oci::Options {
+        plain_http: args.plain_http,
+        docker_config: args.registry_config.clone(),
+        ..kaito_oci::Options::new()
+    };
+    let fetch: kaito_inference::server::Fetch = {
+        let (dir, options, concurrency, metrics) =
+            (args.download_dir.clone(), options.clone(), args.pull_concurrency, metrics.clone());
+        Arc::new(move |path: &str| {
+            let reference = path.strip_prefix(kaito_oci::SCHEME).unwrap_or(path);
+            download::pull_oci(reference, &dir.join("adapters"), options.clone(), concurrency, &metrics)
+        })
+    };
+    let lora = Lora { runtime_updates, fetch: Some(fetch), ..Lora::default() };
     let state = AppState {
         serving: Arc::new(OnceLock::new()),
         failed: Arc::new(OnceLock::new()),
         model_name: name.clone(),
         aliases,
         metrics: metrics.clone(),
+        lora: lora.clone(),
     };
     let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -97,11 +130,6 @@ async fn main() -> anyhow::Result<()> {
             let dir = if local.is_dir() {
                 local
             } else if let Some(reference) = args.model.strip_prefix(kaito_oci::SCHEME) {
-                let options = kaito_oci::Options {
-                    plain_http: args.plain_http,
-                    docker_config: args.registry_config.clone(),
-                    ..kaito_oci::Options::new()
-                };
                 download::pull_oci(reference, &args.download_dir, options, args.pull_concurrency, &metrics)?
             } else if args.model.contains('/') && !args.model.starts_with(['.', '/']) {
                 download::download(&args.model, &args.revision, &args.download_dir, &metrics)?
@@ -122,7 +150,15 @@ async fn main() -> anyhow::Result<()> {
                 "model loaded"
             );
             let stop = loaded.text.stop_ids.clone();
-            Ok(Serving { engine: Engine::start(loaded.model, stop, config, metrics), text: Arc::new(loaded.text) })
+            let engine = Engine::start(loaded.model, stop, config, metrics);
+            // The adapters named at start serve before the server says it is ready, or it does not start.
+            for (name, path) in &modules {
+                tokio::runtime::Handle::current()
+                    .block_on(lora.load(&engine, name, path))
+                    .map_err(|e| anyhow::anyhow!("--lora-modules {name}={path}: {e}"))?;
+                tracing::info!(adapter = %name, %path, "LoRA adapter loaded");
+            }
+            Ok(Serving { engine, text: Arc::new(loaded.text) })
         })();
         match result {
             Ok(s) => {
@@ -140,4 +176,21 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// One `--lora-modules` value: `NAME=PATH`, or vLLM's JSON form.
+fn lora_module(value: &str) -> anyhow::Result<(String, String)> {
+    if value.trim_start().starts_with('{') {
+        let v: serde_json::Value =
+            serde_json::from_str(value).map_err(|e| anyhow::anyhow!("--lora-modules {value}: {e}"))?;
+        let field = |k: &str| v[k].as_str().map(str::to_string);
+        return match (field("name"), field("path")) {
+            (Some(name), Some(path)) => Ok((name, path)),
+            _ => anyhow::bail!("--lora-modules {value}: the JSON form needs \"name\" and \"path\""),
+        };
+    }
+    match value.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok((name.to_string(), path.to_string())),
+        _ => anyhow::bail!("--lora-modules {value}: write NAME=PATH"),
+    }
 }

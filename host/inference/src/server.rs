@@ -37,6 +37,64 @@ pub struct AppState {
     /// Further names requests may use for the same model (e.g. a preset alias beside KAITO's name).
     pub aliases: Vec<String>,
     pub metrics: Arc<Metrics>,
+    /// LoRA adapters served beside the base model.
+    pub lora: Lora,
+}
+
+/// A loaded adapter as the HTTP layer knows it (the tensors live on the engine thread).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterCard {
+    /// Where it was loaded from.
+    pub source: String,
+    pub rank: usize,
+}
+
+/// Resolves an adapter path that is not a local directory (an `oci://` reference) to one.
+pub type Fetch = Arc<dyn Fn(&str) -> anyhow::Result<std::path::PathBuf> + Send + Sync>;
+
+/// The LoRA side of the server.
+#[derive(Clone, Default)]
+pub struct Lora {
+    /// Loaded adapters by name: the names requests may put in `model`.
+    pub cards: Arc<std::sync::Mutex<std::collections::BTreeMap<String, AdapterCard>>>,
+    /// Whether `/v1/load_lora_adapter` and `/v1/unload_lora_adapter` are served (vLLM's
+    /// `VLLM_ALLOW_RUNTIME_LORA_UPDATING`): off by default, as they read paths the caller names.
+    pub runtime_updates: bool,
+    /// How `oci://` adapter paths are pulled; `None`: refused.
+    pub fetch: Option<Fetch>,
+}
+
+impl Lora {
+    /// Loads the adapter at `path` (a PEFT directory, or `oci://REF` when fetching is set up) under `name` into
+    /// `engine`, and lists it.
+    pub async fn load(&self, engine: &Engine, name: &str, path: &str) -> Result<(), ApiError> {
+        let bad = |param: &str, m: String| ApiError::bad(param, m);
+        if name.is_empty() || name.chars().any(char::is_whitespace) {
+            return Err(bad("lora_name", format!("{name:?}: an adapter name is one word")));
+        }
+        if self.cards.lock().expect("lora cards").contains_key(name) {
+            return Err(bad("lora_name", format!("the adapter {name:?} is loaded already; unload it first")));
+        }
+        let (shape, fetch, owned) = (engine.shape.clone(), self.fetch.clone(), (name.to_string(), path.to_string()));
+        let adapter = tokio::task::spawn_blocking(move || {
+            let (name, path) = owned;
+            let dir = match path.strip_prefix("oci://") {
+                Some(_) => match fetch {
+                    Some(fetch) => fetch(&path)?,
+                    None => anyhow::bail!("{path}: oci:// adapters need the registry options of this server"),
+                },
+                None => std::path::PathBuf::from(&path),
+            };
+            crate::lora::Adapter::load(&name, &dir, &shape)
+        })
+        .await
+        .map_err(|e| bad("lora_path", e.to_string()))?
+        .map_err(|e| bad("lora_path", format!("{e:#}")))?;
+        let card = AdapterCard { source: path.to_string(), rank: adapter.rank };
+        engine.load_adapter(adapter).await.map_err(|e| bad("lora_name", e))?;
+        self.cards.lock().expect("lora cards").insert(name.to_string(), card);
+        Ok(())
+    }
 }
 
 /// An OpenAI-style error.
@@ -55,6 +113,15 @@ impl ApiError {
     fn code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
         self
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.param {
+            Some(p) => write!(f, "{p}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
     }
 }
 
@@ -235,13 +302,23 @@ impl AppState {
         })
     }
 
-    fn check_model(&self, model: &str) -> Result<(), ApiError> {
+    /// The adapter `model` names (`None`: the base model), or 404.
+    fn check_model(&self, model: &str) -> Result<Option<String>, ApiError> {
         if model == self.model_name || self.aliases.iter().any(|a| a == model) {
-            return Ok(());
+            return Ok(None);
         }
+        let cards = self.lora.cards.lock().expect("lora cards");
+        if cards.contains_key(model) {
+            return Ok(Some(model.to_string()));
+        }
+        let adapters = if cards.is_empty() {
+            String::new()
+        } else {
+            format!(" and the adapters {:?}", cards.keys().collect::<Vec<_>>())
+        };
         Err(ApiError {
             status: StatusCode::NOT_FOUND,
-            message: format!("the model `{model}` does not exist; this server serves `{}`", self.model_name),
+            message: format!("the model `{model}` does not exist; this server serves `{}`{adapters}", self.model_name),
             param: Some("model".into()),
             code: Some("model_not_found"),
         })
@@ -410,25 +487,26 @@ async fn generate(
     prompt: Vec<u32>,
     plan: Plan,
     echo: Option<String>,
+    adapter: Option<String>,
 ) -> Result<Response, ApiError> {
     let serving = state.serving()?;
     let prompt_len = prompt.len();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    serving.engine.submit(GenRequest { prompt, sampler: Sampler::new(plan.params.clone()), events: tx }).map_err(
-        |e| match e {
-            SubmitError::Overloaded(_) => ApiError {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                message: e.to_string(),
-                param: None,
-                code: Some("overloaded"),
-            },
-            SubmitError::Stopped => {
-                ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string(), param: None, code: None }
-            }
+    // Responses name what was asked for: the adapter, else the served model name.
+    let model = adapter.clone().unwrap_or_else(|| state.model_name.clone());
+    let request = GenRequest { prompt, adapter, sampler: Sampler::new(plan.params.clone()), events: tx };
+    serving.engine.submit(request).map_err(|e| match e {
+        SubmitError::Overloaded(_) => ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: e.to_string(),
+            param: None,
+            code: Some("overloaded"),
         },
-    )?;
-    let (id, created, model) =
-        (request_id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }), now(), state.model_name.clone());
+        SubmitError::Stopped => {
+            ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string(), param: None, code: None }
+        }
+    })?;
+    let (id, created) = (request_id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }), now());
     let text = serving.text.clone();
     if !plan.stream {
         let mut out = Output::new();
@@ -515,7 +593,7 @@ async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
     let result = async {
         check_fields(&body, CHAT_FIELDS)?;
         let req: ChatRequest = parse(&body)?;
-        state.check_model(&req.common.model)?;
+        let adapter = state.check_model(&req.common.model)?;
         let serving = state.serving()?;
         if req.messages.is_empty() {
             return Err(ApiError::bad("messages", "messages must hold at least one message"));
@@ -537,7 +615,7 @@ async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
         let prompt_text = serving.text.render_chat(&messages).map_err(|e| ApiError::bad("messages", e))?;
         let prompt = serving.text.encode(&prompt_text, false).map_err(|e| ApiError::bad("messages", e))?;
         let plan = plan(&req.common, prompt.len(), &serving.engine, "messages")?;
-        generate(&state, Kind::Chat, prompt, plan, None).await
+        generate(&state, Kind::Chat, prompt, plan, None, adapter).await
     }
     .await;
     finish(&state, "/v1/chat/completions", result)
@@ -547,7 +625,7 @@ async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
     let result = async {
         check_fields(&body, COMPLETION_FIELDS)?;
         let req: CompletionRequest = parse(&body)?;
-        state.check_model(&req.common.model)?;
+        let adapter = state.check_model(&req.common.model)?;
         let serving = state.serving()?;
         let (prompt, text) = match req.prompt {
             Prompt::Text(t) => (serving.text.encode(&t, true).map_err(|e| ApiError::bad("prompt", e))?, t),
@@ -573,7 +651,7 @@ async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
             return Err(ApiError::bad("prompt", "the prompt is empty"));
         }
         let plan = plan(&req.common, prompt.len(), &serving.engine, "prompt")?;
-        generate(&state, Kind::Completion, prompt, plan, req.echo.then_some(text)).await
+        generate(&state, Kind::Completion, prompt, plan, req.echo.then_some(text), adapter).await
     }
     .await;
     finish(&state, "/v1/completions", result)
@@ -587,11 +665,67 @@ fn finish(state: &AppState, endpoint: &str, result: Result<Response, ApiError>) 
 
 async fn models(State(state): State<AppState>) -> Response {
     let max = state.serving.get().map(|s| s.engine.max_context);
-    let cards: Vec<Value> = std::iter::once(&state.model_name)
+    let mut cards: Vec<Value> = std::iter::once(&state.model_name)
         .chain(&state.aliases)
         .map(|id| json!({"id": id, "object": "model", "created": now(), "owned_by": "kaito", "max_model_len": max}))
         .collect();
+    // Adapters as vLLM lists them: `parent` is the base model, `root` where the adapter came from.
+    for (name, card) in state.lora.cards.lock().expect("lora cards").iter() {
+        cards.push(json!({"id": name, "object": "model", "created": now(), "owned_by": "kaito",
+                          "root": card.source, "parent": state.model_name, "max_model_len": max}));
+    }
     axum::Json(json!({"object": "list", "data": cards})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadAdapterRequest {
+    lora_name: String,
+    lora_path: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnloadAdapterRequest {
+    lora_name: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    lora_int_id: Option<u64>,
+}
+
+/// `POST /v1/load_lora_adapter`, as vLLM: `{"lora_name", "lora_path"}`, answered in plain text.
+async fn load_adapter(State(state): State<AppState>, body: Bytes) -> Response {
+    let result = async {
+        let req: LoadAdapterRequest = parse(&body)?;
+        let serving = state.serving()?;
+        state.lora.load(&serving.engine, &req.lora_name, &req.lora_path).await?;
+        tracing::info!(adapter = %req.lora_name, path = %req.lora_path, "LoRA adapter loaded");
+        Ok(format!("Success: LoRA adapter '{}' added successfully.", req.lora_name).into_response())
+    }
+    .await;
+    finish(&state, "/v1/load_lora_adapter", result)
+}
+
+/// `POST /v1/unload_lora_adapter`, as vLLM: `{"lora_name"}`; requests already using it finish with it.
+async fn unload_adapter(State(state): State<AppState>, body: Bytes) -> Response {
+    let result = async {
+        let req: UnloadAdapterRequest = parse(&body)?;
+        let serving = state.serving()?;
+        let missing = || ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("no adapter {:?} is loaded", req.lora_name),
+            param: Some("lora_name".into()),
+            code: Some("model_not_found"),
+        };
+        if state.lora.cards.lock().expect("lora cards").remove(&req.lora_name).is_none() {
+            return Err(missing());
+        }
+        serving.engine.unload_adapter(&req.lora_name).await.map_err(|_| missing())?;
+        tracing::info!(adapter = %req.lora_name, "LoRA adapter unloaded");
+        Ok(format!("Success: LoRA adapter '{}' removed successfully.", req.lora_name).into_response())
+    }
+    .await;
+    finish(&state, "/v1/unload_lora_adapter", result)
 }
 
 #[derive(Deserialize)]
@@ -670,7 +804,15 @@ async fn not_found() -> Response {
 
 /// Every route.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let runtime_updates = state.lora.runtime_updates;
+    let router = Router::new();
+    // Without the opt-in these routes do not exist (404), as in vLLM.
+    let router = if runtime_updates {
+        router.route("/v1/load_lora_adapter", post(load_adapter)).route("/v1/unload_lora_adapter", post(unload_adapter))
+    } else {
+        router
+    };
+    router
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))

@@ -26,7 +26,7 @@ fn greedy(max_tokens: usize) -> Sampler {
 
 fn submit(engine: &Engine, prompt: Vec<u32>, max_tokens: usize) -> Result<UnboundedReceiver<Event>, SubmitError> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    engine.submit(GenRequest { prompt, sampler: greedy(max_tokens), events: tx }).map(|_| rx)
+    engine.submit(GenRequest { prompt, adapter: None, sampler: greedy(max_tokens), events: tx }).map(|_| rx)
 }
 
 async fn collect(mut rx: UnboundedReceiver<Event>) -> (Vec<u32>, FinishReason) {

@@ -28,6 +28,7 @@ fn state(dir: &Path, config: EngineConfig) -> AppState {
         model_name: "smollm2".into(),
         aliases: vec![],
         metrics,
+        lora: Default::default(),
     };
     let _ = state.serving.set(serving);
     state
@@ -143,6 +144,7 @@ async fn a_second_served_name_is_accepted_and_listed() {
         model_name: "phi-3.5-mini-instruct".into(),
         aliases: vec!["phi-3.5-mini".into()],
         metrics: Arc::new(Metrics::default()),
+        lora: Default::default(),
     };
     let (_, list) = call(&loading, "GET", "/v1/models", "").await;
     let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
@@ -171,10 +173,81 @@ async fn overload_is_429_and_loading_is_503() {
         model_name: "smollm2".into(),
         aliases: vec![],
         metrics: Arc::new(Metrics::default()),
+        lora: Default::default(),
     };
     assert_eq!(call(&loading, "GET", "/health", "").await.0, 503);
     assert_eq!(call(&loading, "GET", "/version", "").await.0, 200);
     let (code, body) = call(&loading, "POST", "/v1/completions", r#"{"model": "smollm2", "prompt": "x"}"#).await;
     assert_eq!((code, body["error"]["type"].as_str()), (503, Some("service_unavailable")), "{body}");
     assert_eq!(call(&s, "GET", "/health", "").await.0, 200);
+}
+
+/// A peft-made adapter loaded at run time (`POST /v1/load_lora_adapter`, as vLLM), asked for by name through the
+/// official `openai` client: its greedy answer is the one peft computes for the same adapter; unloaded, its name is
+/// a 404 again. Without the opt-in the two routes do not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lora_adapters_load_serve_by_name_and_unload_at_run_time() {
+    let dir = common::model("smollm2-135m-instruct");
+    let mut state = state(&dir, EngineConfig::default());
+    let load = |path: &str| json!({"lora_name": "tuned", "lora_path": path}).to_string();
+    assert_eq!(call(&state, "POST", "/v1/load_lora_adapter", &load("/nowhere")).await.0, 404, "no opt-in, no route");
+    state.lora.runtime_updates = true;
+
+    // peft's adapter and its greedy answer to the question the client asks.
+    let text = kaito_inference::text::TextModel::load(&dir, &[2]).unwrap();
+    let prompt: Vec<i64> =
+        common::chat_prompt(&text, "What is the capital of France?").into_iter().map(i64::from).collect();
+    let adapter = tempfile::tempdir().unwrap();
+    let spec = json!({"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj", "down_proj"], "seed": 3, "b_scale": 1.0});
+    let out = std::process::Command::new(common::python())
+        .arg(common::script("lora_reference.py"))
+        .arg(&dir)
+        .arg(adapter.path())
+        .arg(spec.to_string())
+        .arg(serde_json::to_string(&prompt).unwrap())
+        .arg("16")
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let greedy: Vec<u32> = reference["greedy"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+    let until_eos: Vec<u32> = greedy.iter().copied().take_while(|t| !text.stop_ids.contains(t)).collect();
+    let want = text.decode(&until_eos).unwrap();
+
+    let path = adapter.path().display().to_string();
+    let (status, body) = call(&state, "POST", "/v1/load_lora_adapter", &load(&path)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, Value::String("Success: LoRA adapter 'tuned' added successfully.".into()));
+    let (status, body) = call(&state, "POST", "/v1/load_lora_adapter", &load(&path)).await;
+    assert_eq!((status, body["error"]["param"].as_str()), (400, Some("lora_name")), "loaded twice: {body}");
+    let (status, body) =
+        call(&state, "POST", "/v1/load_lora_adapter", &json!({"lora_name": "x", "lora_path": "/nowhere"}).to_string())
+            .await;
+    assert!(status == 400 && body["error"]["message"].as_str().unwrap().contains("adapter_config.json"), "{body}");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, router(state.clone())).into_future());
+    let (python, script) = (common::python(), common::script("openai_lora.py"));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(format!("http://{addr}/v1"))
+            .args(["smollm2", "tuned"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python runs");
+    assert!(out.status.success(), "openai_lora.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let answers: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answers["adapter"].as_str(), Some(want.as_str()), "the adapter answers as peft computes it");
+    assert_ne!(answers["adapter"], answers["base"], "and not as the base model");
+
+    let unload = json!({"lora_name": "tuned"}).to_string();
+    assert_eq!(call(&state, "POST", "/v1/unload_lora_adapter", &unload).await.0, 200);
+    assert_eq!(call(&state, "POST", "/v1/unload_lora_adapter", &unload).await.0, 404);
+    let ask = json!({"model": "tuned", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let (status, body) = call(&state, "POST", "/v1/chat/completions", &ask).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("model_not_found")), "{body}");
 }

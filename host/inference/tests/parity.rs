@@ -33,12 +33,12 @@ fn ours(dir: &Path, prompt: &[i64], n: usize) -> (Vec<f32>, Vec<i64>) {
     let loaded = loader::load(dir, Device::Cpu, Kind::Float, 4096).expect("model loads");
     let model = loaded.model;
     let mut cache = model.new_cache();
-    let logits = model.forward(prompt, &[Span { start: 0, len: prompt.len() }], &mut [&mut cache]);
+    let logits = model.forward(prompt, &[Span { start: 0, len: prompt.len() }], &mut [&mut cache], &[]);
     let first: Vec<f32> = Vec::try_from(logits.get(0)).unwrap();
     let mut token = logits.get(0).argmax(0, false).int64_value(&[]);
     let mut greedy = vec![token];
     for _ in 1..n {
-        let logits = model.forward(&[token], &[Span { start: 0, len: 1 }], &mut [&mut cache]);
+        let logits = model.forward(&[token], &[Span { start: 0, len: 1 }], &mut [&mut cache], &[]);
         token = logits.get(0).argmax(0, false).int64_value(&[]);
         greedy.push(token);
     }

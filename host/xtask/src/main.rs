@@ -196,11 +196,13 @@ fn plugin_py() -> Result<()> {
 }
 
 /// Python packages of the torch venv: libtorch 2.4.0 for tch (rust-bert 0.23 pins it), the transformers
-/// reference for parity tests, the openai client for contract tests, gguf/safetensors for model conversion,
+/// reference for parity tests, peft (and the accelerate it needs) as the LoRA reference, the openai client for contract tests, gguf/safetensors for model conversion,
 /// faiss-cpu for the RAG search benchmark's side-by-side.
 const TORCH_VENV_PACKAGES: &[&str] = &[
     "torch==2.4.0",
     "transformers==4.44.2",
+    "peft==0.12.0",
+    "accelerate==0.33.0",
     "sentence-transformers==3.0.1",
     "numpy==1.26.4",
     "gguf==0.19.0",

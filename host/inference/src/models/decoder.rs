@@ -8,6 +8,7 @@
 //! cache, so prefill chunks and single decode tokens mix freely.
 
 use crate::config::ModelConfig;
+use crate::lora::{Adapter, Batch, Module};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
@@ -254,9 +255,24 @@ impl Decoder {
     }
 
     /// Run `tokens` (flat, i64) for the sequences in `spans`, extending their caches; returns
-    /// the last position's logits of each sequence, [spans, vocab] in f32.
-    pub fn forward(&self, tokens: &[i64], spans: &[Span], caches: &mut [&mut SeqCache]) -> Tensor {
+    /// the last position's logits of each sequence, [spans, vocab] in f32. `adapters` gives each span's LoRA
+    /// adapter (`None`, or an empty slice: the base model).
+    pub fn forward(
+        &self,
+        tokens: &[i64],
+        spans: &[Span],
+        caches: &mut [&mut SeqCache],
+        adapters: &[Option<&Adapter>],
+    ) -> Tensor {
         assert_eq!(spans.len(), caches.len());
+        assert!(adapters.is_empty() || adapters.len() == spans.len(), "one adapter (or none) per span");
+        let bounds: Vec<(usize, usize)> = spans.iter().map(|s| (s.start, s.len)).collect();
+        let lora = Batch::new(&bounds, adapters, self.kind, self.device);
+        // The base projection, plus the adapters' for their tokens.
+        let project = |lin: &Linear, x: &Tensor, li: usize, m: Module| {
+            let y = lin.forward(x);
+            if lora.is_empty() { y } else { lora.apply(y, x, li, m) }
+        };
         let cfg = &self.config;
         let (heads, kv_heads, head_dim) =
             (cfg.num_attention_heads as i64, cfg.kv_heads() as i64, cfg.head_dim() as i64);
@@ -277,10 +293,11 @@ impl Decoder {
         let scale = 1.0 / (head_dim as f64).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.forward(&x);
-            let q = self.rotary.apply(&layer.q.forward(&h).view([n, heads, head_dim]), &positions, long_mask.as_ref());
-            let k =
-                self.rotary.apply(&layer.k.forward(&h).view([n, kv_heads, head_dim]), &positions, long_mask.as_ref());
-            let v = layer.v.forward(&h).view([n, kv_heads, head_dim]);
+            let q = project(&layer.q, &h, li, Module::Q).view([n, heads, head_dim]);
+            let q = self.rotary.apply(&q, &positions, long_mask.as_ref());
+            let k = project(&layer.k, &h, li, Module::K).view([n, kv_heads, head_dim]);
+            let k = self.rotary.apply(&k, &positions, long_mask.as_ref());
+            let v = project(&layer.v, &h, li, Module::V).view([n, kv_heads, head_dim]);
             let groups = heads / kv_heads;
             let upcast = |t: &Tensor| if self.kind == Kind::Float { t.shallow_clone() } else { t.to_kind(Kind::Float) };
             let downcast = |t: Tensor| if self.kind == Kind::Float { t } else { t.to_kind(self.kind) };
@@ -346,10 +363,10 @@ impl Decoder {
             }
             let outs: Vec<Tensor> = outs.into_iter().map(|o| o.expect("every span attended")).collect();
             let attn = Tensor::cat(&outs, 0);
-            x += layer.o.forward(&attn);
+            x += project(&layer.o, &attn, li, Module::O);
             let h = layer.post_norm.forward(&x);
-            let mlp = layer.down.forward(&(layer.gate.forward(&h).silu() * layer.up.forward(&h)));
-            x += mlp;
+            let act = project(&layer.gate, &h, li, Module::Gate).silu() * project(&layer.up, &h, li, Module::Up);
+            x += project(&layer.down, &act, li, Module::Down);
         }
         for (span, cache) in spans.iter().zip(caches.iter_mut()) {
             cache.len += span.len;

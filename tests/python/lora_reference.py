@@ -1,0 +1,52 @@
+"""Hugging Face peft reference for the LoRA parity tests.
+
+    python lora_reference.py MODEL_DIR ADAPTER_DIR '{"r": 8, "lora_alpha": 16, "target_modules": [...], "seed": 0, "b_scale": 0.05}' '[token ids]' N
+
+Makes a LoRA adapter with peft (seeded, both halves random, so it changes the output), saves it to ADAPTER_DIR in
+PEFT's format, and prints JSON: the last prompt position's logits and N greedy tokens of the base model with the
+adapter, f32 on CPU.
+"""
+
+import json
+import sys
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+
+def main():
+    model_dir, adapter_dir, spec, ids, n = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5])
+    torch.set_num_threads(1)
+    torch.manual_seed(spec.pop("seed", 0))
+    b_scale = spec.pop("b_scale", 0.05)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager")
+    # init_lora_weights=False: B is not zero, so the adapter is not the identity.
+    config = LoraConfig(init_lora_weights=False, lora_dropout=0.0, bias="none", **spec)
+    model = get_peft_model(base, config)
+    with torch.no_grad():
+        # Small deltas by default, as trained adapters have: the logits move, the model still speaks.
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(b_scale)
+    model.save_pretrained(adapter_dir, safe_serialization=True)
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), use_cache=True)
+        logits = out.logits[0, -1]
+        past = out.past_key_values
+        token = int(logits.argmax())
+        greedy = [token]
+        position = len(ids)
+        for _ in range(n - 1):
+            step = model(input_ids=torch.tensor([[token]]), past_key_values=past, use_cache=True,
+                         position_ids=torch.tensor([[position]]))
+            past = step.past_key_values
+            token = int(step.logits[0, -1].argmax())
+            greedy.append(token)
+            position += 1
+    print(json.dumps({"logits": logits.tolist(), "greedy": greedy}))
+
+
+if __name__ == "__main__":
+    main()
