@@ -4,8 +4,8 @@
 
 use kaito_tests::{kaito_with, plugin_dir, root};
 
-/// Workspaces rendered by all three presets: every Phi example, a multi-node
-/// vLLM fixture, a BYO fixture, and an unknown model name.
+/// Workspaces rendered by all three presets: every Phi example (adapters included), a multi-node
+/// vLLM fixture, a BYO fixture, adapters refused on vLLM, and an unknown model name.
 fn cases() -> Vec<Vec<String>> {
     let mut cases: Vec<Vec<String>> = std::fs::read_dir(root().join("examples/inference"))
         .unwrap()
@@ -14,8 +14,9 @@ fn cases() -> Vec<Vec<String>> {
         .map(|p| vec![p.display().to_string()])
         .collect();
     cases.sort();
-    assert_eq!(cases.len(), 7, "one example per Phi alias");
+    assert_eq!(cases.len(), 8, "one example per Phi alias, and KAITO's adapter example");
     let fixture = |f: &str| root().join("tests/fixtures").join(f).display().to_string();
+    cases.push(vec![fixture("invalid-at-reconcile/adapters-on-vllm.yaml")]);
     cases.push(vec![fixture("phi-4-a10-vllm.yaml")]);
     cases.push(vec![fixture("byo-workspace.yaml"), "--nodes".into(), fixture("byo-nodes.yaml")]);
     cases.push(vec![fixture("phi-4-a10-vllm.yaml"), "--max-nodes".into(), "1".into()]);

@@ -85,6 +85,61 @@ fn every_example_renders() {
     assert!(seen > 0);
 }
 
+/// KAITO's adapter example: the tch runtime pulls each adapter artifact itself and serves it under its name, the
+/// strength in the JSON form of `--lora-modules`; vllm and volume adapters are refused naming the field.
+#[test]
+fn adapters_are_served_by_the_tch_runtime() {
+    let example = "examples/inference/kaito_workspace_phi_3_with_adapters.yaml";
+    let run = render(&["-f", &path(example)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let docs: Vec<serde_json::Value> =
+        run.stdout.split("\n---\n").filter_map(|d| serde_yaml::from_str(d).ok()).collect();
+    let sts = docs.iter().find(|d| d["kind"] == "StatefulSet").expect("a StatefulSet");
+    let args: Vec<&str> = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let at = args.iter().position(|a| *a == "--lora-modules").expect("--lora-modules");
+    assert_eq!(args[at - 1], "--enable-lora");
+    let module: serde_json::Value = serde_json::from_str(args[at + 1]).expect("the JSON form");
+    assert_eq!(
+        module,
+        serde_json::json!({"name": "phi-3-adapter", "path": "oci://myregistry.azurecr.io/adapters/phi-3-adapter:0.0.1", "strength": 1.0})
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root().join(example)).unwrap();
+    let without_strength = text.replace("      strength: \"1.0\"\n", "");
+    let file = dir.path().join("ws.yaml");
+    std::fs::write(&file, &without_strength).unwrap();
+    let run = render(&["-f", &file.display().to_string()]);
+    assert!(
+        run.stdout.contains("phi-3-adapter=oci://myregistry.azurecr.io/adapters/phi-3-adapter:0.0.1"),
+        "{}",
+        run.stderr
+    );
+    for (change, field) in [
+        (
+            without_strength
+                .replace("metadata:\n  name:", "metadata:\n  annotations:\n    kaito.sh/runtime: vllm\n  name:"),
+            "inference.adapters",
+        ),
+        (
+            text.replace(
+                "        image: \"myregistry.azurecr.io/adapters/phi-3-adapter:0.0.1\"",
+                "        volumeSource:\n          persistentVolumeClaim:\n            claimName: adapters",
+            ),
+            "inference.adapters[0].source.volumeSource",
+        ),
+    ] {
+        std::fs::write(&file, change).unwrap();
+        let run = render(&["-f", &file.display().to_string()]);
+        assert_eq!(run.code, 1, "{}", run.stdout);
+        assert!(run.stderr.contains(field), "{field}: {}", run.stderr);
+    }
+}
+
 #[test]
 fn error_unknown_preset_lists_close_names() {
     error_golden("error-unknown-preset.stderr", SEED, "name: phi-3.5-mini-instruct", "name: phi-3.5-mini", &[]);

@@ -174,6 +174,12 @@ fn parse_key(key: &str) -> Option<(usize, &str, bool)> {
 impl Adapter {
     /// Loads the PEFT adapter directory `dir` for a model of `shape`, checking every tensor's name and size.
     pub fn load(name: &str, dir: &Path, shape: &Shape) -> anyhow::Result<Adapter> {
+        Adapter::load_with_strength(name, dir, shape, 1.0)
+    }
+
+    /// [`Adapter::load`], its contribution scaled by `strength` (KAITO's `inference.adapters[].strength`, 0 to 1).
+    pub fn load_with_strength(name: &str, dir: &Path, shape: &Shape, strength: f64) -> anyhow::Result<Adapter> {
+        anyhow::ensure!((0.0..=1.0).contains(&strength), "strength {strength}: it is a number between 0 and 1");
         let config_path = dir.join("adapter_config.json");
         let text = std::fs::read_to_string(&config_path)
             .map_err(|e| anyhow::anyhow!("{}: {e} (a PEFT adapter directory has one)", config_path.display()))?;
@@ -201,7 +207,7 @@ impl Adapter {
             if is_a { slot.0 = Some(tensor) } else { slot.1 = Some(tensor) }
         }
         anyhow::ensure!(!halves.is_empty(), "{}: the adapter holds no LoRA tensors", weights.display());
-        let scale = config.scale();
+        let scale = config.scale() * strength;
         let mut layers: Vec<[Option<Pair>; 7]> = (0..shape.layers).map(|_| Default::default()).collect();
         for ((layer, module), pair) in halves {
             let (Some(a), Some(b)) = pair else {

@@ -152,9 +152,9 @@ async fn main() -> anyhow::Result<()> {
             let stop = loaded.text.stop_ids.clone();
             let engine = Engine::start(loaded.model, stop, config, metrics);
             // The adapters named at start serve before the server says it is ready, or it does not start.
-            for (name, path) in &modules {
+            for (name, path, strength) in &modules {
                 tokio::runtime::Handle::current()
-                    .block_on(lora.load(&engine, name, path))
+                    .block_on(lora.load(&engine, name, path, *strength))
                     .map_err(|e| anyhow::anyhow!("--lora-modules {name}={path}: {e}"))?;
                 tracing::info!(adapter = %name, %path, "LoRA adapter loaded");
             }
@@ -178,19 +178,44 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One `--lora-modules` value: `NAME=PATH`, or vLLM's JSON form.
-fn lora_module(value: &str) -> anyhow::Result<(String, String)> {
+/// One `--lora-modules` value: `NAME=PATH`, or vLLM's JSON form (`name`, `path`), which may also carry a
+/// `strength` between 0 and 1 (KAITO's `inference.adapters[].strength`) scaling the adapter.
+fn lora_module(value: &str) -> anyhow::Result<(String, String, f64)> {
     if value.trim_start().starts_with('{') {
         let v: serde_json::Value =
             serde_json::from_str(value).map_err(|e| anyhow::anyhow!("--lora-modules {value}: {e}"))?;
         let field = |k: &str| v[k].as_str().map(str::to_string);
+        let strength = match &v["strength"] {
+            serde_json::Value::Null => 1.0,
+            s => s
+                .as_f64()
+                .or_else(|| s.as_str().and_then(|s| s.trim().parse().ok()))
+                .filter(|s| (0.0..=1.0).contains(s))
+                .ok_or_else(|| anyhow::anyhow!("--lora-modules {value}: strength is a number between 0 and 1"))?,
+        };
         return match (field("name"), field("path")) {
-            (Some(name), Some(path)) => Ok((name, path)),
+            (Some(name), Some(path)) => Ok((name, path, strength)),
             _ => anyhow::bail!("--lora-modules {value}: the JSON form needs \"name\" and \"path\""),
         };
     }
     match value.split_once('=') {
-        Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok((name.to_string(), path.to_string())),
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok((name.to_string(), path.to_string(), 1.0)),
         _ => anyhow::bail!("--lora-modules {value}: write NAME=PATH"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lora_module;
+
+    #[test]
+    fn lora_modules_take_both_forms_and_a_strength() {
+        assert_eq!(lora_module("sql=/adapters/sql").unwrap(), ("sql".into(), "/adapters/sql".into(), 1.0));
+        let json = r#"{"name": "sql", "path": "oci://r.example/a:1", "strength": "0.5"}"#;
+        assert_eq!(lora_module(json).unwrap(), ("sql".into(), "oci://r.example/a:1".into(), 0.5));
+        assert_eq!(lora_module(r#"{"name": "a", "path": "/p", "strength": 1}"#).unwrap().2, 1.0);
+        for bad in ["sql", "=/p", r#"{"name": "a"}"#, r#"{"name": "a", "path": "/p", "strength": 2}"#] {
+            assert!(lora_module(bad).is_err(), "{bad}");
+        }
     }
 }

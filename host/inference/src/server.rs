@@ -67,7 +67,7 @@ pub struct Lora {
 impl Lora {
     /// Loads the adapter at `path` (a PEFT directory, or `oci://REF` when fetching is set up) under `name` into
     /// `engine`, and lists it.
-    pub async fn load(&self, engine: &Engine, name: &str, path: &str) -> Result<(), ApiError> {
+    pub async fn load(&self, engine: &Engine, name: &str, path: &str, strength: f64) -> Result<(), ApiError> {
         let bad = |param: &str, m: String| ApiError::bad(param, m);
         if name.is_empty() || name.chars().any(char::is_whitespace) {
             return Err(bad("lora_name", format!("{name:?}: an adapter name is one word")));
@@ -85,7 +85,7 @@ impl Lora {
                 },
                 None => std::path::PathBuf::from(&path),
             };
-            crate::lora::Adapter::load(&name, &dir, &shape)
+            crate::lora::Adapter::load_with_strength(&name, &dir, &shape, strength)
         })
         .await
         .map_err(|e| bad("lora_path", e.to_string()))?
@@ -698,7 +698,7 @@ async fn load_adapter(State(state): State<AppState>, body: Bytes) -> Response {
     let result = async {
         let req: LoadAdapterRequest = parse(&body)?;
         let serving = state.serving()?;
-        state.lora.load(&serving.engine, &req.lora_name, &req.lora_path).await?;
+        state.lora.load(&serving.engine, &req.lora_name, &req.lora_path, 1.0).await?;
         tracing::info!(adapter = %req.lora_name, path = %req.lora_path, "LoRA adapter loaded");
         Ok(format!("Success: LoRA adapter '{}' added successfully.", req.lora_name).into_response())
     }

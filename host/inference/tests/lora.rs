@@ -116,6 +116,15 @@ fn smollm2_adapters_match_peft_alone_and_batched_with_the_base_model() {
     let (plain, _) = batched(&model, &[(&p1, None)]);
     let moved = max_diff(&want_a, &plain[0]);
     assert!(moved > 1e-2, "the adapter changes the model's logits (by {moved})");
+
+    // KAITO's strength scales the adapter: 0 is the base model, 0.5 lands between.
+    let zero = Adapter::load_with_strength("zero", &dir_a, &shape, 0.0).unwrap();
+    let half = Adapter::load_with_strength("half", &dir_a, &shape, 0.5).unwrap();
+    let (scaled, _) = batched(&model, &[(&p1, Some(&zero)), (&p1, Some(&half))]);
+    assert!(max_diff(&scaled[0], &plain[0]) < 1e-5, "strength 0 is the base model");
+    let (to_base, to_full) = (max_diff(&scaled[1], &plain[0]), max_diff(&scaled[1], &want_a));
+    assert!(to_base > 1e-3 && to_full > 1e-3, "strength 0.5 is neither: {to_base}, {to_full}");
+    assert!(Adapter::load_with_strength("over", &dir_a, &shape, 1.5).is_err());
 }
 
 #[test]

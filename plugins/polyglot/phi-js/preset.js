@@ -190,6 +190,10 @@ function choose(m, request, shape, sizing) {
     notes.push(`runtime vllm chosen: ${m.name} needs ${sizing.minGpus} GPU(s) on ${sizing.nodeCount} node(s) and the tch runtime serves from one GPU`);
     runtime = "vllm";
   }
+  if (runtime === "vllm" && request.adapters.length > 0) {
+    throw pluginError("unsupported", "inference.adapters", `the vllm runtime does not get adapters here yet, and ${m.name} is served by vllm`,
+      `the tch runtime serves adapters: set ${RUNTIME_ANNOTATION}: tch on an instance type where the model fits one GPU`);
+  }
   if (runtime === "tch" && shape.gpusPerNode > 1) {
     notes.push(`the tch runtime uses one of the ${shape.gpusPerNode} GPUs per node; set ${RUNTIME_ANNOTATION}: vllm for data parallelism`);
   }
@@ -231,6 +235,13 @@ function workload(runtime, m, request, shape, sizing) {
     args = ["--model", m.hfId, "--served-model-name", ...servedNames(m), "--host", "0.0.0.0", "--port", String(HTTP_PORT),
       "--download-dir", WEIGHTS_DIR, "--dtype", "auto", "--device", "auto"];
     if (request.maxModelLen != null) args.push("--max-model-len", String(request.maxModelLen));
+    if (request.adapters.length > 0) {
+      args.push("--enable-lora", "--lora-modules");
+      for (const a of request.adapters) {
+        const path = `oci://${a.image ?? ""}`;
+        args.push(a.strength != null ? `{"name":"${a.name}","path":"${path}","strength":${a.strength.trim()}}` : `${a.name}=${path}`);
+      }
+    }
     image = `${request.imageRegistry.replace(/\/+$/, "")}/kaito-inference:${TCH_IMAGE_TAG}`;
     command = ["kaito-inference"];
     [startup, readiness, liveness] = [httpProbe(0, startupThreshold), httpProbe(30, 3), httpProbe(0, 3)];
@@ -303,10 +314,19 @@ function plan(request, shape) {
     throw pluginError("invalid-input", "inference.config", `max-model-len ${len} is outside 1..=${m.contextLength} for ${m.name}`,
       `set vllm.max-model-len to at most ${m.contextLength}`);
   }
-  if (request.adapters.length > 0) {
-    throw pluginError("unsupported", "inference.adapters[0]", "LoRA adapters are not supported by this version of the preset plugins",
-      "remove inference.adapters; adapter support is planned");
-  }
+  request.adapters.forEach((a, i) => {
+    if (a.image == null || a.image.trim() === "") {
+      throw pluginError("unsupported", `inference.adapters[${i}].source.volumeSource`, "adapters from a volume are not rendered yet",
+        "push the adapter directory with `kaito models push DIR REF` and name REF in source.image");
+    }
+    if (a.strength != null) {
+      const text = a.strength.trim();
+      const v = Number(text);
+      if (text === "" || !Number.isFinite(v) || v < 0 || v > 1) {
+        throw pluginError("invalid-input", `inference.adapters[${i}].strength`, "the strength must be a number between 0 and 1", null);
+      }
+    }
+  });
   const sizing = estimate(weightsBytes(m), bytesPerToken(m), len ?? DEFAULT_MAX_MODEL_LEN, shape);
   const { runtime, notes } = choose(m, request, shape, sizing);
   if (runtime === "tch") sizing.parallelism = { tensor: 1, pipeline: 1, data: 1 };

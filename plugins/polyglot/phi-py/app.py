@@ -221,6 +221,11 @@ def choose(m: Spec, request: api.PlanRequest, shape: types.GpuShape, sizing: Siz
         notes.append(f"runtime vllm chosen: {m.name} needs {sizing.min_gpus} GPU(s) on {sizing.node_count} node(s) "
                      "and the tch runtime serves from one GPU")
         runtime = "vllm"
+    if runtime == "vllm" and request.adapters:
+        fail(types.ErrorKind.UNSUPPORTED, "inference.adapters",
+             f"the vllm runtime does not get adapters here yet, and {m.name} is served by vllm",
+             f"the tch runtime serves adapters: set {RUNTIME_ANNOTATION}: tch on an instance type where the model "
+             "fits one GPU")
     if runtime == "tch" and shape.gpus_per_node > 1:
         notes.append(f"the tch runtime uses one of the {shape.gpus_per_node} GPUs per node; "
                      f"set {RUNTIME_ANNOTATION}: vllm for data parallelism")
@@ -255,6 +260,14 @@ def workload(runtime: str, m: Spec, request: api.PlanRequest, shape: types.GpuSh
                    "--device", "auto"])
         if request.max_model_len is not None:
             args += ["--max-model-len", str(request.max_model_len)]
+        if request.adapters:
+            args += ["--enable-lora", "--lora-modules"]
+            for a in request.adapters:
+                path = f"oci://{a.image or ''}"
+                if a.strength is not None:
+                    args.append(f'{{"name":"{a.name}","path":"{path}","strength":{a.strength.strip()}}}')
+                else:
+                    args.append(f"{a.name}={path}")
         image = f"{request.image_registry.rstrip('/')}/kaito-inference:{TCH_IMAGE_TAG}"
         command = ["kaito-inference"]
         probes = (http_probe(0, startup_threshold), http_probe(30, 3), http_probe(0, 3))
@@ -338,10 +351,19 @@ class PresetApi(wit_world.exports.PresetApi):
             fail(types.ErrorKind.INVALID_INPUT, "inference.config",
                  f"max-model-len {n} is outside 1..={m.context_length} for {m.name}",
                  f"set vllm.max-model-len to at most {m.context_length}")
-        if request.adapters:
-            fail(types.ErrorKind.UNSUPPORTED, "inference.adapters[0]",
-                 "LoRA adapters are not supported by this version of the preset plugins",
-                 "remove inference.adapters; adapter support is planned")
+        for i, a in enumerate(request.adapters):
+            if a.image is None or a.image.strip() == "":
+                fail(types.ErrorKind.UNSUPPORTED, f"inference.adapters[{i}].source.volumeSource",
+                     "adapters from a volume are not rendered yet",
+                     "push the adapter directory with `kaito models push DIR REF` and name REF in source.image")
+            if a.strength is not None:
+                try:
+                    ok = 0.0 <= float(a.strength.strip()) <= 1.0
+                except ValueError:
+                    ok = False
+                if not ok:
+                    fail(types.ErrorKind.INVALID_INPUT, f"inference.adapters[{i}].strength",
+                         "the strength must be a number between 0 and 1")
         sizing = estimate(m.weights_bytes(), m.bytes_per_token(), n if n is not None else DEFAULT_MAX_MODEL_LEN, shape)
         runtime, notes = choose(m, request, shape, sizing)
         if runtime == "tch":

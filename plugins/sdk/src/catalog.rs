@@ -274,13 +274,22 @@ pub fn plan_gated(
             Some(format!("set vllm.max-model-len to at most {}", spec.context_length)),
         ));
     }
-    if let Some((i, _)) = request.adapters.iter().enumerate().next() {
-        return Err(PluginError::new(
-            ErrorKind::Unsupported,
-            &format!("inference.adapters[{i}]"),
-            "LoRA adapters are not supported by this version of the preset plugins",
-            Some("remove inference.adapters; adapter support is planned".into()),
-        ));
+    for (i, a) in request.adapters.iter().enumerate() {
+        if a.image.as_deref().is_none_or(|img| img.trim().is_empty()) {
+            return Err(PluginError::new(
+                ErrorKind::Unsupported,
+                &format!("inference.adapters[{i}].source.volumeSource"),
+                "adapters from a volume are not rendered yet",
+                Some("push the adapter directory with `kaito models push DIR REF` and name REF in source.image".into()),
+            ));
+        }
+        let strength = a.strength.as_deref().map(|s| s.trim().parse::<f64>());
+        if strength.is_some_and(|s| s.is_err() || s.as_ref().is_ok_and(|v| !(0.0..=1.0).contains(v))) {
+            return Err(PluginError::invalid(
+                &format!("inference.adapters[{i}].strength"),
+                "the strength must be a number between 0 and 1",
+            ));
+        }
     }
     let sizing = sizing::estimate(&SizingInput {
         weights_bytes: spec.weights_bytes(),

@@ -191,6 +191,18 @@ pub fn choose(
             ));
         }
     };
+    if runtime == Runtime::Vllm && !request.adapters.is_empty() {
+        // vLLM reads adapters from local paths, which needs a puller init container we do not render yet; the tch
+        // runtime pulls adapter artifacts itself.
+        return Err(PluginError::new(
+            ErrorKind::Unsupported,
+            "inference.adapters",
+            format!("the vllm runtime does not get adapters here yet, and {} is served by vllm", spec.name),
+            Some(format!(
+                "the tch runtime serves adapters: set {RUNTIME_ANNOTATION}: tch on an instance type where the model fits one GPU"
+            )),
+        ));
+    }
     if runtime == Runtime::Tch && shape.gpus_per_node > 1 {
         notes.push(format!(
             "the tch runtime uses one of the {} GPUs per node; set {RUNTIME_ANNOTATION}: vllm for data parallelism",
@@ -293,6 +305,18 @@ pub fn workload(
             if let Some(len) = request.max_model_len {
                 args.extend(["--max-model-len".into(), len.to_string()]);
             }
+            // Adapters are ModelPack artifacts (`kaito models push`) the server pulls itself before it reports
+            // ready; a strength scales the adapter, through the JSON form of --lora-modules.
+            if !request.adapters.is_empty() {
+                args.extend(["--enable-lora".into(), "--lora-modules".into()]);
+                for a in &request.adapters {
+                    let path = format!("oci://{}", a.image.as_deref().unwrap_or_default());
+                    args.push(match a.strength.as_deref().map(str::trim) {
+                        Some(strength) => format!(r#"{{"name":"{}","path":"{path}","strength":{strength}}}"#, a.name),
+                        None => format!("{}={path}", a.name),
+                    });
+                }
+            }
             let image = format!("{}/kaito-inference:{TCH_IMAGE_TAG}", request.image_registry.trim_end_matches('/'));
             (
                 image,
@@ -360,10 +384,7 @@ pub fn workload(
             if request.config_map.is_some() {
                 vllm.push("--kaito-config-file=/mnt/config/inference_config.yaml".into());
             }
-            // As KAITO: LoRA only when the Workspace brings adapters (catalog() refuses adapters for now).
-            if spec.supports_lora && !request.adapters.is_empty() {
-                vllm.push("--enable-lora".into());
-            }
+            // No adapters reach here: choose() refuses them for vllm until a puller init container is rendered.
             if let Some(p) = spec.tool_call_parser {
                 vllm.push(format!("--tool-call-parser={p}"));
                 vllm.push("--enable-auto-tool-choice".into());
