@@ -14,3 +14,4 @@ pub mod models;
 pub mod sampling;
 pub mod server;
 pub mod text;
+pub mod tune;

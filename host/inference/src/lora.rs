@@ -40,6 +40,8 @@ pub struct Adapter {
     pub rank: usize,
     /// Per layer, per [`Module`] (indexed by its discriminant).
     layers: Vec<[Option<Pair>; 7]>,
+    /// Dropout on the adapter's input: only while training (`kaito-tune`); 0 when serving.
+    dropout: f64,
 }
 
 /// What a base model offers adapters: per layer, each projection's (in, out) size, and where the weights live.
@@ -75,7 +77,13 @@ impl Shape {
         }
     }
 
-    fn dims(&self, m: Module) -> (i64, i64) {
+    /// Decoder layers.
+    pub fn layers(&self) -> usize {
+        self.layers
+    }
+
+    /// The (in, out) size of projection `m`.
+    pub fn dims(&self, m: Module) -> (i64, i64) {
         self.dims[m as usize]
     }
 }
@@ -235,8 +243,20 @@ impl Adapter {
                 row += out;
             }
         }
-        Ok(Adapter { name: name.to_string(), source: dir.display().to_string(), rank: config.r, layers })
+        Ok(Adapter { name: name.to_string(), source: dir.display().to_string(), rank: config.r, layers, dropout: 0.0 })
     }
+
+    /// An adapter from tensors in hand (training): per layer, per [`Module`], `A` [rank, in] and `B` [out, rank]
+    /// with the scale already applied, and the dropout on the adapter's input.
+    pub fn from_parts(name: &str, rank: usize, parts: Vec<[Option<(Tensor, Tensor)>; 7]>, dropout: f64) -> Adapter {
+        let layers = parts.into_iter().map(|layer| layer.map(|p| p.map(|(a, b)| Pair { a, b }))).collect();
+        Adapter { name: name.to_string(), source: String::new(), rank, layers, dropout }
+    }
+}
+
+/// Which split projections a PEFT module name covers, in row order of the fused projection it may name.
+pub fn peft_targets(name: &str) -> Option<&'static [Module]> {
+    targets(name)
 }
 
 /// The adapters of one forward pass: for each adapter in the batch, a [tokens, 1] mask of the flat-batch rows of
@@ -285,7 +305,11 @@ impl<'a> Batch<'a> {
         let mut y = y;
         for (adapter, mask) in &self.groups {
             let Some(pair) = &adapter.layers[layer][module as usize] else { continue };
-            let h = x.linear::<Tensor>(&pair.a, None);
+            let h = if adapter.dropout > 0.0 {
+                x.dropout(adapter.dropout, true).linear::<Tensor>(&pair.a, None)
+            } else {
+                x.linear::<Tensor>(&pair.a, None)
+            };
             let h = match mask {
                 None => h,
                 Some(mask) => h * mask,

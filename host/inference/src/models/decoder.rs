@@ -264,6 +264,39 @@ impl Decoder {
         caches: &mut [&mut SeqCache],
         adapters: &[Option<&Adapter>],
     ) -> Tensor {
+        let x = self.hidden(tokens, spans, caches, adapters);
+        let last: Vec<i64> = spans.iter().map(|s| (s.start + s.len - 1) as i64).collect();
+        self.head(&x.index_select(0, &Tensor::from_slice(&last).to_device(self.device)))
+    }
+
+    /// [`Decoder::forward`], returning the logits of every position of the flat batch, [tokens, vocab] in f32:
+    /// what training needs (the loss reads every position; gradients flow through adapters).
+    pub fn forward_all(
+        &self,
+        tokens: &[i64],
+        spans: &[Span],
+        caches: &mut [&mut SeqCache],
+        adapters: &[Option<&Adapter>],
+    ) -> Tensor {
+        let x = self.hidden(tokens, spans, caches, adapters);
+        self.head(&x)
+    }
+
+    /// Final norm and output head over hidden states.
+    fn head(&self, x: &Tensor) -> Tensor {
+        let x = self.norm.forward(x);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        x.linear::<Tensor>(head, None).to_kind(Kind::Float)
+    }
+
+    /// The last layer's hidden state of every position of the flat batch, extending the caches.
+    fn hidden(
+        &self,
+        tokens: &[i64],
+        spans: &[Span],
+        caches: &mut [&mut SeqCache],
+        adapters: &[Option<&Adapter>],
+    ) -> Tensor {
         assert_eq!(spans.len(), caches.len());
         assert!(adapters.is_empty() || adapters.len() == spans.len(), "one adapter (or none) per span");
         let bounds: Vec<(usize, usize)> = spans.iter().map(|s| (s.start, s.len)).collect();
@@ -363,18 +396,16 @@ impl Decoder {
             }
             let outs: Vec<Tensor> = outs.into_iter().map(|o| o.expect("every span attended")).collect();
             let attn = Tensor::cat(&outs, 0);
-            x += project(&layer.o, &attn, li, Module::O);
+            // Out of place: the norms keep `x` for their backward pass when kaito-tune trains through here.
+            x = &x + project(&layer.o, &attn, li, Module::O);
             let h = layer.post_norm.forward(&x);
             let act = project(&layer.gate, &h, li, Module::Gate).silu() * project(&layer.up, &h, li, Module::Up);
-            x += project(&layer.down, &act, li, Module::Down);
+            x = &x + project(&layer.down, &act, li, Module::Down);
         }
         for (span, cache) in spans.iter().zip(caches.iter_mut()) {
             cache.len += span.len;
         }
-        let last: Vec<i64> = spans.iter().map(|s| (s.start + s.len - 1) as i64).collect();
-        let x = self.norm.forward(&x.index_select(0, &Tensor::from_slice(&last).to_device(self.device)));
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        x.linear::<Tensor>(head, None).to_kind(Kind::Float)
+        x
     }
 }
 
