@@ -326,6 +326,78 @@ pub struct TrainerState {
     pub batch_in_epoch: usize,
 }
 
+/// Training progress after an optimiser step (what the log line and the metrics say).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: usize,
+    pub loss: f64,
+    pub learning_rate: f64,
+    pub tokens_per_second: f64,
+    pub eta_seconds: f64,
+}
+
+/// Prometheus gauges of a training run (`kaito_tune_*`), served by `kaito-tune --metrics-port`.
+pub struct TuneMetrics {
+    registry: prometheus_client::registry::Registry,
+    step: prometheus_client::metrics::gauge::Gauge,
+    total_steps: prometheus_client::metrics::gauge::Gauge,
+    epoch: prometheus_client::metrics::gauge::Gauge,
+    loss: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    learning_rate: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    tokens_per_second: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    eta_seconds: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl Default for TuneMetrics {
+    fn default() -> Self {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("kaito_tune");
+        let m = TuneMetrics {
+            registry: Default::default(),
+            step: Default::default(),
+            total_steps: Default::default(),
+            epoch: Default::default(),
+            loss: Default::default(),
+            learning_rate: Default::default(),
+            tokens_per_second: Default::default(),
+            eta_seconds: Default::default(),
+        };
+        registry.register("step", "Optimiser steps taken", m.step.clone());
+        registry.register("total_steps", "Optimiser steps the run takes", m.total_steps.clone());
+        registry.register("epoch", "Epoch in progress (from 0)", m.epoch.clone());
+        registry.register("loss", "Training loss of the last step", m.loss.clone());
+        registry.register("learning_rate", "Learning rate of the last step", m.learning_rate.clone());
+        registry.register(
+            "tokens_per_second",
+            "Training tokens per second since the run started",
+            m.tokens_per_second.clone(),
+        );
+        registry.register("eta_seconds", "Estimated seconds until the run ends", m.eta_seconds.clone());
+        TuneMetrics { registry, ..m }
+    }
+}
+
+impl TuneMetrics {
+    /// Records `p`.
+    pub fn record(&self, p: &Progress) {
+        self.step.set(p.step as i64);
+        self.total_steps.set(p.total_steps as i64);
+        self.epoch.set(p.epoch as i64);
+        self.loss.set(p.loss);
+        self.learning_rate.set(p.learning_rate);
+        self.tokens_per_second.set(p.tokens_per_second);
+        self.eta_seconds.set(p.eta_seconds);
+    }
+
+    /// The OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a String");
+        out
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -470,6 +542,16 @@ impl Trainer {
     /// Trains on `examples`, checkpointing into `output` per the save strategy and resuming from its last
     /// checkpoint when there is one; writes the final adapter to `output`.
     pub fn train(&mut self, examples: &[Example], output: &Path) -> anyhow::Result<Report> {
+        self.train_with(examples, output, &mut |_| {})
+    }
+
+    /// [`Trainer::train`], telling `on_step` the progress after every optimiser step.
+    pub fn train_with(
+        &mut self,
+        examples: &[Example],
+        output: &Path,
+        on_step: &mut dyn FnMut(&Progress),
+    ) -> anyhow::Result<Report> {
         std::fs::create_dir_all(output)?;
         let t = self.config.training.clone();
         let batch = t.per_device_train_batch_size;
@@ -518,6 +600,15 @@ impl Trainer {
                 let rate = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
                 let left =
                     started.elapsed().as_secs_f64() / (losses.len() as f64) * (total_steps - state.global_step) as f64;
+                on_step(&Progress {
+                    step: state.global_step,
+                    total_steps,
+                    epoch,
+                    loss: value,
+                    learning_rate: lr,
+                    tokens_per_second: rate,
+                    eta_seconds: left,
+                });
                 if t.logging_steps > 0 && state.global_step % t.logging_steps == 0 {
                     tracing::info!(
                         step = state.global_step,

@@ -141,7 +141,7 @@ fn a_killed_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one() {
     let config = work.path().join("training_config.yaml");
     std::fs::write(
         &config,
-        "training_config:\n  LoraConfig:\n    r: 8\n    lora_alpha: 16\n  TrainingArguments:\n    per_device_train_batch_size: 1\n    learning_rate: 0.001\n    max_steps: 6\n    save_strategy: steps\n    save_steps: 2\n    seed: 3\n",
+        "training_config:\n  LoraConfig:\n    r: 8\n    lora_alpha: 16\n  TrainingArguments:\n    per_device_train_batch_size: 1\n    learning_rate: 0.001\n    max_steps: 12\n    save_strategy: steps\n    save_steps: 2\n    seed: 3\n",
     )
     .unwrap();
     let run = |output: &Path| {

@@ -3,7 +3,7 @@
 //! checkpoint in `--output` after a kill.
 
 use clap::Parser;
-use kaito_inference::tune::{ConfigFile, Trainer, read_dataset};
+use kaito_inference::tune::{ConfigFile, Trainer, TuneMetrics, read_dataset};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -27,6 +27,10 @@ struct Args {
     /// Intra-op CPU threads (default: libtorch's choice).
     #[arg(long)]
     threads: Option<i32>,
+    /// Serve Prometheus metrics (`kaito_tune_step`, `_loss`, `_tokens_per_second`, `_eta_seconds`, ...) on
+    /// this port at /metrics while training.
+    #[arg(long)]
+    metrics_port: Option<u16>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,7 +47,11 @@ fn main() -> anyhow::Result<()> {
         serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("--config {}: {e}", args.config.display()))?;
     let (mut trainer, tokenizer) = Trainer::new(&args.model, config.training_config, args.max_length)?;
     let dataset = trainer_dataset(&args, &tokenizer, &trainer)?;
-    let report = trainer.train(&dataset, &args.output)?;
+    let metrics = std::sync::Arc::new(TuneMetrics::default());
+    if let Some(port) = args.metrics_port {
+        serve_metrics(port, metrics.clone())?;
+    }
+    let report = trainer.train_with(&dataset, &args.output, &mut |p| metrics.record(p))?;
     tracing::info!(
         steps = report.steps,
         final_loss = report.losses.last().copied().unwrap_or(f64::NAN),
@@ -60,4 +68,31 @@ fn trainer_dataset(
     trainer: &Trainer,
 ) -> anyhow::Result<Vec<kaito_inference::tune::Example>> {
     read_dataset(&args.data, text, trainer.dataset_settings(), args.max_length)
+}
+
+/// Serves `metrics` at `http://0.0.0.0:PORT/metrics` from a thread of its own while the trainer runs.
+fn serve_metrics(port: u16, metrics: std::sync::Arc<TuneMetrics>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(("0.0.0.0", port)))?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        );
+        if let Err(e) = runtime.block_on(axum::serve(listener, app).into_future()) {
+            tracing::error!(error = %e, "the metrics server stopped");
+        }
+    })?;
+    Ok(())
 }
