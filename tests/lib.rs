@@ -90,6 +90,23 @@ pub fn shipped_registry() -> std::sync::Arc<kaito_plugin_host::Registry> {
 }
 
 /// An operator context over `cluster`, with the named provisioner plugin.
+/// Plugin options as the operator's flags give them: the repository's built presets and provisioners, a plugin
+/// cache in `cache`, and `extra` flags (e.g. `--plain-http`).
+pub fn shipped_plugin_args(cache: &std::path::Path, extra: &[&str]) -> kaito_workload::plugin_args::PluginArgs {
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        plugins: kaito_workload::plugin_args::PluginArgs,
+    }
+    let (presets, provisioners) = (plugin_dir("presets-wasm/dist"), plugin_dir("plugins/dist"));
+    let mut argv = vec!["operator".to_string(), "--plugins".into(), presets.display().to_string()];
+    argv.extend(["--plugins".into(), provisioners.display().to_string()]);
+    argv.extend(["--plugin-cache".into(), cache.display().to_string()]);
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    <Flags as clap::Parser>::parse_from(argv).plugins
+}
+
+/// An operator context on the in-memory `cluster` with the plugins `registry` holds.
 pub fn operator_context(
     cluster: &cluster::Cluster,
     registry: std::sync::Arc<kaito_plugin_host::Registry>,

@@ -9,25 +9,17 @@
 //! `cargo xtask cluster up`, `cargo xtask registry up`, then `KAITO_E2E_KUBECONFIG=<admin.kubeconfig>
 //! KAITO_E2E_REGISTRY=<host:port> cargo bench -p kaito-tests --bench plugin_swap [-- SWAPS]` (default 6 per row).
 
-use clap::Parser;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference};
 use kaito_crd::Workspace;
 use kaito_operator::reload::{Reloader, first_load, run, watch_references};
 use kaito_tests::cluster::Cluster;
 use kaito_tests::{operator_context, plugin_dir, root};
 use kaito_workload::RenderOptions;
-use kaito_workload::plugin_args::PluginArgs;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-#[derive(Parser)]
-struct Flags {
-    #[command(flatten)]
-    plugins: PluginArgs,
-}
 
 const NAMESPACE: &str = "bench-plugin-swap";
 const CONFIGMAP: &str = "plugin-refs";
@@ -105,22 +97,13 @@ fn main() {
 
     // The operator's reload pieces, as `kaito-operator --plugin-configmap` wires them.
     let cache = tempfile::tempdir().unwrap();
-    let flags = Flags::parse_from([
-        "bench",
-        "--plugins",
-        &plugin_dir("presets-wasm/dist").display().to_string(),
-        "--plugins",
-        &plugin_dir("plugins/dist").display().to_string(),
-        "--plugin-cache",
-        &cache.path().display().to_string(),
-        "--plain-http",
-    ]);
-    let host = flags.plugins.host().unwrap();
-    let set = Arc::new(flags.plugins.registry(&host, &mut std::io::sink()).unwrap());
+    let plugins = kaito_tests::shipped_plugin_args(cache.path(), &["--plain-http"]);
+    let host = plugins.host().unwrap();
+    let set = Arc::new(plugins.registry(&host, &mut std::io::sink()).unwrap());
     let cluster = Cluster::new();
     let ctx = operator_context(&cluster, set, "gpu-provisioner");
     let refs = watch_references(client.clone(), NAMESPACE, CONFIGMAP);
-    let reloader = Reloader::new(flags.plugins.clone(), host, Some(refs.clone()));
+    let reloader = Reloader::new(plugins.clone(), host, Some(refs.clone()));
     let reloader = runtime.block_on(first_load(reloader, &ctx, Some(refs.clone()))).expect("first load");
     // Directories are not looked at during the run (an hour between ticks): only ConfigMap changes swap.
     runtime.spawn(run(reloader, ctx.clone(), Duration::from_secs(3600), Some(refs), ObjectReference::default()));

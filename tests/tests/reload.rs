@@ -30,11 +30,12 @@ async fn a_changed_plugin_directory_is_swapped_in_and_a_bad_replacement_refused(
         "--plugin-cache",
         &cache.path().display().to_string(),
     ]);
-    let host = flags.plugins.host().unwrap();
-    let registry = Arc::new(flags.plugins.registry(&host, &mut std::io::sink()).unwrap());
+    let plugins = flags.plugins;
+    let host = plugins.host().unwrap();
+    let registry = Arc::new(plugins.registry(&host, &mut std::io::sink()).unwrap());
     let cluster = Cluster::new();
     let ctx = operator_context(&cluster, registry, "gpu-provisioner");
-    let mut reloader = Reloader::new(flags.plugins.clone(), flags.plugins.host().unwrap(), None);
+    let mut reloader = Reloader::new(plugins.clone(), plugins.host().unwrap(), None);
     let model = "phi-3.5-mini-instruct";
     let serving =
         |r: &kaito_plugin_host::Registry| r.find_model(model).expect("a plugin serves phi").0.digest().to_string();
@@ -86,22 +87,13 @@ async fn configmap_references_override_and_refuse_entry_by_entry() {
     let py = push(py_file.clone(), "phi-py").await;
     let trap = push(plugin_dir("plugins/fixtures/dist").join("hostile-trap.wasm"), "trap").await;
     let cache = tempfile::tempdir().unwrap();
-    let flags = Flags::parse_from([
-        "operator",
-        "--plugins",
-        &plugin_dir("presets-wasm/dist").display().to_string(),
-        "--plugins",
-        &plugin_dir("plugins/dist").display().to_string(),
-        "--plugin-cache",
-        &cache.path().display().to_string(),
-        "--plain-http",
-    ]);
-    let host = flags.plugins.host().unwrap();
-    let registry_set = Arc::new(flags.plugins.registry(&host, &mut std::io::sink()).unwrap());
+    let plugins = kaito_tests::shipped_plugin_args(cache.path(), &["--plain-http"]);
+    let host = plugins.host().unwrap();
+    let registry_set = Arc::new(plugins.registry(&host, &mut std::io::sink()).unwrap());
     let cluster = Cluster::new();
     let ctx = operator_context(&cluster, registry_set, "gpu-provisioner");
     let (tx, rx) = tokio::sync::watch::channel(None);
-    let mut reloader = Reloader::new(flags.plugins.clone(), host, Some(rx));
+    let mut reloader = Reloader::new(plugins.clone(), host, Some(rx));
     let serving = |ctx: &kaito_operator::context::Context| {
         ctx.registry().find_model("phi-3.5-mini-instruct").expect("a plugin serves phi").0.digest().to_string()
     };
