@@ -49,7 +49,22 @@ def main():
             return e
         raise AssertionError(f"{kwargs} did not raise {error.__name__}")
 
-    e = expect(openai.BadRequestError, model=model, messages=ask, n=2)
+    # n choices, generated together: greedy ones agree; sampled ones with a seed are reproducible.
+    one = client.chat.completions.create(model=model, messages=ask, max_tokens=12, temperature=0)
+    two = client.chat.completions.create(model=model, messages=ask, max_tokens=12, temperature=0, n=2)
+    assert [c.index for c in two.choices] == [0, 1], two
+    assert [c.message.content for c in two.choices] == [one.choices[0].message.content] * 2, two
+    assert two.usage.prompt_tokens == one.usage.prompt_tokens, two.usage
+    assert two.usage.completion_tokens == 2 * one.usage.completion_tokens, two.usage
+    sampled = [client.chat.completions.create(model=model, messages=ask, max_tokens=12, temperature=1.0, seed=5, n=3)
+               for _ in range(2)]
+    assert [c.message.content for c in sampled[0].choices] == [c.message.content for c in sampled[1].choices], sampled
+    assert len({c.message.content for c in sampled[0].choices}) > 1, "different seeds per choice"
+    texts = client.completions.create(model=model, prompt="The capital of France is", max_tokens=6, temperature=0, n=2)
+    assert len(texts.choices) == 2 and texts.choices[0].text == texts.choices[1].text, texts
+    e = expect(openai.BadRequestError, model=model, messages=ask, n=2, stream=True)
+    assert e.body["param"] == "n", e.body
+    e = expect(openai.BadRequestError, model=model, messages=ask, n=65)
     assert e.body["param"] == "n", e.body
     e = expect(openai.NotFoundError, model="no-such-model", messages=ask)
     assert e.body["code"] == "model_not_found", e.body

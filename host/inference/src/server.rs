@@ -331,11 +331,23 @@ struct Plan {
     stops: Vec<String>,
     stream: bool,
     include_usage: bool,
+    /// Choices to generate (`n`).
+    n: usize,
 }
 
+/// Most choices one request may ask for (`n`).
+const MAX_N: i64 = 64;
+
 fn plan(c: &Common, prompt_len: usize, engine: &Engine, prompt_field: &str) -> Result<Plan, ApiError> {
-    if let Some(n) = c.n.filter(|n| *n != 1) {
-        return Err(ApiError::bad("n", format!("n={n} is not supported; only one choice per request (n=1)")));
+    let n = c.n.unwrap_or(1);
+    if !(1..=MAX_N).contains(&n) {
+        return Err(ApiError::bad("n", format!("n must be between 1 and {MAX_N}, got {n}")));
+    }
+    if n > 1 && c.stream {
+        return Err(ApiError::bad(
+            "n",
+            format!("n={n} with stream: true is not supported yet; stream one choice, or set stream: false"),
+        ));
     }
     let context = engine.max_context;
     if prompt_len >= context {
@@ -414,6 +426,7 @@ fn plan(c: &Common, prompt_len: usize, engine: &Engine, prompt_field: &str) -> R
         stops,
         stream: c.stream,
         include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        n: n as usize,
     })
 }
 
@@ -481,21 +494,9 @@ enum Kind {
     Completion,
 }
 
-async fn generate(
-    state: &AppState,
-    kind: Kind,
-    prompt: Vec<u32>,
-    plan: Plan,
-    echo: Option<String>,
-    adapter: Option<String>,
-) -> Result<Response, ApiError> {
-    let serving = state.serving()?;
-    let prompt_len = prompt.len();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    // Responses name what was asked for: the adapter, else the served model name.
-    let model = adapter.clone().unwrap_or_else(|| state.model_name.clone());
-    let request = GenRequest { prompt, adapter, sampler: Sampler::new(plan.params.clone()), events: tx };
-    serving.engine.submit(request).map_err(|e| match e {
+/// What a refused submission answers.
+fn submit_error(e: SubmitError) -> ApiError {
+    match e {
         SubmitError::Overloaded(_) => ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
             message: e.to_string(),
@@ -505,7 +506,27 @@ async fn generate(
         SubmitError::Stopped => {
             ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string(), param: None, code: None }
         }
-    })?;
+    }
+}
+
+async fn generate(
+    state: &AppState,
+    kind: Kind,
+    prompt: Vec<u32>,
+    plan: Plan,
+    echo: Option<String>,
+    adapter: Option<String>,
+) -> Result<Response, ApiError> {
+    let serving = state.serving()?;
+    if plan.n > 1 {
+        return generate_choices(state, kind, prompt, plan, echo, adapter).await;
+    }
+    let prompt_len = prompt.len();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Responses name what was asked for: the adapter, else the served model name.
+    let model = adapter.clone().unwrap_or_else(|| state.model_name.clone());
+    let request = GenRequest { prompt, adapter, sampler: Sampler::new(plan.params.clone()), events: tx };
+    serving.engine.submit(request).map_err(submit_error)?;
     let (id, created) = (request_id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }), now());
     let text = serving.text.clone();
     if !plan.stream {
@@ -587,6 +608,66 @@ async fn generate(
         .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())))
         .chain(futures::stream::once(async { Ok(SseEvent::default().data("[DONE]")) }));
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// `n` > 1 without streaming: `n` sequences of the same prompt in the engine's batch (seeds `seed`, `seed+1`, ...
+/// when one is given), answered as one response with a choice each; usage counts the prompt once.
+async fn generate_choices(
+    state: &AppState,
+    kind: Kind,
+    prompt: Vec<u32>,
+    plan: Plan,
+    echo: Option<String>,
+    adapter: Option<String>,
+) -> Result<Response, ApiError> {
+    let serving = state.serving()?;
+    let prompt_len = prompt.len();
+    let model = adapter.clone().unwrap_or_else(|| state.model_name.clone());
+    let mut receivers = Vec::with_capacity(plan.n);
+    for i in 0..plan.n {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut params = plan.params.clone();
+        params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
+        let request =
+            GenRequest { prompt: prompt.clone(), adapter: adapter.clone(), sampler: Sampler::new(params), events: tx };
+        // A refusal drops the receivers made so far, which cancels their sequences.
+        serving.engine.submit(request).map_err(submit_error)?;
+        receivers.push(rx);
+    }
+    let text = serving.text.clone();
+    let outputs = futures::future::join_all(receivers.into_iter().map(|mut rx| {
+        let (text, stops) = (text.clone(), plan.stops.clone());
+        async move {
+            let mut out = Output::new();
+            while let Some(event) = rx.recv().await {
+                if out.push(&text, event, &stops)? {
+                    break;
+                }
+            }
+            Ok::<_, ApiError>(out)
+        }
+    }))
+    .await;
+    let mut choices = Vec::with_capacity(outputs.len());
+    let mut completion_tokens = 0;
+    for (index, out) in outputs.into_iter().enumerate() {
+        let out = out?;
+        completion_tokens += out.tokens;
+        let finish = out.finish.unwrap_or(FinishReason::Length).as_str();
+        choices.push(match kind {
+            Kind::Chat => json!({"index": index, "message": {"role": "assistant", "content": out.text}, "logprobs": null, "finish_reason": finish}),
+            Kind::Completion => json!({"index": index, "text": format!("{}{}", echo.clone().unwrap_or_default(), out.text), "logprobs": null, "finish_reason": finish}),
+        });
+    }
+    let (object, prefix) = match kind {
+        Kind::Chat => ("chat.completion", "chatcmpl"),
+        Kind::Completion => ("text_completion", "cmpl"),
+    };
+    let body = json!({
+        "id": request_id(prefix), "object": object, "created": now(), "model": model,
+        "choices": choices, "usage": usage(prompt_len, completion_tokens),
+    });
+    Ok(axum::Json(body).into_response())
 }
 
 async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
