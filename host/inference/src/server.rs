@@ -518,7 +518,7 @@ async fn generate(
     adapter: Option<String>,
 ) -> Result<Response, ApiError> {
     let serving = state.serving()?;
-    if plan.n > 1 {
+    if !plan.stream {
         return generate_choices(state, kind, prompt, plan, echo, adapter).await;
     }
     let prompt_len = prompt.len();
@@ -529,28 +529,6 @@ async fn generate(
     serving.engine.submit(request).map_err(submit_error)?;
     let (id, created) = (request_id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }), now());
     let text = serving.text.clone();
-    if !plan.stream {
-        let mut out = Output::new();
-        while let Some(event) = rx.recv().await {
-            if out.push(&text, event, &plan.stops)? {
-                break;
-            }
-        }
-        let finish = out.finish.unwrap_or(FinishReason::Length).as_str();
-        let body = match kind {
-            Kind::Chat => json!({
-                "id": id, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text}, "logprobs": null, "finish_reason": finish}],
-                "usage": usage(prompt_len, out.tokens),
-            }),
-            Kind::Completion => json!({
-                "id": id, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": 0, "text": format!("{}{}", echo.unwrap_or_default(), out.text), "logprobs": null, "finish_reason": finish}],
-                "usage": usage(prompt_len, out.tokens),
-            }),
-        };
-        return Ok(axum::Json(body).into_response());
-    }
     let chunk = move |delta: Option<String>, finish: Option<&str>, first: bool| -> Value {
         match kind {
             Kind::Chat => {
@@ -610,8 +588,8 @@ async fn generate(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 
-/// `n` > 1 without streaming: `n` sequences of the same prompt in the engine's batch (seeds `seed`, `seed+1`, ...
-/// when one is given), answered as one response with a choice each; usage counts the prompt once.
+/// A whole (not streamed) answer: `n` sequences of the same prompt in the engine's batch (seeds `seed`, `seed+1`,
+/// ... when one is given), answered as one response with a choice each; usage counts the prompt once.
 async fn generate_choices(
     state: &AppState,
     kind: Kind,
