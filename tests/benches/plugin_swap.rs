@@ -103,10 +103,10 @@ fn main() {
     let cluster = Cluster::new();
     let ctx = operator_context(&cluster, set, "gpu-provisioner");
     let refs = watch_references(client.clone(), NAMESPACE, CONFIGMAP);
-    let reloader = Reloader::new(plugins.clone(), host, Some(refs.clone()));
-    let reloader = runtime.block_on(first_load(reloader, &ctx, Some(refs.clone()))).expect("first load");
+    let reloader = Reloader::new(plugins.clone(), host, Some(refs));
+    let reloader = runtime.block_on(first_load(reloader, &ctx)).expect("first load");
     // Directories are not looked at during the run (an hour between ticks): only ConfigMap changes swap.
-    runtime.spawn(run(reloader, ctx.clone(), Duration::from_secs(3600), Some(refs), ObjectReference::default()));
+    runtime.spawn(run(reloader, ctx.clone(), Duration::from_secs(3600), ObjectReference::default()));
     let serving = || ctx.registry().find_model(MODEL).expect("phi is served").0.digest().to_string();
     assert_eq!(serving(), builds[0].1, "the ConfigMap's build serves from the start");
 

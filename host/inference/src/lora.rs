@@ -143,8 +143,13 @@ impl PeftConfig {
     }
 
     fn scale(&self) -> f64 {
-        if self.use_rslora { self.lora_alpha / (self.r as f64).sqrt() } else { self.lora_alpha / self.r as f64 }
+        scale(self.lora_alpha, self.r, self.use_rslora)
     }
+}
+
+/// PEFT's LoRA scale: `alpha / r`, or `alpha / √r` with rsLoRA.
+pub fn scale(alpha: f64, rank: usize, rslora: bool) -> f64 {
+    if rslora { alpha / (rank as f64).sqrt() } else { alpha / rank as f64 }
 }
 
 /// Which split projections a PEFT module name covers: one, or the rows of a fused one (Phi-3's `qkv_proj`,

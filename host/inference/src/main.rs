@@ -106,8 +106,7 @@ async fn main() -> anyhow::Result<()> {
     let fetch: kaito_inference::server::Fetch = {
         let (dir, options, concurrency, metrics) =
             (args.download_dir.clone(), options.clone(), args.pull_concurrency, metrics.clone());
-        Arc::new(move |path: &str| {
-            let reference = path.strip_prefix(kaito_oci::SCHEME).unwrap_or(path);
+        Arc::new(move |reference: &str| {
             download::pull_oci(reference, &dir.join("adapters"), options.clone(), concurrency, &metrics)
         })
     };

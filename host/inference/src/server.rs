@@ -46,10 +46,9 @@ pub struct AppState {
 pub struct AdapterCard {
     /// Where it was loaded from.
     pub source: String,
-    pub rank: usize,
 }
 
-/// Resolves an adapter path that is not a local directory (an `oci://` reference) to one.
+/// Pulls an adapter artifact (an `oci://` path's reference, without the scheme) into a local directory.
 pub type Fetch = Arc<dyn Fn(&str) -> anyhow::Result<std::path::PathBuf> + Send + Sync>;
 
 /// The LoRA side of the server.
@@ -78,9 +77,9 @@ impl Lora {
         let (shape, fetch, owned) = (engine.shape.clone(), self.fetch.clone(), (name.to_string(), path.to_string()));
         let adapter = tokio::task::spawn_blocking(move || {
             let (name, path) = owned;
-            let dir = match path.strip_prefix("oci://") {
-                Some(_) => match fetch {
-                    Some(fetch) => fetch(&path)?,
+            let dir = match path.strip_prefix(kaito_oci::SCHEME) {
+                Some(reference) => match fetch {
+                    Some(fetch) => fetch(reference)?,
                     None => anyhow::bail!("{path}: oci:// adapters need the registry options of this server"),
                 },
                 None => std::path::PathBuf::from(&path),
@@ -90,7 +89,7 @@ impl Lora {
         .await
         .map_err(|e| bad("lora_path", e.to_string()))?
         .map_err(|e| bad("lora_path", format!("{e:#}")))?;
-        let card = AdapterCard { source: path.to_string(), rank: adapter.rank };
+        let card = AdapterCard { source: path.to_string() };
         engine.load_adapter(adapter).await.map_err(|e| bad("lora_name", e))?;
         self.cards.lock().expect("lora cards").insert(name.to_string(), card);
         Ok(())

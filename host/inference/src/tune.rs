@@ -403,7 +403,6 @@ impl TuneMetrics {
 pub struct Report {
     pub steps: usize,
     pub losses: Vec<f64>,
-    pub resumed_from: Option<PathBuf>,
     pub tokens_per_second: f64,
 }
 
@@ -440,13 +439,11 @@ impl Trainer {
             }
         };
         for t in &targets {
-            let is_fused = matches!(t.as_str(), "qkv_proj" | "gate_up_proj");
+            // o_proj and down_proj exist in both layouts; the others in one only.
+            let fused_only = matches!(t.as_str(), "qkv_proj" | "gate_up_proj");
+            let split_only = matches!(t.as_str(), "q_proj" | "k_proj" | "v_proj" | "gate_proj" | "up_proj");
             anyhow::ensure!(
-                is_fused == fused
-                    || !matches!(
-                        t.as_str(),
-                        "q_proj" | "k_proj" | "v_proj" | "gate_proj" | "up_proj" | "qkv_proj" | "gate_up_proj"
-                    ),
+                !(fused_only && !fused || split_only && fused),
                 "LoraConfig.target_modules: {t:?} is not a module of this {} checkpoint",
                 loaded.model.config.architecture().unwrap_or("?")
             );
@@ -474,7 +471,7 @@ impl Trainer {
             })
             .collect();
         let l = &config.lora;
-        let scale = if l.use_rslora { l.lora_alpha / (l.r as f64).sqrt() } else { l.lora_alpha / l.r as f64 };
+        let scale = crate::lora::scale(l.lora_alpha, l.r, l.use_rslora);
         let base_model = dir.display().to_string();
         Ok((Trainer { model: loaded.model, shape, config, targets, params, moments, scale, base_model }, loaded.text))
     }
@@ -532,13 +529,6 @@ impl Trainer {
         loss.double_value(&[])
     }
 
-    /// Cross-entropy on `examples` without training (what a test or a log reports).
-    pub fn eval_loss(&self, examples: &[Example]) -> f64 {
-        let _guard = tch::no_grad_guard();
-        let refs: Vec<&Example> = examples.iter().collect();
-        self.loss(&refs, false).0.double_value(&[])
-    }
-
     /// Trains on `examples`, checkpointing into `output` per the save strategy and resuming from its last
     /// checkpoint when there is one; writes the final adapter to `output`.
     pub fn train(&mut self, examples: &[Example], output: &Path) -> anyhow::Result<Report> {
@@ -564,8 +554,7 @@ impl Trainer {
         };
         let epochs = total_steps.div_ceil(steps_per_epoch);
         let mut state = TrainerState::default();
-        let resumed_from = last_checkpoint(output);
-        if let Some(dir) = &resumed_from {
+        if let Some(dir) = &last_checkpoint(output) {
             state = self.load_checkpoint(dir)?;
             tracing::info!(checkpoint = %dir.display(), step = state.global_step, "resuming from the last checkpoint");
         }
@@ -633,7 +622,7 @@ impl Trainer {
         }
         self.save_adapter(output)?;
         let tokens_per_second = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        Ok(Report { steps: state.global_step, losses, resumed_from, tokens_per_second })
+        Ok(Report { steps: state.global_step, losses, tokens_per_second })
     }
 
     /// The example order of `epoch`: shuffled by the dataset seed and the epoch, so a resumed run sees the same.

@@ -126,8 +126,8 @@ async fn main() -> anyhow::Result<()> {
         .plugin_configmap
         .as_deref()
         .map(|name| kaito_operator::reload::watch_references(client.clone(), &args.lease_namespace, name));
-    let reloader = kaito_operator::reload::Reloader::new(args.plugins.clone(), host.clone(), references.clone());
-    let reloader = kaito_operator::reload::first_load(reloader, &ctx, references.clone())
+    let reloader = kaito_operator::reload::Reloader::new(args.plugins.clone(), host.clone(), references);
+    let reloader = kaito_operator::reload::first_load(reloader, &ctx)
         .await
         .with_context(|| format!("--plugin-configmap {}", args.plugin_configmap.as_deref().unwrap_or_default()))?;
     ctx.registry().provisioner(&args.provisioner).with_context(no_such_provisioner)?;
@@ -141,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         };
         let every = Duration::from_secs(args.plugin_reload_seconds);
-        tokio::spawn(kaito_operator::reload::run(reloader, ctx.clone(), every, references, pod));
+        tokio::spawn(kaito_operator::reload::run(reloader, ctx.clone(), every, pod));
     }
 
     let ready = Arc::new(AtomicBool::new(false));

@@ -168,12 +168,8 @@ impl Reloader {
 
 /// Before the controllers start: waits for the first read of the plugin-reference ConfigMap (when there is one)
 /// and loads its entries, so they serve from the first reconcile. A refused entry is logged; the rest load.
-pub async fn first_load(
-    reloader: Reloader,
-    ctx: &Arc<Context>,
-    references: Option<watch::Receiver<Option<References>>>,
-) -> anyhow::Result<Reloader> {
-    let Some(mut references) = references else { return Ok(reloader) };
+pub async fn first_load(reloader: Reloader, ctx: &Arc<Context>) -> anyhow::Result<Reloader> {
+    let Some(mut references) = reloader.references.clone() else { return Ok(reloader) };
     match tokio::time::timeout(Duration::from_secs(60), references.wait_for(Option::is_some)).await {
         Err(_) => anyhow::bail!("the ConfigMap was not read within a minute"),
         Ok(Err(_)) => anyhow::bail!("its watch ended"),
@@ -195,13 +191,9 @@ pub async fn first_load(
 /// The reload loop: looks at the directories every `every`, and at once when the ConfigMap's entries change; each
 /// refusal is also a Warning Event `PluginRefused` on `events_on` (the operator's pod), where `kubectl get events`
 /// shows it.
-pub async fn run(
-    mut reloader: Reloader,
-    ctx: Arc<Context>,
-    every: Duration,
-    mut references: Option<watch::Receiver<Option<References>>>,
-    events_on: ObjectReference,
-) {
+pub async fn run(mut reloader: Reloader, ctx: Arc<Context>, every: Duration, events_on: ObjectReference) {
+    // A receiver of its own to wake on; the reloader reads the entries through its clone.
+    let mut references = reloader.references.clone();
     // Loading and conformance are CPU work: on a thread of their own, at a lower priority than the reconciles
     // (they share the operator's cores), one look at a time.
     let (ask, asks) = std::sync::mpsc::channel::<()>();

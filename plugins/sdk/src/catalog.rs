@@ -283,8 +283,9 @@ pub fn plan_gated(
                 Some("push the adapter directory with `kaito models push DIR REF` and name REF in source.image".into()),
             ));
         }
-        let strength = a.strength.as_deref().map(|s| s.trim().parse::<f64>());
-        if strength.is_some_and(|s| s.is_err() || s.as_ref().is_ok_and(|v| !(0.0..=1.0).contains(v))) {
+        if let Some(s) = a.strength.as_deref()
+            && !s.trim().parse::<f64>().is_ok_and(|v| (0.0..=1.0).contains(&v))
+        {
             return Err(PluginError::invalid(
                 &format!("inference.adapters[{i}].strength"),
                 "the strength must be a number between 0 and 1",
