@@ -14,6 +14,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+# The same greedy loop as the transformers reference beside this file.
+from reference import last_logits_and_greedy
+
 
 def main():
     model_dir, adapter_dir, spec, ids, n = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5])
@@ -31,20 +34,7 @@ def main():
                 p.mul_(b_scale)
     model.save_pretrained(adapter_dir, safe_serialization=True)
     model.eval()
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor([ids]), use_cache=True)
-        logits = out.logits[0, -1]
-        past = out.past_key_values
-        token = int(logits.argmax())
-        greedy = [token]
-        position = len(ids)
-        for _ in range(n - 1):
-            step = model(input_ids=torch.tensor([[token]]), past_key_values=past, use_cache=True,
-                         position_ids=torch.tensor([[position]]))
-            past = step.past_key_values
-            token = int(step.logits[0, -1].argmax())
-            greedy.append(token)
-            position += 1
+    logits, greedy = last_logits_and_greedy(model, ids, n)
     print(json.dumps({"logits": logits.tolist(), "greedy": greedy}))
 
 

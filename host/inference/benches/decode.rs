@@ -12,6 +12,7 @@ use kaito_inference::engine::{Engine, EngineConfig, Event, GenRequest};
 use kaito_inference::loader;
 use kaito_inference::metrics::Metrics;
 use kaito_inference::sampling::{Sampler, SamplingParams};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind};
@@ -59,6 +60,22 @@ async fn aggregate_over(engine: &Engine, prompts: &[Vec<u32>], n: usize, adapter
     (n * NEW_TOKENS) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// transformers `generate` on the same weights and prompt (`tests/python/bench_transformers.py`), with the PEFT
+/// adapter `adapter` when given: its JSON report (time to first token, decode tokens/s).
+fn transformers(dir: &Path, prompt: &[u32], threads: i32, adapter: Option<&Path>) -> serde_json::Value {
+    let out = std::process::Command::new(common::python())
+        .arg(common::script("bench_transformers.py"))
+        .arg(dir)
+        .arg(serde_json::to_string(prompt).unwrap())
+        .arg(NEW_TOKENS.to_string())
+        .arg(threads.to_string())
+        .args(adapter)
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let threads: i32 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1);
@@ -80,16 +97,7 @@ async fn main() {
     one(&engine, prompts[0].clone()).await; // warm-up
     let (ttft, decode) = one(&engine, prompts[0].clone()).await;
 
-    let out = std::process::Command::new(common::python())
-        .arg(common::script("bench_transformers.py"))
-        .arg(&dir)
-        .arg(serde_json::to_string(&prompts[0]).unwrap())
-        .arg(NEW_TOKENS.to_string())
-        .arg(threads.to_string())
-        .output()
-        .expect("python runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let reference: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reference = transformers(&dir, &prompts[0], threads, None);
     let (hf_ttft, hf_decode) = (reference["ttft_s"].as_f64().unwrap(), reference["decode_tok_s"].as_f64().unwrap());
 
     println!(
@@ -118,15 +126,7 @@ async fn main() {
         let adapter = work.path().join(format!("adapter-{i}"));
         let spec = serde_json::json!({"r": 16, "lora_alpha": 32, "seed": i, "target_modules":
             ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]});
-        let made = std::process::Command::new(common::python())
-            .arg(common::script("lora_reference.py"))
-            .arg(&dir)
-            .arg(&adapter)
-            .arg(spec.to_string())
-            .args(["[1, 2, 3]", "1"])
-            .output()
-            .expect("python runs");
-        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        common::peft_adapter(&dir, &adapter, &spec, &[1, 2, 3], 1);
         let name = format!("adapter-{i}");
         let loaded = kaito_inference::lora::Adapter::load(&name, &adapter, &shape).expect("adapter loads");
         engine.load_adapter(loaded).await.unwrap();
@@ -134,17 +134,7 @@ async fn main() {
     }
     one_with(&engine, prompts[0].clone(), Some(names[0].clone())).await; // warm-up
     let (_, lora_decode) = one_with(&engine, prompts[0].clone(), Some(names[0].clone())).await;
-    let out = std::process::Command::new(common::python())
-        .arg(common::script("bench_transformers.py"))
-        .arg(&dir)
-        .arg(serde_json::to_string(&prompts[0]).unwrap())
-        .arg(NEW_TOKENS.to_string())
-        .arg(threads.to_string())
-        .arg(work.path().join("adapter-0"))
-        .output()
-        .expect("python runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let reference: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reference = transformers(&dir, &prompts[0], threads, Some(&work.path().join("adapter-0")));
     let peft_decode = reference["decode_tok_s"].as_f64().unwrap();
     println!();
     println!("| batch 1, rank-16 adapter on every projection | kaito-inference | transformers + peft | ours / peft |");

@@ -199,18 +199,8 @@ async fn lora_adapters_load_serve_by_name_and_unload_at_run_time() {
         common::chat_prompt(&text, "What is the capital of France?").into_iter().map(i64::from).collect();
     let adapter = tempfile::tempdir().unwrap();
     let spec = json!({"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj", "down_proj"], "seed": 3, "b_scale": 1.0});
-    let out = std::process::Command::new(common::python())
-        .arg(common::script("lora_reference.py"))
-        .arg(&dir)
-        .arg(adapter.path())
-        .arg(spec.to_string())
-        .arg(serde_json::to_string(&prompt).unwrap())
-        .arg("16")
-        .output()
-        .expect("python runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let reference: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let greedy: Vec<u32> = reference["greedy"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+    let (_, reference) = common::peft_adapter(&dir, adapter.path(), &spec, &prompt, 16);
+    let greedy: Vec<u32> = reference.iter().map(|&t| t as u32).collect();
     let until_eos: Vec<u32> = greedy.iter().copied().take_while(|t| !text.stop_ids.contains(t)).collect();
     let want = text.decode(&until_eos).unwrap();
 

@@ -10,27 +10,13 @@ use kaito_inference::lora::{Adapter, Shape};
 use kaito_inference::models::decoder::{Decoder, Span};
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
 const GREEDY: usize = 16;
 
 /// peft's adapter for `spec`, saved to `adapter_dir`: its logits and greedy tokens on `prompt`.
 fn peft(model_dir: &Path, adapter_dir: &Path, spec: Value, prompt: &[i64]) -> (Vec<f32>, Vec<i64>) {
-    let out = Command::new(common::python())
-        .arg(common::script("lora_reference.py"))
-        .arg(model_dir)
-        .arg(adapter_dir)
-        .arg(spec.to_string())
-        .arg(serde_json::to_string(prompt).unwrap())
-        .arg(GREEDY.to_string())
-        .output()
-        .expect("python runs");
-    assert!(out.status.success(), "lora_reference.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).expect("the reference prints JSON");
-    let logits = v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-    let greedy = v["greedy"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
-    (logits, greedy)
+    common::peft_adapter(model_dir, adapter_dir, &spec, prompt, GREEDY)
 }
 
 fn row(t: &Tensor, i: i64) -> Vec<f32> {
@@ -132,7 +118,6 @@ fn phi3_fused_projections_take_peft_adapters() {
     let _guard = tch::no_grad_guard();
     let work = tempfile::tempdir().unwrap();
     let model_dir = work.path().join("model");
-    std::fs::create_dir_all(&model_dir).unwrap();
     common::tiny("Phi3ForCausalLM").write(&model_dir);
     let adapter_dir = work.path().join("adapter");
     let prompt: Vec<i64> = vec![1, 17, 245, 33, 401, 58, 9, 77, 120, 300];
@@ -152,7 +137,6 @@ fn adapters_we_cannot_apply_are_refused_with_the_reason() {
     let _guard = tch::no_grad_guard();
     let work = tempfile::tempdir().unwrap();
     let llama_dir = work.path().join("llama");
-    std::fs::create_dir_all(&llama_dir).unwrap();
     common::tiny("LlamaForCausalLM").write(&llama_dir);
     let adapter_dir = work.path().join("adapter");
     let spec = json!({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]});

@@ -101,8 +101,9 @@ pub fn tiny(arch: &'static str) -> Tiny {
 }
 
 impl Tiny {
-    /// Write the model (config, safetensors, SmolLM2's tokenizer files) into `dir`.
+    /// Write the model (config, safetensors, SmolLM2's tokenizer files) into `dir`, made if missing.
     pub fn write(&self, dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&self.config).unwrap()).unwrap();
         write_safetensors(&self.tensors, &dir.join("model.safetensors"));
         let smol = model("smollm2-135m-instruct");
@@ -110,6 +111,32 @@ impl Tiny {
             std::fs::copy(smol.join(f), dir.join(f)).unwrap();
         }
     }
+}
+
+/// A LoRA adapter made and saved by Hugging Face peft (`tests/python/lora_reference.py`) for the model in
+/// `model_dir` as `spec` says (peft's LoraConfig fields, plus `seed` and `b_scale`), written to `adapter_dir`; returns
+/// peft's logits of the last position of `prompt` and its `n` greedy tokens with the adapter.
+pub fn peft_adapter(
+    model_dir: &Path,
+    adapter_dir: &Path,
+    spec: &Value,
+    prompt: &[i64],
+    n: usize,
+) -> (Vec<f32>, Vec<i64>) {
+    let out = std::process::Command::new(python())
+        .arg(script("lora_reference.py"))
+        .arg(model_dir)
+        .arg(adapter_dir)
+        .arg(spec.to_string())
+        .arg(serde_json::to_string(prompt).unwrap())
+        .arg(n.to_string())
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "lora_reference.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("the reference prints JSON");
+    let logits = v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let greedy = v["greedy"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    (logits, greedy)
 }
 
 /// A safetensors file with the `format: pt` metadata transformers insists on (tch writes none).
