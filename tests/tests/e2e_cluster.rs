@@ -6,6 +6,7 @@
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kaito_crd::{RAGEngine, Workspace};
@@ -397,6 +398,66 @@ async fn readme_ragengine_lifecycle() {
     assert_no_forbidden(kc, &[&a, &b]);
 }
 
+/// A tuning Workspace from the examples, under the chart's RBAC: NodeClaim → KWOK node → the Job (named as the
+/// Workspace, owned by it) → its pod runs and KWOK completes it → JobStarted and WorkspaceSucceeded True, state
+/// Succeeded. A spec change (a new `tuning.config`) replaces the Job, whose template is immutable; deleting the
+/// Workspace removes the Job and the NodeClaim.
+#[tokio::test]
+async fn tuning_workspace_runs_its_job_to_completion() {
+    let Some(env) = e2e::Env::start("tuning_workspace_runs_its_job_to_completion").await else { return };
+    let (kc, client) = (&env.kubeconfig, &env.client);
+    let operator = Operator::start(kc, WORKSPACE_DEPLOYMENT, "tuner", &[]).await;
+    let example = "examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml";
+    sh_ok(kc, &format!("kubectl apply -n default -f {example}"));
+    let name = "workspace-tuning-phi-3";
+    let ws = wait_succeeded(kc, client, "default", name, 120).await;
+    let status = ws.status.clone().unwrap();
+    assert_eq!(status.state.as_deref(), Some("Succeeded"));
+    assert_eq!(condition(&ws, "JobStarted").map(|c| c.0).as_deref(), Some("True"));
+    assert_eq!(column(kc, "workspace", "default", name, "Instance").as_deref(), Some("Standard_NC24ads_A100_v4"));
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let job = jobs.get(name).await.unwrap();
+    assert_eq!(job.owner_references()[0].kind, "Workspace");
+    assert_eq!(job.status.as_ref().and_then(|s| s.succeeded), Some(1), "the Job controller counted the pod");
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!(spec.backoff_limit, Some(6));
+    let pod = spec.template.spec.as_ref().unwrap();
+    let args = pod.containers[0].args.clone().unwrap_or_default().join(" ");
+    assert!(args.contains("--push oci://registry.example.com/adapters/phi-3-dolly:0.0.1"), "{args}");
+    assert!(args.contains("--registry-config /mnt/registry/registry-push-secret.json"), "{args}");
+    let revision = job.annotations().get("workspace.kaito.io/revision").cloned();
+
+    // A new tuning config is a new revision: the old Job goes (foreground, through the garbage collector) and a new
+    // one runs to completion.
+    let workspaces: Api<Workspace> = Api::namespaced(client.clone(), "default");
+    workspaces
+        .patch(name, &PatchParams::default(), &Patch::Merge(json!({"tuning": {"config": "phi-3-lora-params-v2"}})))
+        .await
+        .unwrap();
+    wait_for("the Job of the new revision to complete", 120, async || {
+        let job = jobs.get_opt(name).await.ok()??;
+        let new = job.annotations().get("workspace.kaito.io/revision") != revision.as_ref();
+        (new && job.status?.succeeded == Some(1)).then_some(())
+    })
+    .await;
+    let job = jobs.get(name).await.unwrap();
+    let volumes = job.spec.unwrap().template.spec.unwrap().volumes.unwrap();
+    assert!(volumes.iter().any(|v| v.config_map.as_ref().is_some_and(|c| c.name == "phi-3-lora-params-v2")));
+    wait_succeeded(kc, client, "default", name, 60).await;
+
+    sh_ok(kc, &format!("kubectl delete -n default -f {example}"));
+    wait_for("the Workspace to be gone", 90, async || workspaces.get_opt(name).await.ok()?.is_none().then_some(()))
+        .await;
+    wait_for("the garbage collector to remove the Job", 60, async || {
+        jobs.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let claims: Api<DynamicObject> = Api::all_with(client.clone(), &karpenter("NodeClaim", "nodeclaims"));
+    let left = claims.list(&ListParams::default().labels(&format!("kaito.sh/workspace={name}"))).await.unwrap().items;
+    assert!(left.is_empty(), "{left:?}");
+    assert_no_forbidden(kc, &[&operator]);
+}
+
 /// Waits for `kubectl get isets` to show `want` ReadyReplicas for `set`.
 async fn ready_replicas(kc: &Path, set: &str, want: &str) {
     wait_for(&format!("`kubectl get isets {set}` to show ReadyReplicas {want}"), 180, async || {
@@ -679,7 +740,9 @@ async fn every_example_is_accepted_by_the_api_server() {
     let Some(env) = e2e::Env::start("every_example_is_accepted_by_the_api_server").await else { return };
     let kc = &env.kubeconfig;
     let mut files = Vec::new();
-    for dir in ["examples/inference", "examples/byo", "examples/custom-template", "examples/RAG"] {
+    for dir in
+        ["examples/inference", "examples/byo", "examples/custom-template", "examples/RAG", "examples/fine-tuning"]
+    {
         for e in std::fs::read_dir(kaito_tests::root().join(dir)).unwrap() {
             files.push(format!("{dir}/{}", e.unwrap().file_name().to_string_lossy()));
         }

@@ -530,3 +530,90 @@ async fn the_inference_server_serves_a_model_pulled_from_the_registry() {
     let pulled = std::fs::read_dir(&adapters).unwrap().flatten().next().expect("a pulled adapter").path();
     same_files(adapter.path(), &pulled);
 }
+
+/// Serves `body` at `http://127.0.0.1:PORT/<name>` to every request, from a thread, for as long as the test runs; a
+/// stand-in for a dataset host (any URL: kaito-tune's downloader is what is tested, not the web).
+fn serve_file(name: &'static str, body: Vec<u8>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/{name}?download=true", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    url
+}
+
+/// The tuning Job's trainer as a Workspace plans it: data from a URL and from an artifact another client (`oras`)
+/// pushed, credentials from several Docker configs, and the adapter pushed as a ModelPack artifact that `oras` sees
+/// and `kaito models pull` brings back byte for byte (checkpoints stay behind).
+#[test]
+fn kaito_tune_reads_urls_and_artifacts_and_pushes_its_adapter() {
+    let Some((registry, oras_bin)) = e2e::registry("kaito_tune_reads_urls_and_artifacts_and_pushes_its_adapter") else {
+        return;
+    };
+    let model = models_dir("smollm2-135m-instruct");
+    let work = tempfile::tempdir().unwrap();
+    let row = |q: &str, a: &str| {
+        serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+            .to_string()
+    };
+    let url = serve_file("facts.jsonl", format!("{}\n", row("What colour is a zorblat?", "Teal.")).into_bytes());
+    let data_dir = work.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::write(data_dir.join("more.jsonl"), format!("{}\n", row("Who named Quxville?", "Ada Mint."))).unwrap();
+    let data_ref = format!("{registry}/datasets/facts:1");
+    oras(&oras_bin, &data_dir, &["push", "--plain-http", &data_ref, "more.jsonl"]);
+    let config = work.path().join("training_config.yaml");
+    std::fs::write(
+        &config,
+        "training_config:\n  LoraConfig: {r: 4, lora_alpha: 8, target_modules: [q_proj, v_proj]}\n  TrainingArguments: {max_steps: 2, per_device_train_batch_size: 2, learning_rate: 0.001, save_strategy: steps, save_steps: 1}\n",
+    )
+    .unwrap();
+    // Two secrets' configs as the pod mounts them: one for another registry, one for this one (which takes any
+    // credentials: it has no auth configured).
+    let (other, ours) = (work.path().join("other.json"), work.path().join("ours.json"));
+    std::fs::write(&other, r#"{"auths": {"elsewhere.example.com": {"auth": "dTpw"}}}"#).unwrap();
+    std::fs::write(&ours, format!(r#"{{"auths": {{"{registry}": {{"auth": "dTpw"}}}}}}"#)).unwrap();
+    let bin = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("kaito-tune");
+    assert!(bin.is_file(), "{} is missing: `cargo test --workspace` builds it", bin.display());
+    let output = work.path().join("output");
+    let target = format!("oci://{registry}/adapters/facts:1");
+    let run = Command::new(&bin)
+        .args(["--model", &model.display().to_string(), "--config", &config.display().to_string()])
+        .args(["--data", &url, "--data", &format!("oci://{data_ref}")])
+        .args(["--output", &output.display().to_string(), "--push", &target, "--plain-http"])
+        .args(["--registry-config", &other.display().to_string(), "--registry-config", &ours.display().to_string()])
+        .args(["--download-dir", &work.path().join("downloads").display().to_string(), "--threads", "1"])
+        .env("KAITO_OCI_CACHE", work.path().join("oci-cache"))
+        .output()
+        .expect("kaito-tune runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("dataset downloaded") && stderr.contains("steps=2"), "{stderr}");
+    assert!(output.join("checkpoint-1").is_dir(), "checkpoints stay in --output");
+    let pinned = String::from_utf8(run.stdout).unwrap().trim().to_string();
+    assert!(pinned.starts_with(&format!("{registry}/adapters/facts@sha256:")), "{pinned}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&oras(&oras_bin, work.path(), &["manifest", "fetch", "--plain-http", &pinned])).unwrap();
+    assert_eq!(manifest["artifactType"], kaito_oci::MODEL_ARTIFACT_TYPE);
+    let mut titles: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["annotations"][kaito_oci::TITLE_ANNOTATION].as_str().unwrap())
+        .collect();
+    titles.sort();
+    assert_eq!(titles, ["adapter_config.json", "adapter_model.safetensors"]);
+    let back = work.path().join("back");
+    let pull = kaito(&["models", "pull", &pinned, "-o", &back.display().to_string(), "--plain-http"]);
+    assert_eq!(pull.code, 0, "{}", pull.stderr);
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        assert!(std::fs::read(back.join(f)).unwrap() == std::fs::read(output.join(f)).unwrap(), "{f} differs");
+    }
+}

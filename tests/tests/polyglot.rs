@@ -56,6 +56,61 @@ fn rust_python_and_javascript_presets_render_identically() {
     }
 }
 
+/// Tuning Workspaces, planned by the `tune` export of contract 0.2.0: the fine-tuning examples and the refusals
+/// (QLoRA, a Parquet dataset, a model too large for the GPU) give the same bytes from all three ports; the 0.1.0 build
+/// has no tuning plan and says so, naming the field.
+#[test]
+fn rust_python_and_javascript_presets_plan_tuning_identically() {
+    let cache = tempfile::tempdir().unwrap();
+    let provisioners = plugin_dir("plugins/dist");
+    let mut cases: Vec<String> =
+        ["kaito_workspace_tuning_phi_3.yaml", "kaito_workspace_tuning_phi_3_with_pvc_volume.yaml"]
+            .iter()
+            .map(|f| root().join("examples/fine-tuning").join(f).display().to_string())
+            .collect();
+    cases.push(root().join("tests/fixtures/tuning-phi-3.yaml").display().to_string());
+    for f in ["lora-parquet.yaml", "lora-medium-on-a10.yaml", "lora-image-in-image-out.yaml"] {
+        cases.push(root().join("tests/fixtures/tuning").join(f).display().to_string());
+    }
+    let ports = [
+        ("rust", plugin_dir("presets-wasm/dist")),
+        ("python", plugin_dir("plugins/polyglot/phi-py/dist")),
+        ("javascript", plugin_dir("plugins/polyglot/phi-js/dist")),
+    ];
+    let mut planned = 0;
+    for case in &cases {
+        let args = ["render", "-f", case.as_str()];
+        let runs: Vec<_> = ports
+            .iter()
+            .map(|(lang, dir)| (lang, kaito_with(&args, &[dir.clone(), provisioners.clone()], cache.path())))
+            .collect();
+        let (_, rust) = &runs[0];
+        if rust.code == 0 {
+            assert!(rust.stdout.contains("kind: Job"), "{case}: {}", rust.stdout);
+            planned += 1;
+        }
+        for (lang, run) in &runs[1..] {
+            assert_eq!((run.code, &run.stderr), (rust.code, &rust.stderr), "{lang} {case}");
+            assert!(
+                run.stdout == rust.stdout,
+                "{lang} {case}: stdout differs\n--- rust\n{}\n--- {lang}\n{}",
+                rust.stdout,
+                run.stdout
+            );
+        }
+        let old =
+            kaito_with(&args, &[plugin_dir("plugins/polyglot/phi-py/dist-v0.1.0"), provisioners.clone()], cache.path());
+        assert_eq!(old.code, 1, "{case}: {}", old.stdout);
+        assert!(
+            old.stderr.contains("tuning.preset.name")
+                && old.stderr.contains("contract 0.1.0, which has no tuning plan"),
+            "{}",
+            old.stderr
+        );
+    }
+    assert_eq!(planned, 3, "the two examples and the image-to-image fixture plan a Job");
+}
+
 /// The old-contract fixture really is a 0.1.0 component, and the shipped plugins are on 0.2.0.
 #[test]
 fn the_fixture_is_on_contract_0_1_0_and_shipped_plugins_on_0_2_0() {

@@ -40,6 +40,18 @@ fn seed_phi_3_5_on_nc24ads_a100_v4() {
     golden("phi-3.5-nc24ads-a100.yaml", &run.stdout);
 }
 
+/// KAITO's fine-tuning example, LoRA: one NodeClaim and a Job named as the Workspace whose one container runs
+/// kaito-tune on one GPU, with the data URL, the ConfigMap, and the push secret as a Docker config file.
+#[test]
+fn tuning_example_renders_a_job() {
+    let run = render(&["-f", &path("examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.matches("kind: NodeClaim").count(), 1);
+    assert_eq!(run.stdout.matches("kind: Job").count(), 1);
+    assert!(!run.stdout.contains("StatefulSet") && !run.stdout.contains("kind: Service"));
+    golden("tuning-phi-3-nc24ads-a100.yaml", &run.stdout);
+}
+
 #[test]
 fn byo_nodes_from_file() {
     let run =

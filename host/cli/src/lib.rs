@@ -132,9 +132,33 @@ pub struct RenderArgs {
     pub plugins: PluginArgs,
 }
 
+/// The one KAITO object of a manifest: the text itself when it holds one document, else the single Workspace,
+/// InferenceSet or RAGEngine among its documents (KAITO's examples ship PersistentVolumeClaims and ConfigMaps beside
+/// the Workspace, for `kubectl apply`).
+fn kaito_document(text: &str) -> anyhow::Result<String> {
+    use serde::Deserialize;
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(text)
+        .map(serde_yaml::Value::deserialize)
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("not valid YAML: {e}"))?;
+    let docs: Vec<serde_yaml::Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
+    if docs.len() <= 1 {
+        return Ok(text.to_string());
+    }
+    let kind = |d: &serde_yaml::Value| d.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+    let ours: Vec<&serde_yaml::Value> =
+        docs.iter().filter(|d| matches!(kind(d).as_str(), "Workspace" | "InferenceSet" | "RAGEngine")).collect();
+    match ours.as_slice() {
+        [one] => Ok(serde_yaml::to_string(one)?),
+        [] => anyhow::bail!("none of its {} documents is a Workspace, InferenceSet or RAGEngine", docs.len()),
+        many => anyhow::bail!("{} of its documents are KAITO objects; render one at a time", many.len()),
+    }
+}
+
 fn render_cmd(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<i32> {
     let text =
         std::fs::read_to_string(&args.file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
+    let text = kaito_document(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     if serde_yaml::from_str::<serde_yaml::Value>(&text).ok().and_then(|v| v.get("kind").cloned())
         == Some(serde_yaml::Value::from("RAGEngine"))
     {
@@ -176,6 +200,16 @@ fn render_cmd(args: &RenderArgs, out: &mut dyn Write, err: &mut dyn Write) -> an
         node_classes: args.karpenter_node_classes.clone(),
         hub: if args.offline { None } else { kaito_hub::Hub::from_env().map(std::sync::Arc::new) },
     };
+    if let [ws] = workspaces.as_slice()
+        && ws.tuning.is_some()
+    {
+        let rendered = kaito_workload::render_tuning(&registry, ws, &opts)?;
+        for note in &rendered.notes {
+            writeln!(err, "kaito: note: {note}")?;
+        }
+        out.write_all(to_yaml(&rendered.documents()).as_bytes())?;
+        return Ok(0);
+    }
     let mut documents = Vec::new();
     let mut nodes_used = 0;
     for ws in &workspaces {

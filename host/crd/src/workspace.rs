@@ -466,8 +466,21 @@ impl Workspace {
                 }
             }
         }
-        if self.tuning.is_some() {
-            return Err(FieldError::new("tuning", "tuning Workspaces are not supported yet").hint("use inference"));
+        if let Some(t) = &self.tuning {
+            // KAITO's TuningSpec checks, for objects that did not pass the CRD's CEL rules (`kaito render`).
+            if t.preset.as_ref().is_none_or(|p| p.name.trim().is_empty()) {
+                return Err(FieldError::new("tuning.preset.name", "is required").hint("name a preset that tunes"));
+            }
+            if let Some(m) = t.method.as_deref()
+                && !matches!(m.trim().to_ascii_lowercase().as_str(), "lora" | "qlora")
+            {
+                return Err(FieldError::new("tuning.method", format!("{m:?} is not lora or qlora")));
+            }
+            if self.resource.count.is_some_and(|c| c > 1) {
+                return Err(
+                    FieldError::new("resource.count", "tuning runs on one node").hint("set resource.count to 1")
+                );
+            }
         }
         Ok(())
     }

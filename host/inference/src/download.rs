@@ -123,3 +123,62 @@ pub fn pull_oci(
     tracing::info!(reference, pinned = %pulled.pinned, mb = pulled.bytes >> 20, seconds = started.elapsed().as_secs_f64(), "model pulled");
     Ok(pulled.dir)
 }
+
+/// Download `url` (http or https; no credentials are sent) into `dir`, named by the last segment of its path, with up
+/// to three attempts as KAITO's data downloader makes; an empty body is a failure. Returns the file.
+pub fn fetch_url(url: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(url.starts_with("https://") || url.starts_with("http://"), "{url}: only http(s) URLs are fetched");
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let name = path.rsplit('/').next().filter(|n| !n.is_empty() && *n != "." && *n != "..");
+    let name = name.ok_or_else(|| anyhow::anyhow!("{url}: the URL path names no file"))?;
+    std::fs::create_dir_all(dir)?;
+    let dest = dir.join(name);
+    let part = dir.join(format!(".{name}.part"));
+    let mut last = None;
+    for attempt in 1..=3 {
+        let result = (|| -> anyhow::Result<u64> {
+            let mut response = ureq::get(url).call().map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
+            let mut out = std::fs::File::create(&part)?;
+            let n = std::io::copy(&mut response.body_mut().as_reader(), &mut out)?;
+            out.sync_all()?;
+            Ok(n)
+        })();
+        match result {
+            Ok(n) if n > 0 => {
+                std::fs::rename(&part, &dest)?;
+                tracing::info!(url, bytes = n, file = %dest.display(), "dataset downloaded");
+                return Ok(dest);
+            }
+            Ok(_) => last = Some(anyhow::anyhow!("GET {url}: the body is empty")),
+            Err(e) => last = Some(e),
+        }
+        let _ = std::fs::remove_file(&part);
+        tracing::warn!(url, attempt, error = %format!("{:#}", last.as_ref().expect("set")), "download failed");
+        if attempt < 3 {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
+    }
+    Err(last.expect("three attempts failed"))
+}
+
+/// One Docker config holding the `auths` of every file in `configs` (the pull and push secrets a pod mounts, one file
+/// each), written to `out`; the first file naming a registry wins.
+pub fn merge_docker_configs(configs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+    let mut auths = serde_json::Map::new();
+    for path in configs {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let config: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a Docker config: {e}", path.display()))?;
+        let found = config["auths"]
+            .as_object()
+            .ok_or_else(|| anyhow::anyhow!("{}: a Docker config needs an \"auths\" object", path.display()))?;
+        for (registry, auth) in found {
+            auths.entry(registry.clone()).or_insert_with(|| auth.clone());
+        }
+    }
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(out, serde_json::to_vec(&serde_json::json!({ "auths": auths }))?)?;
+    Ok(())
+}

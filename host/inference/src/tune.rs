@@ -104,6 +104,8 @@ pub struct TrainingArguments {
     pub save_steps: usize,
     pub logging_steps: usize,
     pub seed: u64,
+    /// KAITO's output directory; `kaito-tune --output` decides where the adapter goes, so this is only reported.
+    pub output_dir: Option<String>,
 }
 
 impl Default for TrainingArguments {
@@ -125,6 +127,7 @@ impl Default for TrainingArguments {
             save_steps: 500,
             logging_steps: 1,
             seed: 42,
+            output_dir: None,
         }
     }
 }
@@ -211,6 +214,53 @@ pub struct Example {
 
 /// Reads a JSONL dataset: each line a conversation (`messages`) or an instruction pair (prompt and completion
 /// columns), rendered with the model's chat template.
+/// The dataset files at `path`: the file itself, or every `.jsonl`/`.json` file in the directory (not hidden, in name
+/// order). A directory with none is an error naming what it holds.
+pub fn dataset_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    let mut others = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.file_type()?.is_file() {
+            continue;
+        }
+        if name.ends_with(".jsonl") || name.ends_with(".json") {
+            files.push(entry.path());
+        } else {
+            others.push(name);
+        }
+    }
+    files.sort();
+    anyhow::ensure!(
+        !files.is_empty(),
+        "{}: no .jsonl or .json dataset files (found: {})",
+        path.display(),
+        if others.is_empty() { "nothing".to_string() } else { others.join(", ") }
+    );
+    Ok(files)
+}
+
+/// Every example of every file at `paths` (each a file or a directory, [`dataset_files`]), in order.
+pub fn read_datasets(
+    paths: &[PathBuf],
+    text: &TextModel,
+    cfg: &DatasetSettings,
+    max_len: usize,
+) -> anyhow::Result<Vec<Example>> {
+    let mut out = Vec::new();
+    for path in paths {
+        for file in dataset_files(path)? {
+            out.extend(read_dataset(&file, text, cfg, max_len)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Examples of one JSON Lines file.
 pub fn read_dataset(
     path: &Path,
     text: &TextModel,
@@ -422,13 +472,21 @@ impl Trainer {
     /// Loads the model in `dir` (f32, CPU) and initialises the adapter as peft does (`A` uniform in
     /// ±1/√in, `B` zero, so training starts from the base model).
     pub fn new(dir: &Path, config: TrainingConfig, max_context: usize) -> anyhow::Result<(Trainer, TextModel)> {
+        Self::new_on(dir, config, max_context, Device::Cpu)
+    }
+
+    /// [`Trainer::new`] on `device` (the weights, the adapter and its optimiser state live there; f32 throughout).
+    pub fn new_on(
+        dir: &Path,
+        config: TrainingConfig,
+        max_context: usize,
+        device: Device,
+    ) -> anyhow::Result<(Trainer, TextModel)> {
         config.check()?;
         if !config.model.is_null() {
-            tracing::info!(
-                "ModelConfig is read by transformers; kaito-tune trains in float32 on the CPU and ignores it"
-            );
+            tracing::info!("ModelConfig is read by transformers; kaito-tune trains in float32 and ignores it");
         }
-        let loaded = loader::load(dir, Device::Cpu, Kind::Float, max_context)?;
+        let loaded = loader::load(dir, device, Kind::Float, max_context)?;
         let shape = Shape::of(&loaded.model);
         let fused = loaded.model.config.architecture() == Some("Phi3ForCausalLM");
         let targets: Vec<String> = match &config.lora.target_modules {
@@ -457,9 +515,8 @@ impl Trainer {
                 let inp = shape.dims(parts[0]).0;
                 let out: i64 = parts.iter().map(|m| shape.dims(*m).1).sum();
                 let bound = 1.0 / (inp as f64).sqrt();
-                let a =
-                    Tensor::empty([r, inp], (Kind::Float, Device::Cpu)).uniform_(-bound, bound).set_requires_grad(true);
-                let b = Tensor::zeros([out, r], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+                let a = Tensor::empty([r, inp], (Kind::Float, device)).uniform_(-bound, bound).set_requires_grad(true);
+                let b = Tensor::zeros([out, r], (Kind::Float, device)).set_requires_grad(true);
                 params.push(Param { layer, module: module.clone(), a, b });
             }
         }
@@ -514,8 +571,9 @@ impl Trainer {
         let mut caches: Vec<_> = batch.iter().map(|_| self.model.new_cache()).collect();
         let adapters: Vec<Option<&Adapter>> = batch.iter().map(|_| Some(&adapter)).collect();
         let logits = self.model.forward_all(&tokens, &spans, &mut caches.iter_mut().collect::<Vec<_>>(), &adapters);
-        let picked = logits.index_select(0, &Tensor::from_slice(&rows));
-        let loss = picked.cross_entropy_for_logits(&Tensor::from_slice(&targets));
+        let device = logits.device();
+        let picked = logits.index_select(0, &Tensor::from_slice(&rows).to_device(device));
+        let loss = picked.cross_entropy_for_logits(&Tensor::from_slice(&targets).to_device(device));
         (loss, tokens.len())
     }
 
@@ -706,7 +764,7 @@ impl Trainer {
         let tensors: Vec<(String, Tensor)> = self
             .params
             .iter()
-            .flat_map(|p| [(p.key("lora_A"), p.a.detach().contiguous()), (p.key("lora_B"), p.b.detach().contiguous())])
+            .flat_map(|p| [(p.key("lora_A"), on_cpu(&p.a)), (p.key("lora_B"), on_cpu(&p.b))])
             .collect();
         // Through temporary names: a kill mid-write leaves the previous files, never half of new ones.
         let weights = dir.join("adapter_model.safetensors");
@@ -732,10 +790,10 @@ impl Trainer {
             .zip(&self.moments)
             .flat_map(|(p, (ma, mb))| {
                 [
-                    (format!("{}.m", p.key("lora_A")), ma.m.shallow_clone()),
-                    (format!("{}.v", p.key("lora_A")), ma.v.shallow_clone()),
-                    (format!("{}.m", p.key("lora_B")), mb.m.shallow_clone()),
-                    (format!("{}.v", p.key("lora_B")), mb.v.shallow_clone()),
+                    (format!("{}.m", p.key("lora_A")), on_cpu(&ma.m)),
+                    (format!("{}.v", p.key("lora_A")), on_cpu(&ma.v)),
+                    (format!("{}.m", p.key("lora_B")), on_cpu(&mb.m)),
+                    (format!("{}.v", p.key("lora_B")), on_cpu(&mb.v)),
                 ]
             })
             .collect();
@@ -763,10 +821,11 @@ impl Trainer {
                     dir.display()
                 );
                 param.copy_(saved);
+                let device = param.device();
                 let moment = |k: &str| {
                     moments
                         .get(&format!("{key}.{k}"))
-                        .map(Tensor::shallow_clone)
+                        .map(|t| t.to_device(device))
                         .ok_or_else(|| anyhow::anyhow!("{}: no moment {key}.{k}", dir.display()))
                 };
                 mom.m = moment("m")?;
@@ -785,6 +844,11 @@ impl Trainer {
     pub fn dataset_settings(&self) -> &DatasetSettings {
         &self.config.dataset
     }
+}
+
+/// A detached, contiguous CPU copy (safetensors files are written from host memory).
+fn on_cpu(t: &Tensor) -> Tensor {
+    t.detach().to_device(Device::Cpu).contiguous()
 }
 
 fn block(module: &str) -> &'static str {

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Node;
 use kaito_crd::Workspace;
 use kaito_plugin_host::{ProvisionerMode, Registry};
 use kaito_workload::{BYO_PROVISIONER, DEFAULT_IMAGE_REGISTRY, DEFAULT_MAX_NODES, DEFAULT_PROVISIONER};
-use kaito_workload::{RenderError, RenderOptions, Rendered};
+use kaito_workload::{RenderError, RenderOptions, Rendered, TuningRendered};
 use kube::Client;
 use kube::ResourceExt;
 use kube::runtime::events::{Recorder, Reporter};
@@ -104,17 +104,42 @@ impl Context {
         self.plugin_generation.send_modify(|g| *g += 1);
     }
 
-    /// Renders `ws` as `kaito render` would with the operator's settings; `nodes` are the selected nodes, read by
-    /// the bring-your-own provisioner. The outer error is the worker thread's; the inner one the Workspace's.
-    pub async fn render(&self, ws: &Workspace, nodes: &[Node]) -> crate::Result<Result<Rendered, RenderError>> {
-        let opts = RenderOptions {
+    /// The operator's render settings; `nodes` are the selected nodes, read by the bring-your-own provisioner.
+    fn render_options(&self, nodes: &[Node]) -> RenderOptions {
+        RenderOptions {
             provisioner: Some(self.config.provisioner.clone()),
             nodes: (self.mode == ProvisionerMode::BringYourOwn).then(|| nodes.to_vec()),
             image_registry: self.config.image_registry.clone(),
             max_nodes: self.config.max_nodes,
             node_classes: self.config.node_classes.clone(),
             hub: self.config.hub.clone(),
-        };
+        }
+    }
+
+    /// Renders the tuning Job of `ws` as `kaito render` would, off the async workers like [`Context::render`].
+    pub async fn render_tuning(
+        &self,
+        ws: &Workspace,
+        nodes: &[Node],
+    ) -> crate::Result<Result<TuningRendered, RenderError>> {
+        let opts = self.render_options(nodes);
+        let (registry, ws) = (self.registry(), ws.clone());
+        let _slot = self.plugin_slots.acquire().await.expect("the semaphore is never closed");
+        let started = Instant::now();
+        let rendered =
+            tokio::task::spawn_blocking(move || kaito_workload::render_tuning(&registry, &ws, &opts)).await?;
+        let plugin = rendered
+            .as_ref()
+            .ok()
+            .and_then(|r| r.job.annotations().get(kaito_names::annotations::PRESET_PLUGIN).cloned());
+        self.metrics.plugin_call(plugin.as_deref().unwrap_or("none"), started.elapsed());
+        Ok(rendered)
+    }
+
+    /// Renders `ws` as `kaito render` would with the operator's settings; `nodes` are the selected nodes, read by
+    /// the bring-your-own provisioner. The outer error is the worker thread's; the inner one the Workspace's.
+    pub async fn render(&self, ws: &Workspace, nodes: &[Node]) -> crate::Result<Result<Rendered, RenderError>> {
+        let opts = self.render_options(nodes);
         let registry = self.registry();
         let (for_render, ws) = (registry.clone(), ws.clone());
         let _slot = self.plugin_slots.acquire().await.expect("the semaphore is never closed");

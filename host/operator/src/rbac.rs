@@ -34,6 +34,9 @@ pub const PERMISSIONS: &[Permission] = &[
     p("", "pods", &["get", "list", "watch"]),
     p("", "services", &["get", "list", "watch", "create", "patch"]),
     p("apps", "statefulsets", &["get", "list", "watch", "create", "patch"]),
+    // Tuning Workspaces: the Job is made once per revision and deleted when the spec changes (a Job's template is
+    // immutable).
+    p("batch", "jobs", &["get", "list", "watch", "create", "patch", "delete"]),
     p("events.k8s.io", "events", &["create", "patch"]),
     p("coordination.k8s.io", "leases", &["get", "create", "update"]),
     // Only the plugin-reference ConfigMap, by name (`--plugin-configmap`).

@@ -3,6 +3,7 @@
 use crate::nodes::{GPU_RESOURCE, node_ready_with_gpus};
 use crate::verdict::Verdict;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
@@ -13,6 +14,8 @@ pub mod types {
     pub const NODES_READY: &str = "NodesReady";
     pub const RESOURCE_READY: &str = "ResourceReady";
     pub const INFERENCE_READY: &str = "InferenceReady";
+    /// A tuning Workspace's Job has started (KAITO's `WorkspaceConditionTypeTuningJobStatus`).
+    pub const JOB_STARTED: &str = "JobStarted";
     pub const WORKSPACE_SUCCEEDED: &str = kaito_crd::SUCCEEDED_CONDITION;
     pub const WORKSPACE_DELETING: &str = "WorkspaceDeleting";
 }
@@ -26,6 +29,9 @@ pub struct Observed<'a> {
     /// Nodes that carry the Workspace's selector labels.
     pub nodes: &'a [Node],
     pub statefulset: Option<&'a StatefulSet>,
+    /// A tuning Workspace's Job; `tuning` says the Workspace is one (the Job may not exist yet).
+    pub job: Option<&'a Job>,
+    pub tuning: bool,
     pub pods: &'a [Pod],
     /// A plan or plugin failure: reason and message (e.g. `PluginTimeout`).
     pub plan_error: Option<(&'a str, &'a str)>,
@@ -167,6 +173,68 @@ pub fn inference_verdict(statefulset: Option<&StatefulSet>, pods: &[Pod]) -> Ver
     pod_failure(pods).unwrap_or(waiting)
 }
 
+/// Where a tuning Job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// Why the Job's last pod failed: its container's termination (the trainer's last log lines, with
+/// `FallbackToLogsOnError`), else its status message.
+fn failed_pod_detail(pods: &[Pod]) -> Option<String> {
+    let failed = pods.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"));
+    let pod = failed.max_by_key(|p| p.metadata.creation_timestamp.clone())?;
+    let status = pod.status.as_ref()?;
+    let name = pod.metadata.name.as_deref().unwrap_or("?");
+    for c in status.container_statuses.iter().flatten() {
+        if let Some(t) = c.state.as_ref().and_then(|s| s.terminated.as_ref()).filter(|t| t.exit_code != 0) {
+            let why = t.message.as_deref().or(t.reason.as_deref()).unwrap_or("").trim();
+            let last: String =
+                why.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
+            return Some(format!("pod {name}: container {} exited with code {}: {last}", c.name, t.exit_code));
+        }
+    }
+    status.message.as_ref().map(|m| format!("pod {name}: {m}"))
+}
+
+/// The tuning Job: not made yet, running, done, or failed (with the Job's reason and the failed pod's words).
+pub fn tuning_verdict(job: Option<&Job>, pods: &[Pod]) -> (JobPhase, Verdict) {
+    let Some(job) = job else {
+        return (JobPhase::Pending, Verdict::not("TuningJobPending", "the tuning Job does not exist yet"));
+    };
+    let status = job.status.clone().unwrap_or_default();
+    let condition = |t: &str| status.conditions.iter().flatten().find(|c| c.type_ == t && c.status == "True").cloned();
+    if let Some(failed) = condition("Failed") {
+        let reason = failed.reason.unwrap_or_else(|| "TuningJobFailed".into());
+        let mut message = format!("the tuning Job failed: {}", failed.message.unwrap_or_default());
+        if let Some(detail) = failed_pod_detail(pods) {
+            message = format!("{message} ({detail})");
+        }
+        return (JobPhase::Failed, Verdict::not(&reason, message));
+    }
+    if condition("Complete").is_some() || status.succeeded.unwrap_or(0) > 0 {
+        return (JobPhase::Succeeded, Verdict::ok("TuningJobSucceeded", "the tuning Job completed"));
+    }
+    let running = status.active.unwrap_or(0) + status.ready.unwrap_or(0);
+    if let Some(problem) = pod_failure(pods) {
+        let phase = if running > 0 { JobPhase::Running } else { JobPhase::Pending };
+        return (phase, problem);
+    }
+    if running > 0 {
+        let retries = status.failed.unwrap_or(0);
+        let again = if retries > 0 {
+            format!(" (attempt {}, resuming from its last checkpoint)", retries + 1)
+        } else {
+            String::new()
+        };
+        return (JobPhase::Running, Verdict::ok("TuningJobRunning", format!("the tuning Job is running{again}")));
+    }
+    (JobPhase::Pending, Verdict::not("TuningJobPending", "the tuning Job has not started"))
+}
+
 /// NodeClaims (when the provisioner makes them), nodes, and the resource verdict they add up to.
 fn resource_verdicts(
     claims: &[Value],
@@ -200,7 +268,8 @@ pub fn evaluate(
 ) -> (Vec<Condition>, &'static str) {
     if let Some((reason, message)) = observed.plan_error {
         let v = Verdict::not(reason, message);
-        let conds = [types::RESOURCE_READY, types::INFERENCE_READY, types::WORKSPACE_SUCCEEDED]
+        let workload = if observed.tuning { types::JOB_STARTED } else { types::INFERENCE_READY };
+        let conds = [types::RESOURCE_READY, workload, types::WORKSPACE_SUCCEEDED]
             .map(|t| v.condition(t, generation, now))
             .to_vec();
         return (conds, "Failed");
@@ -216,6 +285,35 @@ pub fn evaluate(
     }
     out.push(nodes.condition(types::NODES_READY, generation, now));
     out.push(resource.condition(types::RESOURCE_READY, generation, now));
+    if observed.tuning {
+        // A Job that exists is reported even when its node has gone: a finished Job stays finished.
+        let (phase, job) = if resource.ready || observed.job.is_some() {
+            tuning_verdict(observed.job, observed.pods)
+        } else {
+            (JobPhase::Pending, Verdict::not("WaitingForResources", "the tuning Job starts once the node is Ready"))
+        };
+        let started = matches!(phase, JobPhase::Running | JobPhase::Succeeded);
+        let started_verdict = if started {
+            Verdict::ok("TuningJobStarted", "the tuning Job has started")
+        } else {
+            Verdict { ready: false, ..job.clone() }
+        };
+        out.push(started_verdict.condition(types::JOB_STARTED, generation, now));
+        let succeeded = match phase {
+            JobPhase::Succeeded => job.clone(),
+            JobPhase::Running if job.ready => Verdict::not("TuningJobRunning", job.message.clone()),
+            _ if !resource.ready && observed.job.is_none() => resource.clone(),
+            _ => Verdict { ready: false, ..job.clone() },
+        };
+        out.push(succeeded.condition(types::WORKSPACE_SUCCEEDED, generation, now));
+        let state = match phase {
+            JobPhase::Pending => "Pending",
+            JobPhase::Running => "Running",
+            JobPhase::Succeeded => "Succeeded",
+            JobPhase::Failed => "Failed",
+        };
+        return (out, state);
+    }
     let inference = if resource.ready {
         inference_verdict(observed.statefulset, observed.pods)
     } else {
@@ -380,9 +478,8 @@ mod tests {
             claims: &claims,
             nodes: &nodes,
             statefulset: Some(&s),
-            pods: &[],
-            plan_error: None,
             count_note: Some(note),
+            ..Default::default()
         };
         let (conds, state) = evaluate(&serving, true, Some(1), &now());
         assert_eq!(state, "Ready");
@@ -410,5 +507,73 @@ mod tests {
         let (conds, state) = evaluate(&broken, true, Some(2), &now());
         assert_eq!(state, "Failed");
         assert!(conds.iter().all(|c| c.reason == "PluginTimeout" && c.status == "False"));
+    }
+
+    fn job(status: serde_json::Value) -> Job {
+        serde_json::from_value(json!({"metadata": {"name": "ws"}, "status": status})).unwrap()
+    }
+
+    fn tuning(job: Option<&Job>, pods: &[Pod], ready_node: bool) -> (Vec<Condition>, &'static str) {
+        let nodes = [node(ready_node, "1")];
+        let observed = Observed { target_nodes: 1, nodes: &nodes, job, tuning: true, pods, ..Default::default() };
+        evaluate(&observed, false, Some(1), &now())
+    }
+
+    fn get<'a>(conds: &'a [Condition], t: &str) -> &'a Condition {
+        conds.iter().find(|c| c.type_ == t).unwrap_or_else(|| panic!("no {t} in {conds:?}"))
+    }
+
+    /// KAITO's tuning status flow: Pending until the Job runs, JobStarted while it runs, Succeeded when complete.
+    #[test]
+    fn tuning_states_follow_the_job() {
+        let (conds, state) = tuning(None, &[], false);
+        assert_eq!(state, "Pending");
+        assert_eq!(get(&conds, types::JOB_STARTED).reason, "WaitingForResources");
+        assert_eq!(get(&conds, types::WORKSPACE_SUCCEEDED).reason, "NodesNotReady");
+        assert!(conds.iter().all(|c| c.type_ != types::INFERENCE_READY));
+
+        let (conds, state) = tuning(None, &[], true);
+        assert_eq!((state, get(&conds, types::JOB_STARTED).reason.as_str()), ("Pending", "TuningJobPending"));
+
+        let running = job(json!({"active": 1, "ready": 1}));
+        let (conds, state) = tuning(Some(&running), &[], true);
+        assert_eq!(state, "Running");
+        assert_eq!(get(&conds, types::JOB_STARTED).status, "True");
+        let headline = get(&conds, types::WORKSPACE_SUCCEEDED);
+        assert_eq!((headline.status.as_str(), headline.reason.as_str()), ("False", "TuningJobRunning"));
+
+        let retried = job(json!({"active": 1, "failed": 2}));
+        let (conds, _) = tuning(Some(&retried), &[], true);
+        assert!(get(&conds, types::WORKSPACE_SUCCEEDED).message.contains("attempt 3"), "{conds:?}");
+
+        let done = job(json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}));
+        // A finished Job stays finished when its node has gone.
+        let (conds, state) = tuning(Some(&done), &[], false);
+        assert_eq!(state, "Succeeded");
+        assert_eq!(get(&conds, types::WORKSPACE_SUCCEEDED).status, "True");
+        assert_eq!(get(&conds, types::JOB_STARTED).status, "True");
+    }
+
+    /// A failed Job says why: the Job's reason and the trainer's last words from the failed pod.
+    #[test]
+    fn a_failed_tuning_job_names_its_reason_and_the_trainers_error() {
+        let failed = job(
+            json!({"failed": 7, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}),
+        );
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "ws-abc", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "status": {"phase": "Failed", "containerStatuses": [{"name": "ws", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"terminated": {"exitCode": 1, "reason": "Error",
+                "message": "loading\nError: /mnt/data/train.jsonl line 3: expected value"}}}]}
+        }))
+        .unwrap();
+        let (conds, state) = tuning(Some(&failed), &[pod], true);
+        assert_eq!(state, "Failed");
+        for t in [types::JOB_STARTED, types::WORKSPACE_SUCCEEDED] {
+            let c = get(&conds, t);
+            assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "BackoffLimitExceeded"), "{t}");
+            assert!(c.message.contains("backoff limit") && c.message.contains("exited with code 1"), "{}", c.message);
+            assert!(c.message.contains("train.jsonl line 3: expected value"), "{}", c.message);
+        }
     }
 }

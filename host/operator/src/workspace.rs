@@ -10,13 +10,14 @@ use crate::status::{self, Observed, types};
 use crate::verdict;
 use crate::writes::{self, apply, publish_event};
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kaito_crd::{WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL, Workspace, WorkspaceStatus};
 use kaito_plugin_host::ProvisionerMode;
 use kaito_workload::{RenderError, Rendered};
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
@@ -36,6 +37,8 @@ const WAITING_REASONS: &[&str] = &[
     "StatefulSetMissing",
     "InferenceNotReady",
     "RolloutInProgress",
+    "TuningJobPending",
+    "TuningJobRunning",
 ];
 
 impl Owner for Workspace {
@@ -58,9 +61,16 @@ impl Owner for Workspace {
     async fn apply(&self, ctx: &Context) -> Result<Action> {
         if let Err(e) = self.validate() {
             let message = e.to_string();
-            self.report(ctx, Observed { plan_error: Some(("InvalidWorkspace", &message)), ..Default::default() }, None)
-                .await?;
+            let observed = Observed {
+                plan_error: Some(("InvalidWorkspace", &message)),
+                tuning: self.tuning.is_some(),
+                ..Default::default()
+            };
+            self.report(ctx, observed, None).await?;
             return Ok(Action::await_change());
+        }
+        if self.tuning.is_some() {
+            return self.apply_tuning(ctx).await;
         }
         let nodes = selected_nodes(ctx, &self.match_labels()).await?;
         let rendered = match ctx.render(self, &nodes).await? {
@@ -77,7 +87,7 @@ impl Owner for Workspace {
             }
         };
         let target = self.target_node_count(&rendered);
-        let claims = self.provision(ctx, &rendered).await?;
+        let claims = self.provision(ctx, &rendered.objects.nodes).await?;
         let uses_claims = ctx.mode == ProvisionerMode::NodeClaims;
         let resource_ready = status::resource_verdict(&claims, &nodes, target, uses_claims).ready;
         let (statefulset, pods) =
@@ -88,8 +98,8 @@ impl Owner for Workspace {
             nodes: &nodes,
             statefulset: statefulset.as_ref(),
             pods: &pods,
-            plan_error: None,
             count_note: rendered.count_note.as_deref(),
+            ..Default::default()
         };
         let state = self.report(ctx, observed, Some(target)).await?;
         Ok(controller::next_look(ctx, state == "Ready"))
@@ -111,6 +121,7 @@ impl Owner for Workspace {
         let owned = || watcher::Config::default().labels(WORKSPACE_LABEL);
         let controller = controller
             .owns(Api::<StatefulSet>::all(client.clone()), owned())
+            .owns(Api::<Job>::all(client.clone()), owned())
             .owns(Api::<Service>::all(client), owned());
         nodes::watch_node_objects(controller, ctx, WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL)
     }
@@ -121,7 +132,9 @@ trait Steps {
     fn key(&self) -> String;
     fn owned_node_selector(&self) -> String;
     fn target_node_count(&self, rendered: &Rendered) -> u32;
-    async fn provision(&self, ctx: &Context, rendered: &Rendered) -> Result<Vec<serde_json::Value>>;
+    async fn provision(&self, ctx: &Context, nodes: &[serde_json::Value]) -> Result<Vec<serde_json::Value>>;
+    async fn apply_tuning(&self, ctx: &Context) -> Result<Action>;
+    async fn apply_job(&self, ctx: &Context, job: &Job, resource_ready: bool) -> Result<Option<Job>>;
     async fn apply_workload(&self, ctx: &Context, rendered: &Rendered) -> Result<(Option<StatefulSet>, Vec<Pod>)>;
     async fn report(&self, ctx: &Context, observed: Observed<'_>, target: Option<u32>) -> Result<&'static str>;
 }
@@ -143,12 +156,90 @@ impl Steps for Workspace {
         stored.map(|n| n as u32).unwrap_or(planned.max(1))
     }
 
-    async fn provision(&self, ctx: &Context, rendered: &Rendered) -> Result<Vec<serde_json::Value>> {
-        let (claims, created) = create_node_objects(ctx, &rendered.objects.nodes, &self.owned_node_selector()).await?;
+    async fn provision(&self, ctx: &Context, nodes: &[serde_json::Value]) -> Result<Vec<serde_json::Value>> {
+        let (claims, created) = create_node_objects(ctx, nodes, &self.owned_node_selector()).await?;
         for name in created {
             publish_event(ctx, self, EventType::Normal, "NodeClaimCreated", format!("created NodeClaim {name}")).await;
         }
         Ok(claims)
+    }
+
+    /// A tuning Workspace: its node as for inference, then its Job, and status from the Job (KAITO's applyTuning).
+    async fn apply_tuning(&self, ctx: &Context) -> Result<Action> {
+        let nodes = selected_nodes(ctx, &self.match_labels()).await?;
+        let rendered = match ctx.render_tuning(self, &nodes).await? {
+            Ok(r) => r,
+            Err(e) => {
+                let message = e.to_string();
+                let observed =
+                    Observed { plan_error: Some((e.reason(), &message)), tuning: true, ..Default::default() };
+                self.report(ctx, observed, None).await?;
+                return Ok(match e {
+                    RenderError::Invalid(_) if ctx.mode != ProvisionerMode::BringYourOwn => Action::await_change(),
+                    _ => Action::requeue(ctx.config.retry),
+                });
+            }
+        };
+        let claims = self.provision(ctx, &rendered.nodes).await?;
+        let uses_claims = ctx.mode == ProvisionerMode::NodeClaims;
+        let resource_ready = status::resource_verdict(&claims, &nodes, 1, uses_claims).ready;
+        let job = self.apply_job(ctx, &rendered.job, resource_ready).await?;
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), self.namespace());
+        let selector = format!("{WORKSPACE_LABEL}={}", self.name());
+        let pods = pods.list(&ListParams::default().labels(&selector)).await?.items;
+        let observed = Observed {
+            target_nodes: 1,
+            claims: &claims,
+            nodes: &nodes,
+            job: job.as_ref(),
+            tuning: true,
+            pods: &pods,
+            ..Default::default()
+        };
+        let state = self.report(ctx, observed, Some(1)).await?;
+        // A finished Job changes no more; the Job's own events wake a running one.
+        Ok(controller::next_look(ctx, matches!(state, "Succeeded" | "Failed")))
+    }
+
+    /// The Workspace's Job at this revision: made once the node is Ready; one of an older revision is deleted (its
+    /// pod template is immutable) and the next reconcile makes the new one.
+    async fn apply_job(&self, ctx: &Context, job: &Job, resource_ready: bool) -> Result<Option<Job>> {
+        let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), self.namespace());
+        let want = job.annotations().get(kaito_crd::REVISION_ANNOTATION);
+        match jobs.get_opt(&job.name_any()).await? {
+            Some(existing) if existing.annotations().get(kaito_crd::REVISION_ANNOTATION) == want => Ok(Some(existing)),
+            Some(existing) => {
+                if existing.metadata.deletion_timestamp.is_none() {
+                    publish_event(
+                        ctx,
+                        self,
+                        EventType::Normal,
+                        "TuningJobReplaced",
+                        format!(
+                            "the spec changed: deleting Job {} of revision {}",
+                            existing.name_any(),
+                            existing.annotations().get(kaito_crd::REVISION_ANNOTATION).map_or("?", |v| v)
+                        ),
+                    )
+                    .await;
+                    jobs.delete(&existing.name_any(), &DeleteParams::foreground()).await?;
+                }
+                Err(Error::Waiting(format!("Job {} of an older revision is being deleted", existing.name_any())))
+            }
+            None if resource_ready => {
+                let made = apply(ctx, self.namespace(), job).await?;
+                publish_event(
+                    ctx,
+                    self,
+                    EventType::Normal,
+                    "TuningJobCreated",
+                    format!("created Job {}", made.name_any()),
+                )
+                .await;
+                Ok(Some(made))
+            }
+            None => Ok(None),
+        }
     }
 
     async fn apply_workload(&self, ctx: &Context, rendered: &Rendered) -> Result<(Option<StatefulSet>, Vec<Pod>)> {

@@ -481,6 +481,36 @@ impl Plugin {
         Ok(plan)
     }
 
+    /// Ask a preset plugin to plan a fine-tuning Job for one model. Contract 0.1.0 has no tuning plan: its plugins
+    /// answer `unsupported`, naming `tuning.preset.name`.
+    pub fn tune(&self, request: &TuneRequest, shape: &GpuShape) -> Result<TunePlan, CallError> {
+        let answer = match &self.pre {
+            Pre::PresetV0_2_0(pre) => self.call(|store| {
+                pre.instantiate(&mut *store)?.kaito_plugin_preset_api().call_tune(&mut *store, request, shape)
+            })?,
+            Pre::PresetV0_1_0(_) => {
+                return Err(CallError::Plugin {
+                    plugin: self.name().to_string(),
+                    error: PluginError {
+                        kind: crate::ErrorKind::Unsupported,
+                        field: "tuning.preset.name".into(),
+                        message: format!(
+                            "the {} plugin speaks contract {}, which has no tuning plan",
+                            self.name(),
+                            self.contract
+                        ),
+                        hint: Some("load a build of the plugin against contract 0.2.0".into()),
+                    },
+                });
+            }
+            _ => return Err(self.wrong_kind(PluginKind::Preset)),
+        };
+        let plan = answer.map_err(|e| self.typed_error(e))?;
+        validate::tune_plan(&plan, shape, &self.shared.limits, &self.shared.policy)
+            .map_err(|e| self.fault(Fault::InvalidOutput(e)))?;
+        Ok(plan)
+    }
+
     /// Ask a provisioner plugin for the nodes of one Workspace.
     pub fn plan_nodes(&self, request: &NodeRequest) -> Result<NodePlan, CallError> {
         let mode = self.provisioner_info().map(|i| i.mode).ok_or_else(|| self.wrong_kind(PluginKind::Provisioner))?;

@@ -379,6 +379,26 @@ pub fn preset_plan(plan: &PresetPlan, shape: &GpuShape, limits: &Limits, policy:
     Ok(())
 }
 
+/// Largest `backoff-limit` a tuning plan may ask for: each retry holds the GPUs again.
+pub const MAX_TUNE_RETRIES: u32 = 20;
+
+/// A tuning plan: one node, a bounded number of retries, and a container held to the same rules as a serving one.
+pub fn tune_plan(plan: &TunePlan, shape: &GpuShape, limits: &Limits, policy: &Policy) -> Check {
+    ensure(plan.resources.node_count == 1, || {
+        format!("resources.node-count {}: a tuning Job runs on one node", plan.resources.node_count)
+    })?;
+    ensure(plan.backoff_limit <= MAX_TUNE_RETRIES, || {
+        format!("backoff-limit {} is over {MAX_TUNE_RETRIES}", plan.backoff_limit)
+    })?;
+    let as_served = PresetPlan {
+        runtime: plan.runtime.clone(),
+        notes: plan.notes.clone(),
+        resources: plan.resources,
+        workload: plan.workload.clone(),
+    };
+    preset_plan(&as_served, shape, limits, policy)
+}
+
 /// A node request, before a provisioner sees it: every string a plugin may copy into an object is valid there.
 pub fn node_request(request: &NodeRequest, limits: &Limits) -> Check {
     let owner = &request.owner;

@@ -48,7 +48,8 @@ bindings!(v0_2_0, "../../wit/v0.2.0", "0.2.0");
 pub mod latest {
     pub use super::v0_2_0::preset::exports::kaito::plugin::preset_api::{
         Adapter, EnvSource, EnvVar, HttpGetAction, ModelFacts, ModelInfo, Parallelism, PersistentClaim, PlanRequest,
-        Port, PresetPlan, Probe, ProbeAction, ResourcePlan, SecretKeyRef, Volume, VolumeSource, WorkloadPlan,
+        Port, PresetPlan, Probe, ProbeAction, ResourcePlan, SecretKeyRef, TuneInput, TuneOutput, TunePlan, TuneRequest,
+        Volume, VolumeSource, WorkloadPlan,
     };
     pub use super::v0_2_0::preset::kaito::plugin::log::Level;
     pub use super::v0_2_0::preset::kaito::plugin::types::{

@@ -93,6 +93,46 @@ fn privileged_container_is_rejected() {
     good_plugin_answers(&registry);
 }
 
+/// A tuning request for `model`: data from a URL, the adapter to a mounted directory.
+fn tune_request(model: &str) -> kaito_plugin_host::TuneRequest {
+    kaito_plugin_host::TuneRequest {
+        workspace: "ws".into(),
+        namespace: "default".into(),
+        model: model.into(),
+        method: "lora".into(),
+        config_map: None,
+        model_access_secret: None,
+        image_registry: "ghcr.io/kaito-rs".into(),
+        input: kaito_plugin_host::TuneInput::Urls(vec!["https://datasets.example.com/a.jsonl".into()]),
+        output: kaito_plugin_host::TuneOutput::Directory("/mnt/output".into()),
+        registry_configs: Vec::new(),
+        scratch_dir: "/mnt/output".into(),
+        annotations: Vec::new(),
+    }
+}
+
+/// The tuning plan is held to the serving plan's rules: a privileged trainer is refused like a privileged server, and
+/// a trap while planning a Job is the plugin's fault; a good preset plans one node and one GPU.
+#[test]
+fn tuning_plans_are_held_to_the_same_rules() {
+    let registry = everything(&host());
+    let (plugin, model) = registry.find_model("hostile-privileged").unwrap();
+    let err = plugin.tune(&tune_request(&model.name), &reference_shapes()[1]).unwrap_err();
+    let CallError::Fault { fault: Fault::InvalidOutput(msg), .. } = &err else { panic!("{err:?}") };
+    assert!(msg.contains("privileged containers are never allowed"), "{msg}");
+    let (plugin, model) = registry.find_model("hostile-trap").unwrap();
+    let err = plugin.tune(&tune_request(&model.name), &reference_shapes()[1]).unwrap_err();
+    assert!(matches!(err, CallError::Fault { fault: Fault::Trap(_), .. }), "{err:?}");
+    let (plugin, _) = registry.find_model("phi-3.5-mini-instruct").unwrap();
+    let plan = plugin.tune(&tune_request("phi-3.5-mini-instruct"), &reference_shapes()[1]).unwrap();
+    assert_eq!((plan.resources.node_count, plan.workload.gpus_per_pod), (1, 1));
+    assert_eq!(plan.workload.command, ["kaito-tune"]);
+    // A provisioner has no tuning plan to give.
+    let provisioner = registry.provisioner("gpu-provisioner").unwrap();
+    let err = provisioner.tune(&tune_request("phi-3.5-mini-instruct"), &reference_shapes()[1]).unwrap_err();
+    assert!(matches!(err, CallError::WrongKind { .. }), "{err:?}");
+}
+
 #[test]
 fn host_path_is_rejected_unless_allowed() {
     let registry = everything(&host());

@@ -12,11 +12,13 @@ mod nodes;
 mod objects;
 pub mod plugin_args;
 pub mod ragengine;
+pub mod tuning;
 
 pub use checks::NodeClasses;
 pub use nodes::{node_is_ready, parse_nodes};
 pub use objects::{Objects, quantity};
 pub use ragengine::{RagObjects, render_ragengine};
+pub use tuning::{TuningRendered, render_tuning};
 
 use k8s_openapi::api::core::v1::Node;
 use kaito_crd::{FieldError, RUNTIME_ANNOTATION, Workspace};

@@ -1,6 +1,7 @@
 //! Kubernetes objects built from plugin plans.
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar as K8sEnvVar, EnvVarSource,
     ExecAction, HTTPGetAction, HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement,
@@ -71,47 +72,7 @@ impl Objects {
                 plan.resources.parallelism.tensor, plan.resources.parallelism.pipeline, plan.resources.parallelism.data
             ),
         );
-        let gpus = BTreeMap::from([(GPU_RESOURCE.to_string(), Quantity(w.gpus_per_pod.to_string()))]);
-        let container = Container {
-            name: ws.name().into(),
-            image: Some(w.image.clone()),
-            command: Some(w.command.clone()).filter(|c| !c.is_empty()),
-            args: Some(w.args.clone()).filter(|a| !a.is_empty()),
-            env: Some(w.env.iter().map(env_var).collect()).filter(|e: &Vec<_>| !e.is_empty()),
-            ports: Some(
-                w.ports
-                    .iter()
-                    .map(|p| ContainerPort {
-                        name: Some(p.name.clone()),
-                        container_port: p.container_port.into(),
-                        protocol: Some("TCP".into()),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            startup_probe: w.startup_probe.as_ref().map(probe),
-            readiness_probe: w.readiness_probe.as_ref().map(probe),
-            liveness_probe: w.liveness_probe.as_ref().map(probe),
-            resources: (w.gpus_per_pod > 0).then(|| ResourceRequirements {
-                requests: Some(gpus.clone()),
-                limits: Some(gpus),
-                ..Default::default()
-            }),
-            volume_mounts: Some(
-                w.volumes
-                    .iter()
-                    .map(|v| VolumeMount {
-                        name: v.name.clone(),
-                        mount_path: v.mount_path.clone(),
-                        read_only: v.read_only.then_some(true),
-                        ..Default::default()
-                    })
-                    .collect(),
-            )
-            .filter(|m: &Vec<_>| !m.is_empty()),
-            security_context: Some(SecurityContext { allow_privilege_escalation: Some(false), ..Default::default() }),
-            ..Default::default()
-        };
+        let container = plan_container(ws, w);
         let volumes: Vec<K8sVolume> = w.volumes.iter().filter_map(volume).collect();
         let claims: Vec<PersistentVolumeClaim> = w.volumes.iter().filter_map(claim_template).collect();
         let pod_labels: BTreeMap<String, String> =
@@ -202,6 +163,114 @@ impl Objects {
             headless: headless(ws, ports),
             statefulset,
         })
+    }
+}
+
+/// The one container of a plan, named as the Workspace.
+fn plan_container(ws: &Workspace, w: &WorkloadPlan) -> Container {
+    let gpus = BTreeMap::from([(GPU_RESOURCE.to_string(), Quantity(w.gpus_per_pod.to_string()))]);
+    Container {
+        name: ws.name().into(),
+        image: Some(w.image.clone()),
+        command: Some(w.command.clone()).filter(|c| !c.is_empty()),
+        args: Some(w.args.clone()).filter(|a| !a.is_empty()),
+        env: Some(w.env.iter().map(env_var).collect()).filter(|e: &Vec<_>| !e.is_empty()),
+        ports: Some(
+            w.ports
+                .iter()
+                .map(|p| ContainerPort {
+                    name: Some(p.name.clone()),
+                    container_port: p.container_port.into(),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        startup_probe: w.startup_probe.as_ref().map(probe),
+        readiness_probe: w.readiness_probe.as_ref().map(probe),
+        liveness_probe: w.liveness_probe.as_ref().map(probe),
+        resources: (w.gpus_per_pod > 0).then(|| ResourceRequirements {
+            requests: Some(gpus.clone()),
+            limits: Some(gpus),
+            ..Default::default()
+        }),
+        volume_mounts: Some(
+            w.volumes
+                .iter()
+                .map(|v| VolumeMount {
+                    name: v.name.clone(),
+                    mount_path: v.mount_path.clone(),
+                    read_only: v.read_only.then_some(true),
+                    ..Default::default()
+                })
+                .collect(),
+        )
+        .filter(|m: &Vec<_>| !m.is_empty()),
+        security_context: Some(SecurityContext { allow_privilege_escalation: Some(false), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// A volume the host adds to a plan's pod (the user's data and output volumes, registry credentials), mounted in its
+/// one container.
+pub(crate) struct HostMount {
+    pub volume: K8sVolume,
+    pub mount_path: String,
+    pub read_only: bool,
+}
+
+/// The fine-tuning Job of a Workspace: named as the Workspace, one pod that runs to completion on the Workspace's
+/// nodes, the plan's container plus the host's mounts.
+pub(crate) fn tuning_job(
+    ws: &Workspace,
+    model: &ModelInfo,
+    plugin: &Plugin,
+    plan: &TunePlan,
+    node_plan: &NodePlan,
+    mounts: Vec<HostMount>,
+) -> Job {
+    let w = &plan.workload;
+    let mut container = plan_container(ws, w);
+    // A Job is not served: the plan's probes, if any, would only restart a trainer mid-step.
+    (container.startup_probe, container.readiness_probe, container.liveness_probe) = (None, None, None);
+    // The trainer's last log lines become the pod's termination message, which the Workspace's status quotes.
+    container.termination_message_policy = Some("FallbackToLogsOnError".into());
+    let mut volumes: Vec<K8sVolume> = w.volumes.iter().filter_map(volume).collect();
+    for m in mounts {
+        container.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
+            name: m.volume.name.clone(),
+            mount_path: m.mount_path,
+            read_only: m.read_only.then_some(true),
+            ..Default::default()
+        });
+        volumes.push(m.volume);
+    }
+    let annotations = BTreeMap::from([
+        (RUNTIME_ANNOTATION.to_string(), plan.runtime.clone()),
+        ("kaito.sh/preset".to_string(), model.name.clone()),
+        (kaito_names::annotations::PRESET_PLUGIN.to_string(), plugin.name().to_string()),
+        (REVISION_ANNOTATION.to_string(), ws.revision_name()),
+    ]);
+    let pod_labels: BTreeMap<String, String> =
+        w.labels.iter().map(|kv| (kv.key.clone(), kv.value.clone())).chain(owner_pod_labels(ws)).collect();
+    Job {
+        metadata: meta(ws, ws.name().to_string(), annotations),
+        spec: Some(JobSpec {
+            backoff_limit: Some(plan.backoff_limit as i32),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    restart_policy: Some("Never".into()),
+                    affinity: affinity(ws, node_plan),
+                    tolerations: Some(tolerations(node_plan)),
+                    volumes: Some(volumes).filter(|v| !v.is_empty()),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 

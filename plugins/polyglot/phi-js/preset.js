@@ -14,6 +14,9 @@ const DISK_HEADROOM_GIB = 80;
 const TCH_IMAGE_TAG = "0.1.0";
 const VLLM_IMAGE = "mcr.microsoft.com/aks/kaito/kaito-base:0.5.0";
 const HTTP_PORT = 5000;
+const TUNE_CONFIG_FILE = "/mnt/config/training_config.yaml";
+const TUNE_METRICS_PORT = 5000;
+const TUNE_BACKOFF_LIMIT = 6;
 const WEIGHTS_DIR = "/workspace/weights";
 const NVME_STORAGE_CLASS = "kaito-local-nvme-disk";
 const RUNTIME_ANNOTATION = "kaito.sh/runtime";
@@ -113,12 +116,12 @@ function nearest(query, names, n) {
   return out.slice(0, n);
 }
 
-function resolve(query) {
+function resolve(query, field = "inference.preset.name") {
   const q = query.trim().toLowerCase();
   const found = MODELS.find((m) => q === m.name || q === m.hfId.toLowerCase());
   if (found) return found;
   const close = nearest(query, MODELS.map((m) => m.name), 3);
-  throw pluginError("unknown-model", "inference.preset.name", `this plugin has no model named ${JSON.stringify(query)}`,
+  throw pluginError("unknown-model", field, `this plugin has no model named ${JSON.stringify(query)}`,
     `closest names here: ${close.join(", ")}`);
 }
 
@@ -344,6 +347,90 @@ function plan(request, shape) {
   };
 }
 
+// Every Phi model tunes, and all are Phi3ForCausalLM, which kaito-tune trains; none is gated.
+function tune(request, shape) {
+  const m = resolve(request.model, "tuning.preset.name");
+  if (request.method === "qlora") {
+    throw pluginError("unsupported", "tuning.method", "QLoRA (4-bit NF4 base weights) is not implemented by kaito-tune",
+      "set tuning.method to lora");
+  }
+  if (request.method !== "lora") {
+    throw pluginError("invalid-input", "tuning.method", `${JSON.stringify(request.method)} is not lora or qlora`, null);
+  }
+  const weights = weightsBytes(m);
+  const need = 2 * weights + idiv(weights, 5); // float32 weights, plus adapter, optimiser state and activations
+  const mib = (bytes) => Math.floor(bytes / 1048576);
+  if (need > shape.gpuMemoryBytes) {
+    throw pluginError("does-not-fit", "resource.instanceType",
+      `LoRA training of ${m.name} needs about ${mib(need)} MiB on one GPU; a ${shape.gpuModel} has ${mib(shape.gpuMemoryBytes)} MiB`,
+      "choose an instance type with more memory per GPU");
+  }
+  const notes = [];
+  if (shape.gpusPerNode > 1) {
+    notes.push(`kaito-tune trains on one GPU; ${shape.gpusPerNode - 1} of the node's ${shape.gpusPerNode} GPUs stay free`);
+  }
+  const args = ["--model", m.hfId, "--download-dir", WEIGHTS_DIR];
+  const volumes = [
+    { name: "dshm", mountPath: "/dev/shm", readOnly: false, source: { tag: "memory", val: null } },
+    { name: "weights", mountPath: WEIGHTS_DIR, readOnly: false, source: { tag: "empty-dir", val: null } },
+  ];
+  if (request.configMap != null) {
+    args.push("--config", TUNE_CONFIG_FILE);
+    volumes.push({ name: "config", mountPath: "/mnt/config", readOnly: true, source: { tag: "config-map", val: request.configMap } });
+  }
+  const input = request.input;
+  if (input.tag === "urls") {
+    input.val.forEach((url, i) => {
+      if (url.split(/[?#]/)[0].toLowerCase().endsWith(".parquet")) {
+        throw pluginError("unsupported", `tuning.input.urls[${i}]`,
+          "kaito-tune reads JSON Lines datasets (.jsonl, .json); Parquet is not read yet",
+          "convert the dataset to JSON Lines, one example per line");
+      }
+      args.push("--data", url);
+    });
+  } else if (input.tag === "image") {
+    args.push("--data", `oci://${input.val}`);
+  } else {
+    args.push("--data", input.val);
+  }
+  const output = request.output;
+  if (output.tag === "directory") {
+    args.push("--output", output.val);
+  } else {
+    args.push("--output", request.scratchDir, "--push", `oci://${output.val}`);
+  }
+  for (const config of request.registryConfigs) args.push("--registry-config", config);
+  args.push("--metrics-port", String(TUNE_METRICS_PORT));
+  const env = [];
+  if (request.modelAccessSecret != null) {
+    env.push({ name: "HF_TOKEN", value: { tag: "secret-key", val: { name: request.modelAccessSecret, key: "HF_TOKEN", optional: true } } });
+  }
+  return {
+    runtime: "tch",
+    notes,
+    resources: {
+      nodeCount: 1,
+      gpusPerNode: shape.gpusPerNode,
+      gpuMemoryBytes: need,
+      diskBytes: diskBytes(m),
+      parallelism: { tensor: 1, pipeline: 1, data: 1 },
+    },
+    workload: {
+      image: `${request.imageRegistry.replace(/\/+$/, "")}/kaito-inference:${TCH_IMAGE_TAG}`,
+      command: ["kaito-tune"],
+      args,
+      env,
+      ports: [{ name: "metrics", containerPort: TUNE_METRICS_PORT, servicePort: null }],
+      startupProbe: null, readinessProbe: null, livenessProbe: null,
+      volumes,
+      gpusPerPod: 1,
+      labels: [],
+      privileged: false, addCapabilities: [], hostNetwork: false, hostPid: false, hostIpc: false,
+    },
+    backoffLimit: TUNE_BACKOFF_LIMIT,
+  };
+}
+
 export const presetApi = {
   info() {
     return { name: "preset-phi", version: "0.1.0", description: "Microsoft Phi-3, Phi-3.5 and Phi-4 models (JavaScript port)" };
@@ -352,4 +439,5 @@ export const presetApi = {
     return MODELS.map(info);
   },
   plan,
+  tune,
 };

@@ -24,6 +24,9 @@ DISK_HEADROOM_GIB = 80
 TCH_IMAGE_TAG = "0.1.0"
 VLLM_IMAGE = "mcr.microsoft.com/aks/kaito/kaito-base:0.5.0"
 HTTP_PORT = 5000
+TUNE_CONFIG_FILE = "/mnt/config/training_config.yaml"
+TUNE_METRICS_PORT = 5000
+TUNE_BACKOFF_LIMIT = 6
 WEIGHTS_DIR = "/workspace/weights"
 NVME_STORAGE_CLASS = "kaito-local-nvme-disk"
 RUNTIME_ANNOTATION = "kaito.sh/runtime"
@@ -132,13 +135,13 @@ def nearest(query: str, names: List[str], n: int) -> List[str]:
     return out[:n]
 
 
-def resolve(query: str) -> Spec:
+def resolve(query: str, field: str = "inference.preset.name") -> Spec:
     q = query.strip().lower()
     for m in MODELS:
         if q == m.name or q == m.hf_id.lower():
             return m
     close = nearest(query, [m.name for m in MODELS], 3)
-    fail(types.ErrorKind.UNKNOWN_MODEL, "inference.preset.name", f"this plugin has no model named {quoted(query)}",
+    fail(types.ErrorKind.UNKNOWN_MODEL, field, f"this plugin has no model named {quoted(query)}",
          f"closest names here: {', '.join(close)}")
 
 
@@ -374,4 +377,70 @@ class PresetApi(wit_world.exports.PresetApi):
             resources=api.ResourcePlan(sizing.node_count, shape.gpus_per_node, sizing.model_bytes, m.disk_bytes(),
                                        sizing.parallelism),
             workload=workload(runtime, m, request, shape, sizing),
+        )
+
+    def tune(self, request: api.TuneRequest, shape: types.GpuShape) -> api.TunePlan:
+        # Every Phi model tunes, and all are Phi3ForCausalLM, which kaito-tune trains; none is gated.
+        m = resolve(request.model, "tuning.preset.name")
+        if request.method == "qlora":
+            fail(types.ErrorKind.UNSUPPORTED, "tuning.method",
+                 "QLoRA (4-bit NF4 base weights) is not implemented by kaito-tune", "set tuning.method to lora")
+        if request.method != "lora":
+            fail(types.ErrorKind.INVALID_INPUT, "tuning.method", f"{quoted(request.method)} is not lora or qlora")
+        weights = m.weights_bytes()
+        need = 2 * weights + weights // 5  # float32 weights, plus adapter, optimiser state and activations
+        if need > shape.gpu_memory_bytes:
+            fail(types.ErrorKind.DOES_NOT_FIT, "resource.instanceType",
+                 f"LoRA training of {m.name} needs about {need >> 20} MiB on one GPU; "
+                 f"a {shape.gpu_model} has {shape.gpu_memory_bytes >> 20} MiB",
+                 "choose an instance type with more memory per GPU")
+        notes = []
+        if shape.gpus_per_node > 1:
+            notes.append(f"kaito-tune trains on one GPU; {shape.gpus_per_node - 1} of the node's "
+                         f"{shape.gpus_per_node} GPUs stay free")
+        args = ["--model", m.hf_id, "--download-dir", WEIGHTS_DIR]
+        volumes = [
+            api.Volume("dshm", "/dev/shm", False, api.VolumeSource_Memory(None)),
+            api.Volume("weights", WEIGHTS_DIR, False, api.VolumeSource_EmptyDir(None)),
+        ]
+        if request.config_map is not None:
+            args += ["--config", TUNE_CONFIG_FILE]
+            volumes.append(api.Volume("config", "/mnt/config", True, api.VolumeSource_ConfigMap(request.config_map)))
+        source = request.input
+        if isinstance(source, api.TuneInput_Urls):
+            for i, url in enumerate(source.value):
+                if url.split("?")[0].split("#")[0].lower().endswith(".parquet"):
+                    fail(types.ErrorKind.UNSUPPORTED, f"tuning.input.urls[{i}]",
+                         "kaito-tune reads JSON Lines datasets (.jsonl, .json); Parquet is not read yet",
+                         "convert the dataset to JSON Lines, one example per line")
+                args += ["--data", url]
+        elif isinstance(source, api.TuneInput_Image):
+            args += ["--data", "oci://" + source.value]
+        else:
+            args += ["--data", source.value]
+        out = request.output
+        if isinstance(out, api.TuneOutput_Directory):
+            args += ["--output", out.value]
+        else:
+            args += ["--output", request.scratch_dir, "--push", "oci://" + out.value]
+        for config in request.registry_configs:
+            args += ["--registry-config", config]
+        args += ["--metrics-port", str(TUNE_METRICS_PORT)]
+        env: List[api.EnvVar] = []
+        if request.model_access_secret is not None:
+            env.append(api.EnvVar("HF_TOKEN", api.EnvSource_SecretKey(
+                api.SecretKeyRef(request.model_access_secret, "HF_TOKEN", True))))
+        return api.TunePlan(
+            runtime="tch",
+            notes=notes,
+            resources=api.ResourcePlan(1, shape.gpus_per_node, need, m.disk_bytes(), api.Parallelism(1, 1, 1)),
+            workload=api.WorkloadPlan(
+                image=f"{request.image_registry.rstrip('/')}/kaito-inference:{TCH_IMAGE_TAG}",
+                command=["kaito-tune"], args=args, env=env,
+                ports=[api.Port("metrics", TUNE_METRICS_PORT, None)],
+                startup_probe=None, readiness_probe=None, liveness_probe=None,
+                volumes=volumes, gpus_per_pod=1, labels=[],
+                privileged=False, add_capabilities=[], host_network=False, host_pid=False, host_ipc=False,
+            ),
+            backoff_limit=TUNE_BACKOFF_LIMIT,
         )

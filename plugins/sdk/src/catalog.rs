@@ -206,13 +206,18 @@ pub fn nearest<'a>(query: &str, names: impl IntoIterator<Item = &'a str>, n: usi
 
 /// Find the model a request names, or say which names are close.
 pub fn resolve<'a>(specs: &'a [ModelSpec], query: &str) -> Result<&'a ModelSpec, PluginError> {
+    resolve_at(specs, query, "inference.preset.name")
+}
+
+/// [`resolve`] for a name the Workspace gives at `field`.
+pub fn resolve_at<'a>(specs: &'a [ModelSpec], query: &str, field: &str) -> Result<&'a ModelSpec, PluginError> {
     if let Some(spec) = specs.iter().find(|s| s.matches(query)) {
         return Ok(spec);
     }
     let close = nearest(query, specs.iter().flat_map(|s| std::iter::once(s.name).chain(s.aliases.iter().copied())), 3);
     Err(PluginError::new(
         ErrorKind::UnknownModel,
-        "inference.preset.name",
+        field,
         format!("this plugin has no model named {query:?}"),
         Some(format!("closest names here: {}", close.join(", "))),
     ))

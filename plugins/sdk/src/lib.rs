@@ -15,6 +15,7 @@ pub use kaito_names as names;
 pub mod log;
 pub mod runtime;
 pub mod sizing;
+pub mod tuning;
 
 #[doc(hidden)]
 pub mod __private {
@@ -48,7 +49,8 @@ pub mod __private {
 
 pub use __private::preset::exports::kaito::plugin::preset_api::{
     Adapter, EnvSource, EnvVar, HttpGetAction, ModelFacts, ModelInfo, Parallelism, PersistentClaim, PlanRequest, Port,
-    PresetPlan, Probe, ProbeAction, ResourcePlan, SecretKeyRef, Volume, VolumeSource, WorkloadPlan,
+    PresetPlan, Probe, ProbeAction, ResourcePlan, SecretKeyRef, TuneInput, TuneOutput, TunePlan, TuneRequest, Volume,
+    VolumeSource, WorkloadPlan,
 };
 pub use __private::preset::kaito::plugin::types::{ErrorKind, GpuShape, KeyValue, Owner, PluginError, PluginInfo};
 pub use __private::provisioner::exports::kaito::plugin::provisioner_api::{
@@ -67,6 +69,8 @@ pub trait Preset {
     fn models() -> Vec<ModelInfo>;
     /// Size `request.model` for `shape` and say how to run it.
     fn plan(request: PlanRequest, shape: GpuShape) -> Result<PresetPlan, PluginError>;
+    /// Plan a fine-tuning Job for `request.model` on `shape`.
+    fn tune(request: TuneRequest, shape: GpuShape) -> Result<TunePlan, PluginError>;
 }
 
 /// A node provisioner: instance-type table plus node planning.
@@ -134,6 +138,13 @@ macro_rules! catalog_preset {
             ) -> ::core::result::Result<$crate::PresetPlan, $crate::PluginError> {
                 $crate::catalog::plan_gated($models, &[$($gated),*], request, shape)
             }
+
+            fn tune(
+                request: $crate::TuneRequest,
+                shape: $crate::GpuShape,
+            ) -> ::core::result::Result<$crate::TunePlan, $crate::PluginError> {
+                $crate::tuning::tune($models, &[$($gated),*], request, shape)
+            }
         }
 
         $crate::export_preset!($name);
@@ -160,6 +171,12 @@ macro_rules! export_preset {
                     shape: $crate::GpuShape,
                 ) -> ::core::result::Result<$crate::PresetPlan, $crate::PluginError> {
                     <$t as $crate::Preset>::plan(request, shape)
+                }
+                fn tune(
+                    request: $crate::TuneRequest,
+                    shape: $crate::GpuShape,
+                ) -> ::core::result::Result<$crate::TunePlan, $crate::PluginError> {
+                    <$t as $crate::Preset>::tune(request, shape)
                 }
             }
     $crate::__private::preset::export_preset_world!(KaitoPresetExport with_types_in $crate::__private::preset);
