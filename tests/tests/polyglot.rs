@@ -57,7 +57,7 @@ fn rust_python_and_javascript_presets_render_identically() {
 }
 
 /// Tuning Workspaces, planned by the `tune` export of contract 0.2.0: the fine-tuning examples and the refusals
-/// (QLoRA, a Parquet dataset, a model too large for the GPU) give the same bytes from all three ports; the 0.1.0 build
+/// (QLoRA, a model too large for the GPU) give the same bytes from all three ports; the 0.1.0 build
 /// has no tuning plan and says so, naming the field.
 #[test]
 fn rust_python_and_javascript_presets_plan_tuning_identically() {
@@ -69,7 +69,7 @@ fn rust_python_and_javascript_presets_plan_tuning_identically() {
             .map(|f| root().join("examples/fine-tuning").join(f).display().to_string())
             .collect();
     cases.push(root().join("tests/fixtures/tuning-phi-3.yaml").display().to_string());
-    for f in ["lora-parquet.yaml", "lora-medium-on-a10.yaml", "lora-image-in-image-out.yaml"] {
+    for f in ["lora-parquet-and-jsonl.yaml", "lora-medium-on-a10.yaml", "lora-image-in-image-out.yaml"] {
         cases.push(root().join("tests/fixtures/tuning").join(f).display().to_string());
     }
     let ports = [
@@ -108,7 +108,7 @@ fn rust_python_and_javascript_presets_plan_tuning_identically() {
             old.stderr
         );
     }
-    assert_eq!(planned, 3, "the two examples and the image-to-image fixture plan a Job");
+    assert_eq!(planned, 4, "the two examples, the two-dataset and the image-to-image fixtures plan a Job");
 }
 
 /// The old-contract fixture really is a 0.1.0 component, and the shipped plugins are on 0.2.0.

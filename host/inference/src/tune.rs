@@ -212,9 +212,7 @@ pub struct Example {
     pub trained: Vec<bool>,
 }
 
-/// Reads a JSONL dataset: each line a conversation (`messages`) or an instruction pair (prompt and completion
-/// columns), rendered with the model's chat template.
-/// The dataset files at `path`: the file itself, or every `.jsonl`/`.json` file in the directory (not hidden, in name
+/// The dataset files at `path`: the file itself, or every `.jsonl`/`.json`/`.parquet` file in the directory (not hidden, in name
 /// order). A directory with none is an error naming what it holds.
 pub fn dataset_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if !path.is_dir() {
@@ -228,7 +226,7 @@ pub fn dataset_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
         if name.starts_with('.') || !entry.file_type()?.is_file() {
             continue;
         }
-        if name.ends_with(".jsonl") || name.ends_with(".json") {
+        if name.ends_with(".jsonl") || name.ends_with(".json") || name.ends_with(".parquet") {
             files.push(entry.path());
         } else {
             others.push(name);
@@ -237,7 +235,7 @@ pub fn dataset_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     files.sort();
     anyhow::ensure!(
         !files.is_empty(),
-        "{}: no .jsonl or .json dataset files (found: {})",
+        "{}: no .jsonl, .json or .parquet dataset files (found: {})",
         path.display(),
         if others.is_empty() { "nothing".to_string() } else { others.join(", ") }
     );
@@ -260,24 +258,51 @@ pub fn read_datasets(
     Ok(out)
 }
 
-/// Examples of one JSON Lines file.
+/// The rows of one dataset file as JSON objects, each with where it is (for messages): JSON Lines line by line, or
+/// Parquet through the parquet crate's record reader (nested lists and structs, as Hugging Face writes `messages`,
+/// become arrays and objects).
+pub fn dataset_rows(path: &Path) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+    match ext.as_str() {
+        "jsonl" | "json" => {
+            let body = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            body.lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(n, line)| {
+                    let at = format!("{} line {}", path.display(), n + 1);
+                    let row = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+                    Ok((at, row))
+                })
+                .collect()
+        }
+        "parquet" => {
+            use parquet::file::reader::{FileReader, SerializedFileReader};
+            let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let reader = SerializedFileReader::new(file).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let rows = reader.get_row_iter(None).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            rows.enumerate()
+                .map(|(n, row)| {
+                    let at = format!("{} row {}", path.display(), n + 1);
+                    Ok((at.clone(), row.map_err(|e| anyhow::anyhow!("{at}: {e}"))?.to_json_value()))
+                })
+                .collect()
+        }
+        _ => anyhow::bail!("{}: datasets are JSON Lines (.jsonl, .json) or Parquet (.parquet) files", path.display()),
+    }
+}
+
+/// Examples of one dataset file ([`dataset_rows`]): each row a conversation (`messages`) or an instruction pair
+/// (prompt and completion columns), rendered with the model's chat template.
 pub fn read_dataset(
     path: &Path,
     text: &TextModel,
     cfg: &DatasetSettings,
     max_len: usize,
 ) -> anyhow::Result<Vec<Example>> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
-    anyhow::ensure!(
-        matches!(ext, "jsonl" | "json"),
-        "{}: datasets are read as JSON Lines (.jsonl); Parquet and other formats are not read yet",
-        path.display()
-    );
-    let body = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut out = Vec::new();
-    for (n, line) in body.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let at = || format!("{} line {}", path.display(), n + 1);
-        let row: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
+    for (at, row) in dataset_rows(path)? {
+        let at = || at.clone();
         let messages: Vec<Message> = if let Some(m) = row.get(&cfg.messages_column) {
             serde_json::from_value(m.clone()).map_err(|e| anyhow::anyhow!("{}: {}: {e}", at(), cfg.messages_column))?
         } else {

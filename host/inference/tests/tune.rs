@@ -185,3 +185,46 @@ fn a_killed_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one() {
     eprintln!("resumed vs uninterrupted: max |weight difference| {worst:.2e}");
     assert!(worst < 1e-5, "the resumed run ends elsewhere: {worst}");
 }
+
+/// Parquet datasets, written by pyarrow as Hugging Face writes them (`messages` a list of role/content structs;
+/// snappy and zstd pages), read into exactly the examples of their JSON Lines twin; a directory is read file by file
+/// in name order, and a file of another kind is refused by name.
+#[test]
+fn parquet_datasets_read_as_their_jsonl_twins() {
+    let dir = common::model("smollm2-135m-instruct");
+    let text = kaito_inference::text::TextModel::load(&dir, &[]).expect("the tokenizer loads");
+    let work = tempfile::tempdir().unwrap();
+    let jsonl = dataset(work.path());
+    let settings = kaito_inference::tune::DatasetSettings::default();
+    let want = read_dataset(&jsonl, &text, &settings, 512).unwrap();
+    let parquet_dir = work.path().join("parquet");
+    std::fs::create_dir_all(&parquet_dir).unwrap();
+    let script = r#"
+import json, sys
+import pyarrow as pa, pyarrow.parquet as pq
+rows = [json.loads(l) for l in open(sys.argv[1])]
+out = sys.argv[2]
+messages = [r["messages"] for r in rows if "messages" in r]
+pq.write_table(pa.table({"messages": messages}), out + "/a-messages.parquet", compression="snappy")
+pairs = [r for r in rows if "prompt" in r]
+pq.write_table(pa.table({"prompt": [r["prompt"] for r in pairs], "completion": [r["completion"] for r in pairs]}),
+               out + "/b-pairs.parquet", compression="zstd")
+"#;
+    let out = Command::new(common::python())
+        .args(["-c", script])
+        .arg(&jsonl)
+        .arg(&parquet_dir)
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = kaito_inference::tune::read_datasets(std::slice::from_ref(&parquet_dir), &text, &settings, 512).unwrap();
+    // The JSON Lines file alternates formats: messages rows 0 and 2, then the pair row 1.
+    let order = [0, 2, 1];
+    assert_eq!(got.len(), want.len());
+    for (g, i) in got.iter().zip(order) {
+        assert_eq!((&g.ids, &g.trained), (&want[i].ids, &want[i].trained), "row {i}");
+    }
+    std::fs::write(parquet_dir.join("notes.csv"), "a,b\n").unwrap();
+    let err = read_dataset(&parquet_dir.join("notes.csv"), &text, &settings, 512).unwrap_err();
+    assert!(err.to_string().contains("JSON Lines (.jsonl, .json) or Parquet (.parquet)"), "{err}");
+}

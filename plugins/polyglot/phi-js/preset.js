@@ -380,14 +380,7 @@ function tune(request, shape) {
   }
   const input = request.input;
   if (input.tag === "urls") {
-    input.val.forEach((url, i) => {
-      if (url.split(/[?#]/)[0].toLowerCase().endsWith(".parquet")) {
-        throw pluginError("unsupported", `tuning.input.urls[${i}]`,
-          "kaito-tune reads JSON Lines datasets (.jsonl, .json); Parquet is not read yet",
-          "convert the dataset to JSON Lines, one example per line");
-      }
-      args.push("--data", url);
-    });
+    for (const url of input.val) args.push("--data", url);
   } else if (input.tag === "image") {
     args.push("--data", `oci://${input.val}`);
   } else {

@@ -408,11 +408,7 @@ class PresetApi(wit_world.exports.PresetApi):
             volumes.append(api.Volume("config", "/mnt/config", True, api.VolumeSource_ConfigMap(request.config_map)))
         source = request.input
         if isinstance(source, api.TuneInput_Urls):
-            for i, url in enumerate(source.value):
-                if url.split("?")[0].split("#")[0].lower().endswith(".parquet"):
-                    fail(types.ErrorKind.UNSUPPORTED, f"tuning.input.urls[{i}]",
-                         "kaito-tune reads JSON Lines datasets (.jsonl, .json); Parquet is not read yet",
-                         "convert the dataset to JSON Lines, one example per line")
+            for url in source.value:
                 args += ["--data", url]
         elif isinstance(source, api.TuneInput_Image):
             args += ["--data", "oci://" + source.value]

@@ -23,21 +23,6 @@ pub fn training_bytes(spec: &ModelSpec) -> u64 {
     2 * weights + weights / 5
 }
 
-/// Whether a URL names a Parquet file (its path, before any query or fragment).
-pub fn is_parquet(url: &str) -> bool {
-    let path = url.split(['?', '#']).next().unwrap_or(url);
-    path.to_ascii_lowercase().ends_with(".parquet")
-}
-
-fn parquet_error(i: usize) -> PluginError {
-    PluginError::new(
-        ErrorKind::Unsupported,
-        &format!("tuning.input.urls[{i}]"),
-        "kaito-tune reads JSON Lines datasets (.jsonl, .json); Parquet is not read yet",
-        Some("convert the dataset to JSON Lines, one example per line".into()),
-    )
-}
-
 /// Plan a LoRA fine-tuning Job for one model of a family table.
 pub fn tune(
     specs: &[ModelSpec],
@@ -140,10 +125,7 @@ pub fn tune(
     }
     match &request.input {
         TuneInput::Urls(urls) => {
-            for (i, url) in urls.iter().enumerate() {
-                if is_parquet(url) {
-                    return Err(parquet_error(i));
-                }
+            for url in urls {
                 args.extend(["--data".into(), url.clone()]);
             }
         }
