@@ -458,6 +458,38 @@ async fn tuning_workspace_runs_its_job_to_completion() {
     assert_no_forbidden(kc, &[&operator]);
 }
 
+/// KAITO's adapter example: the StatefulSet's pod gets an init container per adapter (`kaito-pull` into the adapter's
+/// directory) and the server mounts the directories read-only; KWOK runs the init container and the server, and the
+/// Workspace is Ready.
+#[tokio::test]
+async fn adapter_workspace_pulls_its_adapters_before_the_server() {
+    let Some(env) = e2e::Env::start("adapter_workspace_pulls_its_adapters_before_the_server").await else { return };
+    let (kc, client) = (&env.kubeconfig, &env.client);
+    let operator = Operator::start(kc, WORKSPACE_DEPLOYMENT, "adapters", &[]).await;
+    let example = "examples/inference/kaito_workspace_phi_3_with_adapters.yaml";
+    sh_ok(kc, &format!("kubectl apply -n default -f {example}"));
+    let name = "workspace-phi-3-mini-adapter";
+    wait_succeeded(kc, client, "default", name, 120).await;
+    let pods = Api::<Pod>::namespaced(client.clone(), "default")
+        .list(&ListParams::default().labels(&format!("kaito.sh/workspace={name}")))
+        .await
+        .unwrap()
+        .items;
+    let pod = &pods[0];
+    let spec = pod.spec.as_ref().unwrap();
+    let init = &spec.init_containers.as_ref().expect("an init container")[0];
+    assert_eq!(init.command.as_deref(), Some(&["kaito-pull".to_string()][..]));
+    assert_eq!(init.args.as_ref().unwrap()[1], "/mnt/adapter/phi-3-adapter");
+    let server = &spec.containers[0];
+    let args = server.args.clone().unwrap_or_default();
+    assert!(args.iter().any(|a| a.contains(r#""path":"/mnt/adapter/phi-3-adapter""#)), "{args:?}");
+    let statuses = pod.status.as_ref().unwrap().init_container_statuses.clone().unwrap_or_default();
+    assert!(!statuses.is_empty(), "the kubelet stand-in reports the init container");
+    sh_ok(kc, &format!("kubectl delete -n default -f {example}"));
+    assert_deleted(client, "default", name).await;
+    assert_no_forbidden(kc, &[&operator]);
+}
+
 /// Waits for `kubectl get isets` to show `want` ReadyReplicas for `set`.
 async fn ready_replicas(kc: &Path, set: &str, want: &str) {
     wait_for(&format!("`kubectl get isets {set}` to show ReadyReplicas {want}"), 180, async || {

@@ -551,7 +551,8 @@ fn serve_file(name: &'static str, body: Vec<u8>) -> String {
 
 /// The tuning Job's trainer as a Workspace plans it: data from a URL and from an artifact another client (`oras`)
 /// pushed, credentials from several Docker configs, and the adapter pushed as a ModelPack artifact that `oras` sees
-/// and `kaito models pull` brings back byte for byte (checkpoints stay behind).
+/// and `kaito models pull` and `kaito-pull` (the adapter init container) bring back byte for byte (checkpoints stay
+/// behind).
 #[test]
 fn kaito_tune_reads_urls_and_artifacts_and_pushes_its_adapter() {
     let Some((registry, oras_bin)) = e2e::registry("kaito_tune_reads_urls_and_artifacts_and_pushes_its_adapter") else {
@@ -616,4 +617,17 @@ fn kaito_tune_reads_urls_and_artifacts_and_pushes_its_adapter() {
     for f in ["adapter_config.json", "adapter_model.safetensors"] {
         assert!(std::fs::read(back.join(f)).unwrap() == std::fs::read(output.join(f)).unwrap(), "{f} differs");
     }
+    // `kaito-pull`, as the adapter init container of a serving pod runs it, brings the same files into the
+    // adapter's directory and prints the same pinned reference.
+    let puller = bin.with_file_name("kaito-pull");
+    let dir = work.path().join("mnt/adapter/facts");
+    let pulled = Command::new(&puller)
+        .args([&format!("oci://{pinned}"), &dir.display().to_string(), "--plain-http"])
+        .args(["--registry-config", &ours.display().to_string()])
+        .env("KAITO_OCI_CACHE", work.path().join("puller-cache"))
+        .output()
+        .expect("kaito-pull runs");
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+    assert_eq!(String::from_utf8(pulled.stdout).unwrap().trim(), pinned);
+    same_files(&back, &dir);
 }

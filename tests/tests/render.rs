@@ -118,25 +118,48 @@ fn adapters_are_served_by_the_tch_runtime() {
     let module: serde_json::Value = serde_json::from_str(args[at + 1]).expect("the JSON form");
     assert_eq!(
         module,
-        serde_json::json!({"name": "phi-3-adapter", "path": "oci://myregistry.azurecr.io/adapters/phi-3-adapter:0.0.1", "strength": 1.0})
+        serde_json::json!({"name": "phi-3-adapter", "path": "/mnt/adapter/phi-3-adapter", "strength": 1.0})
     );
+    // An init container pulls the artifact into the adapter's directory; the server mounts the directories read-only.
+    let pod = &sts["spec"]["template"]["spec"];
+    let puller = &pod["initContainers"][0];
+    assert_eq!(puller["name"], "pull-adapter-0");
+    assert_eq!(puller["image"], "ghcr.io/kaito-rs/kaito-inference:0.1.0");
+    assert_eq!(puller["command"], serde_json::json!(["kaito-pull"]));
+    assert_eq!(
+        puller["args"],
+        serde_json::json!(["oci://myregistry.azurecr.io/adapters/phi-3-adapter:0.0.1", "/mnt/adapter/phi-3-adapter"])
+    );
+    let mount = pod["containers"][0]["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "adapters");
+    assert_eq!(mount.unwrap()["readOnly"], true);
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(root().join(example)).unwrap();
     let without_strength = text.replace("      strength: \"1.0\"\n", "");
     let file = dir.path().join("ws.yaml");
     std::fs::write(&file, &without_strength).unwrap();
     let run = render(&["-f", &file.display().to_string()]);
+    assert!(run.stdout.contains("phi-3-adapter=/mnt/adapter/phi-3-adapter"), "{}", run.stderr);
+    // vLLM gets the same directories, with --enable-lora and --lora-modules only when there are adapters.
+    let on_vllm = without_strength
+        .replace("metadata:\n  name:", "metadata:\n  annotations:\n    kaito.sh/runtime: vllm\n  name:");
+    std::fs::write(&file, &on_vllm).unwrap();
+    let run = render(&["-f", &file.display().to_string()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
-        run.stdout.contains("phi-3-adapter=oci://myregistry.azurecr.io/adapters/phi-3-adapter:0.0.1"),
+        run.stdout
+            .contains("- --enable-lora\n        - --lora-modules\n        - phi-3-adapter=/mnt/adapter/phi-3-adapter"),
         "{}",
-        run.stderr
+        run.stdout
     );
+    assert!(run.stdout.contains("- kaito-pull"), "{}", run.stdout);
+    let plain = render(&["-f", &path(SEED), "--image-registry", "ghcr.io/kaito-rs"]);
+    assert!(!plain.stdout.contains("enable-lora") && !plain.stdout.contains("initContainers"));
     for (change, field) in [
         (
-            without_strength
-                .replace("metadata:\n  name:", "metadata:\n  annotations:\n    kaito.sh/runtime: vllm\n  name:"),
-            "inference.adapters",
+            text.replace("metadata:\n  name:", "metadata:\n  annotations:\n    kaito.sh/runtime: vllm\n  name:"),
+            "inference.adapters[0].strength",
         ),
+        (text.replace("name: \"phi-3-adapter\"", "name: \"../etc\""), "inference.adapters[0].source.name"),
         (
             text.replace(
                 "        image: \"myregistry.azurecr.io/adapters/phi-3-adapter:0.0.1\"",

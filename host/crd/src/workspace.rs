@@ -458,6 +458,16 @@ impl Workspace {
             let mut seen = std::collections::BTreeSet::new();
             for (i, a) in adapters.iter().enumerate() {
                 let n = a.source.as_ref().and_then(|s| s.name.as_deref()).unwrap_or_default();
+                // The name is the adapter's model name and its directory in the pod.
+                if !kaito_names::dns_label(n) {
+                    return Err(FieldError::new(
+                        format!("inference.adapters[{i}].source.name"),
+                        format!("{n:?} is not a DNS-1123 label"),
+                    )
+                    .hint(
+                        "use at most 63 lowercase letters, digits and '-': it names the adapter's model and directory",
+                    ));
+                }
                 if !seen.insert(n) {
                     return Err(FieldError::new(
                         format!("inference.adapters[{i}].source.name"),

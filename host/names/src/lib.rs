@@ -97,6 +97,24 @@ pub fn owner_object_name(kind: &str, name: &str) -> String {
     if kind == "Workspace" { name.to_string() } else { format!("{name}-{}", kind.to_ascii_lowercase()) }
 }
 
+/// Tag of our runtime image (`kaito-inference`, with `kaito-tune` and `kaito-pull`), planned by the SDK's presets and
+/// used by the host's adapter pullers.
+pub const RUNTIME_IMAGE_TAG: &str = "0.1.0";
+
+/// Where a serving pod keeps its LoRA adapters: one directory per adapter, pulled by an init container the host adds
+/// before the server starts, mounted read-only into the server; presets name the directories in the server's flags.
+pub mod adapters {
+    /// Mount path of the adapters volume.
+    pub const DIR: &str = "/mnt/adapter";
+    /// Name of the adapters volume in the pod.
+    pub const VOLUME: &str = "adapters";
+
+    /// The directory of adapter `name`.
+    pub fn path(name: &str) -> String {
+        format!("{DIR}/{name}")
+    }
+}
+
 /// Labels the operator stamps on what it makes for an owner, as KAITO names them.
 pub mod labels {
     /// The Workspace an object belongs to.

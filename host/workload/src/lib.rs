@@ -296,7 +296,7 @@ pub fn render(registry: &Registry, ws: &Workspace, opts: &RenderOptions) -> Resu
             }
         };
         let node_plan = provisioner.plan_nodes(&node_request(plan.resources.node_count, plan.resources.disk_bytes))?;
-        let objects = Objects::for_preset(ws, &model, plugin, &plan, &node_plan);
+        let objects = Objects::for_preset(ws, &model, plugin, &plan, &node_plan, &opts.image_registry);
         let nodes = plan.resources.node_count;
         // KAITO's estimator decides the node count; the deprecated count is neither a floor nor a cap.
         let count_note = ws.resource.count.filter(|c| *c > 1 && *c as u32 != nodes).map(|count| {

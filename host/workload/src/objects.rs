@@ -4,11 +4,11 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar as K8sEnvVar, EnvVarSource,
-    ExecAction, HTTPGetAction, HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+    ExecAction, HTTPGetAction, HostPathVolumeSource, KeyToPath, NodeAffinity, NodeSelector, NodeSelectorRequirement,
     NodeSelectorTerm, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec,
-    Probe as K8sProbe, ResourceRequirements, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, TCPSocketAction, Toleration, Volume as K8sVolume, VolumeMount,
-    VolumeResourceRequirements,
+    Probe as K8sProbe, ProjectedVolumeSource, ResourceRequirements, SecretKeySelector, SecretProjection,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Toleration,
+    Volume as K8sVolume, VolumeMount, VolumeProjection, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -58,6 +58,7 @@ impl Objects {
         plugin: &Plugin,
         plan: &PresetPlan,
         node_plan: &NodePlan,
+        image_registry: &str,
     ) -> Objects {
         let w = &plan.workload;
         let mut annotations = BTreeMap::from([
@@ -72,12 +73,14 @@ impl Objects {
                 plan.resources.parallelism.tensor, plan.resources.parallelism.pipeline, plan.resources.parallelism.data
             ),
         );
-        let container = plan_container(ws, w);
-        let volumes: Vec<K8sVolume> = w.volumes.iter().filter_map(volume).collect();
+        let mut container = plan_container(ws, w);
+        let mut volumes: Vec<K8sVolume> = w.volumes.iter().filter_map(volume).collect();
+        let init_containers = adapter_pullers(ws, image_registry, &mut container, &mut volumes);
         let claims: Vec<PersistentVolumeClaim> = w.volumes.iter().filter_map(claim_template).collect();
         let pod_labels: BTreeMap<String, String> =
             w.labels.iter().map(|kv| (kv.key.clone(), kv.value.clone())).chain(owner_pod_labels(ws)).collect();
         let pod = PodSpec {
+            init_containers: Some(init_containers).filter(|c| !c.is_empty()),
             containers: vec![container],
             affinity: affinity(ws, node_plan),
             tolerations: Some(tolerations(node_plan)),
@@ -209,6 +212,115 @@ fn plan_container(ws: &Workspace, w: &WorkloadPlan) -> Container {
         security_context: Some(SecurityContext { allow_privilege_escalation: Some(false), ..Default::default() }),
         ..Default::default()
     }
+}
+
+/// The image of our runtime (`kaito-inference`, `kaito-tune`, `kaito-pull`) under `image_registry`.
+pub(crate) fn runtime_image(image_registry: &str) -> String {
+    format!("{}/kaito-inference:{}", image_registry.trim_end_matches('/'), kaito_names::RUNTIME_IMAGE_TAG)
+}
+
+/// Where the Docker config of registry secret `name` is mounted ([`registry_credentials`]).
+pub(crate) fn registry_config_path(name: &str) -> String {
+    format!("{REGISTRY_DIR}/{name}.json")
+}
+
+/// Where registry credentials (pull and push secrets' `.dockerconfigjson`) are mounted, one file per secret.
+pub const REGISTRY_DIR: &str = "/mnt/registry";
+
+/// One projected volume holding every secret's Docker config side by side, each under its own name; `None` without
+/// secrets.
+pub(crate) fn registry_credentials(secrets: &[String]) -> Option<HostMount> {
+    if secrets.is_empty() {
+        return None;
+    }
+    let sources = secrets
+        .iter()
+        .map(|s| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: s.clone(),
+                items: Some(vec![KeyToPath { key: ".dockerconfigjson".into(), path: format!("{s}.json"), mode: None }]),
+                optional: None,
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let volume = K8sVolume {
+        name: "registry-credentials".into(),
+        projected: Some(ProjectedVolumeSource { sources: Some(sources), default_mode: None }),
+        ..Default::default()
+    };
+    Some(HostMount { volume, mount_path: REGISTRY_DIR.into(), read_only: true })
+}
+
+/// The Workspace's adapters as init containers that pull each artifact into its directory (`kaito-pull`, from our
+/// runtime image) before the server starts; the server mounts the directories read-only. Adds the volumes and the
+/// server's mount; returns the init containers (none without adapters).
+fn adapter_pullers(
+    ws: &Workspace,
+    image_registry: &str,
+    server: &mut Container,
+    volumes: &mut Vec<K8sVolume>,
+) -> Vec<Container> {
+    let adapters = ws.inference.as_ref().and_then(|i| i.adapters.clone()).unwrap_or_default();
+    let sources: Vec<_> = adapters.into_iter().filter_map(|a| a.source).filter(|s| s.image.is_some()).collect();
+    if sources.is_empty() {
+        return Vec::new();
+    }
+    use kaito_names::adapters::{DIR, VOLUME};
+    volumes.push(K8sVolume {
+        name: VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    });
+    server.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
+        name: VOLUME.into(),
+        mount_path: DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    });
+    let mut secrets: Vec<String> =
+        sources.iter().flat_map(|s| s.image_pull_secrets.iter().flatten().cloned()).collect();
+    secrets.sort();
+    secrets.dedup();
+    let credentials = registry_credentials(&secrets);
+    let mut mounts = vec![VolumeMount { name: VOLUME.into(), mount_path: DIR.into(), ..Default::default() }];
+    if let Some(c) = &credentials {
+        mounts.push(VolumeMount {
+            name: c.volume.name.clone(),
+            mount_path: c.mount_path.clone(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    let pullers = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let name = s.name.clone().unwrap_or_default();
+            let mut args =
+                vec![format!("oci://{}", s.image.clone().unwrap_or_default()), kaito_names::adapters::path(&name)];
+            for secret in s.image_pull_secrets.iter().flatten() {
+                args.extend(["--registry-config".to_string(), registry_config_path(secret)]);
+            }
+            Container {
+                name: format!("pull-adapter-{i}"),
+                image: Some(runtime_image(image_registry)),
+                command: Some(vec!["kaito-pull".into()]),
+                args: Some(args),
+                volume_mounts: Some(mounts.clone()),
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    if let Some(c) = credentials {
+        volumes.push(c.volume);
+    }
+    pullers
 }
 
 /// A volume the host adds to a plan's pod (the user's data and output volumes, registry credentials), mounted in its

@@ -5,9 +5,7 @@
 use crate::objects::{self, HostMount};
 use crate::{RenderError, RenderOptions, checks, gpu_shape, kvs, provisioner_for};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{
-    EmptyDirVolumeSource, KeyToPath, ProjectedVolumeSource, SecretProjection, Volume, VolumeProjection,
-};
+use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, Volume};
 use kaito_crd::{FieldError, TuningSpec, Workspace};
 use kaito_plugin_host::{
     ModelInfo, NodePlan, NodeRequest, ProvisionerMode, Registry, ResolveError, TuneInput, TuneOutput, TunePlan,
@@ -20,10 +18,7 @@ pub const DATA_DIR: &str = "/mnt/data";
 /// Where the adapter is written: the user's output volume, or scratch space when it is pushed as an image (KAITO's
 /// default output path).
 pub const OUTPUT_DIR: &str = "/mnt/output";
-/// Where registry credentials (the pull and push secrets' `.dockerconfigjson`) are mounted, one file per secret.
-pub const REGISTRY_DIR: &str = "/mnt/registry";
-/// The key of a `kubernetes.io/dockerconfigjson` Secret.
-const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
+pub use crate::objects::REGISTRY_DIR;
 
 /// Everything a tuning render decided.
 #[derive(Debug, Clone)]
@@ -155,31 +150,8 @@ fn request_and_mounts(
         _ => return Err(FieldError::new("tuning.output", "needs exactly one of image or volumeSource")),
     };
     secrets.dedup();
-    let registry_configs: Vec<String> = secrets.iter().map(|s| format!("{REGISTRY_DIR}/{s}.json")).collect();
-    if !secrets.is_empty() {
-        // One projected volume: every secret's Docker config side by side, each under its own name.
-        let sources = secrets
-            .iter()
-            .map(|s| VolumeProjection {
-                secret: Some(SecretProjection {
-                    name: s.clone(),
-                    items: Some(vec![KeyToPath {
-                        key: DOCKER_CONFIG_KEY.into(),
-                        path: format!("{s}.json"),
-                        mode: None,
-                    }]),
-                    optional: None,
-                }),
-                ..Default::default()
-            })
-            .collect();
-        let volume = Volume {
-            name: "registry-credentials".into(),
-            projected: Some(ProjectedVolumeSource { sources: Some(sources), default_mode: None }),
-            ..Default::default()
-        };
-        mounts.push(HostMount { volume, mount_path: REGISTRY_DIR.into(), read_only: true });
-    }
+    let registry_configs: Vec<String> = secrets.iter().map(|s| objects::registry_config_path(s)).collect();
+    mounts.extend(objects::registry_credentials(&secrets));
     let preset = tuning.preset.clone().unwrap_or_default();
     let request = TuneRequest {
         workspace: ws.name().into(),

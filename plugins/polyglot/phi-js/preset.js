@@ -14,6 +14,7 @@ const DISK_HEADROOM_GIB = 80;
 const TCH_IMAGE_TAG = "0.1.0";
 const VLLM_IMAGE = "mcr.microsoft.com/aks/kaito/kaito-base:0.5.0";
 const HTTP_PORT = 5000;
+const ADAPTERS_DIR = "/mnt/adapter";
 const TUNE_CONFIG_FILE = "/mnt/config/training_config.yaml";
 const TUNE_METRICS_PORT = 5000;
 const TUNE_BACKOFF_LIMIT = 6;
@@ -193,9 +194,13 @@ function choose(m, request, shape, sizing) {
     notes.push(`runtime vllm chosen: ${m.name} needs ${sizing.minGpus} GPU(s) on ${sizing.nodeCount} node(s) and the tch runtime serves from one GPU`);
     runtime = "vllm";
   }
-  if (runtime === "vllm" && request.adapters.length > 0) {
-    throw pluginError("unsupported", "inference.adapters", `the vllm runtime does not get adapters here yet, and ${m.name} is served by vllm`,
-      `the tch runtime serves adapters: set ${RUNTIME_ANNOTATION}: tch on an instance type where the model fits one GPU`);
+  if (runtime === "vllm") {
+    request.adapters.forEach((a, i) => {
+      if (a.strength != null && a.strength.trim() !== "") {
+        throw pluginError("unsupported", `inference.adapters[${i}].strength`, `${m.name} is served by vllm, which applies adapters at full strength`,
+          `remove the strength, or set ${RUNTIME_ANNOTATION}: tch (which scales adapters) on an instance type where the model fits one GPU`);
+      }
+    });
   }
   if (runtime === "tch" && shape.gpusPerNode > 1) {
     notes.push(`the tch runtime uses one of the ${shape.gpusPerNode} GPUs per node; set ${RUNTIME_ANNOTATION}: vllm for data parallelism`);
@@ -241,7 +246,7 @@ function workload(runtime, m, request, shape, sizing) {
     if (request.adapters.length > 0) {
       args.push("--enable-lora", "--lora-modules");
       for (const a of request.adapters) {
-        const path = `oci://${a.image ?? ""}`;
+        const path = `${ADAPTERS_DIR}/${a.name}`;
         args.push(a.strength != null ? `{"name":"${a.name}","path":"${path}","strength":${a.strength.trim()}}` : `${a.name}=${path}`);
       }
     }
@@ -275,6 +280,9 @@ function workload(runtime, m, request, shape, sizing) {
       vllm.push(`--pipeline-parallel-size=${sizing.parallelism.pipeline}`, "--distributed-executor-backend=ray");
     }
     if (request.configMap != null) vllm.push("--kaito-config-file=/mnt/config/inference_config.yaml");
+    if (request.adapters.length > 0) {
+      vllm.push("--enable-lora", "--lora-modules", ...request.adapters.map((a) => `${a.name}=${ADAPTERS_DIR}/${a.name}`));
+    }
     const template = KAITO_CHAT_TEMPLATES.find(([prefix]) => served.startsWith(prefix));
     if (template) vllm.push(`--chat-template=/workspace/chat_templates/${template[1]}`);
     image = VLLM_IMAGE;

@@ -24,6 +24,7 @@ DISK_HEADROOM_GIB = 80
 TCH_IMAGE_TAG = "0.1.0"
 VLLM_IMAGE = "mcr.microsoft.com/aks/kaito/kaito-base:0.5.0"
 HTTP_PORT = 5000
+ADAPTERS_DIR = "/mnt/adapter"
 TUNE_CONFIG_FILE = "/mnt/config/training_config.yaml"
 TUNE_METRICS_PORT = 5000
 TUNE_BACKOFF_LIMIT = 6
@@ -224,11 +225,13 @@ def choose(m: Spec, request: api.PlanRequest, shape: types.GpuShape, sizing: Siz
         notes.append(f"runtime vllm chosen: {m.name} needs {sizing.min_gpus} GPU(s) on {sizing.node_count} node(s) "
                      "and the tch runtime serves from one GPU")
         runtime = "vllm"
-    if runtime == "vllm" and request.adapters:
-        fail(types.ErrorKind.UNSUPPORTED, "inference.adapters",
-             f"the vllm runtime does not get adapters here yet, and {m.name} is served by vllm",
-             f"the tch runtime serves adapters: set {RUNTIME_ANNOTATION}: tch on an instance type where the model "
-             "fits one GPU")
+    if runtime == "vllm":
+        for i, a in enumerate(request.adapters):
+            if a.strength is not None and a.strength.strip() != "":
+                fail(types.ErrorKind.UNSUPPORTED, f"inference.adapters[{i}].strength",
+                     f"{m.name} is served by vllm, which applies adapters at full strength",
+                     f"remove the strength, or set {RUNTIME_ANNOTATION}: tch (which scales adapters) on an instance "
+                     "type where the model fits one GPU")
     if runtime == "tch" and shape.gpus_per_node > 1:
         notes.append(f"the tch runtime uses one of the {shape.gpus_per_node} GPUs per node; "
                      f"set {RUNTIME_ANNOTATION}: vllm for data parallelism")
@@ -266,7 +269,7 @@ def workload(runtime: str, m: Spec, request: api.PlanRequest, shape: types.GpuSh
         if request.adapters:
             args += ["--enable-lora", "--lora-modules"]
             for a in request.adapters:
-                path = f"oci://{a.image or ''}"
+                path = f"{ADAPTERS_DIR}/{a.name}"
                 if a.strength is not None:
                     args.append(f'{{"name":"{a.name}","path":"{path}","strength":{a.strength.strip()}}}')
                 else:
@@ -304,6 +307,8 @@ def workload(runtime: str, m: Spec, request: api.PlanRequest, shape: types.GpuSh
             vllm += [f"--pipeline-parallel-size={par.pipeline}", "--distributed-executor-backend=ray"]
         if request.config_map is not None:
             vllm.append("--kaito-config-file=/mnt/config/inference_config.yaml")
+        if request.adapters:
+            vllm += ["--enable-lora", "--lora-modules"] + [f"{a.name}={ADAPTERS_DIR}/{a.name}" for a in request.adapters]
         template = next((t for prefix, t in KAITO_CHAT_TEMPLATES if served.startswith(prefix)), None)
         if template is not None:
             vllm.append(f"--chat-template=/workspace/chat_templates/{template}")

@@ -9,7 +9,7 @@ use crate::{
 };
 
 /// Tag of the `kaito-inference` image this SDK plans for.
-pub const TCH_IMAGE_TAG: &str = "0.1.0";
+pub const TCH_IMAGE_TAG: &str = kaito_names::RUNTIME_IMAGE_TAG;
 /// KAITO's vLLM base image, used unchanged for `kaito.sh/runtime: vllm`.
 pub const VLLM_IMAGE: &str = "mcr.microsoft.com/aks/kaito/kaito-base:0.5.0";
 /// Port every runtime serves its OpenAI-compatible API on.
@@ -191,15 +191,17 @@ pub fn choose(
             ));
         }
     };
-    if runtime == Runtime::Vllm && !request.adapters.is_empty() {
-        // vLLM reads adapters from local paths, which needs a puller init container we do not render yet; the tch
-        // runtime pulls adapter artifacts itself.
+    if runtime == Runtime::Vllm
+        && let Some(i) =
+            request.adapters.iter().position(|a| a.strength.as_deref().is_some_and(|s| !s.trim().is_empty()))
+    {
+        // As KAITO's webhook: vLLM applies every adapter at full strength.
         return Err(PluginError::new(
             ErrorKind::Unsupported,
-            "inference.adapters",
-            format!("the vllm runtime does not get adapters here yet, and {} is served by vllm", spec.name),
+            &format!("inference.adapters[{i}].strength"),
+            format!("{} is served by vllm, which applies adapters at full strength", spec.name),
             Some(format!(
-                "the tch runtime serves adapters: set {RUNTIME_ANNOTATION}: tch on an instance type where the model fits one GPU"
+                "remove the strength, or set {RUNTIME_ANNOTATION}: tch (which scales adapters) on an instance type where the model fits one GPU"
             )),
         ));
     }
@@ -305,12 +307,12 @@ pub fn workload(
             if let Some(len) = request.max_model_len {
                 args.extend(["--max-model-len".into(), len.to_string()]);
             }
-            // Adapters are ModelPack artifacts (`kaito models push`) the server pulls itself before it reports
-            // ready; a strength scales the adapter, through the JSON form of --lora-modules.
+            // Adapters are pulled by the host's init containers into their directories before the server starts;
+            // a strength scales the adapter, through the JSON form of --lora-modules.
             if !request.adapters.is_empty() {
                 args.extend(["--enable-lora".into(), "--lora-modules".into()]);
                 for a in &request.adapters {
-                    let path = format!("oci://{}", a.image.as_deref().unwrap_or_default());
+                    let path = kaito_names::adapters::path(&a.name);
                     args.push(match a.strength.as_deref().map(str::trim) {
                         Some(strength) => format!(r#"{{"name":"{}","path":"{path}","strength":{strength}}}"#, a.name),
                         None => format!("{}={path}", a.name),
@@ -384,7 +386,14 @@ pub fn workload(
             if request.config_map.is_some() {
                 vllm.push("--kaito-config-file=/mnt/config/inference_config.yaml".into());
             }
-            // No adapters reach here: choose() refuses them for vllm until a puller init container is rendered.
+            // Adapters from the directories the host's init containers fill, at full strength (choose() refuses one).
+            if !request.adapters.is_empty() {
+                vllm.push("--enable-lora".into());
+                vllm.push("--lora-modules".into());
+                vllm.extend(
+                    request.adapters.iter().map(|a| format!("{}={}", a.name, kaito_names::adapters::path(&a.name))),
+                );
+            }
             if let Some(p) = spec.tool_call_parser {
                 vllm.push(format!("--tool-call-parser={p}"));
                 vllm.push("--enable-auto-tool-choice".into());
