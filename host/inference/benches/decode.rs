@@ -33,7 +33,7 @@ async fn one_with(engine: &Engine, prompt: Vec<u32>, adapter: Option<String>) ->
     let (mut first, mut count) = (None, 0);
     while let Some(e) = rx.recv().await {
         match e {
-            Event::Token(_) => {
+            Event::Token(..) => {
                 count += 1;
                 first.get_or_insert_with(|| start.elapsed().as_secs_f64());
             }

@@ -10,7 +10,7 @@
 use crate::lora::{Adapter, Shape};
 use crate::metrics::Metrics;
 use crate::models::decoder::{Decoder, SeqCache, Span};
-use crate::sampling::Sampler;
+use crate::sampling::{Sampler, TokenLogprob};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -41,7 +41,8 @@ impl FinishReason {
 /// What the engine tells a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Token(u32),
+    /// A generated token, with its log probabilities when the request asked for them.
+    Token(u32, Option<TokenLogprob>),
     Finished(FinishReason),
     Failed(String),
 }
@@ -98,6 +99,8 @@ pub struct Engine {
     pub kv_tokens: usize,
     /// What adapters for this model must fit.
     pub shape: Shape,
+    /// Token ids the model embeds (`vocab_size`): a prompt id at or past it is refused before it reaches the model.
+    pub vocab: usize,
 }
 
 struct Seq {
@@ -134,6 +137,7 @@ impl Engine {
             max_context: model.max_context,
             kv_tokens: config.kv_tokens,
             shape: Shape::of(&model),
+            vocab: model.config.vocab_size,
         };
         std::thread::Builder::new()
             .name("engine".into())
@@ -387,8 +391,11 @@ impl Scheduler {
             if seq.pending() > 0 {
                 continue; // A prompt chunk: no token until the whole prompt is in.
             }
-            let mut row_logits = flat[row * vocab..(row + 1) * vocab].to_vec();
+            let raw = &flat[row * vocab..(row + 1) * vocab];
+            let mut row_logits = raw.to_vec();
             let token = seq.sampler.sample(&mut row_logits);
+            // From the model's logits, before the sampler's penalties changed them.
+            let logprob = seq.sampler.params().logprobs.map(|top| crate::sampling::logprobs(raw, token, top));
             seq.tokens.push(token);
             let now = Instant::now();
             match seq.last_token {
@@ -404,8 +411,11 @@ impl Scheduler {
             } else {
                 None
             };
-            let sent =
-                if reason == Some(FinishReason::Stop) { true } else { seq.events.send(Event::Token(token)).is_ok() };
+            let sent = if reason == Some(FinishReason::Stop) {
+                true
+            } else {
+                seq.events.send(Event::Token(token, logprob)).is_ok()
+            };
             if let Some(r) = reason {
                 let _ = seq.events.send(Event::Finished(r));
                 finished.push(i);

@@ -18,6 +18,8 @@ pub struct SamplingParams {
     pub max_tokens: usize,
     /// Keep going past EOS (benchmarks need fixed-length outputs).
     pub ignore_eos: bool,
+    /// Report each chosen token's log probability and this many most likely alternatives (`None`: report nothing).
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -31,6 +33,7 @@ impl Default for SamplingParams {
             seed: None,
             max_tokens: 16,
             ignore_eos: false,
+            logprobs: None,
         }
     }
 }
@@ -106,6 +109,32 @@ impl Sampler {
     }
 }
 
+/// A chosen token's log probability under the model (before penalties and temperature, as vLLM and OpenAI report
+/// it) and the `top` most likely tokens with theirs, most likely first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// `token`'s log-softmax over `logits` (summed in f64) and the `top` best tokens' (ties by lower id).
+pub fn logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+    let lp = |t: u32| (logits[t as usize] as f64 - lse) as f32;
+    let mut best: Vec<u32> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+        let k = top.min(ids.len());
+        let by = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+        ids.select_nth_unstable_by(k - 1, by);
+        ids.truncate(k);
+        ids.sort_unstable_by(by);
+        best = ids;
+    }
+    TokenLogprob { logprob: lp(token), top: best.into_iter().map(|t| (t, lp(t))).collect() }
+}
+
 /// Index of the largest logit (the first on ties, as torch's argmax).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -120,6 +149,18 @@ pub fn argmax(logits: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logprobs_are_a_log_softmax_with_the_best_first() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0];
+        let lp = logprobs(&logits, 2, 3);
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        assert!((lp.logprob as f64 - (2f64.exp() / z).ln()).abs() < 1e-6);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 3, 2], "ties by lower id");
+        assert!(lp.top.iter().map(|t| (t.1 as f64).exp()).sum::<f64>() < 1.0);
+        assert!(logprobs(&logits, 0, 0).top.is_empty());
+        assert_eq!(logprobs(&logits, 0, 9).top.len(), 4);
+    }
 
     #[test]
     fn greedy_and_penalties() {

@@ -3,7 +3,7 @@
 
 use crate::engine::{Engine, Event, FinishReason, GenRequest, SubmitError};
 use crate::metrics::Metrics;
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{Sampler, SamplingParams, TokenLogprob};
 use crate::text::{Detokenizer, Message, TextModel};
 use axum::Router;
 use axum::body::Bytes;
@@ -180,6 +180,10 @@ struct Common {
 #[derive(Debug, Deserialize)]
 struct ChatRequest {
     messages: Vec<Message>,
+    /// Report the chosen tokens' log probabilities.
+    logprobs: Option<bool>,
+    /// With `logprobs`, this many alternatives per token (0 to 20).
+    top_logprobs: Option<i64>,
     #[serde(flatten)]
     common: Common,
 }
@@ -198,6 +202,8 @@ struct CompletionRequest {
     prompt: Prompt,
     #[serde(default)]
     echo: bool,
+    /// Report the chosen tokens' log probabilities and this many alternatives (0 to 5).
+    logprobs: Option<i64>,
     #[serde(flatten)]
     common: Common,
 }
@@ -225,8 +231,8 @@ const COMMON_FIELDS: &[&str] = &[
     "service_tier",
     "parallel_tool_calls",
 ];
-const CHAT_FIELDS: &[&str] = &["messages"];
-const COMPLETION_FIELDS: &[&str] = &["prompt", "echo"];
+const CHAT_FIELDS: &[&str] = &["messages", "logprobs", "top_logprobs"];
+const COMPLETION_FIELDS: &[&str] = &["prompt", "echo", "logprobs"];
 
 /// OpenAI fields this server recognises but cannot honour yet, each with the values that ask for nothing: any other
 /// value is refused with a 400 naming the field, so a client never mistakes a dropped feature for a served one.
@@ -243,7 +249,6 @@ fn unsupported(field: &str, value: &Value) -> Option<&'static str> {
         "tool_choice" | "function_call" => "tool calling is not supported yet",
         "response_format" if value.get("type").and_then(Value::as_str) == Some("text") => return None,
         "response_format" => "structured output (json_object, json_schema) is not supported yet",
-        "logprobs" | "top_logprobs" => "log probabilities are not supported yet",
         "best_of" if value.as_u64() == Some(1) => return None,
         "best_of" => "best_of is not supported yet; only one sequence per request",
         "logit_bias" => "logit_bias is not supported yet",
@@ -337,7 +342,60 @@ struct Plan {
 /// Most choices one request may ask for (`n`).
 const MAX_N: i64 = 64;
 
-fn plan(c: &Common, prompt_len: usize, engine: &Engine, prompt_field: &str) -> Result<Plan, ApiError> {
+/// Most alternatives per token: OpenAI's `top_logprobs` bound for chat, its `logprobs` bound for completions.
+const MAX_TOP_LOGPROBS_CHAT: i64 = 20;
+const MAX_LOGPROBS_COMPLETION: i64 = 5;
+
+/// Chat's `logprobs` and `top_logprobs` as the number of alternatives to report (`None`: no log probabilities).
+fn chat_logprobs_asked(logprobs: Option<bool>, top: Option<i64>) -> Result<Option<usize>, ApiError> {
+    let on = logprobs.unwrap_or(false);
+    match top {
+        Some(k) if !(0..=MAX_TOP_LOGPROBS_CHAT).contains(&k) => Err(ApiError::bad(
+            "top_logprobs",
+            format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS_CHAT}, got {k}"),
+        )),
+        Some(_) if !on => Err(ApiError::bad("top_logprobs", "top_logprobs needs logprobs: true")),
+        k => Ok(on.then(|| k.unwrap_or(0) as usize)),
+    }
+}
+
+/// The completions endpoint's `logprobs` (the number of alternatives).
+fn completion_logprobs_asked(logprobs: Option<i64>) -> Result<Option<usize>, ApiError> {
+    match logprobs {
+        Some(k) if !(0..=MAX_LOGPROBS_COMPLETION).contains(&k) => {
+            Err(ApiError::bad("logprobs", format!("logprobs must be between 0 and {MAX_LOGPROBS_COMPLETION}, got {k}")))
+        }
+        k => Ok(k.map(|k| k as usize)),
+    }
+}
+
+/// Refuses prompt ids the model cannot embed (a tokenizer larger than the model's vocabulary), naming `field`.
+fn check_ids(prompt: &[u32], engine: &Engine, field: &str) -> Result<(), ApiError> {
+    match prompt.iter().find(|&&t| t as usize >= engine.vocab) {
+        Some(bad) => {
+            Err(ApiError::bad(field, format!("token id {bad} is past the model's {} embeddings", engine.vocab)))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The engine ended a request's events without saying it finished: its thread stopped (a fault), a 500.
+fn engine_stopped() -> ApiError {
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: "the engine stopped before this request finished".into(),
+        param: None,
+        code: None,
+    }
+}
+
+fn plan(
+    c: &Common,
+    prompt_len: usize,
+    engine: &Engine,
+    prompt_field: &str,
+    logprobs: Option<usize>,
+) -> Result<Plan, ApiError> {
     let n = c.n.unwrap_or(1);
     if !(1..=MAX_N).contains(&n) {
         return Err(ApiError::bad("n", format!("n must be between 1 and {MAX_N}, got {n}")));
@@ -421,6 +479,7 @@ fn plan(c: &Common, prompt_len: usize, engine: &Engine, prompt_field: &str) -> R
             seed: c.seed,
             max_tokens,
             ignore_eos: c.ignore_eos,
+            logprobs,
         },
         stops,
         stream: c.stream,
@@ -437,18 +496,40 @@ struct Output {
     sent: usize,
     tokens: usize,
     finish: Option<FinishReason>,
+    /// Log probabilities of the tokens so far, when asked for.
+    logprobs: Vec<(u32, TokenLogprob)>,
+    /// Of `logprobs`, those already sent (streaming).
+    logprobs_sent: usize,
 }
 
 impl Output {
     fn new() -> Self {
-        Output { detok: Detokenizer::default(), text: String::new(), sent: 0, tokens: 0, finish: None }
+        Output {
+            detok: Detokenizer::default(),
+            text: String::new(),
+            sent: 0,
+            tokens: 0,
+            finish: None,
+            logprobs: Vec::new(),
+            logprobs_sent: 0,
+        }
+    }
+
+    /// The log probabilities not sent yet (streaming), marked sent.
+    fn unsent_logprobs(&mut self) -> &[(u32, TokenLogprob)] {
+        let from = self.logprobs_sent;
+        self.logprobs_sent = self.logprobs.len();
+        &self.logprobs[from..]
     }
 
     /// Take one engine event; true when generation is over.
     fn push(&mut self, text: &TextModel, event: Event, stops: &[String]) -> Result<bool, ApiError> {
         match event {
-            Event::Token(id) => {
+            Event::Token(id, logprob) => {
                 self.tokens += 1;
+                if let Some(lp) = logprob {
+                    self.logprobs.push((id, lp));
+                }
                 self.text.push_str(&self.detok.push(text, id));
                 if let Some(at) = stops.iter().filter_map(|s| self.text.find(s.as_str())).min() {
                     self.text.truncate(at);
@@ -481,6 +562,47 @@ impl Output {
         self.sent = end;
         out
     }
+}
+
+/// A token as OpenAI shows it: its text alone and that text's UTF-8 bytes (a token that is part of a character shows
+/// U+FFFD, as vLLM's do).
+fn token_text(text: &TextModel, id: u32) -> String {
+    text.decode(&[id]).unwrap_or_default()
+}
+
+/// Chat's `logprobs` object for `items`.
+fn chat_logprobs(text: &TextModel, items: &[(u32, TokenLogprob)]) -> Value {
+    let entry = |id: u32, logprob: f32| {
+        let t = token_text(text, id);
+        json!({"token": t, "logprob": logprob, "bytes": t.as_bytes()})
+    };
+    let content: Vec<Value> = items
+        .iter()
+        .map(|(id, lp)| {
+            let mut e = entry(*id, lp.logprob);
+            e["top_logprobs"] = lp.top.iter().map(|(t, l)| entry(*t, *l)).collect();
+            e
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
+}
+
+/// The completions endpoint's `logprobs` object for `items`, text offsets counted from `offset` (the echoed prompt's
+/// length, which is 0 while `echo` with `logprobs` is refused).
+fn completion_logprobs(text: &TextModel, items: &[(u32, TokenLogprob)], offset: usize) -> Value {
+    let mut at = offset;
+    let (mut tokens, mut values, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+    for (id, lp) in items {
+        let t = token_text(text, *id);
+        offsets.push(at);
+        at += t.len();
+        tokens.push(t);
+        values.push(lp.logprob);
+        let top: serde_json::Map<String, Value> =
+            lp.top.iter().map(|(tid, l)| (token_text(text, *tid), json!(l))).collect();
+        tops.push(Value::Object(top));
+    }
+    json!({"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets})
 }
 
 fn usage(prompt: usize, completion: usize) -> Value {
@@ -528,7 +650,8 @@ async fn generate(
     serving.engine.submit(request).map_err(submit_error)?;
     let (id, created) = (request_id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }), now());
     let text = serving.text.clone();
-    let chunk = move |delta: Option<String>, finish: Option<&str>, first: bool| -> Value {
+    let text_for_logprobs = serving.text.clone();
+    let chunk = move |delta: Option<String>, finish: Option<&str>, first: bool, logprobs: Value| -> Value {
         match kind {
             Kind::Chat => {
                 let mut d = json!({});
@@ -539,20 +662,33 @@ async fn generate(
                     d["content"] = json!(t);
                 }
                 json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                       "choices": [{"index": 0, "delta": d, "logprobs": null, "finish_reason": finish}]})
+                       "choices": [{"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": finish}]})
             }
             Kind::Completion => json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                       "choices": [{"index": 0, "text": delta.unwrap_or_default(), "logprobs": null, "finish_reason": finish}]}),
+                       "choices": [{"index": 0, "text": delta.unwrap_or_default(), "logprobs": logprobs, "finish_reason": finish}]}),
         }
     };
     let stops = plan.stops.clone();
     let include_usage = plan.include_usage;
+    let with_logprobs = plan.params.logprobs.is_some();
+    // Each chunk carries the log probabilities of the tokens that arrived since the last one.
+    let logprobs_of = move |out: &mut Output, offset: usize| -> Value {
+        if !with_logprobs {
+            return Value::Null;
+        }
+        let items = out.unsent_logprobs().to_vec();
+        match kind {
+            Kind::Chat => chat_logprobs(&text_for_logprobs, &items),
+            Kind::Completion => completion_logprobs(&text_for_logprobs, &items, offset),
+        }
+    };
     // Dropping the response (client gone) drops this stream and its receiver, which frees the engine's sequence.
     let stream = async_stream::stream! {
         let mut out = Output::new();
         let opening = if kind == Kind::Chat { Some(String::new()) } else { echo };
+        let mut offset = opening.as_ref().map_or(0, String::len);
         if opening.is_some() || kind == Kind::Chat {
-            yield chunk(opening, None, true);
+            yield chunk(opening, None, true, Value::Null);
         }
         while let Some(event) = rx.recv().await {
             let done = match out.push(&text, event, &stops) {
@@ -564,18 +700,25 @@ async fn generate(
             };
             let delta = out.ready(&stops, done);
             if !delta.is_empty() {
-                yield chunk(Some(delta), None, false);
+                let logprobs = logprobs_of(&mut out, offset);
+                offset += delta.len();
+                yield chunk(Some(delta), None, false, logprobs);
             }
             if done {
                 break;
             }
         }
+        if out.finish.is_none() {
+            yield json!({"error": {"message": engine_stopped().message, "type": "server_error"}});
+            return;
+        }
         // Ends the engine's sequence early when a stop string hit first.
         drop(rx);
         let finish = out.finish.unwrap_or(FinishReason::Length).as_str();
-        yield chunk(None, Some(finish), false);
+        let logprobs = if out.logprobs_sent < out.logprobs.len() { logprobs_of(&mut out, offset) } else { Value::Null };
+        yield chunk(None, Some(finish), false, logprobs);
         if include_usage {
-            let mut last = chunk(None, None, false);
+            let mut last = chunk(None, None, false, Value::Null);
             last["choices"] = json!([]);
             last["usage"] = usage(prompt_len, out.tokens);
             yield last;
@@ -621,6 +764,10 @@ async fn generate_choices(
                     break;
                 }
             }
+            // A closed channel without an end: the engine died; never a 200 with a cut answer.
+            if out.finish.is_none() {
+                return Err(engine_stopped());
+            }
             Ok::<_, ApiError>(out)
         }
     }))
@@ -631,9 +778,15 @@ async fn generate_choices(
         let out = out?;
         completion_tokens += out.tokens;
         let finish = out.finish.unwrap_or(FinishReason::Length).as_str();
+        let echoed = echo.clone().unwrap_or_default();
+        let logprobs = match (plan.params.logprobs.is_some(), kind) {
+            (false, _) => Value::Null,
+            (true, Kind::Chat) => chat_logprobs(&text, &out.logprobs),
+            (true, Kind::Completion) => completion_logprobs(&text, &out.logprobs, echoed.len()),
+        };
         choices.push(match kind {
-            Kind::Chat => json!({"index": index, "message": {"role": "assistant", "content": out.text}, "logprobs": null, "finish_reason": finish}),
-            Kind::Completion => json!({"index": index, "text": format!("{}{}", echo.clone().unwrap_or_default(), out.text), "logprobs": null, "finish_reason": finish}),
+            Kind::Chat => json!({"index": index, "message": {"role": "assistant", "content": out.text}, "logprobs": logprobs, "finish_reason": finish}),
+            Kind::Completion => json!({"index": index, "text": format!("{echoed}{}", out.text), "logprobs": logprobs, "finish_reason": finish}),
         });
     }
     let (object, prefix) = match kind {
@@ -672,7 +825,9 @@ async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
             .collect();
         let prompt_text = serving.text.render_chat(&messages).map_err(|e| ApiError::bad("messages", e))?;
         let prompt = serving.text.encode(&prompt_text, false).map_err(|e| ApiError::bad("messages", e))?;
-        let plan = plan(&req.common, prompt.len(), &serving.engine, "messages")?;
+        check_ids(&prompt, &serving.engine, "messages")?;
+        let logprobs = chat_logprobs_asked(req.logprobs, req.top_logprobs)?;
+        let plan = plan(&req.common, prompt.len(), &serving.engine, "messages", logprobs)?;
         generate(&state, Kind::Chat, prompt, plan, None, adapter).await
     }
     .await;
@@ -708,7 +863,15 @@ async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
         if prompt.is_empty() {
             return Err(ApiError::bad("prompt", "the prompt is empty"));
         }
-        let plan = plan(&req.common, prompt.len(), &serving.engine, "prompt")?;
+        check_ids(&prompt, &serving.engine, "prompt")?;
+        let logprobs = completion_logprobs_asked(req.logprobs)?;
+        if req.echo && logprobs.is_some() {
+            return Err(ApiError::bad(
+                "echo",
+                "echo with logprobs asks for the prompt's log probabilities, which are not supported yet; drop echo",
+            ));
+        }
+        let plan = plan(&req.common, prompt.len(), &serving.engine, "prompt", logprobs)?;
         generate(&state, Kind::Completion, prompt, plan, req.echo.then_some(text), adapter).await
     }
     .await;

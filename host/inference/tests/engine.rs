@@ -33,7 +33,7 @@ async fn collect(mut rx: UnboundedReceiver<Event>) -> (Vec<u32>, FinishReason) {
     let mut tokens = Vec::new();
     while let Some(e) = rx.recv().await {
         match e {
-            Event::Token(t) => tokens.push(t),
+            Event::Token(t, _) => tokens.push(t),
             Event::Finished(r) => return (tokens, r),
             Event::Failed(m) => panic!("generation failed: {m}"),
         }
@@ -76,7 +76,7 @@ async fn a_full_waiting_line_refuses_and_a_disconnect_frees_the_sequence() {
     let (engine, _) = engine(dir.path(), EngineConfig { max_batch: 1, max_waiting: 2, ..Default::default() });
     let mut first = submit(&engine, vec![1, 5, 9], 200).unwrap();
     // Once the first runs, two may wait; the next is refused.
-    assert!(matches!(first.recv().await, Some(Event::Token(_))));
+    assert!(matches!(first.recv().await, Some(Event::Token(..))));
     let waiting: Vec<_> = (0..2).map(|_| submit(&engine, vec![1, 7], 5).unwrap()).collect();
     assert_eq!(submit(&engine, vec![1, 8], 5).err(), Some(SubmitError::Overloaded(2)));
 

@@ -61,6 +61,33 @@ async fn the_openai_client_gets_what_it_expects() {
     assert!(stdout.contains("all checks passed"), "{stdout}");
 }
 
+/// `logprobs` (chat: with `top_logprobs`; completions: a number) through the official client: every chosen token's
+/// log probability and its alternatives equal transformers' log-softmax over the same context, streamed or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_match_transformers() {
+    let dir = common::model("smollm2-135m-instruct");
+    let state = state(&dir, EngineConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, router(state)).into_future());
+    let (python, script) = (common::python(), common::script("openai_logprobs.py"));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(format!("http://{addr}/v1"))
+            .arg("smollm2")
+            .arg(&dir)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "openai_logprobs.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    eprintln!("{stdout}");
+}
+
 #[tokio::test]
 async fn bad_requests_get_json_errors_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,6 +114,16 @@ async fn bad_requests_get_json_errors_naming_the_field() {
     assert_eq!(code, 400, "{body}");
     let (code, body) = call(&s, "POST", "/detokenize", r#"{"tokens": [1, 2, 3]}"#).await;
     assert_eq!(code, 200, "{body}");
+    // A tokenizer larger than the model (this tiny model embeds 512 ids): refused naming the field, not a crash.
+    let (code, body) = call(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model": "smollm2", "messages": [{"role": "user", "content": "hi"}]}"#,
+    )
+    .await;
+    assert_eq!((code, body["error"]["param"].as_str()), (400, Some("messages")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("past the model's 512 embeddings"), "{body}");
     let (code, _) = call(&s, "GET", "/v1/nope", "").await;
     assert_eq!(code, 404);
     let (code, body) = call(&s, "GET", "/metrics", "").await;
@@ -103,9 +140,8 @@ async fn bad_requests_get_json_errors_naming_the_field() {
 /// values that ask for nothing (`tools: []`, `tool_choice: "none"`, `response_format: text`, `logprobs: false`) pass.
 #[tokio::test]
 async fn unsupported_openai_fields_are_refused_not_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    common::tiny("MistralForCausalLM").write(dir.path());
-    let s = state(dir.path(), EngineConfig::default());
+    // SmolLM2 itself: the chat prompts here must reach a model that can embed them.
+    let s = state(&common::model("smollm2-135m-instruct"), EngineConfig::default());
     let chat = |extra: Value| {
         let mut body = json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
@@ -116,17 +152,24 @@ async fn unsupported_openai_fields_are_refused_not_dropped() {
         (json!({"tools": tool}), "tools"),
         (json!({"tool_choice": "required"}), "tool_choice"),
         (json!({"response_format": {"type": "json_object"}}), "response_format"),
-        (json!({"logprobs": true, "top_logprobs": 2}), "logprobs"),
         (json!({"logit_bias": {"42": 5}}), "logit_bias"),
     ] {
         let (code, body) = call(&s, "POST", "/v1/chat/completions", &chat(extra.clone())).await;
         assert_eq!((code, body["error"]["param"].as_str()), (400, Some(field)), "{extra}: {body}");
         assert!(body["error"]["message"].as_str().unwrap().contains("not supported"), "{body}");
     }
+    // Log probabilities are served; out-of-range requests for them are refused naming the field.
     let (code, body) =
-        call(&s, "POST", "/v1/completions", r#"{"model": "smollm2", "prompt": "hi", "max_tokens": 2, "logprobs": 2}"#)
+        call(&s, "POST", "/v1/completions", r#"{"model": "smollm2", "prompt": "hi", "max_tokens": 2, "logprobs": 9}"#)
             .await;
     assert_eq!((code, body["error"]["param"].as_str()), (400, Some("logprobs")), "{body}");
+    let (code, body) = call(&s, "POST", "/v1/chat/completions", &chat(json!({"top_logprobs": 2}))).await;
+    assert_eq!((code, body["error"]["param"].as_str()), (400, Some("top_logprobs")), "{body}");
+    let (code, body) =
+        call(&s, "POST", "/v1/chat/completions", &chat(json!({"logprobs": true, "top_logprobs": 3}))).await;
+    assert_eq!(code, 200, "{body}");
+    let content = body["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!((content.len(), content[0]["top_logprobs"].as_array().unwrap().len()), (2, 3), "{body}");
     let noop = json!({
         "tools": [], "tool_choice": "none", "response_format": {"type": "text"}, "logprobs": false,
         "user": "u", "some_vendor_extension": 1

@@ -1,0 +1,105 @@
+"""Log probabilities from a running kaito-inference, through the official `openai` client, against transformers.
+
+    python openai_logprobs.py BASE_URL MODEL MODEL_DIR
+
+Greedy chat and completion with logprobs: each chosen token's log probability and the top alternatives equal
+transformers' log-softmax over the same context (f32, CPU) within 1e-3; the streamed chat carries the same entries;
+out-of-range requests are refused with 400. Exits non-zero with the failing check.
+"""
+
+import sys
+
+import openai
+import torch
+from openai import OpenAI
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+TOL = 1e-3
+
+
+def reference(model, ids, steps, top):
+    """Greedy continuation of `ids`: per step, (token id, its logprob, the top (id, logprob) pairs)."""
+    out = []
+    ids = list(ids)
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(torch.tensor([ids])).logits[0, -1].float()
+            lp = torch.log_softmax(logits, dim=-1)
+            values, order = torch.topk(lp, top)
+            token = int(torch.argmax(logits))
+            out.append((token, float(lp[token]), list(zip(order.tolist(), values.tolist()))))
+            ids.append(token)
+    return out
+
+
+def main():
+    base, name, model_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+    client = OpenAI(base_url=base, api_key="unused", max_retries=0)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    chat = client.chat.completions.create(
+        model=name, messages=messages, max_tokens=10, temperature=0, logprobs=True, top_logprobs=5)
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True)
+    assert chat.usage.prompt_tokens == len(prompt), (chat.usage.prompt_tokens, len(prompt))
+    entries = chat.choices[0].logprobs.content
+    want = reference(model, prompt, len(entries), 5)
+    assert "".join(e.token for e in entries).startswith(chat.choices[0].message.content.strip()[:5]), entries
+    worst = 0.0
+    for e, (token, lp, top) in zip(entries, want):
+        assert e.token == tok.decode([token]), (e.token, tok.decode([token]))
+        assert bytes(e.bytes) == e.token.encode(), e
+        worst = max(worst, abs(e.logprob - lp))
+        assert len(e.top_logprobs) == 5
+        for got, (tid, tlp) in zip(e.top_logprobs, top):
+            worst = max(worst, abs(got.logprob - tlp))
+        assert e.top_logprobs[0].token == tok.decode([top[0][0]]) and e.top_logprobs[0].logprob >= e.logprob - TOL
+    assert worst < TOL, worst
+    print(f"chat: {len(entries)} tokens, max |logprob difference| vs transformers {worst:.2e}")
+
+    chunks = list(client.chat.completions.create(
+        model=name, messages=messages, max_tokens=10, temperature=0, logprobs=True, top_logprobs=5, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, round(e.logprob, 5)) for e in streamed] == [(e.token, round(e.logprob, 5)) for e in entries]
+
+    plain = client.chat.completions.create(model=name, messages=messages, max_tokens=4, temperature=0)
+    assert plain.choices[0].logprobs is None
+
+    text = "The capital of France is"
+    completion = client.completions.create(model=name, prompt=text, max_tokens=6, temperature=0, logprobs=3)
+    lps = completion.choices[0].logprobs
+    ids = tok(text).input_ids
+    assert completion.usage.prompt_tokens == len(ids)
+    want = reference(model, ids, len(lps.tokens), 3)
+    assert "".join(lps.tokens) == completion.choices[0].text, (lps.tokens, completion.choices[0].text)
+    assert lps.text_offset[0] == 0 and all(b >= a for a, b in zip(lps.text_offset, lps.text_offset[1:]))
+    for got, top, (token, lp, alternatives) in zip(lps.token_logprobs, lps.top_logprobs, want):
+        assert abs(got - lp) < TOL, (got, lp)
+        assert len(top) <= 3 and abs(max(top.values()) - alternatives[0][1]) < TOL, (top, alternatives)
+    try:
+        client.completions.create(model=name, prompt=text, max_tokens=2, logprobs=0, echo=True)
+        raise AssertionError("echo with logprobs (the prompt's log probabilities) was accepted")
+    except openai.BadRequestError as e:
+        assert "echo" in str(e), e
+    print(f"completion: {len(lps.tokens)} tokens match")
+
+    for kwargs, field in [
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+    ]:
+        try:
+            client.chat.completions.create(model=name, messages=messages, max_tokens=2, **kwargs)
+            raise AssertionError(f"{kwargs} was accepted")
+        except openai.BadRequestError as e:
+            assert e.status_code == 400 and field in str(e), e
+    try:
+        client.completions.create(model=name, prompt=text, max_tokens=2, logprobs=6)
+        raise AssertionError("logprobs=6 was accepted")
+    except openai.BadRequestError as e:
+        assert "logprobs must be between 0 and 5" in str(e), e
+    print("all checks passed")
+
+
+if __name__ == "__main__":
+    main()
