@@ -42,23 +42,35 @@ async fn call(state: &AppState, method: &str, path: &str, body: &str) -> (u16, V
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_openai_client_gets_what_it_expects() {
-    let state = state(&common::model("smollm2-135m-instruct"), EngineConfig::default());
+/// Serves the model in `dir` as `smollm2` on a free port and runs the Python client `script` against it with
+/// `extra` arguments after the base URL and the name; returns its stdout once it printed "all checks passed".
+async fn run_client(dir: &std::path::Path, script: &str, extra: &[&std::ffi::OsStr]) -> String {
+    let state = state(dir, EngineConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(axum::serve(listener, router(state)).into_future());
-    let python = common::python();
-    let script = common::script("openai_contract.py");
+    let (python, path) = (common::python(), common::script(script));
+    let extra: Vec<std::ffi::OsString> = extra.iter().map(|a| a.to_os_string()).collect();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python).arg(script).arg(format!("http://{addr}/v1")).arg("smollm2").output()
+        std::process::Command::new(python)
+            .arg(path)
+            .arg(format!("http://{addr}/v1"))
+            .arg("smollm2")
+            .args(extra)
+            .output()
     })
     .await
     .unwrap()
     .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "openai_contract.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("all checks passed"), "{stdout}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_client_gets_what_it_expects() {
+    run_client(&common::model("smollm2-135m-instruct"), "openai_contract.py", &[]).await;
 }
 
 /// `logprobs` (chat: with `top_logprobs`; completions: a number) through the official client: every chosen token's
@@ -66,25 +78,7 @@ async fn the_openai_client_gets_what_it_expects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logprobs_match_transformers() {
     let dir = common::model("smollm2-135m-instruct");
-    let state = state(&dir, EngineConfig::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(axum::serve(listener, router(state)).into_future());
-    let (python, script) = (common::python(), common::script("openai_logprobs.py"));
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .arg(format!("http://{addr}/v1"))
-            .arg("smollm2")
-            .arg(&dir)
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "openai_logprobs.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("all checks passed"), "{stdout}");
+    let stdout = run_client(&dir, "openai_logprobs.py", &[dir.as_os_str()]).await;
     eprintln!("{stdout}");
 }
 

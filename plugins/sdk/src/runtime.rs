@@ -238,6 +238,41 @@ fn leader_host(request: &PlanRequest) -> String {
     kaito_names::leader_address(&request.workspace, &request.namespace)
 }
 
+/// `HF_TOKEN` from the model-access Secret, when one is named. Optional, as KAITO makes it: a Secret without the key
+/// starts the pod, which then fails only for gated downloads.
+pub fn hf_token_env(secret: Option<&String>) -> Vec<EnvVar> {
+    secret
+        .map(|name| EnvVar {
+            name: "HF_TOKEN".into(),
+            value: EnvSource::SecretKey(SecretKeyRef { name: name.clone(), key: "HF_TOKEN".into(), optional: true }),
+        })
+        .into_iter()
+        .collect()
+}
+
+/// The volumes every model pod has: shared memory, the weights cache on `weights`, and the ConfigMap (inference or
+/// tuning settings) at `/mnt/config` when one is named.
+pub fn pod_volumes(weights: VolumeSource, config_map: Option<&String>) -> Vec<Volume> {
+    let mut volumes = vec![
+        Volume {
+            name: "dshm".into(),
+            mount_path: "/dev/shm".into(),
+            read_only: false,
+            source: VolumeSource::Memory(None),
+        },
+        Volume { name: "weights".into(), mount_path: WEIGHTS_DIR.into(), read_only: false, source: weights },
+    ];
+    if let Some(cm) = config_map {
+        volumes.push(Volume {
+            name: "config".into(),
+            mount_path: "/mnt/config".into(),
+            read_only: true,
+            source: VolumeSource::ConfigMap(cm.clone()),
+        });
+    }
+    volumes
+}
+
 /// The workload plan for `runtime`.
 pub fn workload(
     runtime: Runtime,
@@ -247,45 +282,17 @@ pub fn workload(
     sizing: &Sizing,
 ) -> WorkloadPlan {
     let multi_node = sizing.node_count > 1;
-    let mut env = Vec::new();
-    if let Some(secret) = &request.model_access_secret {
-        env.push(EnvVar {
-            name: "HF_TOKEN".into(),
-            // Optional, as KAITO makes it: a Secret without the key starts the pod, which then fails only for gated
-            // downloads.
-            value: EnvSource::SecretKey(SecretKeyRef { name: secret.clone(), key: "HF_TOKEN".into(), optional: true }),
-        });
-    }
+    let mut env = hf_token_env(request.model_access_secret.as_ref());
     let mut ports = vec![Port { name: "http".into(), container_port: HTTP_PORT, service_port: Some(80) }];
-    let mut volumes = vec![
-        Volume {
-            name: "dshm".into(),
-            mount_path: "/dev/shm".into(),
-            read_only: false,
-            source: VolumeSource::Memory(None),
-        },
-        Volume {
-            name: "weights".into(),
-            mount_path: WEIGHTS_DIR.into(),
-            read_only: false,
-            source: if shape.nvme {
-                VolumeSource::Persistent(PersistentClaim {
-                    storage_class: Some(NVME_STORAGE_CLASS.into()),
-                    size_bytes: spec.disk_bytes(),
-                })
-            } else {
-                VolumeSource::EmptyDir(None)
-            },
-        },
-    ];
-    if let Some(cm) = &request.config_map {
-        volumes.push(Volume {
-            name: "config".into(),
-            mount_path: "/mnt/config".into(),
-            read_only: true,
-            source: VolumeSource::ConfigMap(cm.clone()),
-        });
-    }
+    let weights = if shape.nvme {
+        VolumeSource::Persistent(PersistentClaim {
+            storage_class: Some(NVME_STORAGE_CLASS.into()),
+            size_bytes: spec.disk_bytes(),
+        })
+    } else {
+        VolumeSource::EmptyDir(None)
+    };
+    let volumes = pod_volumes(weights, request.config_map.as_ref());
     let startup_threshold = startup_seconds(spec.weights_bytes()) / 10;
     let (image, command, args, startup, readiness, liveness) = match runtime {
         Runtime::Tch => {

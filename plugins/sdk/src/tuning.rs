@@ -2,10 +2,10 @@
 //! data and writing the adapter where the host mounted or named them.
 
 use crate::catalog::{ModelSpec, resolve_at};
-use crate::runtime::{TCH_ARCHITECTURES, TCH_IMAGE_TAG, WEIGHTS_DIR};
+use crate::runtime::{TCH_ARCHITECTURES, TCH_IMAGE_TAG, WEIGHTS_DIR, hf_token_env, pod_volumes};
 use crate::{
-    EnvSource, EnvVar, ErrorKind, GpuShape, Parallelism, PluginError, Port, ResourcePlan, SecretKeyRef, TuneInput,
-    TuneOutput, TunePlan, TuneRequest, Volume, VolumeSource, WorkloadPlan,
+    ErrorKind, GpuShape, Parallelism, PluginError, Port, ResourcePlan, TuneInput, TuneOutput, TunePlan, TuneRequest,
+    VolumeSource, WorkloadPlan,
 };
 
 /// Where the tuning ConfigMap is mounted, and the key KAITO's ConfigMaps keep the configuration under.
@@ -100,28 +100,10 @@ pub fn tune(
         ));
     }
     let mut args: Vec<String> = vec!["--model".into(), spec.hf_id.into(), "--download-dir".into(), WEIGHTS_DIR.into()];
-    let mut volumes = vec![
-        Volume {
-            name: "dshm".into(),
-            mount_path: "/dev/shm".into(),
-            read_only: false,
-            source: VolumeSource::Memory(None),
-        },
-        Volume {
-            name: "weights".into(),
-            mount_path: WEIGHTS_DIR.into(),
-            read_only: false,
-            source: VolumeSource::EmptyDir(None),
-        },
-    ];
-    if let Some(cm) = &request.config_map {
+    // A Job has no per-pod claims: the weights go to scratch space.
+    let volumes = pod_volumes(VolumeSource::EmptyDir(None), request.config_map.as_ref());
+    if request.config_map.is_some() {
         args.extend(["--config".into(), CONFIG_FILE.into()]);
-        volumes.push(Volume {
-            name: "config".into(),
-            mount_path: "/mnt/config".into(),
-            read_only: true,
-            source: VolumeSource::ConfigMap(cm.clone()),
-        });
     }
     match &request.input {
         TuneInput::Urls(urls) => {
@@ -142,13 +124,7 @@ pub fn tune(
         args.extend(["--registry-config".into(), config.clone()]);
     }
     args.extend(["--metrics-port".into(), METRICS_PORT.to_string()]);
-    let mut env = Vec::new();
-    if let Some(secret) = &request.model_access_secret {
-        env.push(EnvVar {
-            name: "HF_TOKEN".into(),
-            value: EnvSource::SecretKey(SecretKeyRef { name: secret.clone(), key: "HF_TOKEN".into(), optional: true }),
-        });
-    }
+    let env = hf_token_env(request.model_access_secret.as_ref());
     let image = format!("{}/kaito-inference:{TCH_IMAGE_TAG}", request.image_registry.trim_end_matches('/'));
     Ok(TunePlan {
         runtime: "tch".into(),

@@ -24,11 +24,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    kaito_inference::init_tool_logging();
     let args = Args::parse();
     let reference = kaito_oci::parse(&args.reference)?;
     let mut options = kaito_oci::Options { plain_http: args.plain_http, ..kaito_oci::Options::new() };

@@ -63,12 +63,7 @@ const KAITO_LORA_DEFAULTS: &str = "training_config:
 ";
 
 fn main() -> anyhow::Result<()> {
-    // Logs on stderr: stdout carries only the pushed reference, for scripts.
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    kaito_inference::init_tool_logging();
     let args = Args::parse();
     if let Some(t) = args.threads {
         tch::set_num_threads(t);
