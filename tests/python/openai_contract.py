@@ -2,7 +2,8 @@
 
     python openai_contract.py BASE_URL MODEL
 
-Checks models list, chat completion, streamed chat (same text as non-streamed, usage in the last chunk),
+Checks models list, chat completion, streamed chat (same text as non-streamed, usage in the last chunk), n choices
+(whole and streamed, the same per index for a seed),
 completion, typed errors for bad requests, and 8 concurrent streamed chats giving the same greedy text as
 alone. Exits non-zero with the failing check.
 """
@@ -62,8 +63,25 @@ def main():
     assert len({c.message.content for c in sampled[0].choices}) > 1, "different seeds per choice"
     texts = client.completions.create(model=model, prompt="The capital of France is", max_tokens=6, temperature=0, n=2)
     assert len(texts.choices) == 2 and texts.choices[0].text == texts.choices[1].text, texts
-    e = expect(openai.BadRequestError, model=model, messages=ask, n=2, stream=True)
-    assert e.body["param"] == "n", e.body
+    # Streamed, the same three choices arrive interleaved, each chunk naming its index, each ending once.
+    chunks = list(client.chat.completions.create(model=model, messages=ask, max_tokens=12, temperature=1.0, seed=5,
+                                                 n=3, stream=True, stream_options={"include_usage": True}))
+    by_index, finishes = {}, []
+    for c in chunks:
+        for ch in c.choices:
+            by_index[ch.index] = by_index.get(ch.index, "") + (ch.delta.content or "")
+            if ch.finish_reason:
+                finishes.append(ch.index)
+    assert [by_index[i] for i in range(3)] == [c.message.content for c in sampled[0].choices], (by_index, sampled)
+    assert sorted(finishes) == [0, 1, 2], finishes
+    assert chunks[-1].usage.completion_tokens == sampled[0].usage.completion_tokens, chunks[-1].usage
+    streamed = list(client.completions.create(model=model, prompt="The capital of France is", max_tokens=6,
+                                              temperature=0, n=2, stream=True))
+    pieces = {}
+    for c in streamed:
+        for ch in c.choices:
+            pieces[ch.index] = pieces.get(ch.index, "") + ch.text
+    assert pieces == {0: texts.choices[0].text, 1: texts.choices[1].text}, pieces
     e = expect(openai.BadRequestError, model=model, messages=ask, n=65)
     assert e.body["param"] == "n", e.body
     e = expect(openai.NotFoundError, model="no-such-model", messages=ask)

@@ -400,12 +400,6 @@ fn plan(
     if !(1..=MAX_N).contains(&n) {
         return Err(ApiError::bad("n", format!("n must be between 1 and {MAX_N}, got {n}")));
     }
-    if n > 1 && c.stream {
-        return Err(ApiError::bad(
-            "n",
-            format!("n={n} with stream: true is not supported yet; stream one choice, or set stream: false"),
-        ));
-    }
     let context = engine.max_context;
     if prompt_len >= context {
         return Err(ApiError::bad(
@@ -630,6 +624,57 @@ fn submit_error(e: SubmitError) -> ApiError {
     }
 }
 
+/// Submits `plan.n` sequences of `prompt` (seeds `seed`, `seed+1`, ... when one is given) and returns their event
+/// receivers, choice by choice. A refusal drops the receivers made so far, which cancels their sequences.
+fn submit_choices(
+    serving: &Serving,
+    prompt: &[u32],
+    plan: &Plan,
+    adapter: &Option<String>,
+) -> Result<Vec<tokio::sync::mpsc::UnboundedReceiver<Event>>, ApiError> {
+    let mut receivers = Vec::with_capacity(plan.n);
+    for i in 0..plan.n {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut params = plan.params.clone();
+        params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
+        let request =
+            GenRequest { prompt: prompt.to_vec(), adapter: adapter.clone(), sampler: Sampler::new(params), events: tx };
+        serving.engine.submit(request).map_err(submit_error)?;
+        receivers.push(rx);
+    }
+    Ok(receivers)
+}
+
+/// The next event of any live choice, with its index (`None` once every receiver is gone); a receiver that closed
+/// without finishing yields `Event::Failed`. Polling starts after the choice served last, so no choice starves.
+async fn next_event(
+    receivers: &mut [Option<tokio::sync::mpsc::UnboundedReceiver<Event>>],
+    start: &mut usize,
+) -> Option<(usize, Event)> {
+    std::future::poll_fn(|cx| {
+        let n = receivers.len();
+        let mut live = false;
+        for k in 0..n {
+            let i = (*start + k) % n;
+            let Some(rx) = receivers[i].as_mut() else { continue };
+            live = true;
+            match rx.poll_recv(cx) {
+                std::task::Poll::Ready(Some(e)) => {
+                    *start = i + 1;
+                    return std::task::Poll::Ready(Some((i, e)));
+                }
+                std::task::Poll::Ready(None) => {
+                    receivers[i] = None;
+                    return std::task::Poll::Ready(Some((i, Event::Failed(engine_stopped().message))));
+                }
+                std::task::Poll::Pending => {}
+            }
+        }
+        if live { std::task::Poll::Pending } else { std::task::Poll::Ready(None) }
+    })
+    .await
+}
+
 async fn generate(
     state: &AppState,
     kind: Kind,
@@ -643,15 +688,20 @@ async fn generate(
         return generate_choices(state, kind, prompt, plan, echo, adapter).await;
     }
     let prompt_len = prompt.len();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // Responses name what was asked for: the adapter, else the served model name.
     let model = adapter.clone().unwrap_or_else(|| state.model_name.clone());
-    let request = GenRequest { prompt, adapter, sampler: Sampler::new(plan.params.clone()), events: tx };
-    serving.engine.submit(request).map_err(submit_error)?;
+    let mut receivers: Vec<Option<_>> =
+        submit_choices(serving, &prompt, &plan, &adapter)?.into_iter().map(Some).collect();
+    let n = receivers.len();
     let (id, created) = (request_id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }), now());
     let text = serving.text.clone();
     let text_for_logprobs = serving.text.clone();
-    let chunk = move |delta: Option<String>, finish: Option<&str>, first: bool, logprobs: Value| -> Value {
+    let chunk = move |index: usize,
+                      delta: Option<String>,
+                      finish: Option<&str>,
+                      first: bool,
+                      logprobs: Value|
+          -> Value {
         match kind {
             Kind::Chat => {
                 let mut d = json!({});
@@ -662,10 +712,10 @@ async fn generate(
                     d["content"] = json!(t);
                 }
                 json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                       "choices": [{"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": finish}]})
+                       "choices": [{"index": index, "delta": d, "logprobs": logprobs, "finish_reason": finish}]})
             }
             Kind::Completion => json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                       "choices": [{"index": 0, "text": delta.unwrap_or_default(), "logprobs": logprobs, "finish_reason": finish}]}),
+                       "choices": [{"index": index, "text": delta.unwrap_or_default(), "logprobs": logprobs, "finish_reason": finish}]}),
         }
     };
     let stops = plan.stops.clone();
@@ -682,15 +732,19 @@ async fn generate(
             Kind::Completion => completion_logprobs(&text_for_logprobs, &items, offset),
         }
     };
-    // Dropping the response (client gone) drops this stream and its receiver, which frees the engine's sequence.
+    // Dropping the response (client gone) drops this stream and its receivers, which frees the engine's sequences.
     let stream = async_stream::stream! {
-        let mut out = Output::new();
+        let mut outs: Vec<Output> = (0..n).map(|_| Output::new()).collect();
         let opening = if kind == Kind::Chat { Some(String::new()) } else { echo };
-        let mut offset = opening.as_ref().map_or(0, String::len);
+        let mut offsets = vec![opening.as_ref().map_or(0, String::len); n];
         if opening.is_some() || kind == Kind::Chat {
-            yield chunk(opening, None, true, Value::Null);
+            for i in 0..n {
+                yield chunk(i, opening.clone(), None, true, Value::Null);
+            }
         }
-        while let Some(event) = rx.recv().await {
+        let mut start = 0;
+        while let Some((i, event)) = next_event(&mut receivers, &mut start).await {
+            let out = &mut outs[i];
             let done = match out.push(&text, event, &stops) {
                 Ok(d) => d,
                 Err(e) => {
@@ -700,27 +754,23 @@ async fn generate(
             };
             let delta = out.ready(&stops, done);
             if !delta.is_empty() {
-                let logprobs = logprobs_of(&mut out, offset);
-                offset += delta.len();
-                yield chunk(Some(delta), None, false, logprobs);
+                let logprobs = logprobs_of(out, offsets[i]);
+                offsets[i] += delta.len();
+                yield chunk(i, Some(delta), None, false, logprobs);
             }
             if done {
-                break;
+                // Ends the engine's sequence early when a stop string hit first.
+                receivers[i] = None;
+                let finish = out.finish.unwrap_or(FinishReason::Length).as_str();
+                let logprobs =
+                    if out.logprobs_sent < out.logprobs.len() { logprobs_of(out, offsets[i]) } else { Value::Null };
+                yield chunk(i, None, Some(finish), false, logprobs);
             }
         }
-        if out.finish.is_none() {
-            yield json!({"error": {"message": engine_stopped().message, "type": "server_error"}});
-            return;
-        }
-        // Ends the engine's sequence early when a stop string hit first.
-        drop(rx);
-        let finish = out.finish.unwrap_or(FinishReason::Length).as_str();
-        let logprobs = if out.logprobs_sent < out.logprobs.len() { logprobs_of(&mut out, offset) } else { Value::Null };
-        yield chunk(None, Some(finish), false, logprobs);
         if include_usage {
-            let mut last = chunk(None, None, false, Value::Null);
+            let mut last = chunk(0, None, None, false, Value::Null);
             last["choices"] = json!([]);
-            last["usage"] = usage(prompt_len, out.tokens);
+            last["usage"] = usage(prompt_len, outs.iter().map(|o| o.tokens).sum());
             yield last;
         }
     };
@@ -743,17 +793,7 @@ async fn generate_choices(
     let serving = state.serving()?;
     let prompt_len = prompt.len();
     let model = adapter.clone().unwrap_or_else(|| state.model_name.clone());
-    let mut receivers = Vec::with_capacity(plan.n);
-    for i in 0..plan.n {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut params = plan.params.clone();
-        params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
-        let request =
-            GenRequest { prompt: prompt.clone(), adapter: adapter.clone(), sampler: Sampler::new(params), events: tx };
-        // A refusal drops the receivers made so far, which cancels their sequences.
-        serving.engine.submit(request).map_err(submit_error)?;
-        receivers.push(rx);
-    }
+    let receivers = submit_choices(serving, &prompt, &plan, &adapter)?;
     let text = serving.text.clone();
     let outputs = futures::future::join_all(receivers.into_iter().map(|mut rx| {
         let (text, stops) = (text.clone(), plan.stops.clone());
