@@ -4,7 +4,8 @@
 
 Greedy chat and completion with logprobs: each chosen token's log probability and the top alternatives equal
 transformers' log-softmax over the same context (f32, CPU) within 1e-3; the streamed chat carries the same entries;
-out-of-range requests are refused with 400. Exits non-zero with the failing check.
+`best_of` answers the seeded samples with the highest total log probability; out-of-range requests are refused with
+400. Exits non-zero with the failing check.
 """
 
 import sys
@@ -83,6 +84,26 @@ def main():
     except openai.BadRequestError as e:
         assert "echo" in str(e), e
     print(f"completion: {len(lps.tokens)} tokens match")
+
+    # best_of: of the same three seeded samples (seeds 9, 10, 11), the one with the highest total log probability.
+    three = client.completions.create(model=name, prompt=text, max_tokens=6, temperature=1.0, seed=9, n=3, logprobs=0)
+    totals = [sum(c.logprobs.token_logprobs) for c in three.choices]
+    best = client.completions.create(model=name, prompt=text, max_tokens=6, temperature=1.0, seed=9, best_of=3)
+    assert len(best.choices) == 1 and best.choices[0].logprobs is None, best
+    assert best.choices[0].text == three.choices[totals.index(max(totals))].text, (best, three)
+    assert best.usage.completion_tokens == three.usage.completion_tokens, (best.usage, three.usage)
+    two = client.completions.create(model=name, prompt=text, max_tokens=6, temperature=1.0, seed=9, n=2, best_of=3,
+                                    logprobs=1)
+    ranked = sorted(range(3), key=lambda i: -totals[i])[:2]
+    assert [c.text for c in two.choices] == [three.choices[i].text for i in ranked], (two, totals)
+    assert [c.index for c in two.choices] == [0, 1] and two.choices[0].logprobs is not None
+    print(f"best_of: totals {[round(t, 3) for t in totals]}, chose {totals.index(max(totals))}")
+    for kwargs, error in [({"best_of": 2, "n": 3}, "best_of"), ({"best_of": 2, "stream": True}, "stream")]:
+        try:
+            client.completions.create(model=name, prompt=text, max_tokens=2, **kwargs)
+            raise AssertionError(f"{kwargs} was accepted")
+        except openai.BadRequestError as e:
+            assert "best_of" in str(e) and error in str(e), e
 
     for kwargs, field in [
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),

@@ -204,6 +204,8 @@ struct CompletionRequest {
     echo: bool,
     /// Report the chosen tokens' log probabilities and this many alternatives (0 to 5).
     logprobs: Option<i64>,
+    /// Generate this many and answer the `n` best by total log probability.
+    best_of: Option<i64>,
     #[serde(flatten)]
     common: Common,
 }
@@ -232,7 +234,7 @@ const COMMON_FIELDS: &[&str] = &[
     "parallel_tool_calls",
 ];
 const CHAT_FIELDS: &[&str] = &["messages", "logprobs", "top_logprobs"];
-const COMPLETION_FIELDS: &[&str] = &["prompt", "echo", "logprobs"];
+const COMPLETION_FIELDS: &[&str] = &["prompt", "echo", "logprobs", "best_of"];
 
 /// OpenAI fields this server recognises but cannot honour yet, each with the values that ask for nothing: any other
 /// value is refused with a 400 naming the field, so a client never mistakes a dropped feature for a served one.
@@ -250,7 +252,7 @@ fn unsupported(field: &str, value: &Value) -> Option<&'static str> {
         "response_format" if value.get("type").and_then(Value::as_str) == Some("text") => return None,
         "response_format" => "structured output (json_object, json_schema) is not supported yet",
         "best_of" if value.as_u64() == Some(1) => return None,
-        "best_of" => "best_of is not supported yet; only one sequence per request",
+        "best_of" => "best_of is served by /v1/completions only",
         "logit_bias" => "logit_bias is not supported yet",
         "suffix" => "suffix (insertion) is not supported",
         "prediction" => "predicted outputs are not supported",
@@ -266,7 +268,8 @@ fn unsupported(field: &str, value: &Value) -> Option<&'static str> {
 fn check_fields(body: &Bytes, endpoint_fields: &[&str]) -> Result<(), ApiError> {
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else { return Ok(()) };
     for (field, value) in &fields {
-        if let Some(why) = unsupported(field, value) {
+        // An endpoint's own fields are served there, whatever the other endpoint cannot do with them.
+        if let Some(why) = unsupported(field, value).filter(|_| !endpoint_fields.contains(&field.as_str())) {
             return Err(ApiError::bad(field, format!("{field}: {why} by this server (kaito-inference)")));
         }
         let known = COMMON_FIELDS.contains(&field.as_str()) || endpoint_fields.contains(&field.as_str());
@@ -335,8 +338,12 @@ struct Plan {
     stops: Vec<String>,
     stream: bool,
     include_usage: bool,
-    /// Choices to generate (`n`).
+    /// Choices to generate: `best_of` when asked (completions), else `n`.
     n: usize,
+    /// Choices to answer (`n`): the `answer` of the `n` generated with the highest total log probability.
+    answer: usize,
+    /// The client asked for log probabilities (they may be computed for `best_of` alone).
+    logprobs_shown: bool,
 }
 
 /// Most choices one request may ask for (`n`).
@@ -345,6 +352,26 @@ const MAX_N: i64 = 64;
 /// Most alternatives per token: OpenAI's `top_logprobs` bound for chat, its `logprobs` bound for completions.
 const MAX_TOP_LOGPROBS_CHAT: i64 = 20;
 const MAX_LOGPROBS_COMPLETION: i64 = 5;
+
+/// Completions' `best_of`: generate `best_of` sequences and answer the `n` with the highest total log probability, as
+/// OpenAI does (not streamed; usage counts every sequence generated).
+fn with_best_of(mut plan: Plan, best_of: Option<i64>) -> Result<Plan, ApiError> {
+    let Some(b) = best_of else { return Ok(plan) };
+    if b < plan.answer as i64 || b > MAX_N {
+        return Err(ApiError::bad(
+            "best_of",
+            format!("best_of must be between n ({}) and {MAX_N}, got {b}", plan.answer),
+        ));
+    }
+    if b as usize > plan.answer {
+        if plan.stream {
+            return Err(ApiError::bad("best_of", "best_of cannot be streamed: the best are known only at the end"));
+        }
+        plan.n = b as usize;
+        plan.params.logprobs.get_or_insert(0);
+    }
+    Ok(plan)
+}
 
 /// Chat's `logprobs` and `top_logprobs` as the number of alternatives to report (`None`: no log probabilities).
 fn chat_logprobs_asked(logprobs: Option<bool>, top: Option<i64>) -> Result<Option<usize>, ApiError> {
@@ -479,6 +506,8 @@ fn plan(
         stream: c.stream,
         include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
         n: n as usize,
+        answer: n as usize,
+        logprobs_shown: logprobs.is_some(),
     })
 }
 
@@ -812,14 +841,21 @@ async fn generate_choices(
         }
     }))
     .await;
-    let mut choices = Vec::with_capacity(outputs.len());
-    let mut completion_tokens = 0;
-    for (index, out) in outputs.into_iter().enumerate() {
-        let out = out?;
-        completion_tokens += out.tokens;
+    let mut outs = outputs.into_iter().collect::<Result<Vec<Output>, ApiError>>()?;
+    // Every sequence generated counts, as OpenAI bills `best_of`.
+    let completion_tokens: usize = outs.iter().map(|o| o.tokens).sum();
+    if plan.answer < outs.len() {
+        let total = |o: &Output| o.logprobs.iter().map(|(_, lp)| lp.logprob as f64).sum::<f64>();
+        // Stable: among equals the earlier sequence wins.
+        let mut ranked: Vec<(f64, Output)> = outs.into_iter().map(|o| (total(&o), o)).collect();
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+        outs = ranked.into_iter().take(plan.answer).map(|(_, o)| o).collect();
+    }
+    let mut choices = Vec::with_capacity(outs.len());
+    for (index, out) in outs.into_iter().enumerate() {
         let finish = out.finish.unwrap_or(FinishReason::Length).as_str();
         let echoed = echo.clone().unwrap_or_default();
-        let logprobs = match (plan.params.logprobs.is_some(), kind) {
+        let logprobs = match (plan.logprobs_shown, kind) {
             (false, _) => Value::Null,
             (true, Kind::Chat) => chat_logprobs(&text, &out.logprobs),
             (true, Kind::Completion) => completion_logprobs(&text, &out.logprobs, echoed.len()),
@@ -911,7 +947,7 @@ async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
                 "echo with logprobs asks for the prompt's log probabilities, which are not supported yet; drop echo",
             ));
         }
-        let plan = plan(&req.common, prompt.len(), &serving.engine, "prompt", logprobs)?;
+        let plan = with_best_of(plan(&req.common, prompt.len(), &serving.engine, "prompt", logprobs)?, req.best_of)?;
         generate(&state, Kind::Completion, prompt, plan, req.echo.then_some(text), adapter).await
     }
     .await;
