@@ -89,6 +89,28 @@ pub fn download(repo: &str, revision: &str, dir: &Path, metrics: &Metrics) -> an
     Ok(target)
 }
 
+/// The directory of `--model`: `model` itself when it is one, else the artifact it names (`oci://REF`) pulled with
+/// `concurrency` layers at once, else the hub repository (`org/name`) at `revision` downloaded, both into `dir`.
+pub fn resolve_model(
+    model: &str,
+    revision: &str,
+    dir: &Path,
+    options: kaito_oci::Options,
+    concurrency: usize,
+    metrics: &Metrics,
+) -> anyhow::Result<PathBuf> {
+    let local = PathBuf::from(model);
+    if local.is_dir() {
+        Ok(local)
+    } else if let Some(reference) = model.strip_prefix(kaito_oci::SCHEME) {
+        pull_oci(reference, dir, options, concurrency, metrics)
+    } else if model.contains('/') && !model.starts_with(['.', '/']) {
+        download(model, revision, dir, metrics)
+    } else {
+        anyhow::bail!("--model {model}: no such directory, and not a hub id (org/name)")
+    }
+}
+
 /// Pull the model artifact `reference` (a ModelPack directory, as `kaito models push` makes) into
 /// `<dir>/<registry>--<repository>@<digest hex>` with `concurrency` layers at once, progress in logs and metrics;
 /// return that directory. Called from a blocking thread of the server's runtime.

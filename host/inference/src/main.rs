@@ -125,16 +125,14 @@ async fn main() -> anyhow::Result<()> {
     let loading = state.clone();
     tokio::task::spawn_blocking(move || {
         let result = (|| -> anyhow::Result<Serving> {
-            let local = PathBuf::from(&args.model);
-            let dir = if local.is_dir() {
-                local
-            } else if let Some(reference) = args.model.strip_prefix(kaito_oci::SCHEME) {
-                download::pull_oci(reference, &args.download_dir, options, args.pull_concurrency, &metrics)?
-            } else if args.model.contains('/') && !args.model.starts_with(['.', '/']) {
-                download::download(&args.model, &args.revision, &args.download_dir, &metrics)?
-            } else {
-                anyhow::bail!("--model {}: no such directory, and not a hub id (org/name)", args.model);
-            };
+            let dir = download::resolve_model(
+                &args.model,
+                &args.revision,
+                &args.download_dir,
+                options,
+                args.pull_concurrency,
+                &metrics,
+            )?;
             let max = args.max_model_len.unwrap_or(usize::MAX);
             let loaded = loader::load(&dir, device, kind, max)?;
             let config = EngineConfig {

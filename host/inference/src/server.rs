@@ -628,6 +628,15 @@ fn completion_logprobs(text: &TextModel, items: &[(u32, TokenLogprob)], offset: 
     json!({"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets})
 }
 
+/// A choice's `logprobs` in the endpoint's shape, or null when the client did not ask for them.
+fn choice_logprobs(shown: bool, kind: Kind, text: &TextModel, items: &[(u32, TokenLogprob)], offset: usize) -> Value {
+    match (shown, kind) {
+        (false, _) => Value::Null,
+        (true, Kind::Chat) => chat_logprobs(text, items),
+        (true, Kind::Completion) => completion_logprobs(text, items, offset),
+    }
+}
+
 fn usage(prompt: usize, completion: usize) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
@@ -749,17 +758,11 @@ async fn generate(
     };
     let stops = plan.stops.clone();
     let include_usage = plan.include_usage;
-    let with_logprobs = plan.params.logprobs.is_some();
+    let shown = plan.logprobs_shown;
     // Each chunk carries the log probabilities of the tokens that arrived since the last one.
     let logprobs_of = move |out: &mut Output, offset: usize| -> Value {
-        if !with_logprobs {
-            return Value::Null;
-        }
         let items = out.unsent_logprobs().to_vec();
-        match kind {
-            Kind::Chat => chat_logprobs(&text_for_logprobs, &items),
-            Kind::Completion => completion_logprobs(&text_for_logprobs, &items, offset),
-        }
+        choice_logprobs(shown, kind, &text_for_logprobs, &items, offset)
     };
     // Dropping the response (client gone) drops this stream and its receivers, which frees the engine's sequences.
     let stream = async_stream::stream! {
@@ -855,11 +858,7 @@ async fn generate_choices(
     for (index, out) in outs.into_iter().enumerate() {
         let finish = out.finish.unwrap_or(FinishReason::Length).as_str();
         let echoed = echo.clone().unwrap_or_default();
-        let logprobs = match (plan.logprobs_shown, kind) {
-            (false, _) => Value::Null,
-            (true, Kind::Chat) => chat_logprobs(&text, &out.logprobs),
-            (true, Kind::Completion) => completion_logprobs(&text, &out.logprobs, echoed.len()),
-        };
+        let logprobs = choice_logprobs(plan.logprobs_shown, kind, &text, &out.logprobs, echoed.len());
         choices.push(match kind {
             Kind::Chat => json!({"index": index, "message": {"role": "assistant", "content": out.text}, "logprobs": logprobs, "finish_reason": finish}),
             Kind::Completion => json!({"index": index, "text": format!("{echoed}{}", out.text), "logprobs": logprobs, "finish_reason": finish}),

@@ -101,6 +101,11 @@ pub fn owner_object_name(kind: &str, name: &str) -> String {
 /// used by the host's adapter pullers.
 pub const RUNTIME_IMAGE_TAG: &str = "0.1.0";
 
+/// Our runtime image under the registry prefix `image_registry` (e.g. `ghcr.io/kaito-rs`).
+pub fn runtime_image(image_registry: &str) -> String {
+    format!("{}/kaito-inference:{RUNTIME_IMAGE_TAG}", image_registry.trim_end_matches('/'))
+}
+
 /// Where a serving pod keeps its LoRA adapters: one directory per adapter, pulled by an init container the host adds
 /// before the server starts, mounted read-only into the server; presets name the directories in the server's flags.
 pub mod adapters {

@@ -60,13 +60,7 @@ impl Owner for Workspace {
 
     async fn apply(&self, ctx: &Context) -> Result<Action> {
         if let Err(e) = self.validate() {
-            let message = e.to_string();
-            let observed = Observed {
-                plan_error: Some(("InvalidWorkspace", &message)),
-                tuning: self.tuning.is_some(),
-                ..Default::default()
-            };
-            self.report(ctx, observed, None).await?;
+            self.report_refusal(ctx, "InvalidWorkspace", &e.to_string()).await?;
             return Ok(Action::await_change());
         }
         if self.tuning.is_some() {
@@ -75,16 +69,7 @@ impl Owner for Workspace {
         let nodes = selected_nodes(ctx, &self.match_labels()).await?;
         let rendered = match ctx.render(self, &nodes).await? {
             Ok(r) => r,
-            Err(e) => {
-                let message = e.to_string();
-                self.report(ctx, Observed { plan_error: Some((e.reason(), &message)), ..Default::default() }, None)
-                    .await?;
-                // A fixed spec brings a new generation; a missing BYO node or a plugin may recover on its own.
-                return Ok(match e {
-                    RenderError::Invalid(_) if ctx.mode != ProvisionerMode::BringYourOwn => Action::await_change(),
-                    _ => Action::requeue(ctx.config.retry),
-                });
-            }
+            Err(e) => return self.render_failed(ctx, e).await,
         };
         let target = self.target_node_count(&rendered);
         let claims = self.provision(ctx, &rendered.objects.nodes).await?;
@@ -134,6 +119,9 @@ trait Steps {
     fn target_node_count(&self, rendered: &Rendered) -> u32;
     async fn provision(&self, ctx: &Context, nodes: &[serde_json::Value]) -> Result<Vec<serde_json::Value>>;
     async fn apply_tuning(&self, ctx: &Context) -> Result<Action>;
+    async fn render_failed(&self, ctx: &Context, e: RenderError) -> Result<Action>;
+    async fn report_refusal(&self, ctx: &Context, reason: &str, message: &str) -> Result<()>;
+    async fn pods(&self, ctx: &Context) -> Result<Vec<Pod>>;
     async fn apply_job(&self, ctx: &Context, job: &Job, resource_ready: bool) -> Result<Option<Job>>;
     async fn apply_workload(&self, ctx: &Context, rendered: &Rendered) -> Result<(Option<StatefulSet>, Vec<Pod>)>;
     async fn report(&self, ctx: &Context, observed: Observed<'_>, target: Option<u32>) -> Result<&'static str>;
@@ -164,29 +152,42 @@ impl Steps for Workspace {
         Ok(claims)
     }
 
+    /// A render that failed, as the status's reason; a fixed spec brings a new generation, while a missing BYO node or
+    /// a plugin may recover on its own.
+    async fn render_failed(&self, ctx: &Context, e: RenderError) -> Result<Action> {
+        self.report_refusal(ctx, e.reason(), &e.to_string()).await?;
+        Ok(match e {
+            RenderError::Invalid(_) if ctx.mode != ProvisionerMode::BringYourOwn => Action::await_change(),
+            _ => Action::requeue(ctx.config.retry),
+        })
+    }
+
+    /// Every condition says why the Workspace cannot be made (the workload's condition as its kind names it).
+    async fn report_refusal(&self, ctx: &Context, reason: &str, message: &str) -> Result<()> {
+        let observed =
+            Observed { plan_error: Some((reason, message)), tuning: self.tuning.is_some(), ..Default::default() };
+        self.report(ctx, observed, None).await.map(drop)
+    }
+
+    /// The Workspace's pods (the StatefulSet's, or the tuning Job's), by the label both carry.
+    async fn pods(&self, ctx: &Context) -> Result<Vec<Pod>> {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), self.namespace());
+        let selector = format!("{WORKSPACE_LABEL}={}", self.name());
+        Ok(pods.list(&ListParams::default().labels(&selector)).await?.items)
+    }
+
     /// A tuning Workspace: its node as for inference, then its Job, and status from the Job (KAITO's applyTuning).
     async fn apply_tuning(&self, ctx: &Context) -> Result<Action> {
         let nodes = selected_nodes(ctx, &self.match_labels()).await?;
         let rendered = match ctx.render_tuning(self, &nodes).await? {
             Ok(r) => r,
-            Err(e) => {
-                let message = e.to_string();
-                let observed =
-                    Observed { plan_error: Some((e.reason(), &message)), tuning: true, ..Default::default() };
-                self.report(ctx, observed, None).await?;
-                return Ok(match e {
-                    RenderError::Invalid(_) if ctx.mode != ProvisionerMode::BringYourOwn => Action::await_change(),
-                    _ => Action::requeue(ctx.config.retry),
-                });
-            }
+            Err(e) => return self.render_failed(ctx, e).await,
         };
         let claims = self.provision(ctx, &rendered.nodes).await?;
         let uses_claims = ctx.mode == ProvisionerMode::NodeClaims;
         let resource_ready = status::resource_verdict(&claims, &nodes, 1, uses_claims).ready;
         let job = self.apply_job(ctx, &rendered.job, resource_ready).await?;
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), self.namespace());
-        let selector = format!("{WORKSPACE_LABEL}={}", self.name());
-        let pods = pods.list(&ListParams::default().labels(&selector)).await?.items;
+        let pods = self.pods(ctx).await?;
         let observed = Observed {
             target_nodes: 1,
             claims: &claims,
@@ -248,10 +249,7 @@ impl Steps for Workspace {
             apply(ctx, ns, svc).await?;
         }
         let applied = apply(ctx, ns, &rendered.objects.statefulset).await?;
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-        let selector = format!("{WORKSPACE_LABEL}={}", self.name());
-        let pods = pods.list(&ListParams::default().labels(&selector)).await?.items;
-        Ok((Some(applied), pods))
+        Ok((Some(applied), self.pods(ctx).await?))
     }
 
     async fn report(&self, ctx: &Context, observed: Observed<'_>, target: Option<u32>) -> Result<&'static str> {

@@ -214,11 +214,6 @@ fn plan_container(ws: &Workspace, w: &WorkloadPlan) -> Container {
     }
 }
 
-/// The image of our runtime (`kaito-inference`, `kaito-tune`, `kaito-pull`) under `image_registry`.
-pub(crate) fn runtime_image(image_registry: &str) -> String {
-    format!("{}/kaito-inference:{}", image_registry.trim_end_matches('/'), kaito_names::RUNTIME_IMAGE_TAG)
-}
-
 /// Where the Docker config of registry secret `name` is mounted ([`registry_credentials`]).
 pub(crate) fn registry_config_path(name: &str) -> String {
     format!("{REGISTRY_DIR}/{name}.json")
@@ -304,7 +299,7 @@ fn adapter_pullers(
             }
             Container {
                 name: format!("pull-adapter-{i}"),
-                image: Some(runtime_image(image_registry)),
+                image: Some(kaito_names::runtime_image(image_registry)),
                 command: Some(vec!["kaito-pull".into()]),
                 args: Some(args),
                 volume_mounts: Some(mounts.clone()),

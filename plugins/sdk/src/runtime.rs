@@ -326,7 +326,7 @@ pub fn workload(
                     });
                 }
             }
-            let image = format!("{}/kaito-inference:{TCH_IMAGE_TAG}", request.image_registry.trim_end_matches('/'));
+            let image = kaito_names::runtime_image(&request.image_registry);
             (
                 image,
                 vec!["kaito-inference".to_string()],

@@ -2,7 +2,7 @@
 //! data and writing the adapter where the host mounted or named them.
 
 use crate::catalog::{ModelSpec, resolve_at};
-use crate::runtime::{TCH_ARCHITECTURES, TCH_IMAGE_TAG, WEIGHTS_DIR, hf_token_env, pod_volumes};
+use crate::runtime::{TCH_ARCHITECTURES, WEIGHTS_DIR, hf_token_env, pod_volumes};
 use crate::{
     ErrorKind, GpuShape, Parallelism, PluginError, Port, ResourcePlan, TuneInput, TuneOutput, TunePlan, TuneRequest,
     VolumeSource, WorkloadPlan,
@@ -125,7 +125,7 @@ pub fn tune(
     }
     args.extend(["--metrics-port".into(), METRICS_PORT.to_string()]);
     let env = hf_token_env(request.model_access_secret.as_ref());
-    let image = format!("{}/kaito-inference:{TCH_IMAGE_TAG}", request.image_registry.trim_end_matches('/'));
+    let image = kaito_names::runtime_image(&request.image_registry);
     Ok(TunePlan {
         runtime: "tch".into(),
         notes,

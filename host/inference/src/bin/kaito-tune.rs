@@ -89,7 +89,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let _entered = runtime.enter();
     let fetched = kaito_inference::metrics::Metrics::default();
-    let model = fetch_model(&args, &options, &fetched)?;
+    let model = download::resolve_model(&args.model, &args.revision, &args.download_dir, options.clone(), 4, &fetched)?;
     let mut data = Vec::new();
     for (i, d) in args.data.iter().enumerate() {
         let into = args.download_dir.join("data").join(i.to_string());
@@ -122,24 +122,6 @@ fn main() -> anyhow::Result<()> {
         println!("{pinned}");
     }
     Ok(())
-}
-
-/// The base model's directory: as given, downloaded from the hub, or pulled.
-fn fetch_model(
-    args: &Args,
-    options: &kaito_oci::Options,
-    metrics: &kaito_inference::metrics::Metrics,
-) -> anyhow::Result<PathBuf> {
-    let local = PathBuf::from(&args.model);
-    if local.is_dir() {
-        Ok(local)
-    } else if let Some(reference) = args.model.strip_prefix(kaito_oci::SCHEME) {
-        download::pull_oci(reference, &args.download_dir, options.clone(), 4, metrics)
-    } else if args.model.contains('/') && !args.model.starts_with(['.', '/']) {
-        download::download(&args.model, &args.revision, &args.download_dir, metrics)
-    } else {
-        anyhow::bail!("--model {}: no such directory, and not a hub id (org/name)", args.model)
-    }
 }
 
 /// Pushes the final adapter files of `output` (not its checkpoints) as a ModelPack artifact; returns the reference
