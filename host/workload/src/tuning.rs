@@ -149,7 +149,10 @@ fn request_and_mounts(
         }
         _ => return Err(FieldError::new("tuning.output", "needs exactly one of image or volumeSource")),
     };
-    secrets.dedup();
+    // A secret named twice (as a pull and as the push secret) is mounted once: a projected volume with one path twice
+    // is refused by the API server. The first mention keeps its place (the trainer's merge lets the first win).
+    let mut seen = std::collections::BTreeSet::new();
+    secrets.retain(|s| seen.insert(s.clone()));
     let registry_configs: Vec<String> = secrets.iter().map(|s| objects::registry_config_path(s)).collect();
     mounts.extend(objects::registry_credentials(&secrets));
     let preset = tuning.preset.clone().unwrap_or_default();
@@ -202,7 +205,42 @@ pub fn render_tuning(registry: &Registry, ws: &Workspace, opts: &RenderOptions) 
 
 #[cfg(test)]
 mod tests {
-    use super::check_data_url;
+    use super::{check_data_url, request_and_mounts};
+
+    /// One secret used to pull the data and to push the adapter is mounted once, where the trainer is told it is.
+    #[test]
+    fn a_secret_named_twice_is_mounted_once() {
+        let ws = kaito_crd::Workspace::from_yaml(
+            "apiVersion: kaito.sh/v1beta1
+kind: Workspace
+metadata:
+  name: ws
+resource:
+  instanceType: Standard_NC24ads_A100_v4
+  labelSelector:
+    matchLabels:
+      app: ws
+tuning:
+  preset:
+    name: phi-3-mini-4k-instruct
+  method: lora
+  input:
+    image: registry.example.com/data:1
+    imagePullSecrets: [shared, other]
+  output:
+    image: registry.example.com/adapter:1
+    imagePushSecret: shared
+",
+        )
+        .unwrap();
+        let (request, mounts) =
+            request_and_mounts(&ws, ws.tuning.as_ref().unwrap(), "phi-3-mini-4k-instruct", "ghcr.io/kaito-rs").unwrap();
+        assert_eq!(request.registry_configs, ["/mnt/registry/shared.json", "/mnt/registry/other.json"]);
+        let credentials = mounts.iter().find(|m| m.volume.name == "registry-credentials").unwrap();
+        let sources = credentials.volume.projected.as_ref().unwrap().sources.as_ref().unwrap();
+        let names: Vec<&str> = sources.iter().map(|s| s.secret.as_ref().unwrap().name.as_str()).collect();
+        assert_eq!(names, ["shared", "other"]);
+    }
 
     /// KAITO's data-URL cases: public http(s) passes; other schemes, local names, metadata hosts and private,
     /// loopback or link-local addresses do not.
