@@ -486,3 +486,24 @@ fn an_inferenceset_renders_its_workspaces_within_the_node_limit() {
     assert_ne!(byo.code, 0);
     assert!(byo.stderr.contains("spec.template.resource.instanceType: must be empty"), "{}", byo.stderr);
 }
+
+/// A preset naming a tool-call parser passes it to the server as vLLM's flag on either runtime: Qwen 2.5 Coder
+/// (hermes) served by tch, then by vLLM.
+#[test]
+fn the_presets_tool_call_parser_reaches_both_runtimes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::fs::read_to_string(root().join(SEED))
+        .unwrap()
+        .replace("phi-3.5-mini-instruct", "qwen2.5-coder-7b-instruct");
+    let file = dir.path().join("ws.yaml");
+    std::fs::write(&file, &src).unwrap();
+    let run = render(&["-f", &file.display().to_string()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("kaito-inference"), "served by tch: {}", run.stdout);
+    assert!(run.stdout.contains("- --tool-call-parser\n        - hermes\n"), "{}", run.stdout);
+    let vllm = src.replace("metadata:\n", "metadata:\n  annotations:\n    kaito.sh/runtime: vllm\n");
+    std::fs::write(&file, vllm).unwrap();
+    let run = render(&["-f", &file.display().to_string()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("--tool-call-parser=hermes") && run.stdout.contains("--enable-auto-tool-choice"));
+}

@@ -24,12 +24,21 @@ async fn one(engine: &Engine, prompt: Vec<u32>) -> (f64, f64) {
     one_with(engine, prompt, None).await
 }
 
+/// Greedy, [`NEW_TOKENS`] long whatever the model says.
+fn greedy() -> Sampler {
+    Sampler::new(SamplingParams { temperature: 0.0, max_tokens: NEW_TOKENS, ignore_eos: true, ..Default::default() })
+}
+
 /// [`one`], generating with the loaded adapter `adapter`.
 async fn one_with(engine: &Engine, prompt: Vec<u32>, adapter: Option<String>) -> (f64, f64) {
+    one_sampled(engine, prompt, adapter, greedy()).await
+}
+
+/// [`one_with`], choosing tokens with `sampler`.
+async fn one_sampled(engine: &Engine, prompt: Vec<u32>, adapter: Option<String>, sampler: Sampler) -> (f64, f64) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let params = SamplingParams { temperature: 0.0, max_tokens: NEW_TOKENS, ignore_eos: true, ..Default::default() };
     let start = Instant::now();
-    engine.submit(GenRequest { prompt, adapter, sampler: Sampler::new(params), events: tx }).unwrap();
+    engine.submit(GenRequest { prompt, adapter, sampler, events: tx }).unwrap();
     let (mut first, mut count) = (None, 0);
     while let Some(e) = rx.recv().await {
         match e {
@@ -76,6 +85,13 @@ fn transformers(dir: &Path, prompt: &[u32], threads: i32, adapter: Option<&Path>
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Aggregate tokens/s of `n` requests at once, each choosing tokens with `sampler()`.
+async fn aggregate_sampled(engine: &Engine, prompt: &[u32], n: usize, sampler: impl Fn() -> Sampler) -> f64 {
+    let start = Instant::now();
+    futures::future::join_all((0..n).map(|_| one_sampled(engine, prompt.to_vec(), None, sampler()))).await;
+    (n * NEW_TOKENS) as f64 / start.elapsed().as_secs_f64()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let threads: i32 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1);
@@ -117,6 +133,23 @@ async fn main() {
         let agg = aggregate(&engine, &prompts, n).await;
         println!("| {n} | {agg:.1} | {:.2}x |", agg / single);
     }
+
+    // Structured output: the same decoding under a JSON schema (llguidance's token mask on every step). The schema
+    // asks for more items than fit, so every run is NEW_TOKENS long and ends on max_tokens, as the free one does.
+    let schema = serde_json::json!({"type": "array", "items": {"type": "string", "maxLength": 24}, "minItems": 64});
+    let grammars = text.grammars.as_ref().expect("grammars for SmolLM2");
+    let json_prompt = common::chat_prompt(&text, "List fruits as a JSON array of strings.");
+    let constrained = || greedy().constrained(Some(grammars.json(&schema).expect("schema compiles")));
+    one_sampled(&engine, json_prompt.clone(), None, constrained()).await; // warm-up
+    let (_, free) = one_sampled(&engine, json_prompt.clone(), None, greedy()).await;
+    let (_, json) = one_sampled(&engine, json_prompt.clone(), None, constrained()).await;
+    let free16 = aggregate_sampled(&engine, &json_prompt, 16, greedy).await;
+    let json16 = aggregate_sampled(&engine, &json_prompt, 16, constrained).await;
+    println!();
+    println!("| structured output (json_schema) | free tokens/s | constrained tokens/s | constrained / free |");
+    println!("|---|---:|---:|---:|");
+    println!("| batch 1 decode | {free:.1} | {json:.1} | {:.2}x |", json / free);
+    println!("| 16 concurrent, aggregate | {free16:.1} | {json16:.1} | {:.2}x |", json16 / free16);
 
     // LoRA: four peft-made adapters, rank 16 on all seven projections of every layer.
     let work = tempfile::tempdir().unwrap();

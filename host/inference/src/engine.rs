@@ -393,7 +393,14 @@ impl Scheduler {
             }
             let raw = &flat[row * vocab..(row + 1) * vocab];
             let mut row_logits = raw.to_vec();
-            let token = seq.sampler.sample(&mut row_logits);
+            let token = match seq.sampler.sample(&mut row_logits) {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = seq.events.send(Event::Failed(e));
+                    finished.push(i);
+                    continue;
+                }
+            };
             // From the model's logits, before the sampler's penalties changed them.
             let logprob = seq.sampler.params().logprobs.map(|top| crate::sampling::logprobs(raw, token, top));
             seq.tokens.push(token);
@@ -404,14 +411,17 @@ impl Scheduler {
             }
             seq.last_token = Some(now);
             self.metrics.generated(1);
-            let reason = if self.stop_ids.contains(&token) && !seq.sampler.params().ignore_eos {
+            let eos = self.stop_ids.contains(&token);
+            // EOS, or the end of the request's grammar (structured output).
+            let reason = if (eos && !seq.sampler.params().ignore_eos) || seq.sampler.grammar_done() {
                 Some(FinishReason::Stop)
             } else if seq.generated() >= seq.sampler.params().max_tokens || seq.tokens.len() >= self.model.max_context {
                 Some(FinishReason::Length)
             } else {
                 None
             };
-            let sent = if reason == Some(FinishReason::Stop) {
+            // EOS ends the text unsent; the token completing a grammar is text.
+            let sent = if reason == Some(FinishReason::Stop) && eos {
                 true
             } else {
                 seq.events.send(Event::Token(token, logprob)).is_ok()

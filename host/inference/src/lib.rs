@@ -7,6 +7,7 @@
 pub mod config;
 pub mod download;
 pub mod engine;
+pub mod grammar;
 pub mod loader;
 pub mod lora;
 pub mod metrics;
@@ -14,6 +15,7 @@ pub mod models;
 pub mod sampling;
 pub mod server;
 pub mod text;
+pub mod tools;
 pub mod tune;
 
 /// Logging for the command-line tools (`kaito-tune`, `kaito-pull`): `RUST_LOG` or info, on stderr (stdout carries

@@ -71,6 +71,14 @@ struct Args {
     /// turned on by VLLM_ALLOW_RUNTIME_LORA_UPDATING=true, as in vLLM).
     #[arg(long)]
     allow_runtime_lora_updating: bool,
+    /// How the model writes tool calls, by vLLM's parser names (hermes, llama3_json, mistral); without it, requests
+    /// with tools are refused. The preset's plan passes the one its model uses.
+    #[arg(long, value_name = "NAME")]
+    tool_call_parser: Option<String>,
+    /// vLLM's switch for `tool_choice: auto`; accepted for the same command lines, as auto is served whenever a
+    /// parser is named.
+    #[arg(long)]
+    enable_auto_tool_choice: bool,
     /// Intra-op CPU threads (default: libtorch's choice).
     #[arg(long)]
     threads: Option<i32>,
@@ -110,6 +118,19 @@ async fn main() -> anyhow::Result<()> {
             download::pull_oci(reference, &dir.join("adapters"), options.clone(), concurrency, &metrics)
         })
     };
+    let tool_parser = match args.tool_call_parser.as_deref() {
+        None => None,
+        Some(name) => Some(kaito_inference::tools::Parser::named(name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--tool-call-parser {name}: this server reads {}",
+                kaito_names::tool_parsers::TCH.join(", ")
+            )
+        })?),
+    };
+    anyhow::ensure!(
+        !args.enable_auto_tool_choice || tool_parser.is_some(),
+        "--enable-auto-tool-choice needs --tool-call-parser"
+    );
     let lora = Lora { runtime_updates, fetch: Some(fetch), ..Lora::default() };
     let state = AppState {
         serving: Arc::new(OnceLock::new()),
@@ -118,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
         aliases,
         metrics: metrics.clone(),
         lora: lora.clone(),
+        tool_parser,
     };
     let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -1,5 +1,6 @@
 //! Choosing the next token: penalties, temperature, top-k, top-p, seeded randomness.
 
+use crate::grammar::Constraint;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -38,11 +39,12 @@ impl Default for SamplingParams {
     }
 }
 
-/// A sequence's sampler: its random stream and its token counts for penalties.
+/// A sequence's sampler: its random stream, its token counts for penalties and its grammar, if any.
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
     counts: HashMap<u32, u32>,
+    constraint: Option<Constraint>,
 }
 
 impl Sampler {
@@ -52,7 +54,18 @@ impl Sampler {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_os_rng(),
         };
-        Sampler { params, rng, counts: HashMap::new() }
+        Sampler { params, rng, counts: HashMap::new(), constraint: None }
+    }
+
+    /// Samples only what `constraint` allows (structured output).
+    pub fn constrained(mut self, constraint: Option<Constraint>) -> Self {
+        self.constraint = constraint;
+        self
+    }
+
+    /// The grammar is complete: the sequence ends with the token just sampled.
+    pub fn grammar_done(&self) -> bool {
+        self.constraint.as_ref().is_some_and(Constraint::done)
     }
 
     /// The request's parameters.
@@ -60,8 +73,12 @@ impl Sampler {
         &self.params
     }
 
-    /// Pick the next token from `logits` and remember it.
-    pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+    /// Pick the next token from `logits` (masked by the grammar first) and remember it; `Err` when the grammar
+    /// fails (a library fault: it never refuses a token its own mask allowed).
+    pub fn sample(&mut self, logits: &mut [f32]) -> Result<u32, String> {
+        if let Some(c) = self.constraint.as_mut() {
+            c.mask(logits).map_err(|e| format!("structured output: {e}"))?;
+        }
         let p = &self.params;
         if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
             for (&t, &c) in &self.counts {
@@ -72,7 +89,10 @@ impl Sampler {
         }
         let token = if p.temperature <= 0.0 || p.top_k == 1 { argmax(logits) } else { self.draw(logits) };
         *self.counts.entry(token).or_default() += 1;
-        token
+        if let Some(c) = self.constraint.as_mut() {
+            c.commit(token).map_err(|e| format!("structured output: {e}"))?;
+        }
+        Ok(token)
     }
 
     fn draw(&mut self, logits: &[f32]) -> u32 {
@@ -165,10 +185,10 @@ mod tests {
     #[test]
     fn greedy_and_penalties() {
         let mut s = Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() });
-        assert_eq!(s.sample(&mut [0.1, 2.0, 1.9]), 1);
+        assert_eq!(s.sample(&mut [0.1, 2.0, 1.9]).unwrap(), 1);
         let mut s = Sampler::new(SamplingParams { temperature: 0.0, frequency_penalty: 0.5, ..Default::default() });
-        assert_eq!(s.sample(&mut [0.1, 2.0, 1.9]), 1);
-        assert_eq!(s.sample(&mut [0.1, 2.0, 1.9]), 2, "the repeated token is penalised");
+        assert_eq!(s.sample(&mut [0.1, 2.0, 1.9]).unwrap(), 1);
+        assert_eq!(s.sample(&mut [0.1, 2.0, 1.9]).unwrap(), 2, "the repeated token is penalised");
     }
 
     #[test]
@@ -176,11 +196,11 @@ mod tests {
         let logits = vec![1.0, 1.1, 0.9, 1.05, -5.0];
         let run = |seed| {
             let mut s = Sampler::new(SamplingParams { seed: Some(seed), top_k: 3, ..Default::default() });
-            (0..50).map(|_| s.sample(&mut logits.clone())).collect::<Vec<_>>()
+            (0..50).map(|_| s.sample(&mut logits.clone()).unwrap()).collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert!(run(7).iter().all(|t| [0, 1, 3].contains(t)), "only the top 3 are drawn");
         let mut s = Sampler::new(SamplingParams { seed: Some(1), top_p: 0.01, ..Default::default() });
-        assert!((0..20).all(|_| s.sample(&mut logits.clone()) == 1), "a tiny top_p keeps only the best");
+        assert!((0..20).all(|_| s.sample(&mut logits.clone()).unwrap() == 1), "a tiny top_p keeps only the best");
     }
 }

@@ -2,9 +2,11 @@
 //! streaming. Generation itself is the engine's.
 
 use crate::engine::{Engine, Event, FinishReason, GenRequest, SubmitError};
+use crate::grammar::Constraint;
 use crate::metrics::Metrics;
 use crate::sampling::{Sampler, SamplingParams, TokenLogprob};
 use crate::text::{Detokenizer, Message, TextModel};
+use crate::tools::{Piece, Reader, Reading, Tool, ToolChoice};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// LoRA adapters served beside the base model.
     pub lora: Lora,
+    /// How the model writes tool calls (`--tool-call-parser`); `None`: requests with tools are refused.
+    pub tool_parser: Option<crate::tools::Parser>,
 }
 
 /// A loaded adapter as the HTTP layer knows it (the tensors live on the engine thread).
@@ -177,9 +181,33 @@ struct Common {
     ignore_eos: bool,
 }
 
+/// `response_format`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+#[derive(Debug, Deserialize)]
+struct JsonSchemaFormat {
+    #[allow(dead_code)]
+    name: String,
+    schema: Option<Value>,
+}
+
 #[derive(Debug, Deserialize)]
 struct ChatRequest {
     messages: Vec<Message>,
+    /// Functions the model may call.
+    tools: Option<Vec<Tool>>,
+    /// `none`, `auto`, `required` or a named function (checked by [`ToolChoice::parse`]).
+    tool_choice: Option<Value>,
+    /// Whether an `auto` answer may hold several calls (default true).
+    parallel_tool_calls: Option<bool>,
+    /// Output constrained to JSON (`json_object`) or to a JSON schema (`json_schema`).
+    response_format: Option<ResponseFormat>,
     /// Report the chosen tokens' log probabilities.
     logprobs: Option<bool>,
     /// With `logprobs`, this many alternatives per token (0 to 20).
@@ -233,7 +261,8 @@ const COMMON_FIELDS: &[&str] = &[
     "service_tier",
     "parallel_tool_calls",
 ];
-const CHAT_FIELDS: &[&str] = &["messages", "logprobs", "top_logprobs"];
+const CHAT_FIELDS: &[&str] =
+    &["messages", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls", "response_format"];
 const COMPLETION_FIELDS: &[&str] = &["prompt", "echo", "logprobs", "best_of"];
 
 /// OpenAI fields this server recognises but cannot honour yet, each with the values that ask for nothing: any other
@@ -246,11 +275,15 @@ fn unsupported(field: &str, value: &Value) -> Option<&'static str> {
         || value.as_str() == Some("")
         || value.as_u64() == Some(0);
     let why = match field {
-        "tools" | "functions" => "tool calling is not supported yet",
-        "tool_choice" | "function_call" if value.as_str() == Some("none") => return None,
-        "tool_choice" | "function_call" => "tool calling is not supported yet",
+        "tools" => "tool calling is served by /v1/chat/completions",
+        "tool_choice" if value.as_str() == Some("none") => return None,
+        "tool_choice" => "tool calling is served by /v1/chat/completions",
+        "functions" | "function_call" if value.as_str() == Some("none") => return None,
+        "functions" | "function_call" => {
+            "functions and function_call are OpenAI's deprecated form; send tools and tool_choice"
+        }
         "response_format" if value.get("type").and_then(Value::as_str) == Some("text") => return None,
-        "response_format" => "structured output (json_object, json_schema) is not supported yet",
+        "response_format" => "structured output (json_object, json_schema) is served by /v1/chat/completions",
         "best_of" if value.as_u64() == Some(1) => return None,
         "best_of" => "best_of is served by /v1/completions only",
         "logit_bias" => "logit_bias is not supported yet",
@@ -344,6 +377,10 @@ struct Plan {
     answer: usize,
     /// The client asked for log probabilities (they may be computed for `best_of` alone).
     logprobs_shown: bool,
+    /// The grammar every choice's output follows (structured output, forced tool calls).
+    constraint: Option<Constraint>,
+    /// How the output is read when the request has tools.
+    reading: Option<Reading>,
 }
 
 /// Most choices one request may ask for (`n`).
@@ -508,6 +545,8 @@ fn plan(
         n: n as usize,
         answer: n as usize,
         logprobs_shown: logprobs.is_some(),
+        constraint: None,
+        reading: None,
     })
 }
 
@@ -523,12 +562,17 @@ struct Output {
     logprobs: Vec<(u32, TokenLogprob)>,
     /// Of `logprobs`, those already sent (streaming).
     logprobs_sent: usize,
+    /// Reads tool calls out of the text, when the request has tools.
+    reader: Option<Reader>,
 }
 
 impl Output {
-    fn new() -> Self {
+    fn new(reading: Option<&Reading>) -> Self {
+        // Llama 3's and Mistral's call markers are special tokens: their parsers read them in the text.
+        let special = matches!(reading, Some(Reading::Auto { parser, .. }) if parser.needs_special_tokens());
         Output {
-            detok: Detokenizer::default(),
+            detok: Detokenizer::new(special),
+            reader: reading.cloned().map(Reader::new),
             text: String::new(),
             sent: 0,
             tokens: 0,
@@ -675,8 +719,8 @@ fn submit_choices(
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let mut params = plan.params.clone();
         params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
-        let request =
-            GenRequest { prompt: prompt.to_vec(), adapter: adapter.clone(), sampler: Sampler::new(params), events: tx };
+        let sampler = Sampler::new(params).constrained(plan.constraint.as_ref().map(Constraint::fork));
+        let request = GenRequest { prompt: prompt.to_vec(), adapter: adapter.clone(), sampler, events: tx };
         serving.engine.submit(request).map_err(submit_error)?;
         receivers.push(rx);
     }
@@ -713,6 +757,26 @@ async fn next_event(
     .await
 }
 
+/// A chat delta's JSON for a streamed piece of an answer with tools.
+fn piece_delta(piece: Piece) -> Value {
+    match piece {
+        Piece::Content(t) => json!({"content": t}),
+        Piece::Start { index, id, name } => json!({"tool_calls": [{"index": index, "id": id, "type": "function",
+            "function": {"name": name, "arguments": ""}}]}),
+        Piece::Arguments { index, delta } => {
+            json!({"tool_calls": [{"index": index, "function": {"arguments": delta}}]})
+        }
+    }
+}
+
+/// A choice's finish reason: `tool_calls` when it called a function, else the engine's.
+fn finish_reason(out: &Output) -> &'static str {
+    if out.reader.as_ref().is_some_and(Reader::called) {
+        return "tool_calls";
+    }
+    out.finish.unwrap_or(FinishReason::Length).as_str()
+}
+
 async fn generate(
     state: &AppState,
     kind: Kind,
@@ -734,31 +798,19 @@ async fn generate(
     let (id, created) = (request_id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }), now());
     let text = serving.text.clone();
     let text_for_logprobs = serving.text.clone();
-    let chunk = move |index: usize,
-                      delta: Option<String>,
-                      finish: Option<&str>,
-                      first: bool,
-                      logprobs: Value|
-          -> Value {
+    // `delta`: chat's delta object, or the completion's text.
+    let chunk = move |index: usize, delta: Value, finish: Option<&str>, logprobs: Value| -> Value {
         match kind {
-            Kind::Chat => {
-                let mut d = json!({});
-                if first {
-                    d["role"] = json!("assistant");
-                }
-                if let Some(t) = delta {
-                    d["content"] = json!(t);
-                }
-                json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                       "choices": [{"index": index, "delta": d, "logprobs": logprobs, "finish_reason": finish}]})
-            }
+            Kind::Chat => json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                       "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}),
             Kind::Completion => json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                       "choices": [{"index": index, "text": delta.unwrap_or_default(), "logprobs": logprobs, "finish_reason": finish}]}),
+                       "choices": [{"index": index, "text": delta.as_str().unwrap_or_default(), "logprobs": logprobs, "finish_reason": finish}]}),
         }
     };
     let stops = plan.stops.clone();
     let include_usage = plan.include_usage;
     let shown = plan.logprobs_shown;
+    let reading = plan.reading.clone();
     // Each chunk carries the log probabilities of the tokens that arrived since the last one.
     let logprobs_of = move |out: &mut Output, offset: usize| -> Value {
         let items = out.unsent_logprobs().to_vec();
@@ -766,12 +818,15 @@ async fn generate(
     };
     // Dropping the response (client gone) drops this stream and its receivers, which frees the engine's sequences.
     let stream = async_stream::stream! {
-        let mut outs: Vec<Output> = (0..n).map(|_| Output::new()).collect();
+        let mut outs: Vec<Output> = (0..n).map(|_| Output::new(reading.as_ref())).collect();
         let opening = if kind == Kind::Chat { Some(String::new()) } else { echo };
         let mut offsets = vec![opening.as_ref().map_or(0, String::len); n];
-        if opening.is_some() || kind == Kind::Chat {
-            for i in 0..n {
-                yield chunk(i, opening.clone(), None, true, Value::Null);
+        for i in 0..n {
+            match kind {
+                Kind::Chat => yield chunk(i, json!({"role": "assistant", "content": ""}), None, Value::Null),
+                Kind::Completion => if let Some(o) = &opening {
+                    yield chunk(i, json!(o), None, Value::Null);
+                }
             }
         }
         let mut start = 0;
@@ -785,22 +840,34 @@ async fn generate(
                 }
             };
             let delta = out.ready(&stops, done);
-            if !delta.is_empty() {
+            let pieces: Vec<Value> = match out.reader.as_mut() {
+                None if delta.is_empty() => vec![],
+                None if kind == Kind::Chat => vec![json!({"content": delta})],
+                None => vec![json!(delta)],
+                Some(reader) => {
+                    let mut pieces = reader.push(&delta);
+                    if done {
+                        pieces.extend(reader.finish());
+                    }
+                    pieces.into_iter().map(piece_delta).collect()
+                }
+            };
+            for delta_json in pieces {
                 let logprobs = logprobs_of(out, offsets[i]);
-                offsets[i] += delta.len();
-                yield chunk(i, Some(delta), None, false, logprobs);
+                offsets[i] += delta_json.as_str().or(delta_json["content"].as_str()).map_or(0, str::len);
+                yield chunk(i, delta_json, None, logprobs);
             }
             if done {
                 // Ends the engine's sequence early when a stop string hit first.
                 receivers[i] = None;
-                let finish = out.finish.unwrap_or(FinishReason::Length).as_str();
                 let logprobs =
                     if out.logprobs_sent < out.logprobs.len() { logprobs_of(out, offsets[i]) } else { Value::Null };
-                yield chunk(i, None, Some(finish), false, logprobs);
+                let empty = if kind == Kind::Chat { json!({}) } else { json!("") };
+                yield chunk(i, empty, Some(finish_reason(out)), logprobs);
             }
         }
         if include_usage {
-            let mut last = chunk(0, None, None, false, Value::Null);
+            let mut last = chunk(0, Value::Null, None, Value::Null);
             last["choices"] = json!([]);
             last["usage"] = usage(prompt_len, outs.iter().map(|o| o.tokens).sum());
             yield last;
@@ -828,9 +895,9 @@ async fn generate_choices(
     let receivers = submit_choices(serving, &prompt, &plan, &adapter)?;
     let text = serving.text.clone();
     let outputs = futures::future::join_all(receivers.into_iter().map(|mut rx| {
-        let (text, stops) = (text.clone(), plan.stops.clone());
+        let (text, stops, reading) = (text.clone(), plan.stops.clone(), plan.reading.clone());
         async move {
-            let mut out = Output::new();
+            let mut out = Output::new(reading.as_ref());
             while let Some(event) = rx.recv().await {
                 if out.push(&text, event, &stops)? {
                     break;
@@ -855,12 +922,25 @@ async fn generate_choices(
         outs = ranked.into_iter().take(plan.answer).map(|(_, o)| o).collect();
     }
     let mut choices = Vec::with_capacity(outs.len());
-    for (index, out) in outs.into_iter().enumerate() {
-        let finish = out.finish.unwrap_or(FinishReason::Length).as_str();
+    for (index, mut out) in outs.into_iter().enumerate() {
         let echoed = echo.clone().unwrap_or_default();
         let logprobs = choice_logprobs(plan.logprobs_shown, kind, &text, &out.logprobs, echoed.len());
+        let mut message = json!({"role": "assistant", "content": out.text});
+        if let Some(reader) = out.reader.as_mut() {
+            let mut pieces = reader.push(&out.text);
+            pieces.extend(reader.finish());
+            let (content, calls) = crate::tools::collect(pieces);
+            message["content"] = json!(content);
+            if !calls.is_empty() {
+                message["tool_calls"] = calls
+                    .into_iter()
+                    .map(|(id, c)| json!({"id": id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                    .collect();
+            }
+        }
+        let finish = finish_reason(&out);
         choices.push(match kind {
-            Kind::Chat => json!({"index": index, "message": {"role": "assistant", "content": out.text}, "logprobs": logprobs, "finish_reason": finish}),
+            Kind::Chat => json!({"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}),
             Kind::Completion => json!({"index": index, "text": format!("{echoed}{}", out.text), "logprobs": logprobs, "finish_reason": finish}),
         });
     }
@@ -875,34 +955,159 @@ async fn generate_choices(
     Ok(axum::Json(body).into_response())
 }
 
+/// The grammar compiler, or a 400 naming `field` when this tokenizer has none.
+fn grammars<'a>(text: &'a TextModel, field: &str) -> Result<&'a crate::grammar::Grammars, ApiError> {
+    text.grammars
+        .as_ref()
+        .map_err(|e| ApiError::bad(field, format!("structured output is unavailable for this model's tokenizer: {e}")))
+}
+
+/// Checks the history's roles and tool turns; `developer` becomes `system`, as templates know only the latter.
+fn chat_messages(messages: Vec<Message>) -> Result<Vec<Message>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::bad("messages", "messages must hold at least one message"));
+    }
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut m)| {
+            let field = |f: &str| format!("messages[{i}].{f}");
+            if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer" | "tool") {
+                return Err(ApiError::bad(
+                    &field("role"),
+                    format!("role {:?} is not supported (system, developer, user, assistant, tool)", m.role),
+                ));
+            }
+            m.content.text().map_err(|e| ApiError::bad(&field("content"), e))?;
+            if m.role == "tool" && m.tool_call_id.is_none() {
+                return Err(ApiError::bad(&field("tool_call_id"), "a tool message names the call it answers"));
+            }
+            if m.tool_calls.is_some() && m.role != "assistant" {
+                return Err(ApiError::bad(&field("tool_calls"), "only assistant messages carry tool_calls"));
+            }
+            for (j, c) in m.tool_calls.iter().flatten().enumerate() {
+                if c["function"]["name"].as_str().is_none() || c["function"]["arguments"].as_str().is_none() {
+                    return Err(ApiError::bad(
+                        &field(&format!("tool_calls[{j}]")),
+                        "a call is {\"id\", \"type\": \"function\", \"function\": {\"name\", \"arguments\": JSON text}}",
+                    ));
+                }
+            }
+            if m.role == "developer" {
+                m.role = "system".into();
+            }
+            Ok(m)
+        })
+        .collect()
+}
+
+/// What a chat request's tools ask for: how its output is read and the grammar that forces a call, if any.
+fn tool_reading(
+    state: &AppState,
+    text: &TextModel,
+    tools: &[Tool],
+    choice: Option<&Value>,
+    parallel: Option<bool>,
+) -> Result<(Option<Reading>, Option<Constraint>), ApiError> {
+    crate::tools::validate(tools).map_err(|(field, m)| ApiError::bad(&field, m))?;
+    let choice = match choice {
+        Some(v) => ToolChoice::parse(v).map_err(|m| ApiError::bad("tool_choice", m))?,
+        None => ToolChoice::Auto,
+    };
+    if tools.is_empty() {
+        return match choice {
+            ToolChoice::None | ToolChoice::Auto => Ok((None, None)),
+            _ => Err(ApiError::bad("tool_choice", "tool_choice asks for a call, but the request has no tools")),
+        };
+    }
+    if choice == ToolChoice::None {
+        return Ok((None, None));
+    }
+    let Some(parser) = state.tool_parser else {
+        return Err(ApiError::bad(
+            "tools",
+            "this model's preset names no tool-call parser (kaito-inference --tool-call-parser), so it cannot call \
+             tools; drop tools or set tool_choice to none",
+        ));
+    };
+    let parallel = parallel.unwrap_or(true);
+    let names: Vec<String> = tools.iter().map(|t| t.function.name.clone()).collect();
+    Ok(match choice {
+        ToolChoice::None => unreachable!("answered above"),
+        ToolChoice::Auto => (Some(Reading::Auto { parser, names, parallel }), None),
+        ToolChoice::Required => {
+            let schema = crate::tools::required_schema(tools, parallel);
+            let c = grammars(text, "tool_choice")?.json(&schema).map_err(|e| ApiError::bad("tools", e))?;
+            (Some(Reading::Required), Some(c))
+        }
+        ToolChoice::Named(name) => {
+            let Some(i) = names.iter().position(|n| *n == name) else {
+                return Err(ApiError::bad(
+                    "tool_choice.function.name",
+                    format!("{name:?} is not one of the request's tools ({})", names.join(", ")),
+                ));
+            };
+            let c = grammars(text, "tool_choice")?
+                .json(&tools[i].function.schema())
+                .map_err(|e| ApiError::bad(&format!("tools[{i}].function.parameters"), e))?;
+            (Some(Reading::Named(name)), Some(c))
+        }
+    })
+}
+
+/// The grammar `response_format` asks for.
+fn format_constraint(text: &TextModel, format: Option<&ResponseFormat>) -> Result<Option<Constraint>, ApiError> {
+    let schema = match format {
+        None | Some(ResponseFormat::Text) => return Ok(None),
+        Some(ResponseFormat::JsonObject) => json!({"type": "object"}),
+        Some(ResponseFormat::JsonSchema { json_schema }) => json_schema
+            .schema
+            .clone()
+            .ok_or_else(|| ApiError::bad("response_format.json_schema.schema", "json_schema needs its schema"))?,
+    };
+    let c = grammars(text, "response_format")?.json(&schema).map_err(|e| {
+        ApiError::bad("response_format.json_schema.schema", format!("the schema does not compile: {e}"))
+    })?;
+    Ok(Some(c))
+}
+
 async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
     let result = async {
         check_fields(&body, CHAT_FIELDS)?;
         let req: ChatRequest = parse(&body)?;
         let adapter = state.check_model(&req.common.model)?;
         let serving = state.serving()?;
-        if req.messages.is_empty() {
-            return Err(ApiError::bad("messages", "messages must hold at least one message"));
+        let text = &serving.text;
+        let messages = chat_messages(req.messages)?;
+        let tools = req.tools.unwrap_or_default();
+        let (reading, forced) = tool_reading(&state, text, &tools, req.tool_choice.as_ref(), req.parallel_tool_calls)?;
+        let format = format_constraint(text, req.response_format.as_ref())?;
+        if format.is_some() && reading.is_some() {
+            return Err(ApiError::bad(
+                "response_format",
+                "response_format constrains the whole answer, which leaves no room for a tool call; send tools \
+                 with tool_choice none, or no response_format",
+            ));
         }
-        for (i, m) in req.messages.iter().enumerate() {
-            if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer") {
-                return Err(ApiError::bad(
-                    &format!("messages[{i}].role"),
-                    format!("role {:?} is not supported (system, user, assistant)", m.role),
-                ));
+        let prompt_text = match (&reading, state.tool_parser) {
+            (Some(_), Some(parser)) if !text.template_takes_tools => {
+                // The template has no place for tools: they and past calls are written in the parser's format.
+                let tool_list: Vec<Value> = tools.iter().map(Tool::for_prompt).collect();
+                text.render_chat(&crate::tools::describe(parser, &tool_list, messages))
             }
-            m.content.text().map_err(|e| ApiError::bad(&format!("messages[{i}].content"), e))?;
+            (Some(_), _) => {
+                let tool_list: Vec<Value> = tools.iter().map(Tool::for_prompt).collect();
+                text.render_chat_with(&messages, Some(&tool_list))
+            }
+            (None, _) => text.render_chat(&messages),
         }
-        let messages: Vec<Message> = req
-            .messages
-            .into_iter()
-            .map(|m| Message { role: if m.role == "developer" { "system".into() } else { m.role }, content: m.content })
-            .collect();
-        let prompt_text = serving.text.render_chat(&messages).map_err(|e| ApiError::bad("messages", e))?;
-        let prompt = serving.text.encode(&prompt_text, false).map_err(|e| ApiError::bad("messages", e))?;
+        .map_err(|e| ApiError::bad("messages", e))?;
+        let prompt = text.encode(&prompt_text, false).map_err(|e| ApiError::bad("messages", e))?;
         check_ids(&prompt, &serving.engine, "messages")?;
         let logprobs = chat_logprobs_asked(req.logprobs, req.top_logprobs)?;
-        let plan = plan(&req.common, prompt.len(), &serving.engine, "messages", logprobs)?;
+        let mut plan = plan(&req.common, prompt.len(), &serving.engine, "messages", logprobs)?;
+        plan.constraint = forced.or(format);
+        plan.reading = reading;
         generate(&state, Kind::Chat, prompt, plan, None, adapter).await
     }
     .await;

@@ -6,11 +6,55 @@ use serde_json::Value;
 use std::path::Path;
 
 /// One chat message as the OpenAI API sends it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Message {
     pub role: String,
     #[serde(default)]
     pub content: Content,
+    /// An assistant turn's function calls (`[{"id", "type", "function": {"name", "arguments"}}]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<Value>>,
+    /// A tool turn: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A tool turn: the function that answered (OpenAI's older field, which some templates print).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Message {
+    /// A turn of `role` saying `text`.
+    pub fn text(role: &str, text: impl Into<String>) -> Message {
+        Message { role: role.into(), content: Content::Text(text.into()), ..Default::default() }
+    }
+
+    /// The message as chat templates read it: text content, and call arguments as objects (Hugging Face templates
+    /// write `arguments | tojson`; OpenAI sends them as JSON text).
+    fn for_template(&self) -> Result<Value, String> {
+        let mut m = serde_json::json!({"role": self.role, "content": self.content.text()?});
+        if let Some(calls) = &self.tool_calls {
+            let calls: Vec<Value> = calls
+                .iter()
+                .map(|c| {
+                    let mut c = c.clone();
+                    if let Some(args) =
+                        c["function"]["arguments"].as_str().and_then(|a| serde_json::from_str::<Value>(a).ok())
+                    {
+                        c["function"]["arguments"] = args;
+                    }
+                    c
+                })
+                .collect();
+            m["tool_calls"] = Value::Array(calls);
+        }
+        if let Some(id) = &self.tool_call_id {
+            m["tool_call_id"] = Value::String(id.clone());
+        }
+        if let Some(name) = &self.name {
+            m["name"] = Value::String(name.clone());
+        }
+        Ok(m)
+    }
 }
 
 /// Message content: a string, or a list of parts of which the text ones are used.
@@ -46,6 +90,10 @@ pub struct TextModel {
     /// The chat template, compiled once at load: `None` without one, `Err` with the reason when it does not parse
     /// (requests then get that reason, as they would from a per-request compile).
     chat: Option<Result<minijinja::Environment<'static>, String>>,
+    /// Whether the chat template reads a `tools` variable (else tools are described in a system turn).
+    pub template_takes_tools: bool,
+    /// Structured output's grammar compiler for this tokenizer; `Err` says why it could not be built.
+    pub grammars: Result<crate::grammar::Grammars, String>,
     bos_token: String,
     eos_token: String,
     /// Token ids that end generation (EOS from generation_config/config, the template's end-of-turn token).
@@ -106,24 +154,32 @@ impl TextModel {
         stop_ids.sort_unstable();
         stop_ids.dedup();
         anyhow::ensure!(!stop_ids.is_empty(), "{}: no EOS token in the tokenizer or generation config", dir.display());
+        let template_takes_tools = template.as_deref().is_some_and(|t| t.contains("tools"));
         let chat = template.map(chat_environment);
-        Ok(TextModel { tokenizer, chat, bos_token, eos_token, stop_ids })
+        let grammars = crate::grammar::Grammars::load(dir, &tokenizer, &stop_ids).map_err(|e| format!("{e:#}"));
+        if let Err(e) = &grammars {
+            tracing::warn!(error = %e, "structured output is off for this tokenizer");
+        }
+        Ok(TextModel { tokenizer, chat, template_takes_tools, grammars, bos_token, eos_token, stop_ids })
     }
 
     /// The prompt text for `messages`, rendered with the model's chat template.
     pub fn render_chat(&self, messages: &[Message]) -> Result<String, String> {
+        self.render_chat_with(messages, None)
+    }
+
+    /// The prompt text for `messages` with `tools` (OpenAI's tool list) in the template's `tools` variable.
+    pub fn render_chat_with(&self, messages: &[Message], tools: Option<&[Value]>) -> Result<String, String> {
         let env = self
             .chat
             .as_ref()
             .ok_or("this model has no chat template (tokenizer_config.json chat_template); use /v1/completions")?
             .as_ref()
             .map_err(String::clone)?;
-        let messages: Vec<Value> = messages
-            .iter()
-            .map(|m| Ok(serde_json::json!({"role": m.role, "content": m.content.text()?})))
-            .collect::<Result<_, String>>()?;
+        let messages: Vec<Value> = messages.iter().map(Message::for_template).collect::<Result<_, String>>()?;
         let ctx = minijinja::context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => true,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
@@ -141,6 +197,11 @@ impl TextModel {
         self.tokenizer.decode(ids, true).map_err(|e| e.to_string())
     }
 
+    /// Text of `ids` with special tokens written out (tool-call markers such as `[TOOL_CALLS]` are special).
+    pub fn decode_special(&self, ids: &[u32]) -> Result<String, String> {
+        self.tokenizer.decode(ids, false).map_err(|e| e.to_string())
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)
@@ -152,13 +213,21 @@ impl TextModel {
 pub struct Detokenizer {
     ids: Vec<u32>,
     emitted: usize,
+    /// Write special tokens out (a tool-call parser reads its markers).
+    special: bool,
 }
 
 impl Detokenizer {
+    /// A detokenizer that writes special tokens out too (`special`), for parsers that read them.
+    pub fn new(special: bool) -> Self {
+        Detokenizer { special, ..Detokenizer::default() }
+    }
+
     /// Add one token; returns the new text, if any is complete.
     pub fn push(&mut self, text: &TextModel, id: u32) -> String {
         self.ids.push(id);
-        let Ok(full) = text.decode(&self.ids) else { return String::new() };
+        let full = if self.special { text.decode_special(&self.ids) } else { text.decode(&self.ids) };
+        let Ok(full) = full else { return String::new() };
         if full.ends_with('\u{FFFD}') || full.len() < self.emitted || !full.is_char_boundary(self.emitted) {
             return String::new();
         }

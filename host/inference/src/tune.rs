@@ -11,7 +11,7 @@
 use crate::loader;
 use crate::lora::{Adapter, Shape, peft_targets};
 use crate::models::decoder::{Decoder, Span};
-use crate::text::{Content, Message, TextModel};
+use crate::text::{Message, TextModel};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -318,10 +318,7 @@ pub fn read_dataset(
                 })
             };
             let (prompt, answer) = (field(&cfg.context_column)?, field(&cfg.response_column)?);
-            vec![
-                Message { role: "user".into(), content: Content::Text(prompt) },
-                Message { role: "assistant".into(), content: Content::Text(answer) },
-            ]
+            vec![Message::text("user", prompt), Message::text("assistant", answer)]
         };
         let example = tokenize(text, &messages).map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
         anyhow::ensure!(example.trained.iter().any(|t| *t), "{}: no assistant message to learn from", at());

@@ -29,6 +29,7 @@ fn state(dir: &Path, config: EngineConfig) -> AppState {
         aliases: vec![],
         metrics,
         lora: Default::default(),
+        tool_parser: Some(kaito_inference::tools::Parser::Hermes),
     };
     let _ = state.serving.set(serving);
     state
@@ -82,6 +83,14 @@ async fn logprobs_match_transformers() {
     eprintln!("{stdout}");
 }
 
+/// Tool calls (forced, required, auto; whole and streamed; the round trip through a `tool` message) and structured
+/// output (20 sampled json_schema answers valid under the schema) through the official client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_and_structured_output_through_the_openai_client() {
+    let stdout = run_client(&common::model("smollm2-135m-instruct"), "openai_tools.py", &[]).await;
+    eprintln!("{stdout}");
+}
+
 #[tokio::test]
 async fn bad_requests_get_json_errors_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -130,8 +139,9 @@ async fn bad_requests_get_json_errors_naming_the_field() {
     );
 }
 
-/// OpenAI features the server cannot honour yet are refused with a 400 naming the field, never silently dropped; the
+/// OpenAI features the server cannot honour are refused with a 400 naming the field, never silently dropped; the
 /// values that ask for nothing (`tools: []`, `tool_choice: "none"`, `response_format: text`, `logprobs: false`) pass.
+/// Tools and structured output are served; what they cannot do is refused the same way.
 #[tokio::test]
 async fn unsupported_openai_fields_are_refused_not_dropped() {
     // SmolLM2 itself: the chat prompts here must reach a model that can embed them.
@@ -142,16 +152,61 @@ async fn unsupported_openai_fields_are_refused_not_dropped() {
         body.to_string()
     };
     let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
-    for (extra, field) in [
-        (json!({"tools": tool}), "tools"),
-        (json!({"tool_choice": "required"}), "tool_choice"),
-        (json!({"response_format": {"type": "json_object"}}), "response_format"),
-        (json!({"logit_bias": {"42": 5}}), "logit_bias"),
+    let schema = |s: Value| json!({"type": "json_schema", "json_schema": {"name": "x", "schema": s}});
+    for (extra, field, says) in [
+        (json!({"tool_choice": "required"}), "tool_choice", "no tools"),
+        (
+            json!({"tools": tool, "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+            "tool_choice.function.name",
+            "not one of",
+        ),
+        (json!({"tools": tool, "tool_choice": "sometimes"}), "tool_choice", "not one of"),
+        (json!({"tools": [{"type": "retrieval"}]}), "tools[0]", "missing field `function`"),
+        (json!({"tools": [{"type": "code", "function": {"name": "f"}}]}), "tools[0].type", "only function"),
+        (json!({"tools": [{"type": "function", "function": {"name": "a b"}}]}), "tools[0].function.name", "letters"),
+        (json!({"tools": tool, "response_format": {"type": "json_object"}}), "response_format", "no room"),
+        (
+            json!({"response_format": schema(json!({"$ref": "#/nowhere"}))}),
+            "response_format.json_schema.schema",
+            "does not compile",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
+            "response_format.json_schema.schema",
+            "needs its schema",
+        ),
+        (json!({"response_format": {"type": "yaml"}}), "response_format.type", "unknown variant"),
+        (json!({"functions": tool}), "functions", "deprecated"),
+        (json!({"logit_bias": {"42": 5}}), "logit_bias", "not supported"),
+        (json!({"messages": [{"role": "tool", "content": "21C"}]}), "messages[0].tool_call_id", "names the call"),
+        (
+            json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f"}}]}]}),
+            "messages[0].tool_calls[0]",
+            "arguments",
+        ),
     ] {
         let (code, body) = call(&s, "POST", "/v1/chat/completions", &chat(extra.clone())).await;
         assert_eq!((code, body["error"]["param"].as_str()), (400, Some(field)), "{extra}: {body}");
-        assert!(body["error"]["message"].as_str().unwrap().contains("not supported"), "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(says), "{extra}: {body}");
     }
+    // Chat's own features asked of /v1/completions.
+    for (extra, field) in
+        [(json!({"tools": tool}), "tools"), (json!({"response_format": {"type": "json_object"}}), "response_format")]
+    {
+        let mut body = json!({"model": "smollm2", "prompt": "hi", "max_tokens": 2});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (code, body) = call(&s, "POST", "/v1/completions", &body.to_string()).await;
+        assert_eq!((code, body["error"]["param"].as_str()), (400, Some(field)), "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("/v1/chat/completions"), "{body}");
+    }
+    // A model whose preset names no tool-call parser refuses tools, naming the field; tool_choice none still passes.
+    let no_parser = AppState { tool_parser: None, ..s.clone() };
+    let (code, body) = call(&no_parser, "POST", "/v1/chat/completions", &chat(json!({"tools": tool}))).await;
+    assert_eq!((code, body["error"]["param"].as_str()), (400, Some("tools")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("--tool-call-parser"), "{body}");
+    let (code, body) =
+        call(&no_parser, "POST", "/v1/chat/completions", &chat(json!({"tools": tool, "tool_choice": "none"}))).await;
+    assert_eq!(code, 200, "{body}");
     // Log probabilities are served; out-of-range requests for them are refused naming the field.
     let (code, body) =
         call(&s, "POST", "/v1/completions", r#"{"model": "smollm2", "prompt": "hi", "max_tokens": 2, "logprobs": 9}"#)
@@ -182,6 +237,7 @@ async fn a_second_served_name_is_accepted_and_listed() {
         aliases: vec!["phi-3.5-mini".into()],
         metrics: Arc::new(Metrics::default()),
         lora: Default::default(),
+        tool_parser: None,
     };
     let (_, list) = call(&loading, "GET", "/v1/models", "").await;
     let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
@@ -211,6 +267,7 @@ async fn overload_is_429_and_loading_is_503() {
         aliases: vec![],
         metrics: Arc::new(Metrics::default()),
         lora: Default::default(),
+        tool_parser: None,
     };
     assert_eq!(call(&loading, "GET", "/health", "").await.0, 503);
     assert_eq!(call(&loading, "GET", "/version", "").await.0, 200);

@@ -120,6 +120,19 @@ pub mod adapters {
     }
 }
 
+/// Tool-call parsers by vLLM's `--tool-call-parser` names: presets name one per model, vLLM reads it, and our tch
+/// server (`kaito-inference`) implements those listed in [`tool_parsers::TCH`].
+pub mod tool_parsers {
+    /// `<tool_call>{"name": ..., "arguments": ...}</tool_call>` (Hermes, Qwen 2.5 and later).
+    pub const HERMES: &str = "hermes";
+    /// A bare JSON object `{"name": ..., "parameters": ...}`, optionally after `<|python_tag|>` (Llama 3.1 and later).
+    pub const LLAMA3_JSON: &str = "llama3_json";
+    /// `[TOOL_CALLS]` then a JSON list of calls, or `name[ARGS]{...}` (Mistral).
+    pub const MISTRAL: &str = "mistral";
+    /// The parsers the tch server implements.
+    pub const TCH: &[&str] = &[HERMES, LLAMA3_JSON, MISTRAL];
+}
+
 /// Labels the operator stamps on what it makes for an owner, as KAITO names them.
 pub mod labels {
     /// The Workspace an object belongs to.

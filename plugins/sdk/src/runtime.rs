@@ -326,6 +326,11 @@ pub fn workload(
                     });
                 }
             }
+            // The model's tool-call format, by vLLM's parser name, when our server reads it (else tools are refused
+            // with a 400 naming the field, as on a model without a parser).
+            if let Some(p) = spec.tool_call_parser.filter(|p| kaito_names::tool_parsers::TCH.contains(p)) {
+                args.extend(["--tool-call-parser".into(), p.to_string()]);
+            }
             let image = kaito_names::runtime_image(&request.image_registry);
             (
                 image,

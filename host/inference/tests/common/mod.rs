@@ -13,10 +13,7 @@ pub use models::{model, python, script};
 
 /// Token ids of `question` as one user turn in the model's chat template.
 pub fn chat_prompt(text: &kaito_inference::text::TextModel, question: &str) -> Vec<u32> {
-    let m = [kaito_inference::text::Message {
-        role: "user".into(),
-        content: kaito_inference::text::Content::Text(question.into()),
-    }];
+    let m = [kaito_inference::text::Message::text("user", question)];
     text.encode(&text.render_chat(&m).expect("chat template renders"), false).expect("prompt encodes")
 }
 
