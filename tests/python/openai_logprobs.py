@@ -4,8 +4,8 @@
 
 Greedy chat and completion with logprobs: each chosen token's log probability and the top alternatives equal
 transformers' log-softmax over the same context (f32, CPU) within 1e-3; the streamed chat carries the same entries;
-`best_of` answers the seeded samples with the highest total log probability; out-of-range requests are refused with
-400. Exits non-zero with the failing check.
+`echo` scores the prompt's tokens the same way; `best_of` answers the seeded samples with the highest total log
+probability; out-of-range requests are refused with 400. Exits non-zero with the failing check.
 """
 
 import sys
@@ -78,12 +78,33 @@ def main():
     for got, top, (token, lp, alternatives) in zip(lps.token_logprobs, lps.top_logprobs, want):
         assert abs(got - lp) < TOL, (got, lp)
         assert len(top) <= 3 and abs(max(top.values()) - alternatives[0][1]) < TOL, (top, alternatives)
-    try:
-        client.completions.create(model=name, prompt=text, max_tokens=2, logprobs=0, echo=True)
-        raise AssertionError("echo with logprobs (the prompt's log probabilities) was accepted")
-    except openai.BadRequestError as e:
-        assert "echo" in str(e), e
     print(f"completion: {len(lps.tokens)} tokens match")
+
+    # echo with logprobs: the prompt's tokens are scored too, each given the ones before it (the first has none),
+    # then the generated ones; whole and streamed alike.
+    echoed = client.completions.create(model=name, prompt=text, max_tokens=3, temperature=0, logprobs=2, echo=True)
+    e = echoed.choices[0]
+    assert e.text.startswith(text), e.text
+    assert "".join(e.logprobs.tokens) == e.text, (e.logprobs.tokens, e.text)
+    assert e.logprobs.token_logprobs[0] is None and e.logprobs.top_logprobs[0] is None, e.logprobs
+    assert e.logprobs.text_offset[:len(ids)] == [len(tok.decode(ids[:k], skip_special_tokens=True)) for k in range(len(ids))], e.logprobs
+    with torch.no_grad():
+        scored = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    worst = 0.0
+    for k in range(1, len(ids)):
+        worst = max(worst, abs(e.logprobs.token_logprobs[k] - float(scored[k - 1, ids[k]])))
+        best = float(scored[k - 1].max())
+        worst = max(worst, abs(max(e.logprobs.top_logprobs[k].values()) - best))
+    assert worst < TOL, worst
+    assert e.logprobs.token_logprobs[len(ids):] == [lp for lp in lps.token_logprobs[:3]] or all(
+        abs(a - b) < TOL for a, b in zip(e.logprobs.token_logprobs[len(ids):], lps.token_logprobs)), e.logprobs
+    chunks = list(client.completions.create(model=name, prompt=text, max_tokens=3, temperature=0, logprobs=2,
+                                            echo=True, stream=True))
+    streamed = [lp for c in chunks if c.choices and c.choices[0].logprobs for lp in c.choices[0].logprobs.token_logprobs]
+    assert len(streamed) == len(e.logprobs.token_logprobs) and streamed[0] is None, streamed
+    assert all(abs(a - b) < TOL for a, b in zip(streamed[1:], e.logprobs.token_logprobs[1:])), streamed
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == e.text
+    print(f"echo: {len(ids)} prompt tokens, max |logprob difference| vs transformers {worst:.2e}")
 
     # best_of: of the same three seeded samples (seeds 9, 10, 11), the one with the highest total log probability.
     three = client.completions.create(model=name, prompt=text, max_tokens=6, temperature=1.0, seed=9, n=3, logprobs=0)

@@ -46,6 +46,7 @@ async fn one_sampled(engine: &Engine, prompt: Vec<u32>, adapter: Option<String>,
                 count += 1;
                 first.get_or_insert_with(|| start.elapsed().as_secs_f64());
             }
+            Event::PromptLogprobs(_) => {}
             Event::Finished(_) => break,
             Event::Failed(m) => panic!("{m}"),
         }

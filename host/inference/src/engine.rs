@@ -43,6 +43,8 @@ impl FinishReason {
 pub enum Event {
     /// A generated token, with its log probabilities when the request asked for them.
     Token(u32, Option<TokenLogprob>),
+    /// The prompt's tokens' log probabilities, from the second token on (sent once, before the first token).
+    PromptLogprobs(Vec<TokenLogprob>),
     Finished(FinishReason),
     Failed(String),
 }
@@ -112,6 +114,10 @@ struct Seq {
     events: UnboundedSender<Event>,
     arrived: Instant,
     last_token: Option<Instant>,
+    /// Prompt log probabilities gathered chunk by chunk, until the whole prompt is in.
+    prompt_logprobs: Vec<TokenLogprob>,
+    /// They were sent (a sequence recomputed after preemption does not send them again).
+    prompt_logprobs_sent: bool,
 }
 
 impl Seq {
@@ -120,6 +126,12 @@ impl Seq {
     }
     fn pending(&self) -> usize {
         self.tokens.len() - self.cache.len
+    }
+    /// Whether the next step must read every position of this sequence's chunk (its prompt log probabilities).
+    fn reads_prompt(&self) -> bool {
+        self.sampler.params().prompt_logprobs.is_some()
+            && !self.prompt_logprobs_sent
+            && self.cache.len < self.prompt_len
     }
 }
 
@@ -277,6 +289,8 @@ impl Scheduler {
             events: r.events,
             arrived: Instant::now(),
             last_token: None,
+            prompt_logprobs: Vec::new(),
+            prompt_logprobs_sent: false,
         });
     }
 
@@ -348,10 +362,19 @@ impl Scheduler {
         plan.sort_by_key(|(i, _)| *i);
         let mut tokens = Vec::new();
         let mut spans = Vec::with_capacity(plan.len());
+        // Positions whose logits are read: each span's last, and all of a chunk whose prompt log probabilities were
+        // asked for. `reads[k]`: the first row of span k, how many rows it has, and whether they score its prompt.
+        let mut rows: Vec<i64> = Vec::with_capacity(plan.len());
+        let mut reads = Vec::with_capacity(plan.len());
         for &(i, take) in &plan {
             let s = &self.running[i];
-            spans.push(Span { start: tokens.len(), len: take });
+            let start = tokens.len();
+            spans.push(Span { start, len: take });
             tokens.extend(s.tokens[s.cache.len..s.cache.len + take].iter().map(|&t| t as i64));
+            let prompt = s.reads_prompt();
+            let read = if prompt { take } else { 1 };
+            reads.push((rows.len(), read, prompt));
+            rows.extend((start + take - read..start + take).map(|r| r as i64));
         }
         // Cloned handles: the caches below borrow the sequences mutably.
         let held: Vec<Option<Rc<Adapter>>> = if plan.iter().any(|(i, _)| self.running[*i].adapter.is_some()) {
@@ -372,7 +395,7 @@ impl Scheduler {
                 rest = tail;
                 offset = i + 1;
             }
-            self.model.forward(&tokens, &spans, &mut caches, &adapters)
+            self.model.forward_rows(&tokens, &spans, &mut caches, &adapters, &rows)
         };
         let vocab = logits.size()[1] as usize;
         let flat: Vec<f32> = match Vec::<f32>::try_from(logits.to_device(tch::Device::Cpu).flatten(0, -1)) {
@@ -386,11 +409,29 @@ impl Scheduler {
         };
         self.metrics.step(started.elapsed());
         let mut finished = Vec::new();
-        for (row, &(i, _)) in plan.iter().enumerate() {
+        for (k, &(i, take)) in plan.iter().enumerate() {
             let seq = &mut self.running[i];
+            let (first_row, read, prompt) = reads[k];
+            if prompt {
+                // Position p's logits score token p + 1, for the prompt's tokens only.
+                let from = seq.cache.len - take;
+                let top = seq.sampler.params().prompt_logprobs.unwrap_or(0);
+                for r in 0..read {
+                    let next = from + take - read + r + 1;
+                    if next < seq.prompt_len {
+                        let row = &flat[(first_row + r) * vocab..(first_row + r + 1) * vocab];
+                        seq.prompt_logprobs.push(crate::sampling::logprobs(row, seq.tokens[next], top));
+                    }
+                }
+                if seq.cache.len >= seq.prompt_len {
+                    seq.prompt_logprobs_sent = true;
+                    let _ = seq.events.send(Event::PromptLogprobs(std::mem::take(&mut seq.prompt_logprobs)));
+                }
+            }
             if seq.pending() > 0 {
                 continue; // A prompt chunk: no token until the whole prompt is in.
             }
+            let row = first_row + read - 1;
             let raw = &flat[row * vocab..(row + 1) * vocab];
             let mut row_logits = raw.to_vec();
             let token = match seq.sampler.sample(&mut row_logits) {

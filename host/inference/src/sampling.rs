@@ -21,6 +21,8 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// Report each chosen token's log probability and this many most likely alternatives (`None`: report nothing).
     pub logprobs: Option<usize>,
+    /// Report each prompt token's log probability (given the tokens before it) and this many alternatives.
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -35,6 +37,7 @@ impl Default for SamplingParams {
             max_tokens: 16,
             ignore_eos: false,
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }

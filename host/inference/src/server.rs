@@ -538,6 +538,7 @@ fn plan(
             max_tokens,
             ignore_eos: c.ignore_eos,
             logprobs,
+            prompt_logprobs: None,
         },
         stops,
         stream: c.stream,
@@ -564,6 +565,8 @@ struct Output {
     logprobs_sent: usize,
     /// Reads tool calls out of the text, when the request has tools.
     reader: Option<Reader>,
+    /// The prompt's log probabilities (completions' `echo` with `logprobs`), once the engine sent them.
+    prompt_logprobs: Option<Vec<TokenLogprob>>,
 }
 
 impl Output {
@@ -573,6 +576,7 @@ impl Output {
         Output {
             detok: Detokenizer::new(special),
             reader: reading.cloned().map(Reader::new),
+            prompt_logprobs: None,
             text: String::new(),
             sent: 0,
             tokens: 0,
@@ -603,6 +607,10 @@ impl Output {
                     self.finish = Some(FinishReason::Stop);
                     return Ok(true);
                 }
+                Ok(false)
+            }
+            Event::PromptLogprobs(lps) => {
+                self.prompt_logprobs = Some(lps);
                 Ok(false)
             }
             Event::Finished(reason) => {
@@ -654,30 +662,59 @@ fn chat_logprobs(text: &TextModel, items: &[(u32, TokenLogprob)]) -> Value {
     json!({"content": content, "refusal": null})
 }
 
+/// The prompt's tokens and their log probabilities (from the second token on), for `echo`.
+type PromptLogprobs<'a> = Option<(&'a [u32], &'a [TokenLogprob])>;
+
 /// The completions endpoint's `logprobs` object for `items`, text offsets counted from `offset` (the echoed prompt's
-/// length, which is 0 while `echo` with `logprobs` is refused).
-fn completion_logprobs(text: &TextModel, items: &[(u32, TokenLogprob)], offset: usize) -> Value {
-    let mut at = offset;
+/// length); with `prompt` (`echo`), the prompt's tokens first, from offset 0, the first one without a log probability
+/// (nothing precedes it), as OpenAI and vLLM show it.
+fn completion_logprobs(
+    text: &TextModel,
+    prompt: PromptLogprobs,
+    items: &[(u32, TokenLogprob)],
+    offset: usize,
+) -> Value {
     let (mut tokens, mut values, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+    let top_of = |lp: &TokenLogprob| -> Value {
+        Value::Object(lp.top.iter().map(|(tid, l)| (token_text(text, *tid), json!(l))).collect())
+    };
+    if let Some((ids, lps)) = prompt {
+        let mut at = 0;
+        for (k, id) in ids.iter().enumerate() {
+            let t = token_text(text, *id);
+            offsets.push(at);
+            at += t.len();
+            tokens.push(t);
+            let lp = k.checked_sub(1).and_then(|j| lps.get(j));
+            values.push(lp.map_or(Value::Null, |lp| json!(lp.logprob)));
+            tops.push(lp.map_or(Value::Null, top_of));
+        }
+    }
+    let mut at = offset;
     for (id, lp) in items {
         let t = token_text(text, *id);
         offsets.push(at);
         at += t.len();
         tokens.push(t);
-        values.push(lp.logprob);
-        let top: serde_json::Map<String, Value> =
-            lp.top.iter().map(|(tid, l)| (token_text(text, *tid), json!(l))).collect();
-        tops.push(Value::Object(top));
+        values.push(json!(lp.logprob));
+        tops.push(top_of(lp));
     }
     json!({"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets})
 }
 
 /// A choice's `logprobs` in the endpoint's shape, or null when the client did not ask for them.
-fn choice_logprobs(shown: bool, kind: Kind, text: &TextModel, items: &[(u32, TokenLogprob)], offset: usize) -> Value {
+fn choice_logprobs(
+    shown: bool,
+    kind: Kind,
+    text: &TextModel,
+    prompt: PromptLogprobs,
+    items: &[(u32, TokenLogprob)],
+    offset: usize,
+) -> Value {
     match (shown, kind) {
         (false, _) => Value::Null,
         (true, Kind::Chat) => chat_logprobs(text, items),
-        (true, Kind::Completion) => completion_logprobs(text, items, offset),
+        (true, Kind::Completion) => completion_logprobs(text, prompt, items, offset),
     }
 }
 
@@ -811,10 +848,12 @@ async fn generate(
     let include_usage = plan.include_usage;
     let shown = plan.logprobs_shown;
     let reading = plan.reading.clone();
+    let echo_logprobs = plan.params.prompt_logprobs.is_some();
+    let prompt_ids = prompt.clone();
     // Each chunk carries the log probabilities of the tokens that arrived since the last one.
     let logprobs_of = move |out: &mut Output, offset: usize| -> Value {
         let items = out.unsent_logprobs().to_vec();
-        choice_logprobs(shown, kind, &text_for_logprobs, &items, offset)
+        choice_logprobs(shown, kind, &text_for_logprobs, None, &items, offset)
     };
     // Dropping the response (client gone) drops this stream and its receivers, which frees the engine's sequences.
     let stream = async_stream::stream! {
@@ -824,7 +863,8 @@ async fn generate(
         for i in 0..n {
             match kind {
                 Kind::Chat => yield chunk(i, json!({"role": "assistant", "content": ""}), None, Value::Null),
-                Kind::Completion => if let Some(o) = &opening {
+                // With the prompt's log probabilities, the echo waits for them.
+                Kind::Completion => if let Some(o) = opening.as_ref().filter(|_| !echo_logprobs) {
                     yield chunk(i, json!(o), None, Value::Null);
                 }
             }
@@ -839,6 +879,10 @@ async fn generate(
                     return;
                 }
             };
+            if let (Some(lps), Some(o)) = (out.prompt_logprobs.take(), opening.as_ref()) {
+                let logprobs = completion_logprobs(&text, Some((&prompt_ids[..], &lps[..])), &[], 0);
+                yield chunk(i, json!(o), None, logprobs);
+            }
             let delta = out.ready(&stops, done);
             let pieces: Vec<Value> = match out.reader.as_mut() {
                 None if delta.is_empty() => vec![],
@@ -924,7 +968,8 @@ async fn generate_choices(
     let mut choices = Vec::with_capacity(outs.len());
     for (index, mut out) in outs.into_iter().enumerate() {
         let echoed = echo.clone().unwrap_or_default();
-        let logprobs = choice_logprobs(plan.logprobs_shown, kind, &text, &out.logprobs, echoed.len());
+        let prompt_lps = out.prompt_logprobs.as_deref().map(|lps| (&prompt[..], lps));
+        let logprobs = choice_logprobs(plan.logprobs_shown, kind, &text, prompt_lps, &out.logprobs, echoed.len());
         let mut message = json!({"role": "assistant", "content": out.text});
         if let Some(reader) = out.reader.as_mut() {
             let mut pieces = reader.push(&out.text);
@@ -1145,13 +1190,10 @@ async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
         }
         check_ids(&prompt, &serving.engine, "prompt")?;
         let logprobs = completion_logprobs_asked(req.logprobs)?;
-        if req.echo && logprobs.is_some() {
-            return Err(ApiError::bad(
-                "echo",
-                "echo with logprobs asks for the prompt's log probabilities, which are not supported yet; drop echo",
-            ));
-        }
-        let plan = with_best_of(plan(&req.common, prompt.len(), &serving.engine, "prompt", logprobs)?, req.best_of)?;
+        let mut plan =
+            with_best_of(plan(&req.common, prompt.len(), &serving.engine, "prompt", logprobs)?, req.best_of)?;
+        // `echo` with `logprobs`: the prompt's tokens are scored too.
+        plan.params.prompt_logprobs = logprobs.filter(|_| req.echo);
         generate(&state, Kind::Completion, prompt, plan, req.echo.then_some(text), adapter).await
     }
     .await;

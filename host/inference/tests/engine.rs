@@ -34,6 +34,7 @@ async fn collect(mut rx: UnboundedReceiver<Event>) -> (Vec<u32>, FinishReason) {
     while let Some(e) = rx.recv().await {
         match e {
             Event::Token(t, _) => tokens.push(t),
+            Event::PromptLogprobs(_) => panic!("prompt log probabilities were not asked for"),
             Event::Finished(r) => return (tokens, r),
             Event::Failed(m) => panic!("generation failed: {m}"),
         }
@@ -108,4 +109,40 @@ async fn preemption_keeps_every_sequence_within_the_kv_bound() {
     let (ra, rb) = futures::future::join(collect(a), collect(b)).await;
     assert_eq!(ra, want);
     assert_eq!(rb, want);
+}
+
+/// The prompt's log probabilities (completions' `echo` with `logprobs`) are the same whether the prompt goes in at
+/// once or in chunks of 5 tokens beside another sequence, are sent once before the first token, and score each
+/// prompt token after the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_logprobs_are_the_same_in_chunks_and_sent_once() {
+    let dir = common::model("smollm2-135m-instruct");
+    let mut runs = Vec::new();
+    for step_tokens in [512, 5] {
+        let (engine, text) = engine(&dir, EngineConfig { step_tokens, ..Default::default() });
+        let prompt = common::chat_prompt(&text, "Name the largest planet in the solar system.");
+        let other = submit(&engine, common::chat_prompt(&text, "Say hello."), 4).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let params = SamplingParams { temperature: 0.0, max_tokens: 3, prompt_logprobs: Some(2), ..Default::default() };
+        let request = GenRequest { prompt: prompt.clone(), adapter: None, sampler: Sampler::new(params), events: tx };
+        engine.submit(request).unwrap();
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            let end = matches!(e, Event::Finished(_) | Event::Failed(_));
+            events.push(e);
+            if end {
+                break;
+            }
+        }
+        collect(other).await;
+        let scored: Vec<_> =
+            events.iter().filter_map(|e| if let Event::PromptLogprobs(l) = e { Some(l) } else { None }).collect();
+        assert_eq!(scored.len(), 1, "sent once: {events:?}");
+        assert!(matches!(events[0], Event::PromptLogprobs(_)), "before the first token");
+        assert_eq!(scored[0].len(), prompt.len() - 1, "every prompt token after the first");
+        assert!(scored[0].iter().all(|lp| lp.logprob <= 0.0 && lp.top.len() == 2));
+        runs.push(scored[0].clone());
+    }
+    let worst = runs[0].iter().zip(&runs[1]).map(|(a, b)| (a.logprob - b.logprob).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-4, "chunked vs whole: {worst}");
 }

@@ -264,9 +264,22 @@ impl Decoder {
         caches: &mut [&mut SeqCache],
         adapters: &[Option<&Adapter>],
     ) -> Tensor {
-        let x = self.hidden(tokens, spans, caches, adapters);
         let last: Vec<i64> = spans.iter().map(|s| (s.start + s.len - 1) as i64).collect();
-        self.head(&x.index_select(0, &Tensor::from_slice(&last).to_device(self.device)))
+        self.forward_rows(tokens, spans, caches, adapters, &last)
+    }
+
+    /// [`Decoder::forward`], returning the logits of the flat batch's positions `rows`, [rows, vocab] in f32 (a prompt
+    /// whose log probabilities are asked for needs every position of its chunk).
+    pub fn forward_rows(
+        &self,
+        tokens: &[i64],
+        spans: &[Span],
+        caches: &mut [&mut SeqCache],
+        adapters: &[Option<&Adapter>],
+        rows: &[i64],
+    ) -> Tensor {
+        let x = self.hidden(tokens, spans, caches, adapters);
+        self.head(&x.index_select(0, &Tensor::from_slice(rows).to_device(self.device)))
     }
 
     /// [`Decoder::forward`], returning the logits of every position of the flat batch, [tokens, vocab] in f32:
