@@ -38,7 +38,7 @@ async fn one_with(engine: &Engine, prompt: Vec<u32>, adapter: Option<String>) ->
 async fn one_sampled(engine: &Engine, prompt: Vec<u32>, adapter: Option<String>, sampler: Sampler) -> (f64, f64) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let start = Instant::now();
-    engine.submit(GenRequest { prompt, adapter, sampler, events: tx }).unwrap();
+    engine.submit(GenRequest { prompt, adapter, sampler, events: tx, siblings: vec![] }).unwrap();
     let (mut first, mut count) = (None, 0);
     while let Some(e) = rx.recv().await {
         match e {

@@ -58,6 +58,9 @@ pub struct GenRequest {
     pub sampler: Sampler,
     /// Closing the receiver cancels the request.
     pub events: UnboundedSender<Event>,
+    /// Further choices of the same prompt (`n` > 1), each with its sampler and its events: the prompt is computed
+    /// once, and its KV cache copied to each when it is complete.
+    pub siblings: Vec<(Sampler, UnboundedSender<Event>)>,
 }
 
 /// Scheduler bounds.
@@ -118,6 +121,8 @@ struct Seq {
     prompt_logprobs: Vec<TokenLogprob>,
     /// They were sent (a sequence recomputed after preemption does not send them again).
     prompt_logprobs_sent: bool,
+    /// Choices waiting for this sequence's prompt, forked from it when the prompt is in.
+    siblings: Vec<(Sampler, UnboundedSender<Event>)>,
 }
 
 impl Seq {
@@ -126,6 +131,26 @@ impl Seq {
     }
     fn pending(&self) -> usize {
         self.tokens.len() - self.cache.len
+    }
+    /// Nobody waits for this sequence or for the choices forked from it.
+    fn cancelled(&self) -> bool {
+        self.events.is_closed() && self.siblings.iter().all(|(_, e)| e.is_closed())
+    }
+    /// A copy of this sequence, at the end of its prompt, for the choice `sampler` / `events`.
+    fn fork(&self, sampler: Sampler, events: UnboundedSender<Event>) -> Seq {
+        Seq {
+            tokens: self.tokens.clone(),
+            adapter: self.adapter.clone(),
+            prompt_len: self.prompt_len,
+            cache: self.cache.fork(),
+            sampler,
+            events,
+            arrived: self.arrived,
+            last_token: None,
+            prompt_logprobs: Vec::new(),
+            prompt_logprobs_sent: true,
+            siblings: Vec::new(),
+        }
     }
     /// Whether the next step must read every position of this sequence's chunk (its prompt log probabilities).
     fn reads_prompt(&self) -> bool {
@@ -291,14 +316,15 @@ impl Scheduler {
             last_token: None,
             prompt_logprobs: Vec::new(),
             prompt_logprobs_sent: false,
+            siblings: r.siblings,
         });
     }
 
     fn drop_cancelled(&mut self) {
         let before = self.waiting.len();
-        self.waiting.retain(|s| !s.events.is_closed());
+        self.waiting.retain(|s| !s.cancelled());
         self.queued.fetch_sub(before - self.waiting.len(), Ordering::SeqCst);
-        self.running.retain(|s| !s.events.is_closed());
+        self.running.retain(|s| !s.cancelled());
     }
 
     fn kv_used(&self) -> usize {
@@ -309,8 +335,8 @@ impl Scheduler {
         while self.running.len() < self.config.max_batch
             && let Some(next) = self.waiting.front()
         {
-            // Room for its tokens plus one decode token for everyone already running.
-            let need = next.pending() + self.running.len() + 1;
+            // Room for its tokens and its choices' copies of the prompt, plus one decode token for everyone running.
+            let need = next.pending() + next.siblings.len() * next.prompt_len + self.running.len() + 1;
             if self.kv_used() + need > self.config.kv_tokens && !self.running.is_empty() {
                 break;
             }
@@ -409,6 +435,7 @@ impl Scheduler {
         };
         self.metrics.step(started.elapsed());
         let mut finished = Vec::new();
+        let mut forked = Vec::new();
         for (k, &(i, take)) in plan.iter().enumerate() {
             let seq = &mut self.running[i];
             let (first_row, read, prompt) = reads[k];
@@ -425,7 +452,11 @@ impl Scheduler {
                 }
                 if seq.cache.len >= seq.prompt_len {
                     seq.prompt_logprobs_sent = true;
-                    let _ = seq.events.send(Event::PromptLogprobs(std::mem::take(&mut seq.prompt_logprobs)));
+                    let scored = std::mem::take(&mut seq.prompt_logprobs);
+                    for (_, events) in &seq.siblings {
+                        let _ = events.send(Event::PromptLogprobs(scored.clone()));
+                    }
+                    let _ = seq.events.send(Event::PromptLogprobs(scored));
                 }
             }
             if seq.pending() > 0 {
@@ -433,49 +464,73 @@ impl Scheduler {
             }
             let row = first_row + read - 1;
             let raw = &flat[row * vocab..(row + 1) * vocab];
-            let mut row_logits = raw.to_vec();
-            let token = match seq.sampler.sample(&mut row_logits) {
-                Ok(t) => t,
-                Err(e) => {
-                    let _ = seq.events.send(Event::Failed(e));
-                    finished.push(i);
-                    continue;
+            // The prompt is in: the other choices start from a copy of its cache and the same logits.
+            let ends = Ends { stop_ids: &self.stop_ids, max_context: self.model.max_context, metrics: &self.metrics };
+            for (sampler, events) in std::mem::take(&mut seq.siblings) {
+                let mut sibling = seq.fork(sampler, events);
+                if !ends.emit(&mut sibling, raw) {
+                    forked.push(sibling);
                 }
-            };
-            // From the model's logits, before the sampler's penalties changed them.
-            let logprob = seq.sampler.params().logprobs.map(|top| crate::sampling::logprobs(raw, token, top));
-            seq.tokens.push(token);
-            let now = Instant::now();
-            match seq.last_token {
-                None => self.metrics.first_token(now - seq.arrived),
-                Some(prev) => self.metrics.inter_token(now - prev),
             }
-            seq.last_token = Some(now);
-            self.metrics.generated(1);
-            let eos = self.stop_ids.contains(&token);
-            // EOS, or the end of the request's grammar (structured output).
-            let reason = if (eos && !seq.sampler.params().ignore_eos) || seq.sampler.grammar_done() {
-                Some(FinishReason::Stop)
-            } else if seq.generated() >= seq.sampler.params().max_tokens || seq.tokens.len() >= self.model.max_context {
-                Some(FinishReason::Length)
-            } else {
-                None
-            };
-            // EOS ends the text unsent; the token completing a grammar is text.
-            let sent = if reason == Some(FinishReason::Stop) && eos {
-                true
-            } else {
-                seq.events.send(Event::Token(token, logprob)).is_ok()
-            };
-            if let Some(r) = reason {
-                let _ = seq.events.send(Event::Finished(r));
+            if ends.emit(seq, raw) {
                 finished.push(i);
-            } else if !sent {
-                finished.push(i); // The client went away: free the sequence now.
             }
         }
         for i in finished.into_iter().rev() {
             self.running.remove(i);
         }
+        self.running.extend(forked);
+    }
+}
+
+/// What decides a sequence's end, borrowed from the scheduler while its sequences are borrowed mutably.
+struct Ends<'a> {
+    stop_ids: &'a [u32],
+    max_context: usize,
+    metrics: &'a Metrics,
+}
+
+impl Ends<'_> {
+    /// Samples `seq`'s next token from `raw` (the model's logits) and tells its client; true when the sequence is
+    /// over (a stop, its length, a fault, or a client gone).
+    fn emit(&self, seq: &mut Seq, raw: &[f32]) -> bool {
+        let mut row_logits = raw.to_vec();
+        let token = match seq.sampler.sample(&mut row_logits) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = seq.events.send(Event::Failed(e));
+                return true;
+            }
+        };
+        // From the model's logits, before the sampler's penalties changed them.
+        let logprob = seq.sampler.params().logprobs.map(|top| crate::sampling::logprobs(raw, token, top));
+        seq.tokens.push(token);
+        let now = Instant::now();
+        match seq.last_token {
+            None => self.metrics.first_token(now - seq.arrived),
+            Some(prev) => self.metrics.inter_token(now - prev),
+        }
+        seq.last_token = Some(now);
+        self.metrics.generated(1);
+        let eos = self.stop_ids.contains(&token);
+        // EOS, or the end of the request's grammar (structured output).
+        let reason = if (eos && !seq.sampler.params().ignore_eos) || seq.sampler.grammar_done() {
+            Some(FinishReason::Stop)
+        } else if seq.generated() >= seq.sampler.params().max_tokens || seq.tokens.len() >= self.max_context {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        // EOS ends the text unsent; the token completing a grammar is text.
+        let sent = if reason == Some(FinishReason::Stop) && eos {
+            true
+        } else {
+            seq.events.send(Event::Token(token, logprob)).is_ok()
+        };
+        if let Some(r) = reason {
+            let _ = seq.events.send(Event::Finished(r));
+            return true;
+        }
+        !sent // The client went away: free the sequence now.
     }
 }

@@ -743,8 +743,8 @@ fn submit_error(e: SubmitError) -> ApiError {
     }
 }
 
-/// Submits `plan.n` sequences of `prompt` (seeds `seed`, `seed+1`, ... when one is given) and returns their event
-/// receivers, choice by choice. A refusal drops the receivers made so far, which cancels their sequences.
+/// Submits `plan.n` sequences of `prompt` (seeds `seed`, `seed+1`, ... when one is given) as one engine request
+/// whose prompt is computed once for all choices, and returns their event receivers, choice by choice.
 fn submit_choices(
     serving: &Serving,
     prompt: &[u32],
@@ -752,15 +752,19 @@ fn submit_choices(
     adapter: &Option<String>,
 ) -> Result<Vec<tokio::sync::mpsc::UnboundedReceiver<Event>>, ApiError> {
     let mut receivers = Vec::with_capacity(plan.n);
+    let mut choices = Vec::with_capacity(plan.n);
     for i in 0..plan.n {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let mut params = plan.params.clone();
         params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
-        let sampler = Sampler::new(params).constrained(plan.constraint.as_ref().map(Constraint::fork));
-        let request = GenRequest { prompt: prompt.to_vec(), adapter: adapter.clone(), sampler, events: tx };
-        serving.engine.submit(request).map_err(submit_error)?;
+        choices.push((Sampler::new(params).constrained(plan.constraint.as_ref().map(Constraint::fork)), tx));
         receivers.push(rx);
     }
+    let mut choices = choices.into_iter();
+    let (sampler, events) = choices.next().expect("n is at least 1");
+    let request =
+        GenRequest { prompt: prompt.to_vec(), adapter: adapter.clone(), sampler, events, siblings: choices.collect() };
+    serving.engine.submit(request).map_err(submit_error)?;
     Ok(receivers)
 }
 

@@ -26,7 +26,9 @@ fn greedy(max_tokens: usize) -> Sampler {
 
 fn submit(engine: &Engine, prompt: Vec<u32>, max_tokens: usize) -> Result<UnboundedReceiver<Event>, SubmitError> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    engine.submit(GenRequest { prompt, adapter: None, sampler: greedy(max_tokens), events: tx }).map(|_| rx)
+    engine
+        .submit(GenRequest { prompt, adapter: None, sampler: greedy(max_tokens), events: tx, siblings: vec![] })
+        .map(|_| rx)
 }
 
 async fn collect(mut rx: UnboundedReceiver<Event>) -> (Vec<u32>, FinishReason) {
@@ -124,7 +126,13 @@ async fn prompt_logprobs_are_the_same_in_chunks_and_sent_once() {
         let other = submit(&engine, common::chat_prompt(&text, "Say hello."), 4).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let params = SamplingParams { temperature: 0.0, max_tokens: 3, prompt_logprobs: Some(2), ..Default::default() };
-        let request = GenRequest { prompt: prompt.clone(), adapter: None, sampler: Sampler::new(params), events: tx };
+        let request = GenRequest {
+            prompt: prompt.clone(),
+            adapter: None,
+            sampler: Sampler::new(params),
+            events: tx,
+            siblings: vec![],
+        };
         engine.submit(request).unwrap();
         let mut events = Vec::new();
         while let Some(e) = rx.recv().await {
@@ -145,4 +153,53 @@ async fn prompt_logprobs_are_the_same_in_chunks_and_sent_once() {
     }
     let worst = runs[0].iter().zip(&runs[1]).map(|(a, b)| (a.logprob - b.logprob).abs()).fold(0f32, f32::max);
     assert!(worst < 1e-4, "chunked vs whole: {worst}");
+}
+
+/// `n` choices as one request share the prompt: it is computed once (the prompt-token counter moves by one prompt),
+/// its cache copied to each choice, and each choice samples exactly as a request of its own with its seed would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn choices_share_one_prompt_and_sample_as_alone() {
+    let dir = common::model("smollm2-135m-instruct");
+    tch::set_num_threads(1);
+    let loaded = loader::load(&dir, Device::Cpu, Kind::Float, 2048).expect("model loads");
+    let metrics = Arc::new(Metrics::default());
+    let stop = loaded.text.stop_ids.clone();
+    let engine = Engine::start(loaded.model, stop, EngineConfig::default(), metrics.clone());
+    let prompt = common::chat_prompt(&loaded.text, "Tell me a fact about owls.");
+    let sampler = |seed: u64| {
+        Sampler::new(SamplingParams { temperature: 1.0, seed: Some(seed), max_tokens: 8, ..Default::default() })
+    };
+    let mut alone = Vec::new();
+    for seed in 40..43 {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let request =
+            GenRequest { prompt: prompt.clone(), adapter: None, sampler: sampler(seed), events: tx, siblings: vec![] };
+        engine.submit(request).unwrap();
+        alone.push(collect(rx).await.0);
+    }
+    let counted = |m: &Metrics| {
+        let text = m.encode();
+        let line = text.lines().find(|l| l.starts_with("kaito_inference_prompt_tokens_total")).unwrap().to_string();
+        line.rsplit(' ').next().unwrap().parse::<usize>().unwrap()
+    };
+    let before = counted(&metrics);
+    assert_eq!(before, 3 * prompt.len());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut receivers = vec![rx];
+    let mut siblings = Vec::new();
+    for seed in 41..43 {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        siblings.push((sampler(seed), tx));
+        receivers.push(rx);
+    }
+    engine
+        .submit(GenRequest { prompt: prompt.clone(), adapter: None, sampler: sampler(40), events: tx, siblings })
+        .unwrap();
+    let mut together = Vec::new();
+    for rx in receivers {
+        together.push(collect(rx).await.0);
+    }
+    assert_eq!(together, alone, "each choice samples as alone");
+    assert!(together[0] != together[1] || together[1] != together[2], "seeds differ: {together:?}");
+    assert_eq!(counted(&metrics) - before, prompt.len(), "the prompt went through the model once");
 }

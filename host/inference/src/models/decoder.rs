@@ -202,6 +202,12 @@ pub struct SeqCache {
 }
 
 impl SeqCache {
+    /// An independent copy (the choices of `n` share a prompt: it is computed once and copied to each).
+    pub fn fork(&self) -> SeqCache {
+        let layers = self.layers.iter().map(|l| l.as_ref().map(|(k, v)| (k.copy(), v.copy()))).collect();
+        SeqCache { layers, len: self.len }
+    }
+
     /// Write `k`, `v` ([kv_heads, l, head_dim]) at position `at` of layer `li`; returns views of the first `at + l` entries.
     fn append(&mut self, li: usize, k: &Tensor, v: &Tensor, at: usize, max: usize) -> (Tensor, Tensor) {
         let l = k.size()[1] as usize;
