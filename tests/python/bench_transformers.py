@@ -1,8 +1,9 @@
 """Hugging Face transformers `generate` on the same weights, for the inference benchmark.
 
-    python bench_transformers.py MODEL_DIR '[prompt ids]' NEW_TOKENS THREADS [ADAPTER_DIR]
+    python bench_transformers.py MODEL_DIR '[prompt ids]' NEW_TOKENS THREADS DTYPE [ADAPTER_DIR]
 
-Prints JSON: time to first token (prefill + first token) and decode tokens/s, greedy, f32 on CPU. With
+Prints JSON: time to first token (prefill + first token) and decode tokens/s, greedy, on CPU in DTYPE (float32 or
+bfloat16). With
 ADAPTER_DIR, the model carries that PEFT LoRA adapter, unmerged (as served beside others).
 """
 
@@ -16,12 +17,13 @@ from transformers import AutoModelForCausalLM
 
 def main():
     model_dir, ids, n, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    dtype = getattr(torch, sys.argv[5])
     torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    if len(sys.argv) > 5:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=dtype)
+    if len(sys.argv) > 6:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, sys.argv[5])
+        model = PeftModel.from_pretrained(model, sys.argv[6])
     model.eval()
     x = torch.tensor([ids])
     with torch.no_grad():

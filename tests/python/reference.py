@@ -1,8 +1,9 @@
 """Hugging Face transformers reference for the parity tests.
 
-    python reference.py MODEL_DIR '[token ids]' N
+    python reference.py MODEL_DIR '[token ids]' N [DTYPE]
 
-Prints JSON: the last prompt position's logits, and N greedy tokens (no EOS stop), f32 on CPU.
+Prints JSON: the last prompt position's logits, and N greedy tokens (no EOS stop), on CPU in DTYPE (float32 unless
+bfloat16 is given).
 """
 
 import json
@@ -33,11 +34,12 @@ def last_logits_and_greedy(model, ids, n):
 
 def main():
     model_dir, ids, n = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    dtype = getattr(torch, sys.argv[4]) if len(sys.argv) > 4 else torch.float32
     torch.set_num_threads(1)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=dtype, attn_implementation="eager")
     model.eval()
     logits, greedy = last_logits_and_greedy(model, ids, n)
-    print(json.dumps({"logits": logits.tolist(), "greedy": greedy}))
+    print(json.dumps({"logits": logits.float().tolist(), "greedy": greedy}))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ mod common;
 use kaito_inference::engine::{Engine, EngineConfig, Event, GenRequest};
 use kaito_inference::loader;
 use kaito_inference::metrics::Metrics;
+use kaito_inference::models::decoder::Quantization;
 use kaito_inference::sampling::{Sampler, SamplingParams};
 use std::path::Path;
 use std::sync::Arc;
@@ -73,12 +74,18 @@ async fn aggregate_over(engine: &Engine, prompts: &[Vec<u32>], n: usize, adapter
 /// transformers `generate` on the same weights and prompt (`tests/python/bench_transformers.py`), with the PEFT
 /// adapter `adapter` when given: its JSON report (time to first token, decode tokens/s).
 fn transformers(dir: &Path, prompt: &[u32], threads: i32, adapter: Option<&Path>) -> serde_json::Value {
+    transformers_in(dir, prompt, threads, "float32", adapter)
+}
+
+/// [`transformers`] with the model in `dtype` (torch's name).
+fn transformers_in(dir: &Path, prompt: &[u32], threads: i32, dtype: &str, adapter: Option<&Path>) -> serde_json::Value {
     let out = std::process::Command::new(common::python())
         .arg(common::script("bench_transformers.py"))
         .arg(dir)
         .arg(serde_json::to_string(prompt).unwrap())
         .arg(NEW_TOKENS.to_string())
         .arg(threads.to_string())
+        .arg(dtype)
         .args(adapter)
         .output()
         .expect("python runs");
@@ -93,13 +100,24 @@ async fn aggregate_sampled(engine: &Engine, prompt: &[u32], n: usize, sampler: i
     (n * NEW_TOKENS) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// An engine serving the model of `dir` in `kind` (quantized as asked), built on its own thread as the server does.
+fn start(dir: &Path, kind: Kind, quantization: Option<Quantization>, threads: i32) -> Engine {
+    let dir = dir.to_path_buf();
+    let build = Box::new(move || {
+        let mut model = loader::load_model(&dir, Device::Cpu, kind, 2048)?;
+        if let Some(q) = quantization {
+            model.quantize(q)?;
+        }
+        Ok((model, loader::load_text(&dir)?.stop_ids))
+    });
+    Engine::spawn(Some(threads), EngineConfig::default(), Arc::new(Metrics::default()), build).expect("model loads")
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let threads: i32 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1);
     let dir = common::model("smollm2-135m-instruct");
-    tch::set_num_threads(threads);
-    let loaded = loader::load(&dir, Device::Cpu, Kind::Float, 2048).expect("model loads");
-    let text = loaded.text;
+    let text = loader::load_text(&dir).expect("tokenizer loads");
     let prompts: Vec<Vec<u32>> = [
         "What is the capital of France?",
         "Write a short poem about autumn leaves.",
@@ -109,8 +127,7 @@ async fn main() {
     .iter()
     .map(|q| common::chat_prompt(&text, q))
     .collect();
-    let engine =
-        Engine::start(loaded.model, text.stop_ids.clone(), EngineConfig::default(), Arc::new(Metrics::default()));
+    let engine = start(&dir, Kind::Float, None, threads);
     one(&engine, prompts[0].clone()).await; // warm-up
     let (ttft, decode) = one(&engine, prompts[0].clone()).await;
 
@@ -133,6 +150,36 @@ async fn main() {
     for n in [4, 16] {
         let agg = aggregate(&engine, &prompts, n).await;
         println!("| {n} | {agg:.1} | {:.2}x |", agg / single);
+    }
+
+    // Fewer bytes per token: each weight format in its own engine, beside transformers in f32 and bf16 at the same
+    // thread count (transformers has no CPU int8 path of its own here).
+    let hf_bf16 = transformers_in(&dir, &prompts[0], threads, "bfloat16", None)["decode_tok_s"].as_f64().unwrap();
+    println!();
+    println!("transformers decode tokens/s: f32 {hf_decode:.1}, bf16 {hf_bf16:.1}");
+    println!(
+        "| weights ({threads} thread(s)) | decode tokens/s | TTFT ms | vs transformers f32 | vs transformers bf16 | 16 concurrent tokens/s | 16 vs 1 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let formats = [
+        ("f32", Kind::Float, None),
+        ("bf16 (weights, activations, KV cache)", Kind::BFloat16, None),
+        ("int8 weights, f32 activations", Kind::Float, Some(Quantization::Int8)),
+        ("int8 weights, bf16 activations", Kind::BFloat16, Some(Quantization::Int8)),
+    ];
+    for (name, kind, quantization) in formats {
+        let e = start(&dir, kind, quantization, threads);
+        one(&e, prompts[0].clone()).await; // warm-up
+        let (ttft, decode) = one(&e, prompts[0].clone()).await;
+        let single = aggregate(&e, &prompts, 1).await;
+        let sixteen = aggregate(&e, &prompts, 16).await;
+        println!(
+            "| {name} | {decode:.1} | {:.1} | {:.2}x | {:.2}x | {sixteen:.1} | {:.2}x |",
+            ttft * 1e3,
+            decode / hf_decode,
+            decode / hf_bf16,
+            sixteen / single
+        );
     }
 
     // Structured output: the same decoding under a JSON schema (llguidance's token mask on every step). The schema
@@ -162,8 +209,10 @@ async fn main() {
             ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]});
         common::peft_adapter(&dir, &adapter, &spec, &[1, 2, 3], 1);
         let name = format!("adapter-{i}");
-        let loaded = kaito_inference::lora::Adapter::load(&name, &adapter, &shape).expect("adapter loads");
-        engine.load_adapter(loaded).await.unwrap();
+        let owned = name.clone();
+        let shape = shape.clone();
+        let build = Box::new(move || kaito_inference::lora::Adapter::load(&owned, &adapter, &shape));
+        engine.load_adapter(build).await.unwrap();
         names.push(name);
     }
     one_with(&engine, prompts[0].clone(), Some(names[0].clone())).await; // warm-up

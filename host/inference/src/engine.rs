@@ -160,40 +160,67 @@ impl Seq {
     }
 }
 
+/// Builds the model on the engine thread: the decoder and the token ids that end generation.
+pub type BuildModel = Box<dyn FnOnce() -> anyhow::Result<(Decoder, Vec<u32>)> + Send>;
+
+/// Builds an adapter on the engine thread.
+pub type BuildAdapter = Box<dyn FnOnce() -> anyhow::Result<Adapter> + Send>;
+
 impl Engine {
-    /// Start the engine thread for `model`.
+    /// Start the engine thread for `model` (built elsewhere: tests and tools; a server uses [`Engine::spawn`]).
     pub fn start(model: Decoder, stop_ids: Vec<u32>, config: EngineConfig, metrics: Arc<Metrics>) -> Engine {
+        Engine::spawn(None, config, metrics, Box::new(move || Ok((model, stop_ids)))).expect("a built model starts")
+    }
+
+    /// Starts the engine thread, builds the model there with `build` and returns once it is built.
+    ///
+    /// Every libtorch op runs on this one thread, with `threads` intra-op threads (`None`: the current setting).
+    /// libgomp gives each thread that runs a parallel op its own worker team and, once its threads outnumber the
+    /// CPUs, stops spin-waiting between ops: with the model loaded on another thread, each of a decode step's ~200
+    /// parallel matmuls paid a futex wake-up, and 2 threads decoded at half the speed of 1 (perf: 37% of the engine's
+    /// samples in the kernel's futex path).
+    pub fn spawn(
+        threads: Option<i32>,
+        config: EngineConfig,
+        metrics: Arc<Metrics>,
+        build: BuildModel,
+    ) -> anyhow::Result<Engine> {
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let running = Arc::new(AtomicUsize::new(0));
-        let handle = Engine {
-            tx,
-            queued: queued.clone(),
-            running: running.clone(),
-            max_waiting: config.max_waiting,
-            max_context: model.max_context,
-            kv_tokens: config.kv_tokens,
-            shape: Shape::of(&model),
-            vocab: model.config.vocab_size,
-        };
+        let (built_tx, built_rx) = mpsc::channel();
+        let (q, r, kv_tokens, max_waiting) = (queued.clone(), running.clone(), config.kv_tokens, config.max_waiting);
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
+                if let Some(t) = threads {
+                    tch::set_num_threads(t);
+                }
+                let (model, stop_ids) = match build() {
+                    Ok(built) => built,
+                    Err(e) => {
+                        let _ = built_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = built_tx.send(Ok((model.max_context, Shape::of(&model), model.config.vocab_size)));
                 let scheduler = Scheduler {
                     model,
                     adapters: HashMap::new(),
                     stop_ids,
                     config,
                     metrics,
-                    queued,
-                    active: running,
+                    queued: q,
+                    active: r,
                     waiting: VecDeque::new(),
                     running: Vec::new(),
                 };
                 scheduler.run(rx)
             })
-            .expect("spawn the engine thread");
-        handle
+            .map_err(|e| anyhow::anyhow!("spawning the engine thread: {e}"))?;
+        let (max_context, shape, vocab) =
+            built_rx.recv().map_err(|_| anyhow::anyhow!("the engine thread stopped while building the model"))??;
+        Ok(Engine { tx, queued, running, max_waiting, max_context, kv_tokens, shape, vocab })
     }
 
     /// Sequences in the running batch and requests waiting, as last seen by the scheduler.
@@ -214,10 +241,11 @@ impl Engine {
         })
     }
 
-    /// Hands `adapter` to the engine thread; from the answer on, requests may name it.
-    pub async fn load_adapter(&self, adapter: Adapter) -> Result<(), String> {
+    /// Builds an adapter with `build` on the engine thread (its tensors stay on the thread that runs libtorch, see
+    /// [`Engine::spawn`]); from the answer on, requests may name it.
+    pub async fn load_adapter(&self, build: BuildAdapter) -> Result<(), String> {
         let (done, answer) = tokio::sync::oneshot::channel();
-        self.tx.send(Command::Load(adapter, done)).map_err(|_| "the engine has stopped".to_string())?;
+        self.tx.send(Command::Load(build, done)).map_err(|_| "the engine has stopped".to_string())?;
         answer.await.map_err(|_| "the engine has stopped".to_string())?
     }
 
@@ -232,7 +260,7 @@ impl Engine {
 /// What the engine thread is asked to do, in arrival order.
 enum Command {
     Generate(Box<GenRequest>),
-    Load(Adapter, tokio::sync::oneshot::Sender<Result<(), String>>),
+    Load(BuildAdapter, tokio::sync::oneshot::Sender<Result<(), String>>),
     Unload(String, tokio::sync::oneshot::Sender<Result<(), String>>),
 }
 
@@ -277,12 +305,16 @@ impl Scheduler {
     fn command(&mut self, c: Command) {
         match c {
             Command::Generate(r) => self.enqueue(*r),
-            Command::Load(adapter, done) => {
-                let _ = done.send(if self.adapters.contains_key(&adapter.name) {
-                    Err(format!("the adapter {:?} is loaded already", adapter.name))
-                } else {
-                    self.adapters.insert(adapter.name.clone(), Rc::new(adapter));
-                    Ok(())
+            Command::Load(build, done) => {
+                let _ = done.send(match build() {
+                    Err(e) => Err(format!("{e:#}")),
+                    Ok(adapter) if self.adapters.contains_key(&adapter.name) => {
+                        Err(format!("the adapter {:?} is loaded already", adapter.name))
+                    }
+                    Ok(adapter) => {
+                        self.adapters.insert(adapter.name.clone(), Rc::new(adapter));
+                        Ok(())
+                    }
                 });
             }
             Command::Unload(name, done) => {

@@ -70,9 +70,22 @@ pub struct Loaded {
 
 /// Load config, tokenizer and weights from `dir`.
 pub fn load(dir: &Path, device: Device, kind: Kind, max_context: usize) -> anyhow::Result<Loaded> {
+    Ok(Loaded { text: load_text(dir)?, model: load_model(dir, device, kind, max_context)? })
+}
+
+/// The tokenizer, chat template and stop tokens of `dir` (no tensors: any thread may load them).
+pub fn load_text(dir: &Path) -> anyhow::Result<TextModel> {
+    TextModel::load(dir, &ModelConfig::read(dir)?.eos_ids())
+}
+
+/// The model of `dir` (run it on the thread that builds it: see `Engine::spawn`).
+pub fn load_model(
+    dir: &Path,
+    device: Device,
+    kind: Kind,
+    max_context: usize,
+) -> anyhow::Result<crate::models::decoder::Decoder> {
     let config = ModelConfig::read(dir)?;
-    let text = TextModel::load(dir, &config.eos_ids())?;
     let weights = Weights::new(read_weights(dir)?, kind, device);
-    let model = models::load(config, weights, &LoadOptions { device, kind, max_context })?;
-    Ok(Loaded { model, text })
+    models::load(config, weights, &LoadOptions { device, kind, max_context })
 }

@@ -78,23 +78,26 @@ impl Lora {
         if self.cards.lock().expect("lora cards").contains_key(name) {
             return Err(bad("lora_name", format!("the adapter {name:?} is loaded already; unload it first")));
         }
-        let (shape, fetch, owned) = (engine.shape.clone(), self.fetch.clone(), (name.to_string(), path.to_string()));
-        let adapter = tokio::task::spawn_blocking(move || {
-            let (name, path) = owned;
-            let dir = match path.strip_prefix(kaito_oci::SCHEME) {
-                Some(reference) => match fetch {
-                    Some(fetch) => fetch(reference)?,
-                    None => anyhow::bail!("{path}: oci:// adapters need the registry options of this server"),
-                },
-                None => std::path::PathBuf::from(&path),
-            };
-            crate::lora::Adapter::load_with_strength(&name, &dir, &shape, strength)
+        // The artifact is pulled here (network and disk); its tensors are built on the engine thread.
+        let fetch = self.fetch.clone();
+        let owned = path.to_string();
+        let dir = tokio::task::spawn_blocking(move || match owned.strip_prefix(kaito_oci::SCHEME) {
+            Some(reference) => match fetch {
+                Some(fetch) => fetch(reference),
+                None => anyhow::bail!("{owned}: oci:// adapters need the registry options of this server"),
+            },
+            None => Ok(std::path::PathBuf::from(&owned)),
         })
         .await
         .map_err(|e| bad("lora_path", e.to_string()))?
         .map_err(|e| bad("lora_path", format!("{e:#}")))?;
+        let (shape, owned_name) = (engine.shape.clone(), name.to_string());
+        let build = Box::new(move || crate::lora::Adapter::load_with_strength(&owned_name, &dir, &shape, strength));
+        engine.load_adapter(build).await.map_err(|e| {
+            // A name taken is the caller's name; anything else is what the path holds.
+            if e.contains("loaded already") { bad("lora_name", e) } else { bad("lora_path", e) }
+        })?;
         let card = AdapterCard { source: path.to_string() };
-        engine.load_adapter(adapter).await.map_err(|e| bad("lora_name", e))?;
         self.cards.lock().expect("lora cards").insert(name.to_string(), card);
         Ok(())
     }

@@ -45,14 +45,84 @@ impl Weights {
 
 /// A linear layer (`y = x W^T + b`).
 pub struct Linear {
+    /// [out, in]: in the model's dtype, or int8 when quantized.
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// Per-output-channel scales (bf16) when `weight` is int8: row `i` of the real weight is `weight[i] * scales[i]`.
+    pub scales: Option<Tensor>,
+}
+
+/// Weight-only quantization of the linear layers (`--quantization`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantization {
+    /// Symmetric int8 per output channel, multiplied by libtorch's `_weight_int8pack_mm` (activations in bf16).
+    Int8,
+}
+
+impl Quantization {
+    /// `none` (`None`) or `int8`.
+    pub fn parse(s: &str) -> anyhow::Result<Option<Quantization>> {
+        match s {
+            "none" => Ok(None),
+            "int8" => Ok(Some(Quantization::Int8)),
+            other => anyhow::bail!("--quantization {other:?}: use none or int8"),
+        }
+    }
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+    /// A plain (unquantized) layer.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Linear {
+        Linear { weight, bias, scales: None }
     }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        match &self.scales {
+            None => x.linear(&self.weight, self.bias.as_ref()),
+            Some(scales) => {
+                let xb = x.to_kind(Kind::BFloat16);
+                // The int8 kernel reads bf16 activations (its f32 path is ~20x slower on CPU) and answers bf16; its
+                // cost grows with every row, so past ~16 rows (prompt chunks, large batches) the int8 weight is
+                // widened to bf16 (exact: integers up to 256) for one matmul, and the scales applied to its output.
+                let y = if x.size()[0] > INT8_KERNEL_ROWS {
+                    xb.linear::<Tensor>(&self.weight.to_kind(Kind::BFloat16), None) * scales
+                } else {
+                    xb.internal_weight_int8pack_mm(&self.weight, scales)
+                };
+                let y = y.to_kind(x.kind());
+                match &self.bias {
+                    Some(b) => y + b,
+                    None => y,
+                }
+            }
+        }
+    }
+
+    /// This layer with its weight quantized to int8 per output channel (symmetric: scale = max |row| / 127).
+    pub fn quantized(&self) -> Linear {
+        let (weight, scales) = quantize_rows(&self.weight);
+        Linear { weight, bias: self.bias.as_ref().map(Tensor::shallow_clone), scales: Some(scales) }
+    }
+
+    /// The real weight this layer multiplies by, in f32 (a quantized one dequantized): the reference for tests.
+    pub fn dequantized(&self) -> Tensor {
+        match &self.scales {
+            None => self.weight.to_kind(Kind::Float),
+            Some(s) => self.weight.to_kind(Kind::Float) * s.to_kind(Kind::Float).unsqueeze(1),
+        }
+    }
+}
+
+/// Rows up to which libtorch's int8 kernel beats widening the weight to bf16 (measured on this machine's AVX-512
+/// CPU: equal at 16 rows, the kernel 2x slower at 64).
+const INT8_KERNEL_ROWS: i64 = 16;
+
+/// `w` ([out, in]) as int8 rows and their bf16 scales; the rounding uses the bf16 scale the kernel will see.
+fn quantize_rows(w: &Tensor) -> (Tensor, Tensor) {
+    let w = w.to_kind(Kind::Float);
+    let scales = (w.abs().amax([1].as_slice(), false) / 127.0).clamp_min(1e-12).to_kind(Kind::BFloat16);
+    let q = (w / scales.to_kind(Kind::Float).unsqueeze(1)).round().clamp(-128.0, 127.0).to_kind(Kind::Int8);
+    (q.contiguous(), scales)
 }
 
 /// RMSNorm, computed in f32 as the reference does.
@@ -247,6 +317,8 @@ pub struct Decoder {
     pub norm: RmsNorm,
     /// Output head; `None` when tied to the embedding.
     pub lm_head: Option<Tensor>,
+    /// The output head quantized (`--quantization`), used instead of `lm_head` or the embedding.
+    pub head_q: Option<Linear>,
     pub rotary: Rotary,
     /// Longest sequence the KV cache may hold (context window, capped by a sliding window we do not implement).
     pub max_context: usize,
@@ -255,6 +327,24 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// Quantizes every projection and the output head (the embedding stays: a lookup reads one row per token).
+    /// CPU only: the kernel's GPU path is untested here.
+    pub fn quantize(&mut self, q: Quantization) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.device == Device::Cpu,
+            "--quantization {q:?} is served on CPU only (this server has no GPU test for it)"
+        );
+        for l in &mut self.layers {
+            for lin in [&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.gate, &mut l.up, &mut l.down] {
+                anyhow::ensure!(lin.scales.is_none(), "the model is quantized already");
+                *lin = lin.quantized();
+            }
+        }
+        let head = self.lm_head.take().unwrap_or_else(|| self.embed.shallow_clone());
+        self.head_q = Some(Linear::new(head, None).quantized());
+        Ok(())
+    }
+
     /// An empty KV cache for a new sequence.
     pub fn new_cache(&self) -> SeqCache {
         SeqCache { layers: (0..self.layers.len()).map(|_| None).collect(), len: 0 }
@@ -304,6 +394,9 @@ impl Decoder {
     /// Final norm and output head over hidden states.
     fn head(&self, x: &Tensor) -> Tensor {
         let x = self.norm.forward(x);
+        if let Some(q) = &self.head_q {
+            return q.forward(&x).to_kind(Kind::Float);
+        }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         x.linear::<Tensor>(head, None).to_kind(Kind::Float)
     }
@@ -457,13 +550,13 @@ pub fn build(
             q,
             k,
             v,
-            o: Linear {
-                weight: w.take(&format!("{p}.self_attn.o_proj.weight"))?,
-                bias: w.opt(&format!("{p}.self_attn.o_proj.bias")),
-            },
+            o: Linear::new(
+                w.take(&format!("{p}.self_attn.o_proj.weight"))?,
+                w.opt(&format!("{p}.self_attn.o_proj.bias")),
+            ),
             gate,
             up,
-            down: Linear { weight: w.take(&format!("{p}.mlp.down_proj.weight"))?, bias: None },
+            down: Linear::new(w.take(&format!("{p}.mlp.down_proj.weight"))?, None),
         });
     }
     let embed = w.take("model.embed_tokens.weight")?;
@@ -485,7 +578,18 @@ pub fn build(
         max_context = win;
     }
     let rotary = Rotary::new(&config, max_context, opts.device)?;
-    Ok(Decoder { config, embed, layers, norm, lm_head, rotary, max_context, device: opts.device, kind: opts.kind })
+    Ok(Decoder {
+        config,
+        embed,
+        layers,
+        norm,
+        lm_head,
+        head_q: None,
+        rotary,
+        max_context,
+        device: opts.device,
+        kind: opts.kind,
+    })
 }
 
 /// Separate q, k, v projections (Llama, Mistral, Qwen2).
@@ -493,7 +597,7 @@ pub fn split_attention(w: &mut Weights, p: &str, bias: bool) -> anyhow::Result<(
     let mut lin = |name: &str| -> anyhow::Result<Linear> {
         let weight = w.take(&format!("{p}.self_attn.{name}.weight"))?;
         let b = if bias { Some(w.take(&format!("{p}.self_attn.{name}.bias"))?) } else { None };
-        Ok(Linear { weight, bias: b })
+        Ok(Linear::new(weight, b))
     };
     Ok((lin("q_proj")?, lin("k_proj")?, lin("v_proj")?))
 }
@@ -501,7 +605,7 @@ pub fn split_attention(w: &mut Weights, p: &str, bias: bool) -> anyhow::Result<(
 /// Separate gate and up projections.
 pub fn split_mlp(w: &mut Weights, p: &str) -> anyhow::Result<(Linear, Linear)> {
     Ok((
-        Linear { weight: w.take(&format!("{p}.mlp.gate_proj.weight"))?, bias: None },
-        Linear { weight: w.take(&format!("{p}.mlp.up_proj.weight"))?, bias: None },
+        Linear::new(w.take(&format!("{p}.mlp.gate_proj.weight"))?, None),
+        Linear::new(w.take(&format!("{p}.mlp.up_proj.weight"))?, None),
     ))
 }

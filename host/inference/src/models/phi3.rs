@@ -11,7 +11,7 @@ pub fn load(config: ModelConfig, weights: Weights, opts: &LoadOptions) -> anyhow
     let d = config.head_dim() as i64;
     let (q_rows, kv_rows) = (config.num_attention_heads as i64 * d, config.kv_heads() as i64 * d);
     let inter = config.intermediate_size as i64;
-    let plain = |weight: tch::Tensor| Linear { weight: weight.contiguous(), bias: None };
+    let plain = |weight: tch::Tensor| Linear::new(weight.contiguous(), None);
     build(
         config,
         weights,
