@@ -209,10 +209,16 @@ impl TextModel {
 }
 
 /// Turns a growing list of token ids into text deltas, holding back bytes of an unfinished character.
+///
+/// Each token decodes a short window (the tokens since the last emitted text, after a few before them for context,
+/// as Hugging Face's text-generation-inference does), so a token costs the same at position 10 and 10,000.
 #[derive(Default)]
 pub struct Detokenizer {
     ids: Vec<u32>,
-    emitted: usize,
+    /// Start of the context window: tokens before it are never decoded again.
+    prefix: usize,
+    /// End of the text already emitted.
+    read: usize,
     /// Write special tokens out (a tool-call parser reads its markers).
     special: bool,
 }
@@ -226,13 +232,61 @@ impl Detokenizer {
     /// Add one token; returns the new text, if any is complete.
     pub fn push(&mut self, text: &TextModel, id: u32) -> String {
         self.ids.push(id);
-        let full = if self.special { text.decode_special(&self.ids) } else { text.decode(&self.ids) };
-        let Ok(full) = full else { return String::new() };
-        if full.ends_with('\u{FFFD}') || full.len() < self.emitted || !full.is_char_boundary(self.emitted) {
+        let decode = |ids: &[u32]| if self.special { text.decode_special(ids) } else { text.decode(ids) };
+        let (Ok(before), Ok(now)) = (decode(&self.ids[self.prefix..self.read]), decode(&self.ids[self.prefix..]))
+        else {
+            return String::new();
+        };
+        if now.len() <= before.len() || now.ends_with('\u{FFFD}') || !now.is_char_boundary(before.len()) {
             return String::new();
         }
-        let delta = full[self.emitted..].to_string();
-        self.emitted = full.len();
+        let delta = now[before.len()..].to_string();
+        self.prefix = self.read;
+        self.read = self.ids.len();
         delta
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A byte-level tokenizer with single-byte tokens (so one character may take several tokens) and a few words.
+    fn model() -> TextModel {
+        let mut vocab = serde_json::Map::new();
+        let bytes = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet();
+        let mut chars: Vec<char> = bytes.into_iter().collect();
+        chars.sort();
+        for (i, c) in chars.iter().enumerate() {
+            vocab.insert(c.to_string(), serde_json::json!(i));
+        }
+        let n = chars.len();
+        for (i, w) in ["Hello", "\u{0120}world", "\u{0120}caf"].iter().enumerate() {
+            vocab.insert(w.to_string(), serde_json::json!(n + i));
+        }
+        let json = serde_json::json!({
+            "version": "1.0", "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "vocab": vocab, "merges": [], "dropout": null, "unk_token": null,
+                      "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false}
+        });
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
+        std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"eos_token": "Hello"}"#).unwrap();
+        TextModel::load(dir.path(), &[]).unwrap()
+    }
+
+    #[test]
+    fn deltas_add_up_to_the_whole_text_and_wait_for_whole_characters() {
+        let m = model();
+        let text = "Hello world café, naïve — 東京 ✓ world";
+        let ids = m.encode(text, false).unwrap();
+        let mut d = Detokenizer::default();
+        let deltas: Vec<String> = ids.iter().map(|&id| d.push(&m, id)).collect();
+        assert_eq!(deltas.concat(), text);
+        assert!(deltas.iter().all(|s| !s.contains('\u{FFFD}')), "no half characters: {deltas:?}");
+        assert!(deltas.iter().filter(|s| s.is_empty()).count() >= 6, "multi-byte characters wait: {deltas:?}");
     }
 }
