@@ -346,7 +346,8 @@ impl<'a> Batch<'a> {
                 None => h,
                 Some(mask) => h * mask,
             };
-            y += h.linear::<Tensor>(&pair.b, None);
+            // Out of place: `y` may be a view of a stacked projection's output (q/k/v, gate/up) that autograd keeps.
+            y = y + h.linear::<Tensor>(&pair.b, None);
         }
         y
     }

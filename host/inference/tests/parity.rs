@@ -147,6 +147,9 @@ fn int8_weights_match_their_dequantized_reference() {
         for (rl, ql) in pairs.into_iter().chain([(&mut r.gate, &q.gate), (&mut r.up, &q.up), (&mut r.down, &q.down)]) {
             rl.weight = ql.dequantized();
         }
+        // The stacked projections are what runs: stack the replaced parts again.
+        (r.qkv, r.gate_up) = (None, None);
+        r.fuse();
     }
     reference.model.lm_head = Some(int8.model.head_q.as_ref().unwrap().dequantized());
     let prompt: Vec<i64> =

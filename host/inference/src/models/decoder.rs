@@ -104,6 +104,23 @@ impl Linear {
         Linear { weight, bias: self.bias.as_ref().map(Tensor::shallow_clone), scales: Some(scales) }
     }
 
+    /// Views of consecutive row ranges of `rows` sizes.
+    fn split(&self, rows: &[i64]) -> Vec<Linear> {
+        let mut at = 0;
+        rows.iter()
+            .map(|&n| {
+                let part = |t: &Tensor| t.narrow(0, at, n);
+                let l = Linear {
+                    weight: part(&self.weight),
+                    bias: self.bias.as_ref().map(part),
+                    scales: self.scales.as_ref().map(part),
+                };
+                at += n;
+                l
+            })
+            .collect()
+    }
+
     /// The real weight this layer multiplies by, in f32 (a quantized one dequantized): the reference for tests.
     pub fn dequantized(&self) -> Tensor {
         match &self.scales {
@@ -260,6 +277,43 @@ pub struct Layer {
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
+    /// q, k and v as one matrix (q, k, v are views of its rows): one matmul instead of three.
+    pub qkv: Option<Linear>,
+    /// gate and up as one matrix (gate and up are views of its rows).
+    pub gate_up: Option<Linear>,
+}
+
+/// One linear layer of `parts` stacked by rows, and the parts again as views of its rows (no second copy).
+fn fuse(parts: &[&Linear]) -> (Linear, Vec<Linear>) {
+    let weight = Tensor::cat(&parts.iter().map(|p| &p.weight).collect::<Vec<_>>(), 0);
+    let bias = parts
+        .iter()
+        .all(|p| p.bias.is_some())
+        .then(|| Tensor::cat(&parts.iter().map(|p| p.bias.as_ref().expect("checked")).collect::<Vec<_>>(), 0));
+    let scales = parts
+        .iter()
+        .all(|p| p.scales.is_some())
+        .then(|| Tensor::cat(&parts.iter().map(|p| p.scales.as_ref().expect("checked")).collect::<Vec<_>>(), 0));
+    let fused = Linear { weight, bias, scales };
+    let views = fused.split(&parts.iter().map(|p| p.weight.size()[0]).collect::<Vec<_>>());
+    (fused, views)
+}
+
+impl Layer {
+    /// Stacks q/k/v and gate/up (when their biases agree: all or none), the parts becoming views of the stack.
+    pub fn fuse(&mut self) {
+        let same_bias = |ps: &[&Linear]| ps.iter().all(|p| p.bias.is_some()) || ps.iter().all(|p| p.bias.is_none());
+        if self.qkv.is_none() && same_bias(&[&self.q, &self.k, &self.v]) {
+            let (fused, mut views) = fuse(&[&self.q, &self.k, &self.v]);
+            (self.v, self.k, self.q) = (views.pop().expect("3"), views.pop().expect("2"), views.pop().expect("1"));
+            self.qkv = Some(fused);
+        }
+        if self.gate_up.is_none() && same_bias(&[&self.gate, &self.up]) {
+            let (fused, mut views) = fuse(&[&self.gate, &self.up]);
+            (self.up, self.gate) = (views.pop().expect("2"), views.pop().expect("1"));
+            self.gate_up = Some(fused);
+        }
+    }
 }
 
 /// KV cache of one sequence: per layer, key and value buffers shaped [kv_heads, capacity, head_dim], grown by
@@ -335,10 +389,13 @@ impl Decoder {
             "--quantization {q:?} is served on CPU only (this server has no GPU test for it)"
         );
         for l in &mut self.layers {
+            anyhow::ensure!(l.o.scales.is_none(), "the model is quantized already");
             for lin in [&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.gate, &mut l.up, &mut l.down] {
-                anyhow::ensure!(lin.scales.is_none(), "the model is quantized already");
                 *lin = lin.quantized();
             }
+            // Rows quantize on their own, so the stacks are the quantized parts stacked again.
+            (l.qkv, l.gate_up) = (None, None);
+            l.fuse();
         }
         let head = self.lm_head.take().unwrap_or_else(|| self.embed.shallow_clone());
         self.head_q = Some(Linear::new(head, None).quantized());
@@ -413,11 +470,10 @@ impl Decoder {
         assert!(adapters.is_empty() || adapters.len() == spans.len(), "one adapter (or none) per span");
         let bounds: Vec<(usize, usize)> = spans.iter().map(|s| (s.start, s.len)).collect();
         let lora = Batch::new(&bounds, adapters, self.kind, self.device);
-        // The base projection, plus the adapters' for their tokens.
-        let project = |lin: &Linear, x: &Tensor, li: usize, m: Module| {
-            let y = lin.forward(x);
-            if lora.is_empty() { y } else { lora.apply(y, x, li, m) }
-        };
+        // The adapters' part for their tokens, added to a base projection's output `y` of input `x`.
+        let adapt =
+            |y: Tensor, x: &Tensor, li: usize, m: Module| if lora.is_empty() { y } else { lora.apply(y, x, li, m) };
+        let project = |lin: &Linear, x: &Tensor, li: usize, m: Module| adapt(lin.forward(x), x, li, m);
         let cfg = &self.config;
         let (heads, kv_heads, head_dim) =
             (cfg.num_attention_heads as i64, cfg.kv_heads() as i64, cfg.head_dim() as i64);
@@ -438,11 +494,22 @@ impl Decoder {
         let scale = 1.0 / (head_dim as f64).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.forward(&x);
-            let q = project(&layer.q, &h, li, Module::Q).view([n, heads, head_dim]);
-            let q = self.rotary.apply(&q, &positions, long_mask.as_ref());
-            let k = project(&layer.k, &h, li, Module::K).view([n, kv_heads, head_dim]);
-            let k = self.rotary.apply(&k, &positions, long_mask.as_ref());
-            let v = project(&layer.v, &h, li, Module::V).view([n, kv_heads, head_dim]);
+            let (q, k, v) = match &layer.qkv {
+                Some(fused) => {
+                    let y = fused.forward(&h);
+                    let (qr, kr) = (heads * head_dim, kv_heads * head_dim);
+                    let part = |from: i64, rows: i64, m: Module| adapt(y.narrow(1, from, rows), &h, li, m);
+                    (part(0, qr, Module::Q), part(qr, kr, Module::K), part(qr + kr, kr, Module::V))
+                }
+                None => (
+                    project(&layer.q, &h, li, Module::Q),
+                    project(&layer.k, &h, li, Module::K),
+                    project(&layer.v, &h, li, Module::V),
+                ),
+            };
+            let q = self.rotary.apply(&q.reshape([n, heads, head_dim]), &positions, long_mask.as_ref());
+            let k = self.rotary.apply(&k.reshape([n, kv_heads, head_dim]), &positions, long_mask.as_ref());
+            let v = v.reshape([n, kv_heads, head_dim]);
             let groups = heads / kv_heads;
             let upcast = |t: &Tensor| if self.kind == Kind::Float { t.shallow_clone() } else { t.to_kind(Kind::Float) };
             let downcast = |t: Tensor| if self.kind == Kind::Float { t } else { t.to_kind(self.kind) };
@@ -511,7 +578,15 @@ impl Decoder {
             // Out of place: the norms keep `x` for their backward pass when kaito-tune trains through here.
             x = &x + project(&layer.o, &attn, li, Module::O);
             let h = layer.post_norm.forward(&x);
-            let act = project(&layer.gate, &h, li, Module::Gate).silu() * project(&layer.up, &h, li, Module::Up);
+            let act = match &layer.gate_up {
+                Some(fused) => {
+                    let y = fused.forward(&h);
+                    let inter = y.size()[1] / 2;
+                    adapt(y.narrow(1, 0, inter), &h, li, Module::Gate).silu()
+                        * adapt(y.narrow(1, inter, inter), &h, li, Module::Up)
+                }
+                None => project(&layer.gate, &h, li, Module::Gate).silu() * project(&layer.up, &h, li, Module::Up),
+            };
             x = &x + project(&layer.down, &act, li, Module::Down);
         }
         for (span, cache) in spans.iter().zip(caches.iter_mut()) {
@@ -557,7 +632,10 @@ pub fn build(
             gate,
             up,
             down: Linear::new(w.take(&format!("{p}.mlp.down_proj.weight"))?, None),
+            qkv: None,
+            gate_up: None,
         });
+        layers.last_mut().expect("pushed").fuse();
     }
     let embed = w.take("model.embed_tokens.weight")?;
     let lm_head = w.opt("lm_head.weight");
