@@ -347,7 +347,7 @@ impl<'a> Batch<'a> {
                 Some(mask) => h * mask,
             };
             // Out of place: `y` may be a view of a stacked projection's output (q/k/v, gate/up) that autograd keeps.
-            y = y + h.linear::<Tensor>(&pair.b, None);
+            y = &y + h.linear::<Tensor>(&pair.b, None);
         }
         y
     }
