@@ -212,7 +212,8 @@ impl InferenceSet {
     /// Hash of everything a Workspace is made from: a Workspace carrying another hash is out of date.
     pub fn template_hash(&self) -> String {
         use sha2::Digest;
-        let made_from = json!({"template": self.spec.template, "labelSelector": self.spec.label_selector});
+        let made_from =
+            crate::sorted_keys(json!({"template": self.spec.template, "labelSelector": self.spec.label_selector}));
         let digest = sha2::Sha256::digest(serde_json::to_vec(&made_from).expect("template serialises"));
         hex::encode(&digest[..5])
     }

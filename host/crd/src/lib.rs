@@ -39,3 +39,33 @@ impl FieldError {
         self
     }
 }
+
+/// `v` with every object's keys sorted, whatever `serde_json` was built with: a crate in the workspace (llguidance)
+/// turns on `preserve_order`, which Cargo then unifies into every crate of a workspace build, so without this a hash
+/// or a rendered file would depend on which packages were built together.
+pub fn sorted_keys(mut v: serde_json::Value) -> serde_json::Value {
+    fn sort(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.sort_keys();
+                m.values_mut().for_each(sort);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(sort),
+            _ => {}
+        }
+    }
+    sort(&mut v);
+    v
+}
+
+#[cfg(test)]
+mod sorted_keys_tests {
+    #[test]
+    fn keys_come_out_sorted_at_every_depth() {
+        let v = serde_json::json!({"b": 1, "a": [{"z": 0, "y": {"d": 1, "c": 2}}]});
+        assert_eq!(
+            serde_json::to_string(&super::sorted_keys(v)).unwrap(),
+            r#"{"a":[{"y":{"c":2,"d":1},"z":0}],"b":1}"#
+        );
+    }
+}

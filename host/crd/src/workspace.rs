@@ -358,7 +358,9 @@ impl Workspace {
     /// metadata and status changes do not make a new revision.
     pub fn spec_hash(&self) -> String {
         use sha2::Digest;
-        let spec = serde_json::json!({"resource": self.resource, "inference": self.inference, "tuning": self.tuning});
+        let spec = crate::sorted_keys(
+            serde_json::json!({"resource": self.resource, "inference": self.inference, "tuning": self.tuning}),
+        );
         hex::encode(sha2::Sha256::digest(serde_json::to_vec(&spec).expect("Workspace spec serialises")))
     }
 

@@ -323,5 +323,10 @@ pub fn node_documents(plan: &NodePlan) -> Vec<serde_json::Value> {
 
 /// Multi-document YAML of `docs`, each introduced by `---`.
 pub fn to_yaml(docs: &[serde_json::Value]) -> String {
-    docs.iter().map(|d| format!("---\n{}", serde_yaml::to_string(d).expect("JSON values always serialise"))).collect()
+    docs.iter()
+        .map(|d| {
+            let d = kaito_crd::sorted_keys(d.clone());
+            format!("---\n{}", serde_yaml::to_string(&d).expect("JSON values always serialise"))
+        })
+        .collect()
 }
