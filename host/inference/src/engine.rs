@@ -472,11 +472,12 @@ impl Scheduler {
             let seq = &mut self.running[i];
             let (first_row, read, prompt) = reads[k];
             if prompt {
-                // Position p's logits score token p + 1, for the prompt's tokens only.
+                // Every position of the chunk was read (`read == take`); position p's logits score token p + 1, for
+                // the prompt's tokens only.
                 let from = seq.cache.len - take;
                 let top = seq.sampler.params().prompt_logprobs.unwrap_or(0);
                 for r in 0..read {
-                    let next = from + take - read + r + 1;
+                    let next = from + r + 1;
                     if next < seq.prompt_len {
                         let row = &flat[(first_row + r) * vocab..(first_row + r + 1) * vocab];
                         seq.prompt_logprobs.push(crate::sampling::logprobs(row, seq.tokens[next], top));

@@ -103,50 +103,51 @@ impl Sampler {
     /// `top_k`, or the best 64 when they already hold `top_p` (a whole-vocabulary sort cost ~2 ms per token).
     fn draw(&mut self, logits: &[f32]) -> u32 {
         let (top_k, top_p, temperature) = (self.params.top_k, self.params.top_p, self.params.temperature);
-        let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+        let by_logit = descending(logits);
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let weight = |t: u32| ((logits[t as usize] - max) / temperature).exp();
+        // Unnormalised probabilities, one exp per token.
+        let weight: Vec<f32> = logits.iter().map(|&l| ((l - max) / temperature).exp()).collect();
         let r: f32 = self.rng.random();
         if top_k == 0 && top_p >= 1.0 {
             // No cut: every token in id order.
-            let total: f32 = (0..logits.len() as u32).map(weight).sum();
-            return pick((0..logits.len() as u32).map(|t| (t, weight(t) / total)), r);
+            let total: f32 = weight.iter().sum();
+            return pick(weight.iter().enumerate().map(|(t, w)| (t as u32, w / total)), r);
         }
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-        let k = if top_k > 0 { top_k.min(order.len()) } else { order.len() };
-        let total: f32 = if top_k > 0 {
-            if k < order.len() {
-                order.select_nth_unstable_by(k - 1, by_logit);
-                order.truncate(k);
-            }
-            order.iter().map(|&t| weight(t)).sum()
-        } else {
-            (0..logits.len() as u32).map(weight).sum()
-        };
+        if top_k > 0 && top_k < order.len() {
+            order.select_nth_unstable_by(top_k - 1, &by_logit);
+            order.truncate(top_k);
+        }
+        let total: f32 = order.iter().map(|&t| weight[t as usize]).sum();
         // Sort the best `m` first; if they hold top_p, the nucleus is among them, else sort everything.
         let m = 64.min(order.len());
         if m < order.len() {
-            order.select_nth_unstable_by(m - 1, by_logit);
+            order.select_nth_unstable_by(m - 1, &by_logit);
         }
-        order[..m].sort_unstable_by(by_logit);
-        let held: f32 = order[..m].iter().map(|&t| weight(t) / total).sum();
+        order[..m].sort_unstable_by(&by_logit);
+        let held: f32 = order[..m].iter().map(|&t| weight[t as usize] / total).sum();
         if top_p < 1.0 && held < top_p && m < order.len() {
-            order.sort_unstable_by(by_logit);
+            order.sort_unstable_by(&by_logit);
         } else if top_p < 1.0 {
             order.truncate(m);
         }
         if top_p >= 1.0 {
-            return pick(order.iter().map(|&t| (t, weight(t) / total)), r);
+            return pick(order.iter().map(|&t| (t, weight[t as usize] / total)), r);
         }
         let mut acc = 0.0;
         let keep = order.iter().position(|&t| {
-            acc += weight(t) / total;
+            acc += weight[t as usize] / total;
             acc >= top_p
         });
         order.truncate(keep.map_or(order.len(), |i| i + 1));
-        let kept: f32 = order.iter().map(|&t| weight(t)).sum();
-        pick(order.iter().map(|&t| (t, weight(t) / kept)), r)
+        let kept: f32 = order.iter().map(|&t| weight[t as usize]).sum();
+        pick(order.iter().map(|&t| (t, weight[t as usize] / kept)), r)
     }
+}
+
+/// Token ids by logit, highest first (ties: the lower id first), for sorting and selecting.
+fn descending(logits: &[f32]) -> impl Fn(&u32, &u32) -> std::cmp::Ordering + '_ {
+    move |a, b| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b))
 }
 
 /// The candidate whose cumulative probability first passes `r` (the last one if rounding leaves `r` unreached).
@@ -179,10 +180,10 @@ pub fn logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
     if top > 0 {
         let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
         let k = top.min(ids.len());
-        let by = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
-        ids.select_nth_unstable_by(k - 1, by);
+        let by = descending(logits);
+        ids.select_nth_unstable_by(k - 1, &by);
         ids.truncate(k);
-        ids.sort_unstable_by(by);
+        ids.sort_unstable_by(&by);
         best = ids;
     }
     TokenLogprob { logprob: lp(token), top: best.into_iter().map(|t| (t, lp(t))).collect() }

@@ -678,29 +678,26 @@ fn completion_logprobs(
     offset: usize,
 ) -> Value {
     let (mut tokens, mut values, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
-    let top_of = |lp: &TokenLogprob| -> Value {
-        Value::Object(lp.top.iter().map(|(tid, l)| (token_text(text, *tid), json!(l))).collect())
+    // One token at text offset `at` (moved past it); no log probability: null, as the prompt's first token shows.
+    let mut entry = |id: u32, lp: Option<&TokenLogprob>, at: &mut usize| {
+        let t = token_text(text, id);
+        offsets.push(*at);
+        *at += t.len();
+        tokens.push(t);
+        values.push(lp.map_or(Value::Null, |lp| json!(lp.logprob)));
+        tops.push(lp.map_or(Value::Null, |lp| {
+            Value::Object(lp.top.iter().map(|(tid, l)| (token_text(text, *tid), json!(l))).collect())
+        }));
     };
     if let Some((ids, lps)) = prompt {
         let mut at = 0;
         for (k, id) in ids.iter().enumerate() {
-            let t = token_text(text, *id);
-            offsets.push(at);
-            at += t.len();
-            tokens.push(t);
-            let lp = k.checked_sub(1).and_then(|j| lps.get(j));
-            values.push(lp.map_or(Value::Null, |lp| json!(lp.logprob)));
-            tops.push(lp.map_or(Value::Null, top_of));
+            entry(*id, k.checked_sub(1).and_then(|j| lps.get(j)), &mut at);
         }
     }
     let mut at = offset;
     for (id, lp) in items {
-        let t = token_text(text, *id);
-        offsets.push(at);
-        at += t.len();
-        tokens.push(t);
-        values.push(json!(lp.logprob));
-        tops.push(top_of(lp));
+        entry(*id, Some(lp), &mut at);
     }
     json!({"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets})
 }
@@ -1141,17 +1138,18 @@ async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
                  with tool_choice none, or no response_format",
             ));
         }
-        let prompt_text = match (&reading, state.tool_parser) {
-            (Some(_), Some(parser)) if !text.template_takes_tools => {
-                // The template has no place for tools: they and past calls are written in the parser's format.
+        // A reading exists only with a parser (tool_reading refuses tools without one).
+        let prompt_text = match reading.as_ref().and(state.tool_parser) {
+            Some(parser) => {
                 let tool_list: Vec<Value> = tools.iter().map(Tool::for_prompt).collect();
-                text.render_chat(&crate::tools::describe(parser, &tool_list, messages))
+                if text.template_takes_tools {
+                    text.render_chat_with(&messages, Some(&tool_list))
+                } else {
+                    // The template has no place for tools: they and past calls are written in the parser's format.
+                    text.render_chat(&crate::tools::describe(parser, &tool_list, messages))
+                }
             }
-            (Some(_), _) => {
-                let tool_list: Vec<Value> = tools.iter().map(Tool::for_prompt).collect();
-                text.render_chat_with(&messages, Some(&tool_list))
-            }
-            (None, _) => text.render_chat(&messages),
+            None => text.render_chat(&messages),
         }
         .map_err(|e| ApiError::bad("messages", e))?;
         let prompt = text.encode(&prompt_text, false).map_err(|e| ApiError::bad("messages", e))?;

@@ -387,6 +387,17 @@ impl Reader {
         }
     }
 
+    /// A named function's one call opens (its id and name) before its first arguments.
+    fn open_named(&mut self, out: &mut Vec<Piece>) {
+        if let Reading::Named(name) = &self.reading
+            && self.calls == 0
+        {
+            let start = Piece::Start { index: 0, id: self.id(), name: name.clone() };
+            self.calls = 1;
+            out.push(start);
+        }
+    }
+
     /// Calls in `text` that name declared functions, or `None`.
     fn known(&self, parser: Parser, text: &str) -> Option<Vec<Call>> {
         let Reading::Auto { names, .. } = &self.reading else { return None };
@@ -396,18 +407,16 @@ impl Reader {
     /// Takes `delta`, the next text of the output; returns what can be given out now.
     pub fn push(&mut self, delta: &str) -> Vec<Piece> {
         let mut out = Vec::new();
-        match self.reading.clone() {
-            Reading::Named(name) => {
-                if self.calls == 0 {
-                    self.calls = 1;
-                    out.push(Piece::Start { index: 0, id: self.id(), name });
-                }
+        match &self.reading {
+            Reading::Named(_) => {
+                self.open_named(&mut out);
                 if !delta.is_empty() {
                     out.push(Piece::Arguments { index: 0, delta: delta.to_string() });
                 }
             }
             Reading::Required => self.held.push_str(delta),
             Reading::Auto { parser, .. } => {
+                let parser = *parser;
                 self.held.push_str(delta);
                 if parser == Parser::Hermes && self.in_calls {
                     // Each closed call goes out as soon as it closes.
@@ -428,9 +437,6 @@ impl Reader {
                                 break;
                             }
                         }
-                    }
-                    if self.in_calls {
-                        return out;
                     }
                 }
                 if self.in_calls {
@@ -482,13 +488,9 @@ impl Reader {
     pub fn finish(&mut self) -> Vec<Piece> {
         let mut out = Vec::new();
         let held = std::mem::take(&mut self.held);
-        match self.reading.clone() {
-            Reading::Named(name) => {
-                if self.calls == 0 {
-                    self.calls = 1;
-                    out.push(Piece::Start { index: 0, id: self.id(), name });
-                }
-            }
+        match &self.reading {
+            // A call with no arguments text still opens.
+            Reading::Named(_) => self.open_named(&mut out),
             Reading::Required => {
                 let calls: Option<Vec<Call>> = serde_json::from_str::<Vec<Value>>(&held)
                     .ok()
@@ -500,6 +502,7 @@ impl Reader {
                 }
             }
             Reading::Auto { parser, .. } => {
+                let parser = *parser;
                 if !self.in_calls {
                     if !held.is_empty() {
                         out.push(Piece::Content(held));

@@ -6,12 +6,13 @@ use crate::config::ModelConfig;
 /// Hugging Face architecture names this file serves.
 pub const ARCHITECTURES: &[&str] = &["Phi3ForCausalLM"];
 
-/// Build a Phi-3 model; fused projections are split once at load.
+/// Build a Phi-3 model. The checkpoint's fused projections are handed on as views of their rows; `build` stacks
+/// each layer's parts into one matmul again (one copy, the checkpoint's tensor then freed).
 pub fn load(config: ModelConfig, weights: Weights, opts: &LoadOptions) -> anyhow::Result<Decoder> {
     let d = config.head_dim() as i64;
     let (q_rows, kv_rows) = (config.num_attention_heads as i64 * d, config.kv_heads() as i64 * d);
     let inter = config.intermediate_size as i64;
-    let plain = |weight: tch::Tensor| Linear::new(weight.contiguous(), None);
+    let plain = |weight: tch::Tensor| Linear::new(weight, None);
     build(
         config,
         weights,
