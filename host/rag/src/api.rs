@@ -1,11 +1,12 @@
 //! The HTTP layer: KAITO's RAG API, request parsing and validation.
 
-use crate::chat::{self, Llm};
-use crate::chunk::{self, ChunkParams, TokenCounter};
-use crate::embed::Embedder;
+use crate::chat;
+use crate::chunk;
 use crate::error::{Error, Result};
-use crate::metrics::{Metrics, Route, RouteLabels};
-use crate::store::{self, NewDoc, Store};
+use crate::metrics::{Route, RouteLabels, Status};
+use crate::service::{AppState, blocking, embed_query, parse};
+use crate::store::{self, NewDoc};
+use crate::wire::{doc_json, node_json};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, RawQuery, Request, State};
@@ -13,7 +14,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{delete, get, post};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,24 +23,6 @@ use std::time::Instant;
 pub const MAX_PAGE: usize = 100;
 /// Most chunks one retrieval returns.
 pub const MAX_NODES: usize = 300;
-
-/// Everything handlers share.
-pub struct AppState {
-    /// Storage and search.
-    pub store: Arc<Store>,
-    /// Embedding model.
-    pub embedder: Arc<Embedder>,
-    /// Token counting for chunk sizes and context budgets.
-    pub counter: Arc<TokenCounter>,
-    /// Chunk size and overlap.
-    pub chunking: ChunkParams,
-    /// Where `/persist` and `/load` paths are resolved.
-    pub snapshot_dir: PathBuf,
-    /// The LLM behind `/v1/chat/completions`, when configured.
-    pub llm: Option<Llm>,
-    /// Prometheus metrics.
-    pub metrics: Arc<Metrics>,
-}
 
 type Shared = State<Arc<AppState>>;
 
@@ -69,21 +51,18 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
 async fn observe(State(state): Shared, req: Request, next: Next) -> Response {
     let route =
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let series = crate::metrics::kaito_series(req.method().as_str(), &route);
     let start = Instant::now();
     let resp = next.run(req).await;
-    state.metrics.latency.get_or_create(&Route { route: route.clone() }).observe(start.elapsed().as_secs_f64());
+    let elapsed = start.elapsed().as_secs_f64();
+    if let Some(series) = series.and_then(|s| state.metrics.kaito.get(s)) {
+        let status = Status { status: if resp.status().as_u16() < 400 { "success" } else { "failure" } };
+        series.requests.get_or_create(&status).inc();
+        series.latency.get_or_create(&status).observe(elapsed);
+    }
+    state.metrics.latency.get_or_create(&Route { route: route.clone() }).observe(elapsed);
     state.metrics.requests.get_or_create(&RouteLabels { route, code: resp.status().as_u16() }).inc();
     resp
-}
-
-/// Parses a JSON body; errors name the field (`documents[2].text`).
-pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." || path == "?" { "body".to_string() } else { path };
-        Error::bad(field, format!("{} (the body must be JSON as KAITO's RAG API documents)", e.inner()))
-    })
 }
 
 fn query_params(raw: Option<String>) -> Vec<(String, String)> {
@@ -105,19 +84,17 @@ fn metadata_filter(field: &str, v: Option<Value>) -> Result<Option<Map<String, V
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(anyhow::anyhow!("worker failed: {e}")))?
-}
-
 async fn health(State(state): Shared) -> Json<Value> {
     Json(
-        json!({"status": "ok", "indexes": state.store.index_names().len(), "embedding_model": state.embedder.model_id()}),
+        // KAITO's body, and what else a probe may want to see.
+        json!({"status": "Healthy", "detail": null, "indexes": state.store.index_names().map(|n| n.len()).unwrap_or(0), "embedding_model": state.embedder.model_id()}),
     )
 }
 
 async fn metrics(State(state): Shared) -> Response {
-    let names = state.store.index_names();
-    let (docs, chunks) = names.iter().filter_map(|n| state.store.counts(n)).fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
+    let names = state.store.index_names().unwrap_or_default();
+    let (docs, chunks) =
+        names.iter().filter_map(|n| state.store.counts(n).ok().flatten()).fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
     state.metrics.documents.set(docs as i64);
     state.metrics.chunks.set(chunks as i64);
     ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
@@ -243,7 +220,7 @@ fn check_docs(docs: &[DocIn], need_id: bool) -> Result<()> {
 
 async fn index(State(state): Shared, body: Bytes) -> Result<Json<Value>> {
     let req: IndexRequest = parse(&body)?;
-    store::check_index_name("index_name", &req.index_name)?;
+    check_index_name("index_name", &req.index_name)?;
     check_docs(&req.documents, false)?;
     let docs: Vec<_> = req
         .documents
@@ -257,11 +234,11 @@ async fn index(State(state): Shared, body: Bytes) -> Result<Json<Value>> {
         st.store.index_documents(&req.index_name, st.embedder.model_id(), st.embedder.dim(), todo)
     })
     .await?;
-    Ok(Json(Value::Array(records.iter().map(|r| store::doc_json(r, None)).collect())))
+    Ok(Json(Value::Array(records.iter().map(|r| doc_json(r, None)).collect())))
 }
 
-async fn list_indexes(State(state): Shared) -> Json<Vec<String>> {
-    Json(state.store.index_names())
+async fn list_indexes(State(state): Shared) -> Result<Json<Vec<String>>> {
+    Ok(Json(blocking(move || state.store.index_names()).await?))
 }
 
 async fn list_documents(State(state): Shared, Path(name): Path<String>, RawQuery(q): RawQuery) -> Result<Json<Value>> {
@@ -280,9 +257,9 @@ async fn list_documents(State(state): Shared, Path(name): Path<String>, RawQuery
         }
         None => None,
     };
-    let page =
-        blocking(move || state.store.list_documents(&name, limit, offset, max_text_length, filter.as_ref())).await?;
-    Ok(Json(serde_json::to_value(page).map_err(anyhow::Error::from)?))
+    let page = blocking(move || state.store.list_documents(&name, limit, offset, filter.as_ref())).await?;
+    let documents: Vec<Value> = page.documents.iter().map(|d| doc_json(d, max_text_length)).collect();
+    Ok(Json(json!({"documents": documents, "count": documents.len(), "total_items": page.total_items})))
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,11 +270,16 @@ struct UpdateRequest {
 async fn update_documents(State(state): Shared, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>> {
     let req: UpdateRequest = parse(&body)?;
     check_docs(&req.documents, true)?;
-    if state.store.index_meta(&name).is_none() {
-        return Err(Error::IndexNotFound(name));
-    }
+    let summaries: Vec<Value> = req
+        .documents
+        .iter()
+        .map(|d| json!({"doc_id": d.doc_id, "text": d.text, "metadata": d.metadata.clone().unwrap_or_default()}))
+        .collect();
     let st = state.clone();
     let outcome = blocking(move || {
+        if st.store.index_meta(&name)?.is_none() {
+            return Err(Error::IndexNotFound(name));
+        }
         let docs = req
             .documents
             .into_iter()
@@ -308,7 +290,14 @@ async fn update_documents(State(state): Shared, Path(name): Path<String>, body: 
         st.store.update_documents(&name, todo)
     })
     .await?;
-    Ok(Json(serde_json::to_value(outcome).map_err(anyhow::Error::from)?))
+    let pick = |ids: &[String]| -> Vec<Value> {
+        ids.iter().filter_map(|id| summaries.iter().find(|s| s["doc_id"] == id.as_str()).cloned()).collect()
+    };
+    Ok(Json(json!({
+        "updated_documents": outcome.updated.iter().map(|d| doc_json(d, None)).collect::<Vec<_>>(),
+        "unchanged_documents": pick(&outcome.unchanged),
+        "not_found_documents": pick(&outcome.not_found),
+    })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,42 +317,86 @@ async fn delete_documents(State(state): Shared, Path(name): Path<String>, body: 
 async fn delete_index(State(state): Shared, Path(name): Path<String>) -> Result<Json<Value>> {
     let n = name.clone();
     blocking(move || state.store.delete_index(&n)).await?;
-    Ok(Json(json!({"message": format!("index {name:?} deleted"), "index_name": name})))
+    Ok(Json(json!({"message": format!("Successfully deleted index {name}."), "index_name": name})))
 }
 
-/// A snapshot path: relative, inside the snapshot directory.
-fn snapshot_path(state: &AppState, params: &[(String, String)], name: &str) -> Result<PathBuf> {
-    let rel =
-        params.iter().find(|(k, _)| k == "path").map(|(_, v)| v.clone()).unwrap_or_else(|| format!("{name}.jsonl"));
-    let p = std::path::Path::new(&rel);
-    if rel.is_empty() || p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-        return Err(Error::bad(
+/// File a snapshot directory holds (KAITO's paths name directories).
+pub const SNAPSHOT_FILE: &str = "kaito-rag-snapshot.jsonl";
+
+/// Resolves a `/persist` or `/load` path as KAITO names it (relative paths
+/// under the data directory, absolute ones inside it); only paths that
+/// would leave the data directory are refused.
+fn resolve(state: &AppState, path: &str) -> Result<PathBuf> {
+    use std::path::Component;
+    let given = std::path::Path::new(path);
+    let rel = given.strip_prefix(&state.data_dir).unwrap_or(given);
+    let mut out = state.data_dir.clone();
+    let mut depth = 0usize;
+    let escape = || {
+        Error::bad(
             "path",
             format!(
-                "{rel:?} must be a relative path without '..'; snapshots live under {}",
-                state.snapshot_dir.display()
+                "{path:?} leaves the data directory {}; use a path inside it, like the default {}/<index>",
+                state.data_dir.display(),
+                state.persist_dir
             ),
-        ));
+        )
+    };
+    for c in rel.components() {
+        match c {
+            Component::CurDir => {}
+            Component::Normal(part) => {
+                out.push(part);
+                depth += 1;
+            }
+            Component::ParentDir if depth > 0 => {
+                out.pop();
+                depth -= 1;
+            }
+            _ => return Err(escape()),
+        }
     }
-    Ok(state.snapshot_dir.join(p))
+    if path.is_empty() {
+        return Err(Error::bad("path", "must not be empty"));
+    }
+    Ok(out)
 }
 
 async fn persist(State(state): Shared, Path(name): Path<String>, RawQuery(q): RawQuery) -> Result<Json<Value>> {
-    let path = snapshot_path(&state, &query_params(q), &name)?;
-    let (n, p) = (name.clone(), path.clone());
-    let docs = blocking(move || state.store.persist(&n, &p)).await?;
-    Ok(Json(json!({"message": format!("index {name:?} persisted"), "path": path, "documents": docs})))
+    let params = query_params(q);
+    // KAITO: the default directory (also when passed explicitly) gets the index name appended.
+    let path = match params.iter().find(|(k, _)| k == "path") {
+        Some((_, p)) if *p != state.persist_dir => p.clone(),
+        _ => format!("{}/{name}", state.persist_dir),
+    };
+    let dir = resolve(&state, &path)?;
+    let n = name.clone();
+    let docs = blocking(move || state.store.persist(&n, &dir.join(SNAPSHOT_FILE))).await?;
+    Ok(Json(
+        json!({"message": format!("Successfully persisted index {name} to {path}."), "path": path, "documents": docs}),
+    ))
 }
 
 async fn load(State(state): Shared, Path(name): Path<String>, RawQuery(q): RawQuery) -> Result<Json<Value>> {
-    store::check_index_name("name", &name)?;
+    check_index_name("name", &name)?;
     let params = query_params(q);
-    let path = snapshot_path(&state, &params, &name)?;
+    let path = match params.iter().find(|(k, _)| k == "path") {
+        Some((_, p)) => p.clone(),
+        None => format!("{}/{name}", state.persist_dir),
+    };
+    let resolved = resolve(&state, &path)?;
+    let file = if resolved.is_dir() { resolved.join(SNAPSHOT_FILE) } else { resolved };
+    if !file.is_file() {
+        return Err(Error::PathNotFound(path));
+    }
     let overwrite: bool = param(&params, "overwrite")?.unwrap_or(false);
-    let (n, p) = (name.clone(), path.clone());
+    let n = name.clone();
     let docs =
-        blocking(move || state.store.load(&n, &p, overwrite, state.embedder.model_id(), state.embedder.dim())).await?;
-    Ok(Json(json!({"message": format!("index {name:?} loaded"), "path": path, "documents": docs})))
+        blocking(move || state.store.load(&n, &file, overwrite, state.embedder.model_id(), state.embedder.dim()))
+            .await?;
+    Ok(Json(
+        json!({"message": format!("Successfully loaded index {name} from {path}."), "path": path, "documents": docs}),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -386,34 +419,40 @@ async fn retrieve(State(state): Shared, body: Bytes) -> Result<Json<Value>> {
         return Err(Error::bad("max_node_count", format!("must be between 1 and {MAX_NODES}")));
     }
     if req.query.trim().is_empty() {
-        return Err(Error::bad("query", "must not be empty"));
+        return Err(Error::invalid("query", "Query string cannot be empty."));
     }
     let filter = metadata_filter("metadata_filter", req.metadata_filter)?;
-    if state.store.index_meta(&req.index_name).is_none() {
-        return Err(Error::IndexNotFound(req.index_name));
-    }
     let query = req.query.clone();
     let nodes = blocking(move || {
+        if state.store.index_meta(&req.index_name)?.is_none() {
+            return Err(Error::IndexNotFound(req.index_name));
+        }
         let vector = embed_query(&state, &req.query)?;
         state.store.retrieve(&req.index_name, &req.query, &vector, req.max_node_count, filter.as_ref())
     })
     .await?;
-    Ok(Json(json!({"query": query, "count": nodes.len(), "results": nodes})))
-}
-
-/// Embeds one query (blocking).
-pub fn embed_query(state: &AppState, query: &str) -> Result<Vec<f32>> {
-    state
-        .embedder
-        .embed(&[query.to_string()], |_| {})
-        .map_err(|e| Error::Upstream(format!("embedding the query failed: {e:#}")))?
-        .pop()
-        .ok_or_else(|| Error::Upstream("the embedding model returned nothing".into()))
+    let results: Vec<Value> = nodes.iter().map(node_json).collect();
+    Ok(Json(json!({"query": query, "count": results.len(), "results": results})))
 }
 
 async fn chat_completions(State(state): Shared, body: Bytes) -> Response {
     match chat::handle(state, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    }
+}
+
+/// Checks an index name: 1–128 characters of letters, digits, `-`, `_`, `.`.
+pub fn check_index_name(field: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::bad(
+            field,
+            format!("{name:?} is not a valid index name: use 1-128 letters, digits, '-', '_' or '.'"),
+        ))
     }
 }

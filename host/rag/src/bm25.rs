@@ -86,6 +86,20 @@ impl Bm25 {
     }
 }
 
+impl Bm25 {
+    /// The `k` best-scoring chunks `allow` accepts, best first (ties by id).
+    pub fn top(&self, query: &str, k: usize, allow: impl Fn(u32) -> bool) -> Vec<(u32, f32)> {
+        let mut hits: Vec<(u32, f32)> = self.scores(query).into_iter().filter(|(id, _)| allow(*id)).collect();
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if hits.len() > k && k > 0 {
+            hits.select_nth_unstable_by(k - 1, order);
+        }
+        hits.truncate(k);
+        hits.sort_by(order);
+        hits
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +118,16 @@ mod tests {
         bm.remove(3, "Kubernetes schedules pods onto GPU nodes.");
         assert!(bm.scores("gpu").is_empty());
         assert_eq!(bm.len(), 2);
+    }
+
+    #[test]
+    fn top_keeps_the_best_allowed() {
+        let mut bm = Bm25::default();
+        bm.insert(1, "gpu gpu gpu nodes");
+        bm.insert(2, "gpu");
+        bm.insert(3, "a gpu among many other words here");
+        assert_eq!(bm.top("gpu", 2, |_| true).iter().map(|h| h.0).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(bm.top("gpu", 2, |id| id != 1).iter().map(|h| h.0).collect::<Vec<_>>(), [2, 3]);
     }
 
     #[test]

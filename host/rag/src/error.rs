@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -15,9 +15,20 @@ pub enum Error {
         /// What is wrong and how to fix it.
         message: String,
     },
-    /// The named index does not exist.
-    #[error("index {0:?} does not exist; create it with POST /index")]
+    /// Bad input, answered with KAITO's exact message (which names the field).
+    #[error("{detail}")]
+    Invalid {
+        /// Field or parameter at fault.
+        param: &'static str,
+        /// KAITO's message.
+        detail: String,
+    },
+    /// The named index does not exist (KAITO's message).
+    #[error("No such index: '{0}' exists.")]
     IndexNotFound(String),
+    /// A snapshot path that does not exist (KAITO's message).
+    #[error("Path does not exist: {0}")]
+    PathNotFound(String),
     /// No route matches the request.
     #[error("no such endpoint: {0}")]
     NoRoute(String),
@@ -30,6 +41,17 @@ pub enum Error {
     /// The LLM or embeddings endpoint failed.
     #[error("{0}")]
     Upstream(String),
+    /// The LLM answered an error status: relayed with its status, KAITO's
+    /// `detail` and the LLM's own OpenAI `error` object when it sent one.
+    #[error("{detail}")]
+    UpstreamStatus {
+        /// The LLM's HTTP status.
+        status: u16,
+        /// KAITO's detail text.
+        detail: String,
+        /// The LLM's `error` object, if its body had one.
+        error: Option<Value>,
+    },
     /// LMDB failed.
     #[error("storage: {0}")]
     Storage(#[from] heed::Error),
@@ -42,6 +64,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// A 400 with KAITO's exact message.
+    pub fn invalid(param: &'static str, detail: impl Into<String>) -> Self {
+        Error::Invalid { param, detail: detail.into() }
+    }
+
     /// A 400 naming `field`.
     pub fn bad(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::BadRequest { field: field.into(), message: message.into() }
@@ -50,11 +77,12 @@ impl Error {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Error::IndexNotFound(_) | Error::NoRoute(_) => StatusCode::NOT_FOUND,
+            Error::BadRequest { .. } | Error::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Error::IndexNotFound(_) | Error::NoRoute(_) | Error::PathNotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Error::UpstreamStatus { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
             Error::Storage(_) | Error::Vectors(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -78,12 +106,17 @@ impl IntoResponse for Error {
         };
         let param = match &self {
             Error::BadRequest { field, .. } => Some(field.clone()),
+            Error::Invalid { param, .. } => Some(param.to_string()),
             _ => None,
         };
         // `detail` is what KAITO's FastAPI service answers; `error` is the
-        // OpenAI shape the chat endpoint's clients parse.
+        // OpenAI shape the chat endpoint's clients parse (the LLM's own, when it sent one).
         let message = self.to_string();
-        let body = json!({"detail": message, "error": {"message": message, "type": kind, "param": param, "code": status.as_u16()}});
+        let error = match &self {
+            Error::UpstreamStatus { error: Some(e), .. } => e.clone(),
+            _ => json!({"message": message, "type": kind, "param": param, "code": status.as_u16()}),
+        };
+        let body = json!({"detail": message, "error": error});
         (status, axum::Json(body)).into_response()
     }
 }

@@ -2,7 +2,7 @@
 //! centroids trained on a sample, each row filed under its nearest centroid.
 //! A query scans only the rows of its `nprobe` nearest lists.
 
-use crate::vectors::{DOT, TopK};
+use crate::kernels::{DOT, TopK};
 
 /// Rows sampled to train the centroids.
 const SAMPLE: usize = 16_384;
@@ -47,7 +47,7 @@ impl Ivf {
                 // An empty cluster keeps its centroid.
                 if counts[l] > 0 {
                     let c = &mut sums[l * dim..(l + 1) * dim];
-                    crate::vectors::normalize(c);
+                    crate::kernels::normalize(c);
                     centroids[l * dim..(l + 1) * dim].copy_from_slice(c);
                 }
             }

@@ -1,10 +1,13 @@
 //! `kaito-rag`: KAITO's RAG API over durable storage.
 //!
 //! [`store`] keeps documents, chunks and vectors in one LMDB environment
-//! (heed, with arroy for vectors) and answers queries from an in-memory
-//! mirror ([`vectors`], [`bm25`]); [`chunk`] splits documents; [`embed`]
-//! turns text into vectors with rust-bert or a remote endpoint; [`api`] is
-//! the HTTP layer and [`chat`] the retrieval-augmented chat proxy.
+//! (heed; arroy's on-disk index in `store::vector_db`, the only module that
+//! names arroy) with an optional RAM cache ([`vectors`], [`bm25`]);
+//! [`kernels`] are the scoring loops both use; [`chunk`] splits documents;
+//! [`embed`] turns text into vectors with rust-bert or a remote endpoint;
+//! [`api`] is the HTTP layer, [`chat`] the retrieval-augmented chat proxy
+//! over [`llm`]; [`service`] is what both share and [`wire`] the JSON they
+//! answer with.
 
 pub mod api;
 pub mod bm25;
@@ -13,6 +16,11 @@ pub mod chunk;
 pub mod embed;
 pub mod error;
 pub mod ivf;
+pub mod kernels;
+pub mod llm;
 pub mod metrics;
+pub mod pyrepr;
+pub mod service;
 pub mod store;
 pub mod vectors;
+pub mod wire;

@@ -2,12 +2,13 @@
 
 use anyhow::Context;
 use clap::Parser;
-use kaito_rag::api::{AppState, router};
-use kaito_rag::chat::Llm;
+use kaito_rag::api::router;
 use kaito_rag::chunk::{ChunkParams, TokenCounter};
 use kaito_rag::embed::{Embedder, LocalEmbedder, RemoteEmbedder};
+use kaito_rag::llm::Llm;
 use kaito_rag::metrics::Metrics;
-use kaito_rag::store::Store;
+use kaito_rag::service::AppState;
+use kaito_rag::store::{SearchConfig, Store, StoreOptions};
 use kaito_rag::vectors::SearchParams;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +24,10 @@ struct Args {
     /// Where the LMDB environment and snapshots live (the RAGEngine's volume).
     #[arg(long, env = "KAITO_RAG_DATA_DIR", default_value = "/mnt/data")]
     data_dir: PathBuf,
+    /// Where `/persist` and `/load` put an index by default (`<this>/<index>`),
+    /// relative to --data-dir (KAITO's variable and default).
+    #[arg(long, env = "DEFAULT_VECTOR_DB_PERSIST_DIR", default_value = "storage")]
+    persist_dir: String,
     /// A sentence-transformers directory embedded locally with rust-bert
     /// (default: $KAITO_MODELS_DIR/all-minilm-l6-v2).
     #[arg(long, env = "EMBEDDING_MODEL_DIR")]
@@ -48,6 +53,11 @@ struct Args {
     /// The LLM's context window in tokens.
     #[arg(long, env = "LLM_CONTEXT_WINDOW", default_value_t = 4096)]
     llm_context_window: usize,
+    /// KAITO's RAG_SIMILARITY_THRESHOLD: the largest squared L2 distance
+    /// between unit vectors (2 - 2 cos) a chunk may have to enter a chat's
+    /// context; 0.85 admits cosine similarity >= 0.575. Depends on the model.
+    #[arg(long, env = "RAG_SIMILARITY_THRESHOLD", default_value_t = 0.85)]
+    similarity_threshold: f32,
     /// Chunk size in tokens (all-MiniLM-L6-v2 reads at most 256).
     #[arg(long, default_value_t = 256)]
     chunk_size: usize,
@@ -60,9 +70,16 @@ struct Args {
     /// Largest request body in MiB.
     #[arg(long, default_value_t = 256)]
     max_body_mib: usize,
-    /// Indexes smaller than this are searched exactly.
-    #[arg(long, default_value_t = SearchParams::default().exact_below)]
+    /// Indexes (or filtered subsets) with fewer chunks are searched exactly.
+    #[arg(long, default_value_t = SearchConfig::default().exact_below)]
     exact_search_below: usize,
+    /// Bytes of vectors kept in RAM and searched there; indexes beyond it are
+    /// searched on disk through arroy (0: everything on disk, memory flat).
+    #[arg(long, env = "VECTOR_CACHE_BYTES", default_value_t = 1 << 30)]
+    vector_cache_bytes: usize,
+    /// recall@10 every approximate search is calibrated to meet (0.5-1.0).
+    #[arg(long, default_value_t = SearchConfig::default().target_recall)]
+    target_recall: f32,
     /// libtorch intra-op threads (default: libtorch's choice).
     #[arg(long)]
     threads: Option<i32>,
@@ -108,14 +125,32 @@ async fn main() -> anyhow::Result<()> {
         None => TokenCounter::Words,
     };
     tracing::info!(model = embedder.model_id(), dim = embedder.dim(), chunks = counter.describe(), "embedding ready");
-    let params = SearchParams { exact_below: args.exact_search_below, ..SearchParams::default() };
+    if !(0.5..=1.0).contains(&args.target_recall) {
+        anyhow::bail!("--target-recall ({}) must be between 0.5 and 1.0", args.target_recall);
+    }
+    let options = StoreOptions {
+        map_size: args.map_size_gib << 30,
+        vector_cache_bytes: args.vector_cache_bytes,
+        search: SearchConfig {
+            exact_below: args.exact_search_below,
+            target_recall: args.target_recall,
+            ..SearchConfig::default()
+        },
+        cached: SearchParams {
+            exact_below: args.exact_search_below,
+            target_recall: args.target_recall,
+            ..SearchParams::default()
+        },
+    };
+    // Absolute, so /persist and /load can tell paths inside it from escapes.
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let mut args = args;
+    args.data_dir = args.data_dir.canonicalize().with_context(|| format!("resolving {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.clone();
-    let store =
-        tokio::task::spawn_blocking(move || Store::open(&data_dir.join("lmdb"), args.map_size_gib << 30, params))
-            .await??;
-    for name in store.index_names() {
-        let (docs, chunks) = store.counts(&name).unwrap_or_default();
-        tracing::info!(index = name, docs, chunks, "index loaded");
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir.join("lmdb"), options)).await??;
+    for name in store.index_names()? {
+        let (docs, chunks) = store.counts(&name)?.unwrap_or_default();
+        tracing::info!(index = name, docs, chunks, cached = store.is_cached(&name), "index loaded");
     }
     let llm = args.llm_url.as_deref().map(|u| Llm::new(u, args.llm_access_secret.clone(), args.llm_context_window));
     match &llm {
@@ -127,7 +162,9 @@ async fn main() -> anyhow::Result<()> {
         embedder: Arc::new(embedder),
         counter: Arc::new(counter),
         chunking: ChunkParams { size: args.chunk_size, overlap: args.chunk_overlap },
-        snapshot_dir: args.data_dir.join("snapshots"),
+        data_dir: args.data_dir.clone(),
+        persist_dir: args.persist_dir.clone(),
+        min_similarity: 1.0 - args.similarity_threshold / 2.0,
         llm,
         metrics: Arc::new(Metrics::default()),
     });

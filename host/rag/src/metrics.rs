@@ -23,9 +23,60 @@ pub struct Route {
     pub route: String,
 }
 
+/// The `status` label of KAITO's per-route series: `success` or `failure`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Status {
+    /// `success` when the request was answered below 400.
+    pub status: &'static str,
+}
+
+/// KAITO's series names for a route, by method and matched path.
+pub fn kaito_series(method: &str, route: &str) -> Option<&'static str> {
+    Some(match (method, route) {
+        ("POST", "/v1/chat/completions") => "rag_chat",
+        ("POST", "/index") => "rag_index",
+        ("GET", "/indexes") => "rag_indexes",
+        ("GET", "/indexes/{name}/documents") => "rag_indexes_document",
+        ("POST", "/indexes/{name}/documents") => "rag_indexes_update_document",
+        ("POST", "/indexes/{name}/documents/delete") => "rag_indexes_delete_document",
+        ("POST", "/retrieve") => "rag_indexes_retrieve",
+        ("POST", "/persist/{name}") => "rag_persist",
+        ("POST", "/load/{name}") => "rag_load",
+        ("DELETE", "/indexes/{name}") => "rag_delete_index",
+        _ => return None,
+    })
+}
+
+const KAITO_SERIES: [&str; 10] = [
+    "rag_chat",
+    "rag_index",
+    "rag_indexes",
+    "rag_indexes_document",
+    "rag_indexes_update_document",
+    "rag_indexes_delete_document",
+    "rag_indexes_retrieve",
+    "rag_persist",
+    "rag_load",
+    "rag_delete_index",
+];
+
+/// prometheus_client's (Python) default histogram buckets, which KAITO's series use.
+const PYTHON_DEFAULT_BUCKETS: [f64; 14] =
+    [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+
+/// KAITO's two series of one route.
+pub struct KaitoRoute {
+    /// `rag_<route>_requests_total{status}`.
+    pub requests: Family<Status, Counter>,
+    /// `rag_<route>_latency_seconds{status}`.
+    pub latency: Family<Status, Histogram>,
+}
+
 /// Every metric the service exports.
 pub struct Metrics {
     registry: Registry,
+    /// KAITO's per-route series, by series name.
+    pub kaito: std::collections::HashMap<&'static str, KaitoRoute>,
     /// Requests by route and status.
     pub requests: Family<RouteLabels, Counter>,
     /// Request latency by route.
@@ -42,7 +93,24 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("kaito_rag");
+        let mut root = Registry::default();
+        let mut kaito = std::collections::HashMap::new();
+        for name in KAITO_SERIES {
+            let requests = Family::<Status, Counter>::default();
+            root.register(
+                format!("{name}_requests"),
+                format!("Requests to {name}, by outcome (KAITO's series)"),
+                requests.clone(),
+            );
+            let latency = Family::<Status, Histogram>::new_with_constructor(|| Histogram::new(PYTHON_DEFAULT_BUCKETS));
+            root.register(
+                format!("{name}_latency_seconds"),
+                format!("Latency of {name} (KAITO's series)"),
+                latency.clone(),
+            );
+            kaito.insert(name, KaitoRoute { requests, latency });
+        }
+        let registry = root.sub_registry_with_prefix("kaito_rag");
         let requests = Family::<RouteLabels, Counter>::default();
         registry.register("requests", "HTTP requests by route and status", requests.clone());
         let latency =
@@ -56,7 +124,7 @@ impl Default for Metrics {
         registry.register("documents", "Documents stored", documents.clone());
         let chunks = Gauge::default();
         registry.register("chunks", "Chunks stored", chunks.clone());
-        Metrics { registry, requests, latency, chunks_embedded, chunks_pending, documents, chunks }
+        Metrics { registry: root, kaito, requests, latency, chunks_embedded, chunks_pending, documents, chunks }
     }
 }
 

@@ -11,9 +11,8 @@
 //! ([`Ivf`]) and only the nearest partitions' codes are scanned.
 
 use crate::ivf::Ivf;
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
-use std::sync::LazyLock;
+use crate::kernels::{DOT, HAMMING, Hit, SCAN, TopK, normalize};
+use std::collections::HashMap;
 
 /// Tuning of the search path.
 #[derive(Debug, Clone, Copy)]
@@ -25,25 +24,23 @@ pub struct SearchParams {
     /// Fewest candidates rescored in the quantised path.
     pub min_candidates: usize,
     /// Indexes with at least this many rows are partitioned ([`Ivf`]) and
-    /// only the nearest `nprobe` partitions are scanned.
+    /// only the nearest partitions are scanned: as many as it takes to meet
+    /// `target_recall`, measured when the partition is trained.
     pub ivf_above: usize,
-    /// Partitions scanned per query.
-    pub nprobe: usize,
+    /// recall@10 the partitioned search is calibrated to meet.
+    pub target_recall: f32,
 }
 
 impl Default for SearchParams {
     fn default() -> Self {
-        SearchParams { exact_below: 20_000, oversample: 40, min_candidates: 400, ivf_above: 50_000, nprobe: 32 }
+        SearchParams {
+            exact_below: 20_000,
+            oversample: 40,
+            min_candidates: 400,
+            ivf_above: 50_000,
+            target_recall: 0.95,
+        }
     }
-}
-
-/// One scored row: the caller's item id and its cosine similarity.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Hit {
-    /// Item id given to [`VectorIndex::insert`].
-    pub id: u32,
-    /// Cosine similarity to the query.
-    pub score: f32,
 }
 
 /// Vectors of one index, normalised, row-major, with their binary codes.
@@ -57,8 +54,9 @@ pub struct VectorIndex {
     codes: Vec<u64>,
     center: Vec<f32>,
     centered_at: usize,
-    /// The partition of large indexes, and the row count it was trained at.
-    ivf: Option<(Ivf, usize)>,
+    /// The partition of large indexes, the row count it was trained at, and
+    /// the partitions a query scans to meet the recall target.
+    ivf: Option<(Ivf, usize, usize)>,
     params: SearchParams,
 }
 
@@ -109,7 +107,7 @@ impl VectorIndex {
             Some(&row) => {
                 self.data[row * self.dim..(row + 1) * self.dim].copy_from_slice(&v);
                 self.codes[row * self.words..(row + 1) * self.words].copy_from_slice(&code);
-                if let Some((ivf, _)) = &mut self.ivf {
+                if let Some((ivf, _, _)) = &mut self.ivf {
                     ivf.refile(row, &v);
                 }
             }
@@ -118,7 +116,7 @@ impl VectorIndex {
                 self.ids.push(id);
                 self.data.extend_from_slice(&v);
                 self.codes.extend_from_slice(&code);
-                if let Some((ivf, _)) = &mut self.ivf {
+                if let Some((ivf, _, _)) = &mut self.ivf {
                     ivf.push(&v);
                 }
             }
@@ -131,7 +129,7 @@ impl VectorIndex {
     pub fn remove(&mut self, id: u32) -> bool {
         let Some(row) = self.rows.remove(&id) else { return false };
         let last = self.ids.len() - 1;
-        if let Some((ivf, _)) = &mut self.ivf {
+        if let Some((ivf, _, _)) = &mut self.ivf {
             ivf.swap_remove(row);
         }
         if row != last {
@@ -171,20 +169,72 @@ impl VectorIndex {
         if want >= self.len() {
             return self.exact(&q, k, None);
         }
-        let qc = self.code(&q);
+        let nprobe = self.ivf.as_ref().filter(|_| self.len() >= self.params.ivf_above).map(|(_, _, n)| *n);
+        self.approximate(&q, k, want, nprobe)
+    }
+
+    /// The quantised search: codes scanned (all, or the `nprobe` nearest
+    /// partitions'), the `want` closest rescored exactly.
+    fn approximate(&self, q: &[f32], k: usize, want: usize, nprobe: Option<usize>) -> Vec<Hit> {
+        let qc = self.code(q);
         let mut top = TopK::new(k);
-        if let Some((ivf, _)) = self.ivf.as_ref().filter(|_| self.len() >= self.params.ivf_above) {
+        if let (Some((ivf, _, _)), Some(nprobe)) = (&self.ivf, nprobe) {
             // Only the nearest partitions' codes are scanned.
-            let rows = ivf.probe(&q, self.params.nprobe);
-            self.rescore_closest(&q, &qc, &rows, want, &mut top);
+            let rows = ivf.probe(q, nprobe);
+            self.rescore_closest(q, &qc, &rows, want, &mut top);
         } else {
             let picked: Vec<usize> = with_scratch(|dists| {
                 let mut hist = vec![0u32; self.dim + 1];
                 (*SCAN)(&qc, &self.codes, self.words, dists, &mut hist);
                 closest(dists, &hist, want).map(|r| r as usize).collect()
             });
-            self.rescore(&q, &picked, &mut top);
+            self.rescore(q, &picked, &mut top);
         }
+        top.into_sorted()
+    }
+
+    /// The fewest partitions whose search meets the recall target on sample
+    /// queries (midpoints of two stored vectors), against the exact scan.
+    fn calibrate_nprobe(&self, ivf: &Ivf) -> usize {
+        const K: usize = 10;
+        const QUERIES: usize = 48;
+        let n = self.len();
+        let nlist = ivf.nlist();
+        let row = |i: usize| &self.data[i * self.dim..(i + 1) * self.dim];
+        let queries: Vec<Vec<f32>> = (0..QUERIES)
+            .map(|i| {
+                let (a, b) = (i.wrapping_mul(2_654_435_761) % n, (i.wrapping_mul(40_503) + 7) % n);
+                let mut m: Vec<f32> = row(a).iter().zip(row(b)).map(|(x, y)| x + y).collect();
+                normalize(&mut m);
+                m
+            })
+            .collect();
+        let truth: Vec<Vec<u32>> =
+            queries.iter().map(|q| self.exact(q, K, None).iter().map(|h| h.id).collect()).collect();
+        let want = (K * self.params.oversample).max(self.params.min_candidates);
+        let mut nprobe = 8.min(nlist);
+        loop {
+            let found: usize = queries
+                .iter()
+                .zip(&truth)
+                .map(|(q, t)| {
+                    self.approximate_with(ivf, q, K, want, nprobe).iter().filter(|h| t.contains(&h.id)).count()
+                })
+                .sum();
+            let recall = found as f32 / (QUERIES * K) as f32;
+            if recall >= self.params.target_recall || nprobe >= nlist {
+                tracing::debug!(rows = n, nprobe, nlist, recall, "partitioned search calibrated");
+                return nprobe;
+            }
+            nprobe = (nprobe * 2).min(nlist);
+        }
+    }
+
+    fn approximate_with(&self, ivf: &Ivf, q: &[f32], k: usize, want: usize, nprobe: usize) -> Vec<Hit> {
+        let qc = self.code(q);
+        let mut top = TopK::new(k);
+        let rows = ivf.probe(q, nprobe);
+        self.rescore_closest(q, &qc, &rows, want, &mut top);
         top.into_sorted()
     }
 
@@ -231,13 +281,15 @@ impl VectorIndex {
             self.ivf = None;
             return;
         }
-        let trained_at = self.ivf.as_ref().map(|(_, at)| *at);
+        let trained_at = self.ivf.as_ref().map(|(_, at, _)| *at);
         let stale = match trained_at {
             None => n >= self.params.ivf_above,
             Some(at) => n > at * 2 || n * 2 < at,
         };
         if stale {
-            self.ivf = Some((Ivf::train(&self.data, self.dim), n));
+            let ivf = Ivf::train(&self.data, self.dim);
+            let nprobe = self.calibrate_nprobe(&ivf);
+            self.ivf = Some((ivf, n, nprobe));
         }
     }
 
@@ -340,206 +392,6 @@ fn prefetch(v: &[f32]) {
     let _ = v;
 }
 
-/// Scales `v` to unit length (a zero vector stays zero).
-pub fn normalize(v: &mut [f32]) {
-    let norm = DOT(v, v).sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
-    }
-}
-
-/// A dot-product kernel.
-pub type DotFn = fn(&[f32], &[f32]) -> f32;
-/// A Hamming-distance kernel.
-pub type HammingFn = fn(&[u64], &[u64]) -> u32;
-
-/// Dot product, the fastest kernel this CPU runs.
-pub static DOT: LazyLock<DotFn> = LazyLock::new(|| {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        return |a, b| {
-            // SAFETY: the CPU was just checked for AVX2 and FMA.
-            unsafe { dot_avx2(a, b) }
-        };
-    }
-    dot_portable
-});
-
-/// A scan of every code's Hamming distance to a query code, with a histogram of the distances.
-pub type ScanFn = fn(&[u64], &[u64], usize, &mut Vec<u16>, &mut [u32]);
-
-/// Hamming distances of all rows, one call per query (not one per row).
-pub static SCAN: LazyLock<ScanFn> = LazyLock::new(|| {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("popcnt") {
-        return |q, codes, words, out, hist| {
-            // SAFETY: the CPU was just checked for POPCNT.
-            unsafe { scan_popcnt(q, codes, words, out, hist) }
-        };
-    }
-    scan_portable
-});
-
-fn scan_portable(q: &[u64], codes: &[u64], words: usize, out: &mut Vec<u16>, hist: &mut [u32]) {
-    scan_dispatch(q, codes, words, out, hist)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "popcnt")]
-unsafe fn scan_popcnt(q: &[u64], codes: &[u64], words: usize, out: &mut Vec<u16>, hist: &mut [u32]) {
-    scan_dispatch(q, codes, words, out, hist)
-}
-
-/// A fixed width unrolls; 384 bits is MiniLM's and bge-small's.
-#[inline(always)]
-fn scan_dispatch(q: &[u64], codes: &[u64], words: usize, out: &mut Vec<u16>, hist: &mut [u32]) {
-    match words {
-        6 => scan_fixed::<6>(q, codes, out, hist),
-        _ => scan_any(q, codes, words, out, hist),
-    }
-}
-
-#[inline(always)]
-fn scan_fixed<const W: usize>(q: &[u64], codes: &[u64], out: &mut Vec<u16>, hist: &mut [u32]) {
-    let q: [u64; W] = q[..W].try_into().expect("query code width");
-    // Four histograms, so consecutive rows at the same distance do not wait
-    // on each other's increment.
-    let bins = hist.len();
-    let mut lanes = vec![0u32; 4 * bins];
-    let start = out.len();
-    out.resize(start + codes.len() / W, 0);
-    for (i, (code, slot)) in codes.chunks_exact(W).zip(&mut out[start..]).enumerate() {
-        let mut d = 0;
-        for w in 0..W {
-            d += (q[w] ^ code[w]).count_ones();
-        }
-        *slot = d as u16;
-        lanes[(i & 3) * bins + d as usize] += 1;
-    }
-    for (b, h) in hist.iter_mut().enumerate() {
-        *h += lanes[b] + lanes[bins + b] + lanes[2 * bins + b] + lanes[3 * bins + b];
-    }
-}
-
-fn scan_any(q: &[u64], codes: &[u64], words: usize, out: &mut Vec<u16>, hist: &mut [u32]) {
-    for code in codes.chunks_exact(words) {
-        let d = hamming_portable(q, code);
-        out.push(d as u16);
-        hist[d as usize] += 1;
-    }
-}
-
-/// Hamming distance between two codes.
-pub static HAMMING: LazyLock<HammingFn> = LazyLock::new(|| {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("popcnt") {
-        return |a, b| {
-            // SAFETY: the CPU was just checked for POPCNT.
-            unsafe { hamming_popcnt(a, b) }
-        };
-    }
-    hamming_portable
-});
-
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut i = 0;
-    // SAFETY: every load reads 8 floats at i or i + 8, both below n.
-    unsafe {
-        while i + 16 <= n {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), s0);
-            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), _mm256_loadu_ps(b.as_ptr().add(i + 8)), s1);
-            i += 16;
-        }
-        while i + 8 <= n {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), s0);
-            i += 8;
-        }
-    }
-    let mut lanes = [0f32; 8];
-    // SAFETY: lanes holds exactly 8 floats.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(s0, s1)) };
-    let mut total: f32 = lanes.iter().sum();
-    while i < n {
-        total += a[i] * b[i];
-        i += 1;
-    }
-    total
-}
-
-fn hamming_portable(a: &[u64], b: &[u64]) -> u32 {
-    a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "popcnt")]
-unsafe fn hamming_popcnt(a: &[u64], b: &[u64]) -> u32 {
-    a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
-}
-
-/// The best `k` hits seen so far (a min-heap on score).
-pub struct TopK {
-    k: usize,
-    heap: BinaryHeap<Reverse>,
-}
-
-#[derive(PartialEq)]
-struct Reverse(Hit);
-
-impl Eq for Reverse {}
-
-impl PartialOrd for Reverse {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Reverse {
-    fn cmp(&self, other: &Self) -> Ordering {
-        other.0.score.total_cmp(&self.0.score).then(other.0.id.cmp(&self.0.id))
-    }
-}
-
-impl TopK {
-    /// Keeps the best `k`.
-    pub fn new(k: usize) -> Self {
-        TopK { k, heap: BinaryHeap::with_capacity(k + 1) }
-    }
-
-    /// Offers one hit.
-    pub fn push(&mut self, id: u32, score: f32) {
-        if self.heap.len() < self.k {
-            self.heap.push(Reverse(Hit { id, score }));
-        } else if self.heap.peek().is_some_and(|worst| score > worst.0.score) {
-            self.heap.pop();
-            self.heap.push(Reverse(Hit { id, score }));
-        }
-    }
-
-    /// The kept hits, best first.
-    pub fn into_sorted(self) -> Vec<Hit> {
-        let mut hits: Vec<Hit> = self.heap.into_iter().map(|r| r.0).collect();
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
-        hits
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,22 +416,6 @@ mod tests {
                     .collect()
             })
             .collect()
-    }
-
-    #[test]
-    fn kernels_agree_with_the_obvious_loop() {
-        let v = vectors(2, 389, 7);
-        let naive: f32 = v[0].iter().zip(&v[1]).map(|(a, b)| a * b).sum();
-        assert!((DOT(&v[0], &v[1]) - naive).abs() < 1e-3);
-        assert!((dot_portable(&v[0], &v[1]) - naive).abs() < 1e-3);
-        let (a, b) = ([0b1011u64, u64::MAX], [0b0001u64, 0]);
-        assert_eq!(HAMMING(&a, &b), 2 + 64);
-        assert_eq!(hamming_portable(&a, &b), 66);
-        let codes = [a[0], a[1], b[0], b[1], a[0], b[1]];
-        let (mut out, mut hist) = (Vec::new(), vec![0u32; 129]);
-        SCAN(&a, &codes, 2, &mut out, &mut hist);
-        assert_eq!(out, [0, 66, 64]);
-        assert_eq!((hist[0], hist[64], hist[66]), (1, 1, 1));
     }
 
     #[test]
@@ -619,7 +455,7 @@ mod tests {
     #[test]
     fn partitions_follow_removals_and_replacements() {
         let v = vectors(3000, 32, 21);
-        let params = SearchParams { exact_below: 100, ivf_above: 500, nprobe: 1000, ..SearchParams::default() };
+        let params = SearchParams { exact_below: 100, ivf_above: 500, target_recall: 1.0, ..SearchParams::default() };
         let mut index = VectorIndex::new(32, params);
         for (i, x) in v.iter().enumerate() {
             index.insert(i as u32, x);
@@ -628,14 +464,14 @@ mod tests {
             index.remove(i);
         }
         index.insert(1, &v[2999]);
-        // With every partition probed, the partitioned search sees every row exactly once.
+        // A target of 1.0 probes every partition: the partitioned search sees every row exactly once.
         let q = &v[10];
         let mut qn = q.clone();
         normalize(&mut qn);
         let got: Vec<u32> = index.search(q, 10, None).iter().map(|h| h.id).collect();
         let want: Vec<u32> = index.exact(&qn, 10, None).iter().map(|h| h.id).collect();
         assert_eq!(got, want);
-        let (ivf, _) = index.ivf.as_ref().expect("partitioned");
+        let (ivf, _, _) = index.ivf.as_ref().expect("partitioned");
         assert_eq!(ivf.probe(&qn, 1000).len(), index.len());
     }
 

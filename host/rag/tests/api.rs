@@ -26,7 +26,8 @@ async fn every_endpoint_answers_as_kaito_documents() {
     let state = common::state(dir.path(), None);
 
     let (code, health) = call(&state, "GET", "/health", "").await;
-    assert_eq!((code, health["status"].as_str()), (200, Some("ok")));
+    assert_eq!((code, health["status"].as_str()), (200, Some("Healthy")));
+    assert_eq!(health["detail"], Value::Null);
 
     // POST /index: ids are sha256 of the text, as KAITO assigns them.
     let (code, indexed) = call(&state, "POST", "/index", &index_body("kb")).await;
@@ -38,7 +39,7 @@ async fn every_endpoint_answers_as_kaito_documents() {
     // Indexing the same documents again changes nothing.
     let (code, again) = call(&state, "POST", "/index", &index_body("kb")).await;
     assert_eq!((code, again.as_array().unwrap().len()), (200, 4));
-    assert_eq!(state.store.counts("kb").map(|c| c.0), Some(4));
+    assert_eq!(state.store.counts("kb").unwrap().map(|c| c.0), Some(4));
 
     let (code, names) = call(&state, "GET", "/indexes", "").await;
     assert_eq!((code, names), (200, json!(["kb"])));
@@ -88,23 +89,31 @@ async fn every_endpoint_answers_as_kaito_documents() {
     let (_, found) = call(&state, "POST", "/retrieve", &q.to_string()).await;
     assert_eq!(found["results"][0]["text"], "Berlin is the capital of Germany.");
 
-    // Persist, then load under another name; loading over an existing index needs overwrite.
+    // Persist to KAITO's default place, then load under another name; loading
+    // over an existing index needs overwrite. Relative paths like ./dir work.
     let (code, saved) = call(&state, "POST", "/persist/kb", "").await;
     assert_eq!((code, saved["documents"].as_u64()), (200, Some(4)), "{saved}");
-    let (code, err) = call(&state, "POST", "/load/kb?path=kb.jsonl", "").await;
+    assert_eq!(saved["message"], "Successfully persisted index kb to storage/kb.");
+    assert!(dir.path().join("storage/kb").is_dir());
+    let (code, err) = call(&state, "POST", "/load/kb", "").await;
     assert_eq!(code, 409, "{err}");
-    let (code, loaded) = call(&state, "POST", "/load/copy?path=kb.jsonl", "").await;
+    assert!(err["detail"].as_str().unwrap().starts_with("Index 'kb' already exists."), "{err}");
+    let (code, loaded) = call(&state, "POST", "/load/copy?path=storage/kb", "").await;
     assert_eq!((code, loaded["documents"].as_u64()), (200, Some(4)), "{loaded}");
-    let (code, _) = call(&state, "POST", "/load/kb?path=kb.jsonl&overwrite=true", "").await;
+    assert_eq!(loaded["message"], "Successfully loaded index copy from storage/kb.");
+    let (code, _) = call(&state, "POST", "/load/kb?overwrite=true", "").await;
     assert_eq!(code, 200);
+    let (code, saved) = call(&state, "POST", "/persist/kb?path=./backups/kb", "").await;
+    assert_eq!((code, saved["message"].as_str()), (200, Some("Successfully persisted index kb to ./backups/kb.")));
+    assert!(dir.path().join("backups/kb").is_dir());
 
     // Delete documents, then the index.
     let del = json!({"doc_ids": [id0, "missing"]});
     let (code, out) = call(&state, "POST", "/indexes/copy/documents/delete", &del.to_string()).await;
     assert_eq!(code, 200);
     assert_eq!((out["deleted_doc_ids"].clone(), out["not_found_doc_ids"].clone()), (json!([id0]), json!(["missing"])));
-    let (code, _) = call(&state, "DELETE", "/indexes/copy", "").await;
-    assert_eq!(code, 200);
+    let (code, out) = call(&state, "DELETE", "/indexes/copy", "").await;
+    assert_eq!((code, out["message"].as_str()), (200, Some("Successfully deleted index copy.")));
     let (_, names) = call(&state, "GET", "/indexes", "").await;
     assert_eq!(names, json!(["kb"]));
 
@@ -113,6 +122,14 @@ async fn every_endpoint_answers_as_kaito_documents() {
     assert_eq!(code, 200);
     assert!(metrics.contains("kaito_rag_requests_total{route=\"/retrieve\",code=\"200\"}"), "{metrics}");
     assert!(metrics.contains("kaito_rag_chunks_embedded_total"), "{metrics}");
+    // KAITO's series beside ours.
+    assert!(metrics.contains("rag_indexes_retrieve_requests_total{status=\"success\"} 3"), "{metrics}");
+    assert!(metrics.contains("rag_load_requests_total{status=\"failure\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("rag_index_latency_seconds_bucket{le=\"0.005\",status=\"success\"}")
+            || metrics.contains("rag_index_latency_seconds_bucket{status=\"success\",le=\"0.005\"}"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +169,9 @@ async fn bad_requests_get_4xx_naming_the_field() {
         ("DELETE", "/indexes/none", "", 404, ""),
         ("POST", "/persist/kb?path=../../etc/passwd", "", 400, "path"),
         ("POST", "/persist/none", "", 404, ""),
-        ("POST", "/load/kb?path=missing.jsonl", "", 400, "path"),
+        ("POST", "/load/kb?path=missing", "", 404, ""),
+        ("POST", "/load/kb?path=/etc", "", 400, "path"),
+        ("POST", "/retrieve", "{\"index_name\": \"kb\", \"query\": \"  \"}", 400, "query"),
         ("POST", "/v1/chat/completions", "{\"messages\": []}", 503, ""),
         ("GET", "/no/such/route", "", 404, ""),
     ];
@@ -164,8 +183,22 @@ async fn bad_requests_get_4xx_naming_the_field() {
             assert_eq!(err["error"]["param"], *field, "{method} {path} {body}: {err}");
         }
     }
+    // KAITO's exact messages where it has one.
+    let detail = |path: &'static str, body: &'static str| {
+        let state = state.clone();
+        async move { call(&state, "POST", path, body).await.1["detail"].clone() }
+    };
+    assert_eq!(
+        detail("/retrieve", "{\"index_name\": \"none\", \"query\": \"q\"}").await,
+        "No such index: 'none' exists."
+    );
+    assert_eq!(detail("/retrieve", "{\"index_name\": \"kb\", \"query\": \"\"}").await, "Query string cannot be empty.");
+    assert_eq!(detail("/load/kb?path=missing", "").await, "Path does not exist: missing");
+    assert!(
+        detail("/v1/chat/completions", "{}").await.as_str().unwrap().starts_with("InferenceService not configured."),
+    );
     // Nothing above changed the stored documents.
-    assert_eq!(state.store.counts("kb").map(|c| c.0), Some(DOCS.len()));
+    assert_eq!(state.store.counts("kb").unwrap().map(|c| c.0), Some(DOCS.len()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +210,7 @@ async fn code_documents_split_at_definitions() {
     let req = json!({"index_name": "code", "documents": [{"text": body, "metadata": {"split_type": "code", "language": "python"}}]});
     let (code, out) = call(&state, "POST", "/index", &req.to_string()).await;
     assert_eq!(code, 200, "{out}");
-    let (docs, chunks) = state.store.counts("code").unwrap();
+    let (docs, chunks) = state.store.counts("code").unwrap().unwrap();
     assert_eq!(docs, 1);
     assert!(chunks > 1, "a 12-function file should not fit one 64-token chunk");
     let q = json!({"index_name": "code", "query": "handler_7", "max_node_count": 3});

@@ -5,8 +5,7 @@
 
 mod common;
 
-use kaito_rag::store::Store;
-use kaito_rag::vectors::SearchParams;
+use kaito_rag::store::{Store, StoreOptions};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -77,15 +76,13 @@ fn doc(tag: &str, i: usize) -> Value {
 
 fn doc_ids(store: &Store, index: &str) -> Vec<String> {
     let mut ids = Vec::new();
-    let mut offset = 0;
-    loop {
-        let page = store.list_documents(index, 100, offset, None, None).unwrap();
-        ids.extend(page.documents.iter().map(|d| d["doc_id"].as_str().unwrap().to_string()));
-        offset += 100;
-        if offset >= page.total_items {
-            return ids;
-        }
-    }
+    store
+        .each_document(index, |d| {
+            ids.push(d.doc_id);
+            true
+        })
+        .unwrap();
+    ids
 }
 
 #[test]
@@ -119,8 +116,7 @@ fn sigkill_during_a_large_index_loses_no_acknowledged_document() {
         let big_acknowledged = sender.join().unwrap();
 
         // The environment opens and is consistent.
-        let store =
-            Store::open(&data.join("lmdb"), 1 << 30, SearchParams::default()).expect("LMDB opens after SIGKILL");
+        let store = Store::open(&data.join("lmdb"), StoreOptions::default()).expect("LMDB opens after SIGKILL");
         store.verify().expect("no half-written document");
         let ids = doc_ids(&store, "kb");
         for id in &acknowledged {
@@ -139,7 +135,10 @@ fn sigkill_during_a_large_index_loses_no_acknowledged_document() {
     // A last restart serves what survived.
     let server = Server::start(data);
     let found = server
-        .post("/retrieve", &json!({"index_name": "kb", "query": "Document ack0x1-3 sentence 2", "max_node_count": 5}))
+        .post(
+            "/retrieve",
+            &json!({"index_name": "kb", "query": "Document ack0x1-3 sentence 2", "max_node_count": 20, "metadata_filter": {"tag": "ack0x1"}}),
+        )
         .unwrap();
     assert!(found["results"].as_array().unwrap().iter().any(|r| r["doc_id"] == "ack0x1-3"), "{found}");
     server.kill9();

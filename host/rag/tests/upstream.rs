@@ -9,8 +9,8 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use common::call;
-use kaito_rag::chat::Llm;
 use kaito_rag::embed::RemoteEmbedder;
+use kaito_rag::llm::Llm;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 
@@ -26,19 +26,21 @@ async fn backend() -> (String, Seen) {
             let s = s.clone();
             async move {
                 let v = record(&s, &headers, &body);
+                let ok = axum::http::StatusCode::OK;
                 if v["stream"] == true {
                     let sse = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n";
-                    return ([("content-type", "text/event-stream")], sse.to_string());
+                    return (ok, [("content-type", "text/event-stream")], sse.to_string());
                 }
                 if v["model"] == "broken" {
-                    return ([("content-type", "application/json")], "{\"error\":{\"message\":\"no such model\"}}".to_string());
+                    let body = "{\"error\":{\"message\":\"no such model\",\"type\":\"auth\"}}";
+                    return (axum::http::StatusCode::UNAUTHORIZED, [("content-type", "application/json")], body.to_string());
                 }
                 let answer = json!({
                     "id": "chatcmpl-1", "object": "chat.completion", "model": v["model"],
                     "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Paris."}}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
                 });
-                ([("content-type", "application/json")], answer.to_string())
+                (ok, [("content-type", "application/json")], answer.to_string())
             }
         }),
     );
@@ -78,9 +80,18 @@ async fn rag_chat_puts_retrieved_chunks_in_the_prompt_and_returns_source_nodes()
     });
     let (code, answer) = call(&state, "POST", "/v1/chat/completions", &req.to_string()).await;
     assert_eq!(code, 200, "{answer}");
+    // The answer is built here with KAITO's fields around the LLM's message and usage.
     assert_eq!(answer["choices"][0]["message"]["content"], "Paris.");
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    assert_eq!(answer["object"], "chat.completion");
+    assert_eq!(answer["model"], "phi");
+    let id = answer["id"].as_str().unwrap();
+    assert!(id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()) && id != "chatcmpl-1", "{id}");
+    assert!(answer["created"].as_u64().unwrap() > 1_700_000_000);
+    assert_eq!(answer["usage"]["total_tokens"], 12);
+    // Only the similar chunk is context: the GPU sentence is below the similarity cut.
     let sources = answer["source_nodes"].as_array().unwrap();
-    assert!(!sources.is_empty());
+    assert_eq!(sources.len(), 1, "{answer}");
     assert!(sources[0]["text"].as_str().unwrap().contains("Eiffel Tower"), "{answer}");
     assert_eq!(sources[0]["metadata"]["src"], "a");
 
@@ -89,30 +100,95 @@ async fn rag_chat_puts_retrieved_chunks_in_the_prompt_and_returns_source_nodes()
     // Our fields are not forwarded; the context joins the client's system prompt.
     assert!(sent.get("index_name").is_none() && sent.get("context_token_ratio").is_none(), "{sent}");
     let system = sent["messages"][0]["content"].as_str().unwrap();
-    assert!(system.starts_with("Be brief."), "{system}");
+    assert!(system.starts_with("Be brief.\n\nUse the context information below to assist the user."), "{system}");
     assert!(system.contains("The Eiffel Tower is in Paris"), "{system}");
+    assert!(!system.contains("GPU nodes"), "{system}");
     assert_eq!(sent["messages"][1]["content"], "Where is the Eiffel Tower?");
     // max_tokens is clamped to what is left of the 512-token window.
     let max = sent["max_tokens"].as_u64().unwrap();
     assert!(max < 512 && max > 100, "{max}");
 
-    // Bad ratio, streaming with an index, unknown index.
-    for (body, code, param) in [
+    // Nothing similar in the index: KAITO answers without context, passing the request through.
+    let req = json!({"model": "phi", "index_name": "kb", "messages": [{"role": "user", "content": "Recommend a chocolate cake recipe"}]});
+    let (code, answer) = call(&state, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!((answer["id"].as_str(), &answer["source_nodes"]), (Some("chatcmpl-1"), &Value::Null), "{answer}");
+    let (_, sent) = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(sent["messages"], req["messages"]);
+
+    // The LLM's error status on the RAG path: relayed with KAITO's detail and the LLM's error object.
+    let req = json!({"model": "broken", "index_name": "kb", "messages": [{"role": "user", "content": "Where is the Eiffel Tower?"}]});
+    let (code, err) = call(&state, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!(code, 401, "{err}");
+    assert_eq!(err["detail"], r#"Chat completion failed: 401: b'{"error":{"message":"no such model","type":"auth"}}'"#);
+    assert_eq!(err["error"]["message"], "no such model");
+
+    // KAITO's checks and messages.
+    let user = |c: &str| json!({"role": "user", "content": c});
+    let long = "word ".repeat(600);
+    for (body, code, param, detail) in [
         (
-            json!({"index_name": "kb", "context_token_ratio": 0.9, "messages": [{"role": "user", "content": "q"}]}),
+            json!({"index_name": "kb", "context_token_ratio": 0.9, "messages": [user("q")]}),
             400,
             "context_token_ratio",
+            "Invalid context_token_ratio: 0.9. Must be between 0.2 and 0.8.",
         ),
-        (json!({"index_name": "kb", "stream": true, "messages": [{"role": "user", "content": "q"}]}), 400, "stream"),
-        (json!({"index_name": "kb", "n": 2, "messages": [{"role": "user", "content": "q"}]}), 400, "n"),
-        (json!({"index_name": "nope", "messages": [{"role": "user", "content": "q"}]}), 404, ""),
+        (
+            json!({"index_name": "kb", "stream": true, "messages": [user("q")]}),
+            400,
+            "stream",
+            "stream=true is only supported for passthrough chat completions.",
+        ),
+        (json!({"index_name": "kb", "n": 2, "messages": [user("q")]}), 400, "n", "n > 1 is not supported."),
+        (
+            json!({"n": 2, "tools": [{"type": "function"}], "messages": [user("q")]}),
+            400,
+            "tools",
+            "tools and functions are not supported.",
+        ),
+        (json!({"index_name": "nope", "messages": [user("q")]}), 404, "", "No such index: 'nope' exists."),
+        (
+            json!({"index_name": "kb", "messages": [user("q"), {"role": "assistant", "content": "a"}]}),
+            400,
+            "messages",
+            "There must be a user prompt since the latest assistant message.",
+        ),
+        (
+            json!({"index_name": "kb", "messages": [{"content": "q"}]}),
+            400,
+            "messages",
+            "Invalid request format: messages must contain 'role'.",
+        ),
+        (
+            json!({"index_name": "kb", "messages": [{"role": "system"}, user("q")]}),
+            400,
+            "messages",
+            "Invalid request format: messages must contain 'content' for role 'system'.",
+        ),
+        (
+            json!({"index_name": "kb", "messages": [user("")]}),
+            400,
+            "messages",
+            "Invalid request format: user messages must contain 'content'.",
+        ),
+        (
+            json!({"index_name": "kb", "messages": [user(&long)]}),
+            400,
+            "messages",
+            "Prompt length exceeds context window.",
+        ),
     ] {
         let (got, err) = call(&state, "POST", "/v1/chat/completions", &body.to_string()).await;
         assert_eq!(got, code, "{body}: {err}");
+        assert_eq!(err["detail"], detail, "{body}: {err}");
         if !param.is_empty() {
             assert_eq!(err["error"]["param"], param);
         }
     }
+    // A tool turn is passed through as is, index or not.
+    let req = json!({"model": "phi", "index_name": "kb", "messages": [user("q"), {"role": "tool", "content": "42", "tool_call_id": "c"}]});
+    let (code, answer) = call(&state, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!((code, &answer["source_nodes"]), (200, &Value::Null), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,10 +202,16 @@ async fn requests_without_an_index_pass_straight_through_streaming_included() {
     assert_eq!(body, "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n");
     let (auth, sent) = seen.lock().unwrap().last().cloned().unwrap();
     assert_eq!((auth, sent), (None, req));
-    // The backend's own errors come back as it sent them.
+    // A JSON answer gains KAITO's "source_nodes": null.
+    let req = json!({"model": "phi", "messages": [{"role": "user", "content": "hi"}]});
+    let (code, body) = call(&state, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!((code, body["id"].as_str(), &body["source_nodes"]), (200, Some("chatcmpl-1"), &Value::Null), "{body}");
+    // The backend's own errors come back with its status, its error object and KAITO's detail.
     let req = json!({"model": "broken", "messages": [{"role": "user", "content": "hi"}]});
-    let (_, body) = call(&state, "POST", "/v1/chat/completions", &req.to_string()).await;
+    let (code, body) = call(&state, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!(code, 401, "{body}");
     assert_eq!(body["error"]["message"], "no such model");
+    assert_eq!(body["detail"], r#"b'{"error":{"message":"no such model","type":"auth"}}'"#);
     // An unreachable LLM is a 502 naming it.
     let dead = common::state(&dir.path().join("dead"), Some(Llm::new("http://127.0.0.1:9", None, 4096)));
     let (code, err) = call(&dead, "POST", "/v1/chat/completions", &req.to_string()).await;

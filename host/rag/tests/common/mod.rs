@@ -4,13 +4,13 @@
 
 use axum::body::Body;
 use http_body_util::BodyExt;
-use kaito_rag::api::{AppState, router};
-use kaito_rag::chat::Llm;
+use kaito_rag::api::router;
 use kaito_rag::chunk::{ChunkParams, TokenCounter};
 use kaito_rag::embed::{Embedder, LocalEmbedder};
+use kaito_rag::llm::Llm;
 use kaito_rag::metrics::Metrics;
-use kaito_rag::store::Store;
-use kaito_rag::vectors::SearchParams;
+use kaito_rag::service::AppState;
+use kaito_rag::store::{Store, StoreOptions};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -40,13 +40,15 @@ pub fn state(dir: &Path, llm: Option<Llm>) -> Arc<AppState> {
 
 /// A service over `dir` with all-MiniLM and chunks of `size` tokens.
 pub fn state_with_chunks(dir: &Path, llm: Option<Llm>, size: usize) -> Arc<AppState> {
-    let store = Store::open(&dir.join("lmdb"), 1 << 30, SearchParams::default()).expect("store opens");
+    let store = Store::open(&dir.join("lmdb"), StoreOptions::default()).expect("store opens");
     Arc::new(AppState {
         store: Arc::new(store),
         embedder: minilm(),
         counter: Arc::new(TokenCounter::from_dir(&model("all-minilm-l6-v2")).expect("tokenizer loads")),
         chunking: ChunkParams { size, overlap: 8 },
-        snapshot_dir: dir.join("snapshots"),
+        data_dir: dir.to_path_buf(),
+        persist_dir: "storage".into(),
+        min_similarity: 0.575,
         llm,
         metrics: Arc::new(Metrics::default()),
     })

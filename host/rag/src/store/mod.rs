@@ -1,0 +1,699 @@
+//! Durable storage: one LMDB environment per data directory, split by job.
+//!
+//! - this file: the environment, its databases, the write path and the
+//!   optional in-memory cache;
+//! - [`documents`]: documents and chunks, in insertion order;
+//! - [`snapshot`]: `/persist` and `/load` files;
+//! - [`retrieval`]: hybrid search, one [`Candidate`] per chunk;
+//! - [`vector_db`]: the vectors, on disk (the only file naming arroy).
+//!
+//! Every write request runs in one write transaction, which also builds the
+//! vector trees of the indexes it touched, so a crash leaves each request
+//! either fully stored (trees included) or not at all. Reads open their own
+//! read transaction and search on disk. The cache ([`Cache`]) is what RAM
+//! holds beyond that: BM25 postings of every index, and the vectors of the
+//! indexes that fit in `--vector-cache-bytes` (searched in memory instead of
+//! through the on-disk trees). It is updated after each commit, under the
+//! lock that serialises writers, and rebuilt from LMDB at start.
+
+pub mod documents;
+pub mod retrieval;
+pub mod snapshot;
+pub mod vector_db;
+
+pub use documents::{DocPage, DocRecord, NewDoc, UpdateOutcome, sha256};
+pub use retrieval::{Candidate, Rank, Retrieved};
+pub use vector_db::{SearchConfig, Tuning};
+
+use crate::bm25::Bm25;
+use crate::error::{Error, Result};
+use crate::vectors::{SearchParams, VectorIndex};
+use heed::byteorder::BigEndian;
+use heed::types::{SerdeJson, Str, U32, U64};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Mutex, RwLock};
+use vector_db::VectorDb;
+
+/// Layout of the databases; older layouts are upgraded by [`Store::open`].
+const LAYOUT: u64 = 2;
+
+/// What is stored about one index.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IndexMeta {
+    /// Index name.
+    pub name: String,
+    /// Number of this index in the vector database.
+    pub arroy: u16,
+    /// Embedding model the vectors came from.
+    pub embedding_model: String,
+    /// Vector length.
+    pub dimensions: usize,
+    /// Documents stored.
+    #[serde(default)]
+    pub documents: u64,
+    /// Chunks (and vectors) stored.
+    #[serde(default)]
+    pub chunks: u64,
+    /// Insertion number the next document gets.
+    #[serde(default)]
+    pub next_seq: u64,
+    /// How queries walk the vector trees, measured at the last calibration.
+    #[serde(default)]
+    pub tuning: Option<Tuning>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ChunkRecord {
+    index: String,
+    doc_id: String,
+    text: String,
+}
+
+/// A change to apply to the cache once its transaction has committed.
+enum Change {
+    Create(String, usize),
+    Drop(String),
+    AddChunk { index: String, id: u32, text: String, vector: Vec<f32> },
+    RemoveChunk { index: String, id: u32, text: String },
+}
+
+/// What RAM holds for one index beyond LMDB's pages.
+struct IndexCache {
+    bm25: Bm25,
+    /// The vectors, when they fit in the cache budget.
+    vectors: Option<VectorIndex>,
+}
+
+/// The in-memory cache of every index.
+struct Cache {
+    indexes: HashMap<String, IndexCache>,
+    /// Bytes of vectors the cache may hold, over all indexes.
+    budget: usize,
+}
+
+impl Cache {
+    fn vector_bytes(&self) -> usize {
+        self.indexes.values().filter_map(|c| c.vectors.as_ref()).map(VectorIndex::memory_bytes).sum()
+    }
+}
+
+/// Options of [`Store::open`].
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// LMDB map size in bytes (address space, not disk).
+    pub map_size: usize,
+    /// Bytes of vectors kept in RAM (0: search on disk only).
+    pub vector_cache_bytes: usize,
+    /// The on-disk search.
+    pub search: SearchConfig,
+    /// The in-memory search of cached indexes.
+    pub cached: SearchParams,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            map_size: 1 << 30,
+            vector_cache_bytes: 1 << 30,
+            search: SearchConfig::default(),
+            cached: SearchParams::default(),
+        }
+    }
+}
+
+/// The service's storage.
+pub struct Store {
+    env: Env,
+    indexes: Database<'static, Str, SerdeJson<IndexMeta>>,
+    docs: Database<'static, Str, SerdeJson<DocRecord>>,
+    /// `index/<seq, 20 digits>` → doc id: documents in insertion order.
+    order: Database<'static, Str, Str>,
+    chunks: Database<'static, U32<BigEndian>, SerdeJson<ChunkRecord>>,
+    counters: Database<'static, Str, U64<BigEndian>>,
+    vectors: VectorDb,
+    writer: Mutex<()>,
+    cache: RwLock<Cache>,
+    options: StoreOptions,
+}
+
+/// Key of a document in `docs`.
+fn doc_key(index: &str, doc_id: &str) -> String {
+    format!("{index}/{doc_id}")
+}
+
+/// Key of a document's insertion number in `order`.
+fn order_key(index: &str, seq: u64) -> String {
+    format!("{index}/{seq:020}")
+}
+
+impl Store {
+    /// Opens (or creates) the environment in `dir`, upgrades an older layout and fills the cache.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+        // SAFETY: the environment is opened once per process and the data
+        // directory is not shared with another process (LMDB's lock file
+        // also guards against that).
+        let env = unsafe { EnvOpenOptions::new().map_size(options.map_size).max_dbs(12).open(dir)? };
+        let wtxn = env.write_txn()?;
+        let (indexes, docs, order, chunks, counters, vectors, legacy_counters) = env
+            .create_databases_and_commit(wtxn, |dbs, wtxn| -> Result<_, heed::Error> {
+                Ok(CommitOrAbort::<_, ()>::Commit((
+                    dbs.create_database(wtxn, Some("indexes"))?,
+                    dbs.create_database(wtxn, Some("docs"))?,
+                    dbs.create_database(wtxn, Some("order"))?,
+                    dbs.create_database(wtxn, Some("chunks"))?,
+                    dbs.create_database(wtxn, Some("counters-v2"))?,
+                    vector_db::create_databases(dbs, wtxn)?,
+                    dbs.open_database::<Str, U32<BigEndian>>(wtxn, Some("counters"))?,
+                )))
+            })?
+            .unwrap_commit();
+        let store = Store {
+            env,
+            indexes,
+            docs,
+            order,
+            chunks,
+            counters,
+            vectors: VectorDb::new(vectors),
+            writer: Mutex::new(()),
+            cache: RwLock::new(Cache { indexes: HashMap::new(), budget: options.vector_cache_bytes }),
+            options,
+        };
+        store.upgrade(legacy_counters)?;
+        store.recalibrate(|t| t.target != options.search.target_recall)?;
+        store.fill_cache()?;
+        Ok(store)
+    }
+
+    /// Upgrades a layout-1 environment in one transaction: documents get
+    /// insertion numbers (in id order, all layout 1 kept), counts are
+    /// recorded and vectors move to the vector database.
+    fn upgrade(&self, legacy_counters: Option<Database<'static, Str, U32<BigEndian>>>) -> Result<()> {
+        let _guard = self.writer.lock().expect("writer lock");
+        let mut wtxn = self.env.write_txn()?;
+        if self.counters.get(&wtxn, "layout")?.is_some() {
+            return Ok(());
+        }
+        let metas: Vec<IndexMeta> = self.indexes.iter(&wtxn)?.map(|r| r.map(|(_, m)| m)).collect::<Result<_, _>>()?;
+        let legacy =
+            self.vectors.migrate_v1(&mut wtxn, &metas.iter().map(|m| (m.arroy, m.dimensions)).collect::<Vec<_>>())?;
+        for mut meta in metas {
+            let docs: Vec<DocRecord> = self
+                .docs
+                .prefix_iter(&wtxn, &format!("{}/", meta.name))?
+                .map(|r| r.map(|(_, d)| d))
+                .collect::<Result<_, _>>()?;
+            meta.documents = docs.len() as u64;
+            meta.chunks = docs.iter().map(|d| d.chunks.len() as u64).sum();
+            for mut doc in docs {
+                doc.hash_value = documents::hash_value(&doc.text, &doc.metadata);
+                doc.seq = meta.next_seq;
+                meta.next_seq += 1;
+                self.order.put(&mut wtxn, &order_key(&meta.name, doc.seq), &doc.doc_id)?;
+                self.docs.put(&mut wtxn, &doc_key(&meta.name, &doc.doc_id), &doc)?;
+            }
+            self.indexes.put(&mut wtxn, &meta.name.clone(), &meta)?;
+        }
+        if let Some(old) = legacy_counters
+            && let Some(next) = old.get(&wtxn, "next_chunk_id")?
+        {
+            self.counters.put(&mut wtxn, "next_chunk_id", &u64::from(next))?;
+        }
+        self.counters.put(&mut wtxn, "layout", &LAYOUT)?;
+        wtxn.commit()?;
+        if legacy > 0 {
+            tracing::info!(vectors = legacy, "upgraded a layout-1 data directory");
+        }
+        Ok(())
+    }
+
+    fn fill_cache(&self) -> Result<()> {
+        let rtxn = self.env.read_txn()?;
+        let mut cache = self.cache.write().expect("cache lock");
+        cache.indexes.clear();
+        let mut names = Vec::new();
+        for item in self.indexes.iter(&rtxn)? {
+            let (name, meta) = item?;
+            names.push(name.to_string());
+            let fits = cache.vector_bytes() + Self::cached_bytes(&meta) <= cache.budget;
+            let vectors = if fits {
+                let mut v = VectorIndex::new(meta.dimensions, self.options.cached);
+                self.vectors.each(&rtxn, meta.arroy, |id, vector| v.insert(id, &vector))?;
+                Some(v)
+            } else {
+                None
+            };
+            cache.indexes.insert(name.to_string(), IndexCache { bm25: Bm25::default(), vectors });
+        }
+        for item in self.chunks.iter(&rtxn)? {
+            let (id, chunk) = item?;
+            if let Some(c) = cache.indexes.get_mut(&chunk.index) {
+                c.bm25.insert(id, &chunk.text);
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes the cache would hold for an index's vectors (vector, code, id).
+    fn cached_bytes(meta: &IndexMeta) -> usize {
+        meta.chunks as usize * (meta.dimensions * 4 + meta.dimensions.div_ceil(64) * 8 + 4)
+    }
+
+    /// Names of every index, sorted.
+    pub fn index_names(&self) -> Result<Vec<String>> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.indexes.iter(&rtxn)?.map(|r| r.map(|(k, _)| k.to_string())).collect::<Result<_, _>>()?)
+    }
+
+    /// Metadata of an index.
+    pub fn index_meta(&self, index: &str) -> Result<Option<IndexMeta>> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.indexes.get(&rtxn, index)?)
+    }
+
+    /// Documents and chunks of an index.
+    pub fn counts(&self, index: &str) -> Result<Option<(usize, usize)>> {
+        Ok(self.index_meta(index)?.map(|m| (m.documents as usize, m.chunks as usize)))
+    }
+
+    /// True when the vectors of `index` are searched in memory.
+    pub fn is_cached(&self, index: &str) -> bool {
+        self.cache.read().expect("cache lock").indexes.get(index).is_some_and(|c| c.vectors.is_some())
+    }
+
+    /// Runs `f` in one write transaction, builds the vector trees of the
+    /// indexes it touched (recalibrating those whose size moved by a
+    /// quarter), commits, and then applies its changes to the cache; the
+    /// writer lock is held throughout.
+    fn write<T>(&self, f: impl FnOnce(&mut RwTxn, &mut Vec<Change>) -> Result<T>) -> Result<T> {
+        let _guard = self.writer.lock().expect("writer lock");
+        let mut wtxn = self.env.write_txn()?;
+        let mut changes = Vec::new();
+        let out = f(&mut wtxn, &mut changes)?;
+        let touched: BTreeSet<&str> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::AddChunk { index, .. } | Change::RemoveChunk { index, .. } => Some(index.as_str()),
+                _ => None,
+            })
+            .collect();
+        for index in touched {
+            let Some(meta) = self.indexes.get(&wtxn, index)? else { continue };
+            self.vectors.build(&mut wtxn, meta.arroy, meta.dimensions)?;
+            self.calibrate_if(&mut wtxn, meta, |_| false)?;
+        }
+        wtxn.commit()?;
+        self.apply(changes);
+        Ok(out)
+    }
+
+    /// Recalibrates `meta`'s search when it has none, when its size moved by
+    /// a quarter since the last calibration, or when `stale` says so.
+    fn calibrate_if(&self, wtxn: &mut RwTxn, mut meta: IndexMeta, stale: impl Fn(&Tuning) -> bool) -> Result<()> {
+        if (meta.chunks as usize) < self.options.search.exact_below {
+            return Ok(());
+        }
+        let due = meta.tuning.is_none_or(|t| {
+            let (then, now) = (t.items as f64, meta.chunks as f64);
+            now > then * 1.25 || now < then * 0.75 || stale(&t)
+        });
+        if due {
+            let tuning = self.vectors.calibrate(wtxn, meta.arroy, &self.options.search)?;
+            tracing::info!(index = meta.name, chunks = meta.chunks, walk = ?tuning.walk, recall = tuning.recall, "vector search calibrated");
+            meta.tuning = Some(tuning);
+            self.indexes.put(wtxn, &meta.name.clone(), &meta)?;
+        }
+        Ok(())
+    }
+
+    /// Recalibrates, in one write transaction, every index whose tuning `stale` rejects.
+    fn recalibrate(&self, stale: impl Fn(&Tuning) -> bool) -> Result<()> {
+        let _guard = self.writer.lock().expect("writer lock");
+        let mut wtxn = self.env.write_txn()?;
+        let metas: Vec<IndexMeta> = self.indexes.iter(&wtxn)?.map(|r| r.map(|(_, m)| m)).collect::<Result<_, _>>()?;
+        for meta in metas {
+            self.calibrate_if(&mut wtxn, meta, &stale)?;
+        }
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    fn apply(&self, changes: Vec<Change>) {
+        let mut cache = self.cache.write().expect("cache lock");
+        let mut grew: HashSet<String> = HashSet::new();
+        for change in changes {
+            match change {
+                Change::Create(name, dim) => {
+                    let vectors = Some(VectorIndex::new(dim, self.options.cached));
+                    cache.indexes.insert(name, IndexCache { bm25: Bm25::default(), vectors });
+                }
+                Change::Drop(name) => {
+                    cache.indexes.remove(&name);
+                }
+                Change::AddChunk { index, id, text, vector } => {
+                    if let Some(c) = cache.indexes.get_mut(&index) {
+                        c.bm25.insert(id, &text);
+                        if let Some(v) = &mut c.vectors {
+                            v.insert(id, &vector);
+                            grew.insert(index);
+                        }
+                    }
+                }
+                Change::RemoveChunk { index, id, text } => {
+                    if let Some(c) = cache.indexes.get_mut(&index) {
+                        c.bm25.remove(id, &text);
+                        if let Some(v) = &mut c.vectors {
+                            v.remove(id);
+                        }
+                    }
+                }
+            }
+        }
+        // An index that outgrew the budget is searched on disk from now on.
+        for index in grew {
+            let budget = cache.budget;
+            if cache.vector_bytes() > budget
+                && let Some(c) = cache.indexes.get_mut(&index)
+            {
+                tracing::info!(index, budget, "vector cache full: this index is searched on disk");
+                c.vectors = None;
+            }
+        }
+    }
+
+    fn next_chunk_id(&self, wtxn: &mut RwTxn) -> Result<u32> {
+        let id = self.counters.get(wtxn, "next_chunk_id")?.unwrap_or(0);
+        let id32 = u32::try_from(id).map_err(|_| anyhow::anyhow!("chunk ids exhausted"))?;
+        self.counters.put(wtxn, "next_chunk_id", &(id + 1))?;
+        Ok(id32)
+    }
+
+    /// The index's metadata, created when missing; vectors must come from the same model.
+    fn ensure_index(
+        &self,
+        wtxn: &mut RwTxn,
+        changes: &mut Vec<Change>,
+        index: &str,
+        model: &str,
+        dim: usize,
+    ) -> Result<IndexMeta> {
+        if let Some(meta) = self.indexes.get(wtxn, index)? {
+            if meta.embedding_model != model || meta.dimensions != dim {
+                return Err(Error::Conflict(format!(
+                    "index {index:?} holds vectors of {} ({} dimensions) but this service embeds with {model} ({dim}); use another index name or delete this one",
+                    meta.embedding_model, meta.dimensions
+                )));
+            }
+            return Ok(meta);
+        }
+        let used: HashSet<u16> =
+            self.indexes.iter(wtxn)?.map(|r| r.map(|(_, m)| m.arroy)).collect::<Result<_, heed::Error>>()?;
+        let arroy = (0..=u16::MAX)
+            .find(|n| !used.contains(n))
+            .ok_or_else(|| Error::Conflict("65536 indexes exist; delete one first".into()))?;
+        let meta = IndexMeta {
+            name: index.to_string(),
+            arroy,
+            embedding_model: model.to_string(),
+            dimensions: dim,
+            documents: 0,
+            chunks: 0,
+            next_seq: 0,
+            tuning: None,
+        };
+        self.indexes.put(wtxn, index, &meta)?;
+        changes.push(Change::Create(index.to_string(), dim));
+        Ok(meta)
+    }
+
+    /// Deletes an index and everything in it.
+    pub fn delete_index(&self, index: &str) -> Result<()> {
+        self.write(|wtxn, changes| {
+            self.drop_index(wtxn, changes, index)?.then_some(()).ok_or_else(|| Error::IndexNotFound(index.into()))
+        })
+    }
+
+    fn drop_index(&self, wtxn: &mut RwTxn, changes: &mut Vec<Change>, index: &str) -> Result<bool> {
+        let Some(meta) = self.indexes.get(wtxn, index)? else { return Ok(false) };
+        let docs: Vec<DocRecord> =
+            self.docs.prefix_iter(wtxn, &format!("{index}/"))?.map(|r| r.map(|(_, d)| d)).collect::<Result<_, _>>()?;
+        let mut ids = Vec::new();
+        for doc in &docs {
+            for id in &doc.chunks {
+                self.chunks.delete(wtxn, id)?;
+                ids.push(*id);
+            }
+            self.docs.delete(wtxn, &doc_key(index, &doc.doc_id))?;
+            self.order.delete(wtxn, &order_key(index, doc.seq))?;
+        }
+        self.vectors.clear(wtxn, meta.arroy, meta.dimensions, ids)?;
+        self.indexes.delete(wtxn, index)?;
+        changes.push(Change::Drop(index.to_string()));
+        Ok(true)
+    }
+
+    /// Checks that every document's chunks exist with a vector, every chunk
+    /// and vector belongs to a document, insertion order lists each
+    /// document once and the recorded counts agree; returns (documents, chunks).
+    pub fn verify(&self) -> Result<(usize, usize)> {
+        let rtxn = self.env.read_txn()?;
+        let mut owned: HashMap<u32, String> = HashMap::new();
+        let mut per_index: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut docs = 0;
+        for item in self.docs.iter(&rtxn)? {
+            let (key, doc) = item?;
+            docs += 1;
+            let index = key.split('/').next().unwrap_or_default().to_string();
+            if self.indexes.get(&rtxn, &index)?.is_none() {
+                return Err(anyhow::anyhow!("document {key} has no index").into());
+            }
+            if doc.chunks.is_empty() || doc.hash_value != documents::hash_value(&doc.text, &doc.metadata) {
+                return Err(anyhow::anyhow!("document {key} is incomplete").into());
+            }
+            if self.order.get(&rtxn, &order_key(&index, doc.seq))? != Some(doc.doc_id.as_str()) {
+                return Err(anyhow::anyhow!("document {key} is missing from the insertion order").into());
+            }
+            for id in &doc.chunks {
+                let chunk =
+                    self.chunks.get(&rtxn, id)?.ok_or_else(|| anyhow::anyhow!("document {key}: chunk {id} missing"))?;
+                if chunk.doc_id != doc.doc_id || chunk.index != index {
+                    return Err(
+                        anyhow::anyhow!("chunk {id} belongs to {}/{}, not {key}", chunk.index, chunk.doc_id).into()
+                    );
+                }
+                if self.vectors.vector(&rtxn, *id)?.is_none() {
+                    return Err(anyhow::anyhow!("document {key}: chunk {id} has no vector").into());
+                }
+                owned.insert(*id, index.clone());
+            }
+            let e = per_index.entry(index).or_default();
+            e.0 += 1;
+            e.1 += doc.chunks.len() as u64;
+        }
+        let chunks = self.chunks.len(&rtxn)? as usize;
+        if chunks != owned.len() {
+            return Err(anyhow::anyhow!("{} chunks stored, {} owned by documents", chunks, owned.len()).into());
+        }
+        if self.order.len(&rtxn)? as usize != docs {
+            return Err(anyhow::anyhow!("{} insertion entries for {docs} documents", self.order.len(&rtxn)?).into());
+        }
+        let mut vectors = 0;
+        for item in self.indexes.iter(&rtxn)? {
+            let (name, meta) = item?;
+            let items = self.vectors.items(&rtxn, meta.arroy)?;
+            vectors += items.len() as usize;
+            if items.iter().any(|id| owned.get(&id).map(String::as_str) != Some(name)) {
+                return Err(anyhow::anyhow!("index {name} has vectors no document of it owns").into());
+            }
+            if per_index.get(name).copied().unwrap_or_default() != (meta.documents, meta.chunks) {
+                return Err(anyhow::anyhow!("index {name}: recorded counts disagree with its documents").into());
+            }
+        }
+        if vectors != chunks {
+            return Err(anyhow::anyhow!("{vectors} vectors stored for {chunks} chunks").into());
+        }
+        Ok((docs, chunks))
+    }
+
+    fn read_txn(&self) -> Result<RoTxn<'_, heed::WithTls>> {
+        Ok(self.env.read_txn()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(id: &str, text: &str, vectors: &[[f32; 3]]) -> NewDoc {
+        NewDoc {
+            doc_id: id.into(),
+            text: text.into(),
+            metadata: json!({"author": id}).as_object().unwrap().clone(),
+            chunks: vectors.iter().enumerate().map(|(i, v)| (format!("{text} part {i}"), v.to_vec())).collect(),
+        }
+    }
+
+    fn options(cache: usize) -> StoreOptions {
+        StoreOptions { map_size: 1 << 26, vector_cache_bytes: cache, ..StoreOptions::default() }
+    }
+
+    #[test]
+    fn documents_survive_reopen_and_delete_cleans_everything() {
+        // With the vectors in the cache, and searched on disk.
+        for cache in [1 << 20, 0] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = Store::open(dir.path(), options(cache)).unwrap();
+                store
+                    .index_documents(
+                        "idx",
+                        "m",
+                        3,
+                        vec![
+                            doc("a", "apples are red", &[[1.0, 0.0, 0.0]]),
+                            doc("b", "the sky is blue", &[[0.0, 1.0, 0.0], [0.0, 0.9, 0.1]]),
+                        ],
+                    )
+                    .unwrap();
+                assert_eq!(store.counts("idx").unwrap(), Some((2, 3)));
+            }
+            let store = Store::open(dir.path(), options(cache)).unwrap();
+            assert_eq!(store.is_cached("idx"), cache > 0);
+            assert_eq!(store.index_names().unwrap(), ["idx"]);
+            assert_eq!(store.counts("idx").unwrap(), Some((2, 3)));
+            let nodes = store.retrieve("idx", "sky", &[0.0, 2.0, 0.0], 2, None).unwrap();
+            assert_eq!(nodes[0].doc_id, "b");
+            assert_eq!(nodes[0].candidate.source(), "both");
+            assert!((nodes[0].candidate.dense.unwrap().score - 1.0).abs() < 1e-6, "{:?}", nodes[0]);
+            let red = json!({"author": "a"});
+            let only_a = store.retrieve("idx", "sky", &[0.0, 1.0, 0.0], 5, red.as_object()).unwrap();
+            assert_eq!(only_a.iter().map(|n| n.doc_id.as_str()).collect::<Vec<_>>(), ["a"]);
+            let (deleted, missing) = store.delete_documents("idx", &["b".into(), "zz".into()]).unwrap();
+            assert_eq!((deleted, missing), (vec!["b".to_string()], vec!["zz".to_string()]));
+            assert_eq!(store.counts("idx").unwrap(), Some((1, 1)));
+            assert_eq!(store.verify().unwrap(), (1, 1));
+            let after = store.retrieve("idx", "sky", &[0.0, 1.0, 0.0], 5, None).unwrap();
+            assert_eq!(after.iter().map(|n| n.doc_id.as_str()).collect::<Vec<_>>(), ["a"]);
+            store.delete_index("idx").unwrap();
+            assert!(store.index_names().unwrap().is_empty());
+            assert_eq!(store.verify().unwrap(), (0, 0));
+            let rtxn = store.env.read_txn().unwrap();
+            assert_eq!(store.chunks.len(&rtxn).unwrap(), 0);
+            assert_eq!(store.docs.len(&rtxn).unwrap(), 0);
+            assert_eq!(store.order.len(&rtxn).unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn another_model_cannot_write_into_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), options(0)).unwrap();
+        store.index_documents("idx", "m", 3, vec![doc("a", "x", &[[1.0, 0.0, 0.0]])]).unwrap();
+        let err = store.index_documents("idx", "other", 3, vec![doc("b", "y", &[[1.0, 0.0, 0.0]])]).unwrap_err();
+        assert!(matches!(err, Error::Conflict(_)), "{err}");
+    }
+
+    #[test]
+    fn documents_list_in_insertion_order_and_move_to_the_end_when_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), options(0)).unwrap();
+        let ids = ["zeta", "alpha", "mid"];
+        for id in ids {
+            store.index_documents("idx", "m", 3, vec![doc(id, id, &[[1.0, 0.0, 0.0]])]).unwrap();
+        }
+        let listed = |store: &Store| -> Vec<String> {
+            store.list_documents("idx", 10, 0, None).unwrap().documents.into_iter().map(|d| d.doc_id).collect()
+        };
+        assert_eq!(listed(&store), ids);
+        let out = store.update_documents("idx", vec![doc("alpha", "alpha v2", &[[0.0, 1.0, 0.0]])]).unwrap();
+        assert_eq!(out.updated.len(), 1);
+        assert_eq!(listed(&store), ["zeta", "mid", "alpha"]);
+        store.delete_documents("idx", &["zeta".into()]).unwrap();
+        store.index_documents("idx", "m", 3, vec![doc("zeta", "back", &[[1.0, 0.0, 0.0]])]).unwrap();
+        assert_eq!(listed(&store), ["mid", "alpha", "zeta"]);
+        let page = store.list_documents("idx", 1, 1, None).unwrap();
+        assert_eq!((page.documents[0].doc_id.as_str(), page.total_items), ("alpha", 3));
+        assert_eq!(store.verify().unwrap(), (3, 3));
+    }
+
+    /// Unit vectors with structure like embeddings': a shared offset, a few
+    /// strong directions, noise.
+    fn embedding_like(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut s = seed;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+        };
+        let offset: Vec<f32> = (0..dim).map(|_| next() * 0.5).collect();
+        let basis: Vec<Vec<f32>> = (0..12).map(|_| (0..dim).map(|_| next()).collect()).collect();
+        (0..n)
+            .map(|_| {
+                let w: Vec<f32> = (0..12).map(|j| next() * 3.0 / (1.0 + j as f32 * 0.3)).collect();
+                let mut v: Vec<f32> = (0..dim)
+                    .map(|i| offset[i] + basis.iter().zip(&w).map(|(b, w)| b[i] * w).sum::<f32>() + 0.3 * next())
+                    .collect();
+                crate::kernels::normalize(&mut v);
+                v
+            })
+            .collect()
+    }
+
+    #[test]
+    fn on_disk_search_is_calibrated_to_the_recall_target() {
+        const DIM: usize = 384;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            map_size: 1 << 28,
+            vector_cache_bytes: 0,
+            search: SearchConfig { exact_below: 500, target_recall: 0.9, ..SearchConfig::default() },
+            ..StoreOptions::default()
+        };
+        let store = Store::open(dir.path(), opts).unwrap();
+        let mut data = embedding_like(4060, DIM, 7);
+        // Held-out queries from the same distribution, not in the index.
+        let queries = data.split_off(4000);
+        // Two requests: the trees are built after each and extended by the second.
+        for (part, rows) in data.chunks(2000).enumerate() {
+            let docs = rows
+                .iter()
+                .enumerate()
+                .map(|(i, v)| NewDoc {
+                    doc_id: format!("d{part}-{i}"),
+                    text: format!("document {part} {i}"),
+                    metadata: serde_json::Map::new(),
+                    chunks: vec![(format!("chunk {part} {i}"), v.clone())],
+                })
+                .collect();
+            store.index_documents("big", "m", DIM, docs).unwrap();
+        }
+        assert!(!store.is_cached("big"));
+        let tuning = store.index_meta("big").unwrap().unwrap().tuning.expect("calibrated");
+        assert_eq!(tuning.items, 4000);
+        assert!(tuning.recall >= 0.9, "{tuning:?}");
+        // Held-out queries: the on-disk search meets the target against an exact scan.
+        let meta = store.index_meta("big").unwrap().unwrap();
+        let rtxn = store.env.read_txn().unwrap();
+        let all = store.vectors.items(&rtxn, meta.arroy).unwrap();
+        assert_eq!(all.len(), 4000);
+        let mut found = 0;
+        for q in &queries {
+            let truth: Vec<u32> =
+                store.vectors.exact_search(&rtxn, q, 10, all.iter()).unwrap().into_iter().map(|h| h.id).collect();
+            let got = store.vectors.search(&rtxn, meta.arroy, q, 10, None, meta.tuning, &opts.search).unwrap();
+            assert_eq!(got.len(), 10);
+            found += got.iter().filter(|h| truth.contains(&h.id)).count();
+        }
+        let recall = found as f32 / (queries.len() * 10) as f32;
+        eprintln!("held-out recall@10 {recall}, calibrated {tuning:?}");
+        assert!(recall >= 0.85, "held-out recall@10 {recall}, calibrated {tuning:?}");
+        drop(rtxn);
+        assert_eq!(store.verify().unwrap(), (4000, 4000));
+    }
+}

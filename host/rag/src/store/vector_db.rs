@@ -1,0 +1,331 @@
+//! The vector database: the only file that names arroy.
+//!
+//! Two LMDB databases hold each chunk's vector. `vectors-exact` keeps the
+//! normalised f32 vector (chunk id → little-endian bytes): the source of
+//! truth for scores, snapshots and the in-memory cache. arroy's
+//! binary-quantized cosine index (`vectors-bq`, one arroy index number per
+//! RAG index) keeps 1 bit per dimension and its trees, built incrementally
+//! at the end of every write transaction. A query reads arroy's trees and
+//! codes through a [`arroy::Reader`] inside the caller's read transaction,
+//! takes an oversampled shortlist and rescores it exactly from
+//! `vectors-exact`, so nothing but the shortlist is held in memory.
+//!
+//! How much of the tree a query walks is not a constant: after a build that
+//! changed an index's size by a quarter, [`VectorDb::calibrate`] measures
+//! recall@10 on sample queries against an exact scan and keeps the
+//! smallest walk that meets the recall target ([`Tuning`]).
+
+use crate::error::Result;
+use crate::kernels::{DOT, Hit, TopK, normalize};
+use arroy::distances::{BinaryQuantizedCosine, Cosine};
+use heed::byteorder::BigEndian;
+use heed::types::{Bytes, U32};
+use heed::{Database, RoTxn, RwTxn};
+use rand10::SeedableRng;
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+use std::num::NonZeroUsize;
+
+/// Ids of a set of chunks (arroy's candidate type).
+pub type ChunkSet = RoaringBitmap;
+
+/// Recall results are checked against at calibration.
+const CALIBRATION_K: usize = 10;
+/// Sample queries per calibration.
+const CALIBRATION_QUERIES: usize = 48;
+/// Tree walks tried, in multiples of arroy's default walk (`count × trees`).
+const WALKS: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
+
+/// How a query walks one index, chosen by [`VectorDb::calibrate`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Tuning {
+    /// Item count when it was chosen.
+    pub items: u64,
+    /// Multiple of arroy's default walk; `None`: no walk met the target, scan exactly.
+    pub walk: Option<usize>,
+    /// Recall@10 the chosen walk reached on the sample.
+    pub recall: f32,
+    /// The target it was chosen for.
+    #[serde(default)]
+    pub target: f32,
+}
+
+/// Search knobs the service starts with.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchConfig {
+    /// Indexes (or filtered subsets) with fewer chunks are scanned exactly.
+    pub exact_below: usize,
+    /// recall@10 each index's walk is calibrated to meet.
+    pub target_recall: f32,
+    /// Shortlist rescored exactly per requested result.
+    pub oversample: usize,
+    /// Smallest shortlist rescored exactly.
+    pub min_shortlist: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig { exact_below: 20_000, target_recall: 0.95, oversample: 10, min_shortlist: 100 }
+    }
+}
+
+/// The vector databases of every index.
+pub struct VectorDb {
+    quantized: arroy::Database<'static, BinaryQuantizedCosine>,
+    exact: Database<'static, U32<BigEndian>, Bytes>,
+    /// Layout 1's cosine database, when the environment still has one.
+    legacy: Option<arroy::Database<'static, Cosine>>,
+}
+
+/// Database handles as [`create_databases`] opens them, before the commit.
+pub type Handles<'e> = (
+    arroy::Database<'e, BinaryQuantizedCosine>,
+    Database<'e, U32<BigEndian>, Bytes>,
+    Option<arroy::Database<'e, Cosine>>,
+);
+
+/// Creates the vector databases (and opens layout 1's, if any) in the
+/// transaction that creates the store's other databases.
+pub fn create_databases<'e, T>(dbs: &heed::DatabaseOpener<'e, T>, wtxn: &mut RwTxn<'e>) -> heed::Result<Handles<'e>> {
+    Ok((
+        dbs.create_database(wtxn, Some("vectors-bq"))?,
+        dbs.create_database(wtxn, Some("vectors-exact"))?,
+        dbs.open_database(wtxn, Some("vectors"))?,
+    ))
+}
+
+fn to_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn from_bytes(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+impl VectorDb {
+    /// The vector database over committed handles.
+    pub fn new((quantized, exact, legacy): Handles<'static>) -> VectorDb {
+        VectorDb { quantized, exact, legacy }
+    }
+
+    fn writer(&self, arroy: u16, dim: usize) -> arroy::Writer<BinaryQuantizedCosine> {
+        arroy::Writer::new(self.quantized, arroy, dim)
+    }
+
+    /// Stores the vector of chunk `id` (normalised here) in index number `arroy`.
+    pub fn put(&self, wtxn: &mut RwTxn, arroy: u16, id: u32, vector: &[f32]) -> Result<()> {
+        let mut v = vector.to_vec();
+        normalize(&mut v);
+        self.writer(arroy, v.len()).add_item(wtxn, id, &v)?;
+        self.exact.put(wtxn, &id, &to_bytes(&v))?;
+        Ok(())
+    }
+
+    /// Removes the vector of chunk `id`.
+    pub fn delete(&self, wtxn: &mut RwTxn, arroy: u16, dim: usize, id: u32) -> Result<()> {
+        self.writer(arroy, dim).del_item(wtxn, id)?;
+        self.exact.delete(wtxn, &id)?;
+        Ok(())
+    }
+
+    /// Removes index number `arroy` and the exact vectors of `ids`.
+    pub fn clear(&self, wtxn: &mut RwTxn, arroy: u16, dim: usize, ids: impl IntoIterator<Item = u32>) -> Result<()> {
+        self.writer(arroy, dim).clear(wtxn)?;
+        for id in ids {
+            self.exact.delete(wtxn, &id)?;
+        }
+        Ok(())
+    }
+
+    /// Builds (incrementally) the trees of index number `arroy` when it changed.
+    pub fn build(&self, wtxn: &mut RwTxn, arroy: u16, dim: usize) -> Result<()> {
+        let writer = self.writer(arroy, dim);
+        if writer.need_build(wtxn)? {
+            // A fixed seed: the same writes build the same trees.
+            let mut rng = rand10::rngs::StdRng::seed_from_u64(u64::from(arroy) ^ 0x006b_6169_746f);
+            writer.builder(&mut rng).build(wtxn)?;
+        }
+        Ok(())
+    }
+
+    /// The stored (normalised) vector of chunk `id`.
+    pub fn vector(&self, rtxn: &RoTxn, id: u32) -> Result<Option<Vec<f32>>> {
+        Ok(self.exact.get(rtxn, &id)?.map(from_bytes))
+    }
+
+    /// Ids of every chunk with a vector in index number `arroy` (empty before the first build).
+    pub fn items(&self, rtxn: &RoTxn, arroy: u16) -> Result<ChunkSet> {
+        match arroy::Reader::open(rtxn, arroy, self.quantized) {
+            Ok(reader) => Ok(reader.item_ids().clone()),
+            Err(arroy::Error::MissingMetadata(_)) => Ok(ChunkSet::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Exact top `k` of `ids` for the normalised query `q`, scored from `vectors-exact`.
+    pub fn exact_search(
+        &self,
+        rtxn: &RoTxn,
+        q: &[f32],
+        k: usize,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> Result<Vec<Hit>> {
+        let dot = *DOT;
+        let mut top = TopK::new(k);
+        for id in ids {
+            if let Some(bytes) = self.exact.get(rtxn, &id)? {
+                top.push(id, dot_bytes(dot, q, bytes));
+            }
+        }
+        Ok(top.into_sorted())
+    }
+
+    /// The `k` chunks of index number `arroy` (within `allowed` when given)
+    /// most similar to the normalised query `q`: arroy's walk as `tuning`
+    /// says, its shortlist rescored exactly.
+    #[allow(clippy::too_many_arguments)]
+    pub fn search(
+        &self,
+        rtxn: &RoTxn,
+        arroy: u16,
+        q: &[f32],
+        k: usize,
+        allowed: Option<&ChunkSet>,
+        tuning: Option<Tuning>,
+        config: &SearchConfig,
+    ) -> Result<Vec<Hit>> {
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let reader = match arroy::Reader::open(rtxn, arroy, self.quantized) {
+            Ok(r) => r,
+            Err(arroy::Error::MissingMetadata(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let pool = match allowed {
+            Some(a) => a & reader.item_ids(),
+            None => reader.item_ids().clone(),
+        };
+        let walk = tuning.and_then(|t| t.walk);
+        // Small sets, and indexes no walk serves at the target, are scanned
+        // exactly; arroy itself scans candidate sets under half the index.
+        if (pool.len() as usize) < config.exact_below || walk.is_none() {
+            return self.exact_search(rtxn, q, k, pool.iter());
+        }
+        let shortlist = (k * config.oversample).max(config.min_shortlist);
+        self.walk(rtxn, &reader, q, k, shortlist, walk.unwrap_or(1), allowed)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn walk(
+        &self,
+        rtxn: &RoTxn,
+        reader: &arroy::Reader<BinaryQuantizedCosine>,
+        q: &[f32],
+        k: usize,
+        shortlist: usize,
+        walk: usize,
+        allowed: Option<&ChunkSet>,
+    ) -> Result<Vec<Hit>> {
+        let search_k = NonZeroUsize::new(shortlist * reader.n_trees().max(1) * walk).expect("positive walk");
+        let mut query = reader.nns(shortlist);
+        query.search_k(search_k);
+        if let Some(a) = allowed {
+            query.candidates(a);
+        }
+        let found = query.by_vector(rtxn, q)?;
+        self.exact_search(rtxn, q, k, found.into_iter().map(|(id, _)| id))
+    }
+
+    /// Chooses how far queries on index number `arroy` walk: the smallest
+    /// multiple of arroy's default walk whose recall@10 on sample queries
+    /// (midpoints of two stored vectors, unlike any one of them) meets the
+    /// target, against an exact scan of the index.
+    pub fn calibrate(&self, rtxn: &RoTxn, arroy: u16, config: &SearchConfig) -> Result<Tuning> {
+        let reader = arroy::Reader::open(rtxn, arroy, self.quantized)?;
+        let items: Vec<u32> = reader.item_ids().iter().collect();
+        let n = items.len();
+        if n < config.exact_below.max(CALIBRATION_K * 4) {
+            return Ok(Tuning { items: n as u64, walk: None, recall: 1.0, target: config.target_recall });
+        }
+        // Deterministic sample positions: a multiplicative hash of the query number.
+        let pick = |i: usize, salt: usize| items[(i.wrapping_mul(2_654_435_761).wrapping_add(salt * 40_503)) % n];
+        let mut queries = Vec::with_capacity(CALIBRATION_QUERIES);
+        for i in 0..CALIBRATION_QUERIES {
+            let (a, b) = (self.vector(rtxn, pick(i, 1))?, self.vector(rtxn, pick(i, 7))?);
+            if let (Some(a), Some(b)) = (a, b) {
+                let mut m: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+                normalize(&mut m);
+                queries.push(m);
+            }
+        }
+        let truth: Vec<Vec<u32>> = queries
+            .iter()
+            .map(|q| {
+                Ok(self
+                    .exact_search(rtxn, q, CALIBRATION_K, items.iter().copied())?
+                    .into_iter()
+                    .map(|h| h.id)
+                    .collect())
+            })
+            .collect::<Result<_>>()?;
+        let shortlist = (CALIBRATION_K * config.oversample).max(config.min_shortlist);
+        for walk in WALKS {
+            let mut found = 0;
+            for (q, t) in queries.iter().zip(&truth) {
+                let hits = self.walk(rtxn, &reader, q, CALIBRATION_K, shortlist, walk, None)?;
+                found += hits.iter().filter(|h| t.contains(&h.id)).count();
+            }
+            let recall = found as f32 / (queries.len() * CALIBRATION_K).max(1) as f32;
+            tracing::debug!(arroy, walk, recall, "calibrating the vector search");
+            if recall >= config.target_recall {
+                return Ok(Tuning { items: n as u64, walk: Some(walk), recall, target: config.target_recall });
+            }
+        }
+        Ok(Tuning { items: n as u64, walk: None, recall: 1.0, target: config.target_recall })
+    }
+
+    /// Every (id, vector) of index number `arroy`, for rebuilding the cache.
+    pub fn each(&self, rtxn: &RoTxn, arroy: u16, mut f: impl FnMut(u32, Vec<f32>)) -> Result<()> {
+        for id in &self.items(rtxn, arroy)? {
+            if let Some(v) = self.vector(rtxn, id)? {
+                f(id, v);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn dot_bytes(dot: crate::kernels::DotFn, q: &[f32], bytes: &[u8]) -> f32 {
+    // LMDB values are not aligned for f32; aligned pages are read in place.
+    match bytemuck_cast(bytes) {
+        Some(v) => dot(q, v),
+        None => dot(q, &from_bytes(bytes)),
+    }
+}
+
+fn bytemuck_cast(bytes: &[u8]) -> Option<&[f32]> {
+    // SAFETY: f32 has no invalid bit patterns; alignment and length are checked by align_to.
+    let (head, body, tail) = unsafe { bytes.align_to::<f32>() };
+    (head.is_empty() && tail.is_empty() && cfg!(target_endian = "little")).then_some(body)
+}
+
+impl VectorDb {
+    /// Moves layout 1's vectors, which lived only in arroy's (never built)
+    /// cosine database `vectors`, into this layout; returns how many moved.
+    pub fn migrate_v1(&self, wtxn: &mut RwTxn, indexes: &[(u16, usize)]) -> Result<usize> {
+        let Some(old) = self.legacy else { return Ok(0) };
+        let mut moved = 0;
+        for &(arroy, dim) in indexes {
+            let writer = arroy::Writer::<Cosine>::new(old, arroy, dim);
+            let items: Vec<(u32, Vec<f32>)> = writer.iter(wtxn)?.collect::<Result<_, _>>()?;
+            for (id, v) in items {
+                self.put(wtxn, arroy, id, &v)?;
+                moved += 1;
+            }
+            self.build(wtxn, arroy, dim)?;
+        }
+        old.clear(wtxn)?;
+        Ok(moved)
+    }
+}
