@@ -2,7 +2,8 @@
 //!
 //! [`store`] keeps documents, chunks and vectors in one LMDB environment
 //! (heed; arroy's on-disk index in `store::vector_db`, the only module that
-//! names arroy) with an optional RAM cache ([`vectors`], [`bm25`]);
+//! names arroy; BM25 through tantivy in `store::text_index`) with an
+//! optional RAM cache of vectors ([`vectors`]);
 //! [`kernels`] are the scoring loops both use; [`chunk`] splits documents;
 //! [`embed`] turns text into vectors with rust-bert or a remote endpoint;
 //! [`api`] is the HTTP layer, [`chat`] the retrieval-augmented chat proxy
@@ -10,7 +11,6 @@
 //! answer with.
 
 pub mod api;
-pub mod bm25;
 pub mod chat;
 pub mod chunk;
 pub mod embed;

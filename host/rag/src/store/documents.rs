@@ -87,9 +87,8 @@ impl Store {
     ) -> Result<()> {
         for &id in &doc.chunks {
             self.vectors.delete(wtxn, meta.arroy, meta.dimensions, id)?;
-            let text = self.chunks.get(wtxn, &id)?.map(|c| c.text).unwrap_or_default();
             self.chunks.delete(wtxn, &id)?;
-            changes.push(Change::RemoveChunk { index: meta.name.clone(), id, text });
+            changes.push(Change::RemoveChunk { index: meta.name.clone(), id });
         }
         self.docs.delete(wtxn, &doc_key(&meta.name, &doc.doc_id))?;
         self.order.delete(wtxn, &order_key(&meta.name, doc.seq))?;

@@ -5,27 +5,29 @@
 //! - [`documents`]: documents and chunks, in insertion order;
 //! - [`snapshot`]: `/persist` and `/load` files;
 //! - [`retrieval`]: hybrid search, one [`Candidate`] per chunk;
-//! - [`vector_db`]: the vectors, on disk (the only file naming arroy).
+//! - [`vector_db`]: the vectors, on disk (the only file naming arroy);
+//! - [`text_index`]: the words, on disk for BM25 (the only file naming tantivy).
 //!
 //! Every write request runs in one write transaction, which also builds the
 //! vector trees of the indexes it touched, so a crash leaves each request
 //! either fully stored (trees included) or not at all. Reads open their own
-//! read transaction and search on disk. The cache ([`Cache`]) is what RAM
-//! holds beyond that: BM25 postings of every index, and the vectors of the
-//! indexes that fit in `--vector-cache-bytes` (searched in memory instead of
-//! through the on-disk trees). It is updated after each commit, under the
-//! lock that serialises writers, and rebuilt from LMDB at start.
+//! read transaction and search on disk. After each commit, under the lock
+//! that serialises writers, the same changes go to each index's keyword
+//! index (rebuilt from LMDB at start when it missed a commit) and to the
+//! cache ([`Cache`]): the vectors of the indexes that fit in
+//! `--vector-cache-bytes`, searched in memory instead of through the
+//! on-disk trees, filled from LMDB at start.
 
 pub mod documents;
 pub mod retrieval;
 pub mod snapshot;
+pub mod text_index;
 pub mod vector_db;
 
 pub use documents::{DocPage, DocRecord, NewDoc, UpdateOutcome, sha256};
 pub use retrieval::{Candidate, Rank, Retrieved};
 pub use vector_db::{SearchConfig, Tuning};
 
-use crate::bm25::Bm25;
 use crate::error::{Error, Result};
 use crate::vectors::{SearchParams, VectorIndex};
 use heed::byteorder::BigEndian;
@@ -33,8 +35,9 @@ use heed::types::{SerdeJson, Str, U32, U64};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::path::Path;
-use std::sync::{Mutex, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use text_index::{TextChange, TextIndex};
 use vector_db::VectorDb;
 
 /// Layout of the databases; older layouts are upgraded by [`Store::open`].
@@ -63,6 +66,10 @@ pub struct IndexMeta {
     /// How queries walk the vector trees, measured at the last calibration.
     #[serde(default)]
     pub tuning: Option<Tuning>,
+    /// Write transactions that changed its chunks: the keyword index is
+    /// current when its last commit carries the same number.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,15 +81,14 @@ struct ChunkRecord {
 
 /// A change to apply to the cache once its transaction has committed.
 enum Change {
-    Create(String, usize),
+    Create { name: String, dim: usize, arroy: u16 },
     Drop(String),
     AddChunk { index: String, id: u32, text: String, vector: Vec<f32> },
-    RemoveChunk { index: String, id: u32, text: String },
+    RemoveChunk { index: String, id: u32 },
 }
 
 /// What RAM holds for one index beyond LMDB's pages.
 struct IndexCache {
-    bm25: Bm25,
     /// The vectors, when they fit in the cache budget.
     vectors: Option<VectorIndex>,
 }
@@ -136,6 +142,10 @@ pub struct Store {
     vectors: VectorDb,
     writer: Mutex<()>,
     cache: RwLock<Cache>,
+    /// Each index's keyword index, by index name.
+    texts: RwLock<HashMap<String, Arc<TextIndex>>>,
+    /// Where the keyword indexes live (`<lmdb dir>/text/<arroy number>`).
+    text_dir: PathBuf,
     options: StoreOptions,
 }
 
@@ -181,12 +191,57 @@ impl Store {
             vectors: VectorDb::new(vectors),
             writer: Mutex::new(()),
             cache: RwLock::new(Cache { indexes: HashMap::new(), budget: options.vector_cache_bytes }),
+            texts: RwLock::new(HashMap::new()),
+            text_dir: dir.join("text"),
             options,
         };
         store.upgrade(legacy_counters)?;
         store.recalibrate(|t| t.target != options.search.target_recall)?;
         store.fill_cache()?;
+        store.open_texts()?;
         Ok(store)
+    }
+
+    /// Opens every index's keyword index, rebuilding from LMDB those that
+    /// missed a commit, and removes the directories of deleted indexes.
+    fn open_texts(&self) -> Result<()> {
+        let rtxn = self.env.read_txn()?;
+        let mut texts = HashMap::new();
+        let mut dirs = HashSet::new();
+        for item in self.indexes.iter(&rtxn)? {
+            let (name, meta) = item?;
+            let dir = self.text_dir.join(meta.arroy.to_string());
+            dirs.insert(dir.clone());
+            let (text, generation) = TextIndex::open(&dir)?;
+            if generation != Some(meta.generation) {
+                let mut chunks = Vec::with_capacity(meta.chunks as usize);
+                for item in self.docs.prefix_iter(&rtxn, &format!("{name}/"))? {
+                    let (_, doc) = item?;
+                    for id in doc.chunks {
+                        if let Some(c) = self.chunks.get(&rtxn, &id)? {
+                            chunks.push((id, c.text));
+                        }
+                    }
+                }
+                let n = text.rebuild(chunks.iter().map(|(id, t)| (*id, t.as_str())), meta.generation)?;
+                tracing::info!(index = name, chunks = n, was = ?generation, now = meta.generation, "keyword index rebuilt from LMDB");
+            }
+            texts.insert(name.to_string(), Arc::new(text));
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.text_dir) {
+            for e in entries.flatten() {
+                if !dirs.contains(&e.path()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        *self.texts.write().expect("texts lock") = texts;
+        Ok(())
+    }
+
+    /// The keyword index of `index`.
+    fn text(&self, index: &str) -> Option<Arc<TextIndex>> {
+        self.texts.read().expect("texts lock").get(index).cloned()
     }
 
     /// Upgrades a layout-1 environment in one transaction: documents get
@@ -247,13 +302,7 @@ impl Store {
             } else {
                 None
             };
-            cache.indexes.insert(name.to_string(), IndexCache { bm25: Bm25::default(), vectors });
-        }
-        for item in self.chunks.iter(&rtxn)? {
-            let (id, chunk) = item?;
-            if let Some(c) = cache.indexes.get_mut(&chunk.index) {
-                c.bm25.insert(id, &chunk.text);
-            }
+            cache.indexes.insert(name.to_string(), IndexCache { vectors });
         }
         Ok(())
     }
@@ -301,21 +350,68 @@ impl Store {
                 _ => None,
             })
             .collect();
+        let mut generations = HashMap::new();
         for index in touched {
-            let Some(meta) = self.indexes.get(&wtxn, index)? else { continue };
+            let Some(mut meta) = self.indexes.get(&wtxn, index)? else { continue };
             self.vectors.build(&mut wtxn, meta.arroy, meta.dimensions)?;
-            self.calibrate_if(&mut wtxn, meta, |_| false)?;
+            meta.generation += 1;
+            generations.insert(index.to_string(), meta.generation);
+            self.calibrate_if(&mut wtxn, &mut meta, |_| false)?;
+            self.indexes.put(&mut wtxn, index, &meta)?;
         }
         wtxn.commit()?;
+        self.apply_texts(&changes, &generations);
         self.apply(changes);
         Ok(out)
     }
 
+    /// Applies committed chunk changes to the keyword indexes. A failure is
+    /// logged, not returned: LMDB has committed, and the index that missed
+    /// the change is rebuilt from LMDB at the next start.
+    fn apply_texts(&self, changes: &[Change], generations: &HashMap<String, u64>) {
+        let mut per_index: HashMap<&str, Vec<TextChange>> = HashMap::new();
+        for change in changes {
+            match change {
+                Change::Create { name, arroy, .. } => {
+                    let dir = self.text_dir.join(arroy.to_string());
+                    // A number freed by a deleted index may come back: start empty.
+                    let _ = std::fs::remove_dir_all(&dir);
+                    match TextIndex::open(&dir) {
+                        Ok((t, _)) => {
+                            self.texts.write().expect("texts lock").insert(name.clone(), Arc::new(t));
+                        }
+                        Err(e) => tracing::error!(index = name, error = %e, "creating the keyword index failed"),
+                    }
+                }
+                Change::Drop(name) => {
+                    per_index.remove(name.as_str());
+                    if let Some(t) = self.texts.write().expect("texts lock").remove(name)
+                        && let Ok(t) = Arc::try_unwrap(t)
+                    {
+                        t.destroy();
+                    }
+                }
+                Change::AddChunk { index, id, text, .. } => {
+                    per_index.entry(index.as_str()).or_default().push(TextChange::Add(*id, text))
+                }
+                Change::RemoveChunk { index, id, .. } => {
+                    per_index.entry(index.as_str()).or_default().push(TextChange::Remove(*id))
+                }
+            }
+        }
+        for (index, list) in per_index {
+            let (Some(text), Some(&generation)) = (self.text(index), generations.get(index)) else { continue };
+            if let Err(e) = text.apply(&list, generation) {
+                tracing::error!(index, error = %e, "keyword index update failed; it is rebuilt at the next start");
+            }
+        }
+    }
+
     /// Recalibrates `meta`'s search when it has none, when its size moved by
     /// a quarter since the last calibration, or when `stale` says so.
-    fn calibrate_if(&self, wtxn: &mut RwTxn, mut meta: IndexMeta, stale: impl Fn(&Tuning) -> bool) -> Result<()> {
+    fn calibrate_if(&self, wtxn: &mut RwTxn, meta: &mut IndexMeta, stale: impl Fn(&Tuning) -> bool) -> Result<bool> {
         if (meta.chunks as usize) < self.options.search.exact_below {
-            return Ok(());
+            return Ok(false);
         }
         let due = meta.tuning.is_none_or(|t| {
             let (then, now) = (t.items as f64, meta.chunks as f64);
@@ -325,9 +421,8 @@ impl Store {
             let tuning = self.vectors.calibrate(wtxn, meta.arroy, &self.options.search)?;
             tracing::info!(index = meta.name, chunks = meta.chunks, walk = ?tuning.walk, recall = tuning.recall, "vector search calibrated");
             meta.tuning = Some(tuning);
-            self.indexes.put(wtxn, &meta.name.clone(), &meta)?;
         }
-        Ok(())
+        Ok(due)
     }
 
     /// Recalibrates, in one write transaction, every index whose tuning `stale` rejects.
@@ -335,8 +430,10 @@ impl Store {
         let _guard = self.writer.lock().expect("writer lock");
         let mut wtxn = self.env.write_txn()?;
         let metas: Vec<IndexMeta> = self.indexes.iter(&wtxn)?.map(|r| r.map(|(_, m)| m)).collect::<Result<_, _>>()?;
-        for meta in metas {
-            self.calibrate_if(&mut wtxn, meta, &stale)?;
+        for mut meta in metas {
+            if self.calibrate_if(&mut wtxn, &mut meta, &stale)? {
+                self.indexes.put(&mut wtxn, &meta.name.clone(), &meta)?;
+            }
         }
         wtxn.commit()?;
         Ok(())
@@ -347,28 +444,22 @@ impl Store {
         let mut grew: HashSet<String> = HashSet::new();
         for change in changes {
             match change {
-                Change::Create(name, dim) => {
+                Change::Create { name, dim, .. } => {
                     let vectors = Some(VectorIndex::new(dim, self.options.cached));
-                    cache.indexes.insert(name, IndexCache { bm25: Bm25::default(), vectors });
+                    cache.indexes.insert(name, IndexCache { vectors });
                 }
                 Change::Drop(name) => {
                     cache.indexes.remove(&name);
                 }
-                Change::AddChunk { index, id, text, vector } => {
-                    if let Some(c) = cache.indexes.get_mut(&index) {
-                        c.bm25.insert(id, &text);
-                        if let Some(v) = &mut c.vectors {
-                            v.insert(id, &vector);
-                            grew.insert(index);
-                        }
+                Change::AddChunk { index, id, vector, .. } => {
+                    if let Some(v) = cache.indexes.get_mut(&index).and_then(|c| c.vectors.as_mut()) {
+                        v.insert(id, &vector);
+                        grew.insert(index);
                     }
                 }
-                Change::RemoveChunk { index, id, text } => {
-                    if let Some(c) = cache.indexes.get_mut(&index) {
-                        c.bm25.remove(id, &text);
-                        if let Some(v) = &mut c.vectors {
-                            v.remove(id);
-                        }
+                Change::RemoveChunk { index, id, .. } => {
+                    if let Some(v) = cache.indexes.get_mut(&index).and_then(|c| c.vectors.as_mut()) {
+                        v.remove(id);
                     }
                 }
             }
@@ -424,9 +515,10 @@ impl Store {
             chunks: 0,
             next_seq: 0,
             tuning: None,
+            generation: 0,
         };
         self.indexes.put(wtxn, index, &meta)?;
-        changes.push(Change::Create(index.to_string(), dim));
+        changes.push(Change::Create { name: index.to_string(), dim, arroy });
         Ok(meta)
     }
 
@@ -587,6 +679,31 @@ mod tests {
             assert_eq!(store.docs.len(&rtxn).unwrap(), 0);
             assert_eq!(store.order.len(&rtxn).unwrap(), 0);
         }
+    }
+
+    #[test]
+    fn a_keyword_index_that_missed_commits_is_rebuilt_from_lmdb() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), options(0)).unwrap();
+            store.index_documents("idx", "m", 3, vec![doc("b", "bananas", &[[1.0, 0.0, 0.0]])]).unwrap();
+            store.index_documents("idx", "m", 3, vec![doc("a", "apples are red", &[[1.0, 0.0, 0.0]])]).unwrap();
+        }
+        // As if the process died after LMDB's second commit and before tantivy's: a keyword index one commit behind.
+        let stale = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(stale.path(), options(0)).unwrap();
+            store.index_documents("idx", "m", 3, vec![doc("z", "zebras", &[[1.0, 0.0, 0.0]])]).unwrap();
+        }
+        let text = dir.path().join("text/0");
+        std::fs::remove_dir_all(&text).unwrap();
+        std::fs::rename(stale.path().join("text/0"), &text).unwrap();
+        std::fs::create_dir_all(dir.path().join("text/99")).unwrap();
+        let store = Store::open(dir.path(), options(0)).unwrap();
+        let found = store.retrieve("idx", "apples", &[0.0, 1.0, 0.0], 3, None).unwrap();
+        assert_eq!(found[0].candidate.source(), "both", "{found:?}");
+        assert!(store.retrieve("idx", "zebras", &[0.0, 1.0, 0.0], 3, None).unwrap()[0].candidate.sparse.is_none());
+        assert!(!dir.path().join("text/99").exists(), "a deleted index's directory is removed");
     }
 
     #[test]

@@ -204,8 +204,8 @@ impl Store {
         let allowed = filter.map(|f| self.allowed_chunks(&rtxn, index, f)).transpose()?;
         let pool = k * POOL_FACTOR;
         let dense = self.dense(&rtxn, &meta, query_vector, pool, allowed.as_ref())?;
-        let sparse = match self.cache.read().expect("cache lock").indexes.get(index) {
-            Some(c) => c.bm25.top(query_text, pool, |id| allowed.as_ref().is_none_or(|a| a.contains(id))),
+        let sparse = match self.text(index) {
+            Some(t) => t.top(query_text, pool, allowed.as_ref())?,
             None => Vec::new(),
         };
         self.shape(&rtxn, index, fuse(&dense, &sparse, k).into_iter())
