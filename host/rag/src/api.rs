@@ -127,19 +127,11 @@ struct IndexRequest {
 fn prepare(state: &AppState, docs: Vec<(String, String, Map<String, Value>)>) -> Result<Vec<NewDoc>> {
     let mut all_chunks: Vec<String> = Vec::new();
     let mut spans = Vec::with_capacity(docs.len());
-    for (i, (_, text, metadata)) in docs.iter().enumerate() {
+    for (_, text, metadata) in docs.iter() {
         let chunks = match metadata.get("split_type").and_then(Value::as_str) {
             Some("code") => {
+                // Checked by check_split before anything was stored.
                 let language = metadata.get("language").and_then(Value::as_str).unwrap_or("");
-                if !chunk::CODE_LANGUAGES.contains(&language) {
-                    return Err(Error::bad(
-                        format!("documents[{i}].metadata.language"),
-                        format!(
-                            "{language:?} is not a language the code splitter knows; use one of {}",
-                            chunk::CODE_LANGUAGES.join(", ")
-                        ),
-                    ));
-                }
                 chunk::split_code(text, language, state.chunking, &state.counter)
             }
             _ => chunk::split_text(text, state.chunking, &state.counter),
@@ -222,6 +214,9 @@ async fn index(State(state): Shared, body: Bytes) -> Result<Json<Value>> {
     let req: IndexRequest = parse(&body)?;
     check_index_name("index_name", &req.index_name)?;
     check_docs(&req.documents, false)?;
+    for (i, d) in req.documents.iter().enumerate() {
+        check_split(i, d.metadata.as_ref())?;
+    }
     let docs: Vec<_> = req
         .documents
         .into_iter()
@@ -229,12 +224,75 @@ async fn index(State(state): Shared, body: Bytes) -> Result<Json<Value>> {
         .collect();
     let st = state.clone();
     let records = blocking(move || {
-        // Documents already stored as given are not embedded again.
-        let todo = prepare_changed(&st, &req.index_name, docs, |stored| stored != Some(true))?;
-        st.store.index_documents(&req.index_name, st.embedder.model_id(), st.embedder.dim(), todo)
+        // Streamed: each batch is chunked, embedded and committed before the
+        // next is read, so only one batch's vectors are in memory, and a
+        // crash loses at most the batch in flight (progress in the log and
+        // in kaito_rag_documents_committed_total).
+        let total = docs.len();
+        let batch = st.ingest_batch.max(1);
+        let started = Instant::now();
+        let mut records = Vec::with_capacity(total);
+        let mut docs = docs.into_iter();
+        loop {
+            let slice: Vec<_> = docs.by_ref().take(batch).collect();
+            if slice.is_empty() {
+                break;
+            }
+            let n = slice.len();
+            // Documents already stored as given are not embedded again.
+            let todo = prepare_changed(&st, &req.index_name, slice, |stored| stored != Some(true))
+                .map_err(|e| partial(e, records.len(), total))?;
+            let stored = st
+                .store
+                .index_documents(&req.index_name, st.embedder.model_id(), st.embedder.dim(), todo)
+                .map_err(|e| partial(e, records.len(), total))?;
+            records.extend(stored);
+            st.metrics.documents_committed.inc_by(n as u64);
+            if total > batch {
+                tracing::info!(
+                    index = req.index_name,
+                    committed = records.len(),
+                    total,
+                    elapsed_s = started.elapsed().as_secs_f32(),
+                    "indexing documents"
+                );
+            }
+        }
+        Ok(records)
     })
     .await?;
     Ok(Json(Value::Array(records.iter().map(|r| doc_json(r, None)).collect())))
+}
+
+/// An error after some batches were committed says how many stay stored.
+fn partial(e: Error, committed: usize, total: usize) -> Error {
+    if committed == 0 {
+        return e;
+    }
+    let note = format!(" ({committed} of {total} documents were committed before this failure and stay stored)");
+    match e {
+        Error::Upstream(m) => Error::Upstream(m + &note),
+        Error::Conflict(m) => Error::Conflict(m + &note),
+        Error::Internal(m) => Error::Internal(m.context(note)),
+        other => other,
+    }
+}
+
+/// Checks a document's splitter settings before anything is stored.
+fn check_split(i: usize, metadata: Option<&Map<String, Value>>) -> Result<()> {
+    if metadata.and_then(|m| m.get("split_type")).and_then(Value::as_str) == Some("code") {
+        let language = metadata.and_then(|m| m.get("language")).and_then(Value::as_str).unwrap_or("");
+        if !chunk::CODE_LANGUAGES.contains(&language) {
+            return Err(Error::bad(
+                format!("documents[{i}].metadata.language"),
+                format!(
+                    "{language:?} is not a language the code splitter knows; use one of {}",
+                    chunk::CODE_LANGUAGES.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn list_indexes(State(state): Shared) -> Result<Json<Vec<String>>> {
@@ -270,6 +328,9 @@ struct UpdateRequest {
 async fn update_documents(State(state): Shared, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>> {
     let req: UpdateRequest = parse(&body)?;
     check_docs(&req.documents, true)?;
+    for (i, d) in req.documents.iter().enumerate() {
+        check_split(i, d.metadata.as_ref())?;
+    }
     let summaries: Vec<Value> = req
         .documents
         .iter()

@@ -64,6 +64,11 @@ struct Args {
     /// Tokens repeated between consecutive chunks.
     #[arg(long, default_value_t = 32)]
     chunk_overlap: usize,
+    /// Documents of an `/index` request chunked, embedded and committed
+    /// together: memory holds one batch's vectors, a crash loses at most the
+    /// batch in flight.
+    #[arg(long, default_value_t = 256)]
+    ingest_batch_docs: usize,
     /// LMDB map size in GiB (address space, not disk).
     #[arg(long, default_value_t = 64)]
     map_size_gib: usize,
@@ -165,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         persist_dir: args.persist_dir.clone(),
         min_similarity: 1.0 - args.similarity_threshold / 2.0,
+        ingest_batch: args.ingest_batch_docs,
         llm,
         metrics: Arc::new(Metrics::default()),
     });

@@ -85,6 +85,8 @@ pub struct Metrics {
     pub chunks_embedded: Counter,
     /// Chunks waiting to be embedded by requests in flight.
     pub chunks_pending: Gauge,
+    /// Documents `/index` has committed since start (progress of large requests).
+    pub documents_committed: Counter,
     /// Documents stored, all indexes.
     pub documents: Gauge,
     /// Chunks stored, all indexes.
@@ -118,13 +120,29 @@ impl Default for Metrics {
         registry.register("request_duration_seconds", "HTTP request latency", latency.clone());
         let chunks_embedded = Counter::default();
         registry.register("chunks_embedded", "Chunks embedded since start", chunks_embedded.clone());
+        let documents_committed = Counter::default();
+        registry.register(
+            "documents_committed",
+            "Documents /index has committed since start",
+            documents_committed.clone(),
+        );
         let chunks_pending = Gauge::default();
         registry.register("chunks_pending", "Chunks of requests in flight not yet embedded", chunks_pending.clone());
         let documents = Gauge::default();
         registry.register("documents", "Documents stored", documents.clone());
         let chunks = Gauge::default();
         registry.register("chunks", "Chunks stored", chunks.clone());
-        Metrics { registry: root, kaito, requests, latency, chunks_embedded, chunks_pending, documents, chunks }
+        Metrics {
+            registry: root,
+            kaito,
+            requests,
+            latency,
+            chunks_embedded,
+            chunks_pending,
+            documents_committed,
+            documents,
+            chunks,
+        }
     }
 }
 

@@ -28,6 +28,8 @@ pub struct AppState {
     pub persist_dir: String,
     /// The LLM behind `/v1/chat/completions`, when configured.
     pub llm: Option<Llm>,
+    /// Documents of an `/index` request chunked, embedded and committed together.
+    pub ingest_batch: usize,
     /// Least cosine similarity a chunk needs to enter a chat's context.
     pub min_similarity: f32,
     /// Prometheus metrics.

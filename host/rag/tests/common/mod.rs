@@ -49,6 +49,7 @@ pub fn state_with_chunks(dir: &Path, llm: Option<Llm>, size: usize) -> Arc<AppSt
         data_dir: dir.to_path_buf(),
         persist_dir: "storage".into(),
         min_similarity: 0.575,
+        ingest_batch: 256,
         llm,
         metrics: Arc::new(Metrics::default()),
     })
