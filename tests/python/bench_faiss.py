@@ -108,8 +108,8 @@ def vector_search(d, dim, k):
     quantizer = faiss.IndexFlatIP(dim)
     ivfpq = faiss.IndexIVFPQ(quantizer, dim, nlist, 48, 8, faiss.METRIC_INNER_PRODUCT)
     ivfpq.train(base[: min(len(base), 100 * nlist)])
-    ivfpq.add(base)
     refine = faiss.IndexRefineFlat(ivfpq)
+    refine.add(base)
     refine.k_factor = 10
     build = time.perf_counter() - t
     out["ivfpq"] = []

@@ -210,7 +210,12 @@ fn fill(store: &Store, base: &[Vec<f32>], texts: Option<&[String]>) {
 
 fn ours(name: &str, base: &[Vec<f32>], texts: Option<&[String]>, queries: &[Vec<f32>], truth: &[Vec<u32>]) -> Vec<Row> {
     let mut rows = Vec::new();
-    for cache in [true, false] {
+    // KAITO_BENCH_DISK_ONLY_ABOVE=n: above n vectors only the on-disk rows (the cache's rows need the vectors in RAM).
+    let disk_only = std::env::var("KAITO_BENCH_DISK_ONLY_ABOVE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .is_some_and(|n: usize| base.len() > n);
+    for cache in [true, false].into_iter().filter(|&c| !(c && disk_only)) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lmdb");
         let start = Instant::now();
@@ -340,8 +345,9 @@ fn hybrid(base: &[Vec<f32>], texts: &[String], queries: &[Vec<f32>], query_texts
         fill(&store, base, Some(texts));
         let (mut dense_t, mut hybrid_t, mut overlap) = (Vec::new(), Vec::new(), 0usize);
         for (q, text) in queries.iter().zip(query_texts) {
+            // Both through the store's retrieval, chunk text and metadata included, as /retrieve answers.
             let start = Instant::now();
-            let d: Vec<u32> = store.dense_search("bench", q, K).unwrap().iter().map(|h| h.id).collect();
+            let d: Vec<u32> = store.retrieve_dense("bench", q, K).unwrap().iter().map(|r| r.candidate.id).collect();
             dense_t.push(start.elapsed().as_secs_f64() * 1000.0);
             let start = Instant::now();
             let h = store.retrieve("bench", text, q, K, None).unwrap();
@@ -439,7 +445,12 @@ fn main() {
         let queries = base.split_off(n);
         let truth = exact_truth(&base, &queries);
         let mut rows = ours("synthetic", &base, None, &queries, &truth);
-        rows.extend(faiss(&python, &base, &queries, &truth));
+        // KAITO_BENCH_FAISS_UP_TO=n: FAISS rows only up to n vectors (HNSW's build at 1M takes long on 2 cores).
+        let faiss_up_to =
+            std::env::var("KAITO_BENCH_FAISS_UP_TO").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+        if n <= faiss_up_to {
+            rows.extend(faiss(&python, &base, &queries, &truth));
+        }
         table(&format!("Synthetic: {n} clustered 384-d vectors, {QUERIES} queries, k={K}"), &rows);
     }
     if std::env::var("KAITO_BENCH_SKIP_INGEST").is_err() {

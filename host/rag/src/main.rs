@@ -136,11 +136,7 @@ async fn main() -> anyhow::Result<()> {
     let options = StoreOptions {
         map_size: args.map_size_gib << 30,
         vector_cache_bytes: args.vector_cache_bytes,
-        search: SearchConfig {
-            exact_below: args.exact_search_below,
-            target_recall: args.target_recall,
-            ..SearchConfig::default()
-        },
+        search: SearchConfig { exact_below: args.exact_search_below, target_recall: args.target_recall },
         cached: SearchParams {
             exact_below: args.exact_search_below,
             target_recall: args.target_recall,

@@ -226,7 +226,8 @@ impl VectorIndex {
                 tracing::debug!(rows = n, nprobe, nlist, recall, "partitioned search calibrated");
                 return nprobe;
             }
-            nprobe = (nprobe * 2).min(nlist);
+            // Steps of 1.5x: doubling overshoots the target by a wide margin.
+            nprobe = (nprobe + nprobe.div_ceil(2)).min(nlist);
         }
     }
 

@@ -769,7 +769,7 @@ mod tests {
         let opts = StoreOptions {
             map_size: 1 << 28,
             vector_cache_bytes: 0,
-            search: SearchConfig { exact_below: 500, target_recall: 0.9, ..SearchConfig::default() },
+            search: SearchConfig { exact_below: 500, target_recall: 0.9 },
             ..StoreOptions::default()
         };
         let store = Store::open(dir.path(), opts).unwrap();

@@ -16,7 +16,25 @@ use std::sync::Arc;
 use tantivy::collector::{FilterCollector, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, Schema, TextFieldIndexing, TextOptions};
+use tantivy::tokenizer::{
+    Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
+};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+/// The analyzer's name in the schema.
+const ANALYZER: &str = "kaito_en";
+
+/// Words as KAITO's BM25 retriever (llama-index's, on bm25s) cuts them:
+/// lower-cased, English stop words dropped, Snowball-stemmed. Dropping stop
+/// words also keeps queries off the longest posting lists.
+fn analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser)
+        .filter(StopWordFilter::new(Language::English).expect("tantivy ships English stop words"))
+        .filter(Stemmer::new(Language::English))
+        .build()
+}
 
 /// Memory tantivy's writer may buffer before it writes a segment (its minimum is 15 MB).
 const WRITER_BUDGET: usize = 32 << 20;
@@ -49,7 +67,7 @@ fn schema() -> (Schema, Field, Field) {
     let text = b.add_text_field(
         "text",
         TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default().set_tokenizer("default").set_index_option(IndexRecordOption::WithFreqs),
+            TextFieldIndexing::default().set_tokenizer(ANALYZER).set_index_option(IndexRecordOption::WithFreqs),
         ),
     );
     (b.build(), chunk, text)
@@ -70,6 +88,8 @@ impl TextIndex {
                 Index::create_in_dir(dir, schema).map_err(tantivy_err)?
             }
         };
+        // Analyzers are not stored with the index: register ours on every open.
+        index.tokenizers().register(ANALYZER, analyzer());
         let generation = index.load_metas().map_err(tantivy_err)?.payload.and_then(|p| p.parse().ok());
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(tantivy_err)?;
         Ok((TextIndex { index, reader, chunk, text, dir: dir.to_path_buf() }, generation))
@@ -208,8 +228,9 @@ mod tests {
                 1,
             )
             .unwrap();
-        let cat = index.top("CAT", 10, None).unwrap();
-        assert_eq!(cat.iter().map(|h| h.0).collect::<Vec<_>>(), [2, 1]);
+        let cat = index.top("CATS", 10, None).unwrap();
+        assert_eq!(cat.iter().map(|h| h.0).collect::<Vec<_>>(), [2, 1], "stemmed: cats finds cat");
+        assert!(index.top("the on a", 10, None).unwrap().is_empty(), "stop words match nothing");
         assert_eq!(index.top("gpu nodes", 10, None).unwrap().iter().map(|h| h.0).collect::<Vec<_>>(), [3]);
         let only_1: ChunkSet = [1u32].into_iter().collect();
         assert_eq!(index.top("cat", 10, Some(&only_1)).unwrap().iter().map(|h| h.0).collect::<Vec<_>>(), [1]);

@@ -33,21 +33,38 @@ pub type ChunkSet = RoaringBitmap;
 const CALIBRATION_K: usize = 10;
 /// Sample queries per calibration.
 const CALIBRATION_QUERIES: usize = 48;
-/// Tree walks tried, in multiples of arroy's default walk (`count × trees`).
+/// Tree walks tried, in leaves gathered per tree per 100 shortlisted.
 const WALKS: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
+/// Shortlists tried (per 10 results): candidates arroy ranks by its 1-bit
+/// distance and we rescore exactly. Embeddings share a large common
+/// component, so raw sign bits separate neighbours poorly: a long shortlist
+/// can be cheaper than a long walk.
+const SHORTLISTS: [usize; 4] = [100, 300, 1000, 3000];
+/// A walk gathers `WALK_UNIT × trees × walk` leaves.
+const WALK_UNIT: usize = 100;
 
 /// How a query walks one index, chosen by [`VectorDb::calibrate`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Tuning {
     /// Item count when it was chosen.
     pub items: u64,
-    /// Multiple of arroy's default walk; `None`: no walk met the target, scan exactly.
+    /// How far the trees are walked (see `WALK_UNIT`); `None`: nothing met the target, scan exactly.
     pub walk: Option<usize>,
+    /// Candidates rescored exactly per 10 results.
+    #[serde(default = "default_shortlist")]
+    pub shortlist: usize,
+    /// Mean time of one sample query with this choice, microseconds.
+    #[serde(default)]
+    pub micros: f32,
     /// Recall@10 the chosen walk reached on the sample.
     pub recall: f32,
     /// The target it was chosen for.
     #[serde(default)]
     pub target: f32,
+}
+
+fn default_shortlist() -> usize {
+    SHORTLISTS[0]
 }
 
 /// Search knobs the service starts with.
@@ -57,15 +74,11 @@ pub struct SearchConfig {
     pub exact_below: usize,
     /// recall@10 each index's walk is calibrated to meet.
     pub target_recall: f32,
-    /// Shortlist rescored exactly per requested result.
-    pub oversample: usize,
-    /// Smallest shortlist rescored exactly.
-    pub min_shortlist: usize,
 }
 
 impl Default for SearchConfig {
     fn default() -> Self {
-        SearchConfig { exact_below: 20_000, target_recall: 0.95, oversample: 10, min_shortlist: 100 }
+        SearchConfig { exact_below: 20_000, target_recall: 0.95 }
     }
 }
 
@@ -206,14 +219,17 @@ impl VectorDb {
             Some(a) => a & reader.item_ids(),
             None => reader.item_ids().clone(),
         };
-        let walk = tuning.and_then(|t| t.walk);
-        // Small sets, and indexes no walk serves at the target, are scanned
+        // Small sets, and indexes nothing serves at the target, are scanned
         // exactly; arroy itself scans candidate sets under half the index.
-        if (pool.len() as usize) < config.exact_below || walk.is_none() {
+        let Some((walk, shortlist)) = tuning.and_then(|t| t.walk.map(|w| (w, t.shortlist))) else {
+            return self.exact_search(rtxn, q, k, pool.iter());
+        };
+        if (pool.len() as usize) < config.exact_below {
             return self.exact_search(rtxn, q, k, pool.iter());
         }
-        let shortlist = (k * config.oversample).max(config.min_shortlist);
-        self.walk(rtxn, &reader, q, k, shortlist, walk.unwrap_or(1), allowed)
+        // Calibrated for 10 results; more results walk and rescore proportionally more.
+        let scale = k.div_ceil(CALIBRATION_K).max(1);
+        self.walk(rtxn, &reader, q, k, shortlist * scale, walk * scale, allowed)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -227,7 +243,8 @@ impl VectorDb {
         walk: usize,
         allowed: Option<&ChunkSet>,
     ) -> Result<Vec<Hit>> {
-        let search_k = NonZeroUsize::new(shortlist * reader.n_trees().max(1) * walk).expect("positive walk");
+        let leaves = (WALK_UNIT * reader.n_trees().max(1) * walk).max(shortlist);
+        let search_k = NonZeroUsize::new(leaves).expect("positive walk");
         let mut query = reader.nns(shortlist);
         query.search_k(search_k);
         if let Some(a) = allowed {
@@ -237,16 +254,16 @@ impl VectorDb {
         self.exact_search(rtxn, q, k, found.into_iter().map(|(id, _)| id))
     }
 
-    /// Chooses how far queries on index number `arroy` walk: the smallest
-    /// multiple of arroy's default walk whose recall@10 on sample queries
-    /// (midpoints of two stored vectors, unlike any one of them) meets the
-    /// target, against an exact scan of the index.
+    /// Chooses how queries on index number `arroy` walk: of the walks and
+    /// shortlists whose recall@10 on sample queries (midpoints of two stored
+    /// vectors, unlike any one of them) meets the target against an exact
+    /// scan, the one that answered them fastest.
     pub fn calibrate(&self, rtxn: &RoTxn, arroy: u16, config: &SearchConfig) -> Result<Tuning> {
         let reader = arroy::Reader::open(rtxn, arroy, self.quantized)?;
         let items: Vec<u32> = reader.item_ids().iter().collect();
         let n = items.len();
         if n < config.exact_below.max(CALIBRATION_K * 4) {
-            return Ok(Tuning { items: n as u64, walk: None, recall: 1.0, target: config.target_recall });
+            return Ok(self.exact_tuning(n, config));
         }
         // Deterministic sample positions: a multiplicative hash of the query number.
         let pick = |i: usize, salt: usize| items[(i.wrapping_mul(2_654_435_761).wrapping_add(salt * 40_503)) % n];
@@ -259,30 +276,56 @@ impl VectorDb {
                 queries.push(m);
             }
         }
-        let truth: Vec<Vec<u32>> = queries
-            .iter()
-            .map(|q| {
-                Ok(self
-                    .exact_search(rtxn, q, CALIBRATION_K, items.iter().copied())?
-                    .into_iter()
-                    .map(|h| h.id)
-                    .collect())
-            })
-            .collect::<Result<_>>()?;
-        let shortlist = (CALIBRATION_K * config.oversample).max(config.min_shortlist);
-        for walk in WALKS {
-            let mut found = 0;
-            for (q, t) in queries.iter().zip(&truth) {
-                let hits = self.walk(rtxn, &reader, q, CALIBRATION_K, shortlist, walk, None)?;
-                found += hits.iter().filter(|h| t.contains(&h.id)).count();
-            }
-            let recall = found as f32 / (queries.len() * CALIBRATION_K).max(1) as f32;
-            tracing::debug!(arroy, walk, recall, "calibrating the vector search");
-            if recall >= config.target_recall {
-                return Ok(Tuning { items: n as u64, walk: Some(walk), recall, target: config.target_recall });
+        // One pass over the stored vectors scores every sample query (not one pass per query).
+        let dot = *DOT;
+        let mut tops: Vec<TopK> = queries.iter().map(|_| TopK::new(CALIBRATION_K)).collect();
+        for &id in &items {
+            if let Some(bytes) = self.exact.get(rtxn, &id)? {
+                for (q, top) in queries.iter().zip(&mut tops) {
+                    top.push(id, dot_bytes(dot, q, bytes));
+                }
             }
         }
-        Ok(Tuning { items: n as u64, walk: None, recall: 1.0, target: config.target_recall })
+        let truth: Vec<Vec<u32>> =
+            tops.into_iter().map(|t| t.into_sorted().into_iter().map(|h| h.id).collect()).collect();
+        let mut best: Option<Tuning> = None;
+        for shortlist in SHORTLISTS {
+            for walk in WALKS {
+                let start = std::time::Instant::now();
+                let mut found = 0;
+                for (q, t) in queries.iter().zip(&truth) {
+                    let hits = self.walk(rtxn, &reader, q, CALIBRATION_K, shortlist, walk, None)?;
+                    found += hits.iter().filter(|h| t.contains(&h.id)).count();
+                }
+                let micros = start.elapsed().as_secs_f32() * 1e6 / queries.len().max(1) as f32;
+                let recall = found as f32 / (queries.len() * CALIBRATION_K).max(1) as f32;
+                tracing::debug!(arroy, shortlist, walk, recall, micros, "calibrating the vector search");
+                if recall >= config.target_recall {
+                    if best.is_none_or(|b| micros < b.micros) {
+                        let target = config.target_recall;
+                        best = Some(Tuning { items: n as u64, walk: Some(walk), shortlist, micros, recall, target });
+                    }
+                    // Longer walks with this shortlist are only slower.
+                    break;
+                }
+                if best.is_some_and(|b| micros > b.micros) {
+                    // Already slower than a choice that meets the target.
+                    break;
+                }
+            }
+        }
+        Ok(best.unwrap_or_else(|| self.exact_tuning(n, config)))
+    }
+
+    fn exact_tuning(&self, n: usize, config: &SearchConfig) -> Tuning {
+        Tuning {
+            items: n as u64,
+            walk: None,
+            shortlist: SHORTLISTS[0],
+            micros: 0.0,
+            recall: 1.0,
+            target: config.target_recall,
+        }
     }
 
     /// Every (id, vector) of index number `arroy`, for rebuilding the cache.
