@@ -226,8 +226,9 @@ impl VectorIndex {
                 tracing::debug!(rows = n, nprobe, nlist, recall, "partitioned search calibrated");
                 return nprobe;
             }
-            // Steps of 1.5x: doubling overshoots the target by a wide margin.
-            nprobe = (nprobe + nprobe.div_ceil(2)).min(nlist);
+            // Doubling: steps of 1.5x were measured no faster at 0.95 and, on real
+            // embeddings, missed 0.99 until every partition was scanned.
+            nprobe = (nprobe * 2).min(nlist);
         }
     }
 
