@@ -431,6 +431,11 @@ fn main() {
     let python = common::python();
     for n in sizes("KAITO_BENCH_REAL", 100_000).into_iter().filter(|&n| n > 0) {
         let Corpus { base, queries, texts, query_texts } = real(n, &python);
+        // KAITO_BENCH_HYBRID_ONLY=1: only the hybrid-vs-dense table on the real corpus.
+        if std::env::var("KAITO_BENCH_HYBRID_ONLY").is_ok() {
+            hybrid(&base, &texts, &queries, &query_texts);
+            continue;
+        }
         let truth = exact_truth(&base, &queries);
         let mut rows = ours("real", &base, Some(&texts), &queries, &truth);
         rows.extend(faiss(&python, &base, &queries, &truth));

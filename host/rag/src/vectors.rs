@@ -395,10 +395,11 @@ fn prefetch(v: &[f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn vectors(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    /// Embedding-like test vectors, not normalised (shared with the store's tests).
+    pub(crate) fn vectors(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
         // A small xorshift keeps the test free of a rand dependency.
         let mut s = seed;
         let mut next = move || {

@@ -738,28 +738,11 @@ mod tests {
         assert_eq!(store.verify().unwrap(), (3, 3));
     }
 
-    /// Unit vectors with structure like embeddings': a shared offset, a few
-    /// strong directions, noise.
+    /// Unit vectors with structure like embeddings' (the cache's test data, normalised).
     fn embedding_like(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
-        let mut s = seed;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 11) as f32 / (1u64 << 53) as f32 - 0.5
-        };
-        let offset: Vec<f32> = (0..dim).map(|_| next() * 0.5).collect();
-        let basis: Vec<Vec<f32>> = (0..12).map(|_| (0..dim).map(|_| next()).collect()).collect();
-        (0..n)
-            .map(|_| {
-                let w: Vec<f32> = (0..12).map(|j| next() * 3.0 / (1.0 + j as f32 * 0.3)).collect();
-                let mut v: Vec<f32> = (0..dim)
-                    .map(|i| offset[i] + basis.iter().zip(&w).map(|(b, w)| b[i] * w).sum::<f32>() + 0.3 * next())
-                    .collect();
-                crate::kernels::normalize(&mut v);
-                v
-            })
-            .collect()
+        let mut rows = crate::vectors::tests::vectors(n, dim, seed);
+        rows.iter_mut().for_each(|v| crate::kernels::normalize(v));
+        rows
     }
 
     #[test]
