@@ -64,8 +64,7 @@ pub async fn handle(state: Arc<AppState>, body: Bytes) -> Result<Response> {
         let room = window.saturating_sub(prompt_tokens);
         // KAITO clamps max_tokens to what the window leaves after the prompt.
         for key in ["max_tokens", "max_completion_tokens"] {
-            if let Some(n) = obj.get(key).and_then(Value::as_u64).filter(|&n| n as usize > room) {
-                let _ = n;
+            if obj.get(key).and_then(Value::as_u64).is_some_and(|n| n as usize > room) {
                 obj.insert(key.into(), json!(room));
             }
         }

@@ -290,10 +290,8 @@ impl Store {
         let rtxn = self.env.read_txn()?;
         let mut cache = self.cache.write().expect("cache lock");
         cache.indexes.clear();
-        let mut names = Vec::new();
         for item in self.indexes.iter(&rtxn)? {
             let (name, meta) = item?;
-            names.push(name.to_string());
             let fits = cache.vector_bytes() + Self::cached_bytes(&meta) <= cache.budget;
             let vectors = if fits {
                 let mut v = VectorIndex::new(meta.dimensions, self.options.cached);

@@ -110,11 +110,25 @@ impl Store {
         self.vectors.search(rtxn, meta.arroy, &q, k, allowed, meta.tuning, &self.options.search)
     }
 
+    /// The metadata of `index`, checked against the query embedding's length.
+    fn query_meta(&self, rtxn: &heed::RoTxn, index: &str, query_vector: &[f32]) -> Result<super::IndexMeta> {
+        let meta = self.indexes.get(rtxn, index)?.ok_or_else(|| Error::IndexNotFound(index.into()))?;
+        if query_vector.len() != meta.dimensions {
+            return Err(Error::Conflict(format!(
+                "index {index:?} holds {}-dimensional vectors of {}; the query embedding has {}",
+                meta.dimensions,
+                meta.embedding_model,
+                query_vector.len()
+            )));
+        }
+        Ok(meta)
+    }
+
     /// Dense search alone (no BM25, no filter): chunk ids and cosine
     /// similarities, best first. What benchmarks time.
     pub fn dense_search(&self, index: &str, query_vector: &[f32], k: usize) -> Result<Vec<Hit>> {
         let rtxn = self.read_txn()?;
-        let meta = self.indexes.get(&rtxn, index)?.ok_or_else(|| Error::IndexNotFound(index.into()))?;
+        let meta = self.query_meta(&rtxn, index, query_vector)?;
         self.dense(&rtxn, &meta, query_vector, k, None)
     }
 
@@ -122,14 +136,7 @@ impl Store {
     /// `k` chunks most similar to `query_vector`, best first.
     pub fn retrieve_dense(&self, index: &str, query_vector: &[f32], k: usize) -> Result<Vec<Retrieved>> {
         let rtxn = self.read_txn()?;
-        let meta = self.indexes.get(&rtxn, index)?.ok_or_else(|| Error::IndexNotFound(index.into()))?;
-        if query_vector.len() != meta.dimensions {
-            return Err(Error::Conflict(format!(
-                "index {index:?} holds {}-dimensional vectors; the query embedding has {}",
-                meta.dimensions,
-                query_vector.len()
-            )));
-        }
+        let meta = self.query_meta(&rtxn, index, query_vector)?;
         let hits = self.dense(&rtxn, &meta, query_vector, k, None)?;
         let candidates = hits.iter().enumerate().map(|(rank, h)| Candidate {
             id: h.id,
@@ -192,15 +199,7 @@ impl Store {
         filter: Option<&Map<String, Value>>,
     ) -> Result<Vec<Retrieved>> {
         let rtxn = self.read_txn()?;
-        let meta = self.indexes.get(&rtxn, index)?.ok_or_else(|| Error::IndexNotFound(index.into()))?;
-        if query_vector.len() != meta.dimensions {
-            return Err(Error::Conflict(format!(
-                "index {index:?} holds {}-dimensional vectors of {}; the query embedding has {}",
-                meta.dimensions,
-                meta.embedding_model,
-                query_vector.len()
-            )));
-        }
+        let meta = self.query_meta(&rtxn, index, query_vector)?;
         let allowed = filter.map(|f| self.allowed_chunks(&rtxn, index, f)).transpose()?;
         let pool = k * POOL_FACTOR;
         let dense = self.dense(&rtxn, &meta, query_vector, pool, allowed.as_ref())?;
