@@ -195,11 +195,13 @@ pub struct Operator {
     pub identity: String,
     pub log: PathBuf,
     pub metrics_port: u16,
+    /// Port of its conversion webhook, when the chart's Deployment runs one (`https://127.0.0.1:PORT/convert`).
+    pub webhook_port: u16,
 }
 
 impl Operator {
     /// Starts the real binary with the container arguments of the chart's Deployment `deployment` (plugin paths,
-    /// cache and metrics address mapped to this machine; `overrides` replace flags of the same name), as the
+    /// cache, metrics and webhook addresses mapped to this machine; `overrides` replace flags of the same name), as the
     /// Deployment's ServiceAccount.
     pub async fn start(admin_kubeconfig: &Path, deployment: &str, identity: &str, overrides: &[&str]) -> Operator {
         let client = admin(admin_kubeconfig).await;
@@ -214,7 +216,8 @@ impl Operator {
         std::fs::create_dir_all(&dir).expect("operator dir");
         let kubeconfig = dir.join("kubeconfig");
         service_account_kubeconfig(&client, admin_kubeconfig, SYSTEM_NAMESPACE, &service_account, &kubeconfig).await;
-        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (metrics_port, webhook_port) = (free_port(), free_port());
         let flag = |a: &str| a.split('=').next().unwrap_or_default().to_string();
         let mut args: Vec<String> = container_args
             .iter()
@@ -228,6 +231,10 @@ impl Operator {
                 }
                 ("--plugin-cache", _) => format!("--plugin-cache={}", crate::shared_cache().display()),
                 ("--metrics-addr", _) => format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+                // The API server cannot reach a Service here (no kube-proxy): the webhook is registered by URL,
+                // each process its own, so the CRD points at the operator started last.
+                ("--webhook-service", _) => format!("--webhook-url=https://127.0.0.1:{webhook_port}/convert"),
+                ("--webhook-addr", _) => format!("--webhook-addr=127.0.0.1:{webhook_port}"),
                 _ => a.clone(),
             })
             .collect();
@@ -248,7 +255,7 @@ impl Operator {
             .stderr(file)
             .spawn()
             .expect("starting kaito-operator");
-        let op = Operator { child, identity: identity.into(), log, metrics_port };
+        let op = Operator { child, identity: identity.into(), log, metrics_port, webhook_port };
         let port = op.metrics_port;
         wait_for(&format!("operator {identity} to listen on its metrics port"), 60, async || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())

@@ -265,7 +265,18 @@ fn ragengine_chart_lints_renders_and_ships_its_crd() {
         a.contains(&"--provisioner=byo".to_string())
             && a.contains(&"--image-registry=registry.example/kaito".to_string())
     );
-    assert!(!docs.iter().any(|d| d["kind"] == "Role"));
+    assert!(!docs.iter().any(|d| d["kind"] == "Role" && d["metadata"]["name"] == "kaito-kaito-ragengine-leader"));
+
+    // The conversion webhook: on by default (its Service, port and Role), off leaves no trace of it.
+    let docs = render_chart(RAGENGINE, &[]);
+    let a = args(&docs);
+    assert!(a.contains(&"--webhook-service=kaito-kaito-ragengine-webhook:443".to_string()), "{a:?}");
+    assert!(a.contains(&"--webhook-secret=kaito-kaito-ragengine-webhook-cert".to_string()), "{a:?}");
+    let svc = docs.iter().find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "kaito-kaito-ragengine-webhook");
+    assert_eq!(svc.expect("the webhook Service")["spec"]["ports"][0]["port"], 443);
+    let docs = render_chart(RAGENGINE, &["webhook.enabled=false"]);
+    assert!(!args(&docs).iter().any(|x| x.starts_with("--webhook")));
+    assert!(!serde_json::to_string(&docs).unwrap().contains("webhook"), "nothing of the webhook when it is off");
 
     let (ok, _, stderr) = helm_chart(RAGENGINE, &["template", "kaito", "--set", "ragImageRegistry="]);
     assert!(!ok && stderr.contains("ragImageRegistry"), "{stderr}");

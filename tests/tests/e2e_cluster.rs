@@ -398,6 +398,79 @@ async fn readme_ragengine_lifecycle() {
     assert_no_forbidden(kc, &[&a, &b]);
 }
 
+/// KAITO's first RAGEngine version through the operator's conversion webhook, under the chart's RBAC: the CRD is
+/// registered and v1alpha1 served only once the webhook answers; a v1alpha1 RAGEngine with flat storage is stored
+/// as v1beta1 (the controller mounts its claim), reads back as written in v1alpha1, and keeps its v1alpha1-only
+/// field across the round trip.
+#[tokio::test]
+async fn ragengine_v1alpha1_through_the_conversion_webhook() {
+    let Some(env) = e2e::Env::start("ragengine_v1alpha1_through_the_conversion_webhook").await else { return };
+    let (kc, client) = (&env.kubeconfig, &env.client);
+    let op = Operator::start(kc, RAGENGINE_DEPLOYMENT, "rag-operator-conversion", &[]).await;
+    let url = format!("https://127.0.0.1:{}/convert", op.webhook_port);
+    wait_for("the CRD to serve v1alpha1 through this operator's webhook", 60, async || {
+        let crd = sh(kc, "kubectl get crd ragengines.kaito.sh -o json");
+        let crd: serde_json::Value = serde_json::from_str(&crd.stdout).ok()?;
+        let served = crd["spec"]["versions"].as_array()?.iter().any(|v| v["name"] == "v1alpha1" && v["served"] == true);
+        (served && crd["spec"]["conversion"]["webhook"]["clientConfig"]["url"] == url.as_str()).then_some(())
+    })
+    .await;
+    let name = "rag-v1alpha1";
+    let manifest = format!(
+        "apiVersion: kaito.sh/v1alpha1\nkind: RAGEngine\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  \
+         compute: {{instanceType: Standard_NV36ads_A10_v5, labelSelector: {{matchLabels: {{apps: {name}}}}}}}\n  \
+         embedding: {{remote: {{url: 'http://embeddings.default.svc/v1'}}}}\n  \
+         storage: {{persistentVolumeClaim: rag-data, mountPath: /var/rag}}\n  queryServiceName: rag-query\n"
+    );
+    let file = kc.parent().unwrap().join("ragengine-v1alpha1.yaml");
+    std::fs::write(&file, &manifest).unwrap();
+    sh_ok(kc, &format!("kubectl apply -f {}", file.display()));
+
+    let stored: serde_json::Value =
+        serde_json::from_str(&sh_ok(kc, &format!("kubectl get ragengines.v1beta1.kaito.sh {name} -o json"))).unwrap();
+    assert_eq!(
+        stored["spec"]["storage"],
+        serde_json::json!({"persistentVolume": {"persistentVolumeClaim": "rag-data", "mountPath": "/var/rag"}})
+    );
+    assert!(stored["spec"].get("queryServiceName").is_none());
+    let kept = stored["metadata"]["annotations"][kaito_crd::ragengine_conversion::CONVERSION_DATA].as_str().unwrap();
+    assert_eq!(kept, r#"{"queryServiceName":"rag-query"}"#);
+    let alpha: serde_json::Value =
+        serde_json::from_str(&sh_ok(kc, &format!("kubectl get ragengines.v1alpha1.kaito.sh {name} -o json"))).unwrap();
+    assert_eq!(
+        alpha["spec"]["storage"],
+        serde_json::json!({"persistentVolumeClaim": "rag-data", "mountPath": "/var/rag"})
+    );
+    assert_eq!(alpha["spec"]["queryServiceName"], "rag-query");
+    let annotations = alpha["metadata"]["annotations"].as_object().cloned().unwrap_or_default();
+    assert!(!annotations.contains_key(kaito_crd::ragengine_conversion::CONVERSION_DATA), "{annotations:?}");
+
+    // The controller reads v1beta1: once a node is up, the Deployment mounts the claim where v1alpha1 said.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let deploy = wait_for("the RAGEngine's Deployment", 120, async || deployments.get_opt(name).await.ok()?).await;
+    let pod = deploy.spec.unwrap().template.spec.unwrap();
+    let claim = pod.volumes.unwrap().iter().find_map(|v| v.persistent_volume_claim.clone()).expect("a claim volume");
+    assert_eq!(claim.claim_name, "rag-data");
+    let mounts = pod.containers[0].volume_mounts.clone().unwrap_or_default();
+    assert!(mounts.iter().any(|m| m.mount_path == "/var/rag"), "{mounts:?}");
+
+    // An edit written as v1alpha1 is converted too; delete in the same version.
+    sh_ok(
+        kc,
+        &format!(
+            "kubectl patch ragengines.v1alpha1.kaito.sh {name} --type=merge -p {{\"spec\":{{\"storage\":{{\"mountPath\":\"/var/rag2\"}}}}}}"
+        ),
+    );
+    let stored: serde_json::Value =
+        serde_json::from_str(&sh_ok(kc, &format!("kubectl get ragengines.v1beta1.kaito.sh {name} -o json"))).unwrap();
+    assert_eq!(stored["spec"]["storage"]["persistentVolume"]["mountPath"], "/var/rag2");
+    sh_ok(kc, &format!("kubectl delete ragengines.v1alpha1.kaito.sh {name}"));
+    let rags: Api<RAGEngine> = Api::namespaced(client.clone(), "default");
+    wait_for("the RAGEngine to be gone", 90, async || rags.get_opt(name).await.ok()?.is_none().then_some(())).await;
+    assert!(!op.log_text().contains("conversion refused"), "{}", op.log_text());
+    assert_no_forbidden(kc, &[&op]);
+}
+
 /// A tuning Workspace from the examples, under the chart's RBAC: NodeClaim → KWOK node → the Job (named as the
 /// Workspace, owned by it) → its pod runs and KWOK completes it → JobStarted and WorkspaceSucceeded True, state
 /// Succeeded. A spec change (a new `tuning.config`) replaces the Job, whose template is immutable; deleting the

@@ -5,6 +5,7 @@
 pub mod crd;
 pub mod inferenceset;
 pub mod ragengine;
+pub mod ragengine_conversion;
 pub mod workspace;
 
 pub use crd::{WORKSPACE_CRD_PATH, workspace_crd, workspace_crd_yaml};

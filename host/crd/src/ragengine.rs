@@ -203,7 +203,10 @@ impl RAGEngineSpec {
     }
 }
 
-/// The RAGEngine CRD, with KAITO's webhook rules that CEL can express.
+/// The RAGEngine CRD, with KAITO's webhook rules that CEL can express: v1beta1 stored and served, v1alpha1 listed
+/// but not served. The operator serves v1alpha1 once its conversion webhook answers (it sets `served` and the
+/// webhook together), so a v1alpha1 write is never stored through the default conversion, which would drop
+/// v1alpha1's storage fields.
 pub fn ragengine_crd() -> CustomResourceDefinition {
     let mut crd = RAGEngine::crd();
     for version in &mut crd.spec.versions {
@@ -216,6 +219,13 @@ pub fn ragengine_crd() -> CustomResourceDefinition {
         spec["properties"]["inferenceService"]["properties"]["contextWindowSize"]["minimum"] = json!(1);
         *schema = serde_json::from_value::<JSONSchemaProps>(v).expect("valid schema");
     }
+    let mut alpha = crd.spec.versions[0].clone();
+    alpha.name = "v1alpha1".into();
+    (alpha.served, alpha.storage) = (false, false);
+    let schema = alpha.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()).expect("v1beta1 has a schema");
+    let beta = serde_json::to_value(&*schema).expect("schema serialises");
+    *schema = serde_json::from_value(crate::ragengine_conversion::v1alpha1_schema(&beta)).expect("valid schema");
+    crd.spec.versions.push(alpha);
     crd
 }
 
@@ -276,6 +286,8 @@ mod tests {
     fn committed_crd_matches_the_types() {
         let crd = ragengine_crd();
         assert_eq!(crd.spec.names.short_names, Some(vec!["rag".to_string()]));
+        let versions: Vec<_> = crd.spec.versions.iter().map(|v| (v.name.as_str(), v.served, v.storage)).collect();
+        assert_eq!(versions, [("v1beta1", true, true), ("v1alpha1", false, false)]);
         crate::crd::assert_committed(RAGENGINE_CRD_PATH, &ragengine_crd_yaml(), "crd ragengine");
     }
 }

@@ -5,11 +5,12 @@
 //! [`workspace`] renders a Workspace through the same [`kaito_workload::render`] as `kaito render`, creates missing
 //! node objects ([`nodes`]), applies the workload once nodes are Ready ([`writes`]) and reports status from what it
 //! observed ([`status`], [`verdict`]). [`ragengine`] runs `kaito-rag` for a RAGEngine; [`inferenceset`] keeps
-//! `replicas` Workspaces from a template. [`leader`] holds a Lease; [`server`] serves metrics and probes; [`rbac`]
+//! `replicas` Workspaces from a template. [`conversion`] serves RAGEngine v1alpha1; [`leader`] holds a Lease; [`server`] serves metrics and probes; [`rbac`]
 //! lists every API verb used. The binary runs any of the controllers (`--controllers`).
 
 pub mod context;
 pub mod controller;
+pub mod conversion;
 pub mod error;
 pub mod inferenceset;
 pub mod leader;

@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kaito_crd::{InferenceSet, RAGEngine, Workspace};
+use kaito_operator::conversion::{Endpoint, WebhookConfig};
 use kaito_operator::leader::LeaderElector;
 use kaito_operator::metrics::Metrics;
 use kaito_operator::server::{Health, router};
@@ -63,8 +64,49 @@ struct Args {
     /// watched while the operator runs; an entry overrides a built-in plugin of the same name and kind.
     #[arg(long, value_name = "NAME")]
     plugin_configmap: Option<String>,
+    /// Serve the RAGEngine v1alpha1 conversion webhook through this Service (in the pod's namespace) and port; the
+    /// chart names its own. Needs `--controllers` with ragengine.
+    #[arg(long, value_name = "NAME:PORT")]
+    webhook_service: Option<String>,
+    /// Serve it at this HTTPS URL instead (an operator outside the cluster); its host is the certificate's name.
+    #[arg(long, conflicts_with = "webhook_service")]
+    webhook_url: Option<String>,
+    /// Address the conversion webhook's HTTPS server binds.
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    webhook_addr: SocketAddr,
+    /// Secret (in the pod's namespace) holding the webhook's CA and serving certificate; made at first start.
+    #[arg(long, default_value = "kaito-ragengine-webhook-cert")]
+    webhook_secret: String,
     #[command(flatten)]
     plugins: PluginArgs,
+}
+
+impl Args {
+    /// The conversion webhook's settings, if one was asked for.
+    fn webhook(&self) -> anyhow::Result<Option<WebhookConfig>> {
+        let endpoint = match (&self.webhook_service, &self.webhook_url) {
+            (None, None) => return Ok(None),
+            (Some(service), _) => {
+                let (name, port) = service
+                    .rsplit_once(':')
+                    .and_then(|(n, p)| Some((n.to_string(), p.parse().ok()?)))
+                    .ok_or_else(|| anyhow::anyhow!("--webhook-service {service}: expected NAME:PORT"))?;
+                Endpoint::Service { name, port }
+            }
+            (None, Some(url)) if url.starts_with("https://") => Endpoint::Url(url.clone()),
+            (None, Some(url)) => anyhow::bail!("--webhook-url {url}: the API server calls webhooks over https://"),
+        };
+        anyhow::ensure!(
+            self.controllers.iter().any(|c| c == "ragengine"),
+            "--webhook-service/--webhook-url serve the RAGEngine conversion webhook: add ragengine to --controllers"
+        );
+        Ok(Some(WebhookConfig {
+            addr: self.webhook_addr,
+            endpoint,
+            namespace: self.lease_namespace.clone(),
+            secret: self.webhook_secret.clone(),
+        }))
+    }
 }
 
 async fn shutdown_signal() {
@@ -90,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    let webhook = args.webhook()?;
     let host = args.plugins.host()?;
     let registry = Arc::new(args.plugins.registry(&host, &mut std::io::stderr())?);
     let no_such_provisioner = || format!("--provisioner {}: no such provisioner plugin is loaded", args.provisioner);
@@ -121,6 +164,11 @@ async fn main() -> anyhow::Result<()> {
     if ragengines {
         controller::check_crd::<RAGEngine>(&ctx).await?;
     }
+    // Every replica serves conversions (the Service spreads them), leader or not.
+    let _webhook = match webhook {
+        Some(config) => Some(kaito_operator::conversion::start(&client, config).await.context("conversion webhook")?),
+        None => None,
+    };
 
     let references = args
         .plugin_configmap

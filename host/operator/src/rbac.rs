@@ -56,6 +56,10 @@ pub const RAGENGINE_PERMISSIONS: &[Permission] = &[
     p("apps", "deployments", &["get", "list", "watch", "create", "patch"]),
     p("events.k8s.io", "events", &["create", "patch"]),
     p("coordination.k8s.io", "leases", &["get", "create", "update"]),
+    // The conversion webhook: its certificate Secret in the release namespace, and the RAGEngine CRD (by name) it
+    // registers in.
+    p("", "secrets", &["get", "create", "update"]),
+    p("apiextensions.k8s.io", "customresourcedefinitions", &["get", "patch"]),
 ];
 
 /// Whether the Workspace table grants `verb` on `group`/`resource`.
