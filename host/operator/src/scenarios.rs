@@ -735,3 +735,128 @@ fn set_event_again() -> Expect {
         json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"}, "eventTime": null}),
     )
 }
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": reason,
+           "reason": reason, "code": code})
+}
+
+fn failing(method: &'static str, uri: &str, code: u16, reason: &str) -> Expect {
+    Expect { code, ..expect(method, uri, |_| {}, status(code, reason)) }
+}
+
+/// Runs `f` with a client whose API server is `script`.
+async fn with_script<T>(script: Vec<Expect>, f: impl AsyncFnOnce(kube::Client) -> T) -> T {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(serve(handle, script));
+    let out =
+        tokio::time::timeout(Duration::from_secs(30), f(kube::Client::new(service, "default"))).await.expect("done");
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("script done").expect("script passed");
+    out
+}
+
+fn webhook_config() -> crate::conversion::WebhookConfig {
+    crate::conversion::WebhookConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        endpoint: crate::conversion::Endpoint::Service { name: "rag-webhook".into(), port: 443 },
+        namespace: "kaito-system".into(),
+        secret: "rag-webhook-cert".into(),
+    }
+}
+
+const CERT_SECRET: &str = "/api/v1/namespaces/kaito-system/secrets/rag-webhook-cert";
+
+/// Two replicas start together: this one finds no Secret, loses the create race (409), and serves the winner's.
+#[tokio::test]
+async fn webhook_certificates_lost_create_race_serves_the_winners() {
+    let winner = {
+        let (certs, until) = crate::conversion::generate(&webhook_config().subject_alt_names()).expect("certificates");
+        let data = json!({"ca.crt": b64(&certs.ca), "tls.crt": b64(&certs.cert), "tls.key": b64(&certs.key)});
+        (
+            certs,
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "data": data,
+            "metadata": {"name": "rag-webhook-cert", "namespace": "kaito-system", "resourceVersion": "7", "annotations": {
+                "kaito.sh/webhook-cert-sans": "rag-webhook.kaito-system.svc,rag-webhook.kaito-system.svc.cluster.local",
+                "kaito.sh/webhook-cert-expires-year": until.to_string()}}}),
+        )
+    };
+    let script = vec![
+        failing("GET", CERT_SECRET, 404, "NotFound"),
+        Expect {
+            code: 409,
+            ..expect(
+                "POST",
+                "/api/v1/namespaces/kaito-system/secrets?",
+                |b| {
+                    assert_eq!(
+                        (b["type"].as_str(), b["metadata"]["name"].as_str()),
+                        (Some("kubernetes.io/tls"), Some("rag-webhook-cert"))
+                    );
+                    let keys: Vec<_> = b["data"].as_object().unwrap().keys().cloned().collect();
+                    assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+                    assert_eq!(
+                        b["metadata"]["annotations"]["kaito.sh/webhook-cert-sans"],
+                        "rag-webhook.kaito-system.svc,rag-webhook.kaito-system.svc.cluster.local"
+                    );
+                },
+                status(409, "AlreadyExists"),
+            )
+        },
+        expect("GET", CERT_SECRET, |_| {}, winner.1),
+    ];
+    let got = with_script(script, async |c| crate::conversion::certificates(&c, &webhook_config()).await).await;
+    assert_eq!(got.expect("certificates"), winner.0);
+
+    // A server error is not retried as a race: it fails the start, naming the call.
+    let script = vec![failing("GET", CERT_SECRET, 500, "InternalError")];
+    let got = with_script(script, async |c| crate::conversion::certificates(&c, &webhook_config()).await).await;
+    assert!(got.unwrap_err().to_string().contains("InternalError"));
+}
+
+fn b64(s: &str) -> String {
+    serde_json::to_value(k8s_openapi::ByteString(s.as_bytes().to_vec())).unwrap().as_str().unwrap().to_string()
+}
+
+/// Registration: one JSON patch that checks v1alpha1's position, serves it and sets the conversion; nothing when
+/// both are already so; a CRD without v1alpha1 is an error naming the fix.
+#[tokio::test]
+async fn webhook_registration_patches_the_crd_once() {
+    const CRD: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/ragengines.kaito.sh";
+    let crd = |served: bool, conversion: Value| {
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "ragengines.kaito.sh", "resourceVersion": "3"},
+            "spec": {"group": "kaito.sh", "scope": "Namespaced", "conversion": conversion,
+                "names": {"kind": "RAGEngine", "plural": "ragengines"},
+                "versions": [{"name": "v1beta1", "served": true, "storage": true}, {"name": "v1alpha1", "served": served, "storage": false}]}})
+    };
+    let wanted = serde_json::to_value(webhook_config().conversion("CA PEM")).unwrap();
+    let script = vec![
+        expect("GET", CRD, |_| {}, crd(false, json!({"strategy": "None"}))),
+        expect(
+            "PATCH",
+            format!("{CRD}?"),
+            {
+                let wanted = wanted.clone();
+                move |b| {
+                    assert_eq!(
+                        *b,
+                        json!([
+                            {"op": "test", "path": "/spec/versions/1/name", "value": "v1alpha1"},
+                            {"op": "replace", "path": "/spec/versions/1/served", "value": true},
+                            {"op": "add", "path": "/spec/conversion", "value": wanted},
+                        ])
+                    )
+                }
+            },
+            crd(true, wanted.clone()),
+        ),
+    ];
+    with_script(script, async |c| crate::conversion::register(&c, &webhook_config(), "CA PEM").await.unwrap()).await;
+    let script = vec![expect("GET", CRD, |_| {}, crd(true, wanted.clone()))];
+    with_script(script, async |c| crate::conversion::register(&c, &webhook_config(), "CA PEM").await.unwrap()).await;
+    let mut old = crd(true, wanted);
+    old["spec"]["versions"].as_array_mut().unwrap().pop();
+    let script = vec![expect("GET", CRD, |_| {}, old)];
+    let err = with_script(script, async |c| crate::conversion::register(&c, &webhook_config(), "CA PEM").await).await;
+    assert!(err.unwrap_err().to_string().contains("apply the chart's CRD"));
+}
