@@ -6,6 +6,7 @@
 //! here (KAITO's fields) around the LLM's.
 
 use crate::error::{Error, Result};
+use crate::guardrails::stream::StreamGuard;
 use crate::llm::Llm;
 use crate::service::{AppState, embed_query, parse};
 use crate::store::Retrieved;
@@ -55,7 +56,7 @@ pub async fn handle(state: Arc<AppState>, body: Bytes) -> Result<Response> {
     let route = route(&state, obj, index_name, ratio)?;
     let Route::Rag { index, user_prompt, prompt_tokens, ratio } = route else {
         let forwarded = serde_json::to_vec(&req).map_err(anyhow::Error::from)?;
-        return pass_through(llm, forwarded).await;
+        return pass_through(&state, llm, forwarded).await;
     };
     let st = state.clone();
     let answer = tokio::task::spawn_blocking(move || -> Result<Option<Value>> {
@@ -106,12 +107,23 @@ pub async fn handle(state: Arc<AppState>, body: Bytes) -> Result<Response> {
     .await
     .map_err(|e| Error::Internal(anyhow::anyhow!("worker failed: {e}")))??;
     match answer {
-        Some(a) => Ok(axum::response::IntoResponse::into_response(axum::Json(a))),
+        Some(mut a) => {
+            guard(&state, &mut a)?;
+            Ok(axum::response::IntoResponse::into_response(axum::Json(a)))
+        }
         None => {
             let forwarded = serde_json::to_vec(&req_without_rag_keys(body)?).map_err(anyhow::Error::from)?;
-            pass_through(state.llm.clone().expect("checked above"), forwarded).await
+            pass_through(&state, state.llm.clone().expect("checked above"), forwarded).await
         }
     }
+}
+
+/// Runs a whole answer through the output guardrails, when on; a scanner failure is KAITO's 500.
+fn guard(state: &AppState, answer: &mut Value) -> Result<()> {
+    if let Some(g) = &state.guardrails {
+        g.guard_response(answer).map_err(|_| Error::Internal(anyhow::anyhow!(crate::guardrails::SCAN_FAILED)))?;
+    }
+    Ok(())
 }
 
 /// The request as sent, without the keys only this service reads.
@@ -145,6 +157,12 @@ fn route(state: &AppState, obj: &Map<String, Value>, index_name: Option<Value>, 
             }
         }
         Some(n) => return Err(Error::bad("n", format!("{n} is not a positive integer; only n=1 is supported"))),
+    }
+    // KAITO checks a streamed request against the policy before anything about the index.
+    if obj.get("stream").and_then(Value::as_bool) == Some(true)
+        && let Some(g) = &state.guardrails
+    {
+        g.current().check_streaming().map_err(|m| Error::invalid("stream", m))?;
     }
     let index = match index_name {
         None | Some(Value::Null) => None,
@@ -349,7 +367,8 @@ enum Head {
 /// Forwards a request unchanged (KAITO's pass-through): event streams are
 /// relayed byte for byte; a JSON answer gets `"source_nodes": null`; an error
 /// status is relayed with KAITO's `detail`.
-async fn pass_through(llm: Llm, body: Vec<u8>) -> Result<Response> {
+async fn pass_through(state: &AppState, llm: Llm, body: Vec<u8>) -> Result<Response> {
+    let mut stream_guard = state.guardrails.as_ref().map(|g| StreamGuard::new(g.current(), state.metrics.clone()));
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
     let (head_tx, head_rx) = tokio::sync::oneshot::channel::<Result<Head>>();
     tokio::task::spawn_blocking(move || {
@@ -373,12 +392,24 @@ async fn pass_through(llm: Llm, body: Vec<u8>) -> Result<Response> {
             return;
         }
         let mut buf = vec![0u8; 16 * 1024];
+        // Under guardrails the client gets the guard's frames, not the LLM's bytes.
+        let send = |bytes: Bytes| tx.blocking_send(Ok(bytes)).is_ok();
+        let frames = |frames: Vec<String>| frames.into_iter().all(|f| send(Bytes::from(f)));
         loop {
             match reader.read(&mut buf) {
-                Ok(0) => break,
+                Ok(0) => {
+                    if let Some(g) = stream_guard.as_mut() {
+                        frames(g.finish());
+                    }
+                    break;
+                }
                 Ok(n) => {
                     // A closed receiver means the client went away: stop reading.
-                    if tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
+                    let open = match stream_guard.as_mut() {
+                        Some(g) => frames(g.feed(&buf[..n])) && !g.is_done(),
+                        None => send(Bytes::copy_from_slice(&buf[..n])),
+                    };
+                    if !open {
                         break;
                     }
                 }
@@ -398,6 +429,8 @@ async fn pass_through(llm: Llm, body: Vec<u8>) -> Result<Response> {
             let body = match serde_json::from_slice::<Value>(&body) {
                 Ok(Value::Object(mut answer)) => {
                     answer.insert("source_nodes".into(), Value::Null);
+                    let mut answer = Value::Object(answer);
+                    guard(state, &mut answer)?;
                     serde_json::to_vec(&answer).map_err(anyhow::Error::from)?
                 }
                 _ => body,
@@ -414,6 +447,8 @@ async fn pass_through(llm: Llm, body: Vec<u8>) -> Result<Response> {
     Response::builder()
         .status(status)
         .header("content-type", ctype)
+        .header("cache-control", "no-cache")
+        .header("x-accel-buffering", "no")
         .body(Body::from_stream(stream))
         .map_err(|e| Error::Internal(anyhow::anyhow!("building the response: {e}")))
 }

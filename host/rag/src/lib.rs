@@ -7,7 +7,7 @@
 //! [`kernels`] are the scoring loops both use; [`chunk`] splits documents;
 //! [`embed`] turns text into vectors with rust-bert or a remote endpoint;
 //! [`api`] is the HTTP layer, [`chat`] the retrieval-augmented chat proxy
-//! over [`llm`]; [`service`] is what both share and [`wire`] the JSON they
+//! over [`llm`], its answers checked by [`guardrails`]; [`service`] is what both share and [`wire`] the JSON they
 //! answer with.
 
 pub mod api;
@@ -15,6 +15,7 @@ pub mod chat;
 pub mod chunk;
 pub mod embed;
 pub mod error;
+pub mod guardrails;
 pub mod ivf;
 pub mod kernels;
 pub mod llm;

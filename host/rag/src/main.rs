@@ -5,6 +5,7 @@ use clap::Parser;
 use kaito_rag::api::router;
 use kaito_rag::chunk::{ChunkParams, TokenCounter};
 use kaito_rag::embed::{Embedder, LocalEmbedder, RemoteEmbedder};
+use kaito_rag::guardrails::Guardrails;
 use kaito_rag::llm::Llm;
 use kaito_rag::metrics::Metrics;
 use kaito_rag::service::AppState;
@@ -85,9 +86,26 @@ struct Args {
     /// recall@10 every approximate search is calibrated to meet (0.5-1.0).
     #[arg(long, default_value_t = SearchConfig::default().target_recall)]
     target_recall: f32,
+    /// Output guardrails on (KAITO's variable): every chat answer, RAG or pass-through, goes through the policy.
+    #[arg(long, env = "OUTPUT_GUARDRAILS_ENABLED", default_value = "false", num_args = 0..=1,
+          default_missing_value = "true", value_parser = kaito_bool)]
+    output_guardrails: bool,
+    /// The guardrail policy (YAML: action, blockMessage, scanners); unset or empty: the built-in default, the
+    /// same scanners as KAITO's template policy.
+    #[arg(long, env = "OUTPUT_GUARDRAILS_POLICY_PATH")]
+    output_guardrails_policy: Option<PathBuf>,
+    /// Re-read the policy when its file changes (a ConfigMap update); a policy that cannot be used is logged and
+    /// the current one kept.
+    #[arg(long, env = "OUTPUT_GUARDRAILS_HOT_RELOAD_ENABLED", default_value = "true", value_parser = kaito_bool)]
+    output_guardrails_hot_reload: bool,
     /// libtorch intra-op threads (default: libtorch's choice).
     #[arg(long)]
     threads: Option<i32>,
+}
+
+/// KAITO's reading of its boolean variables: `true` in any case is true, anything else false.
+fn kaito_bool(s: &str) -> Result<bool, std::convert::Infallible> {
+    Ok(s.eq_ignore_ascii_case("true"))
 }
 
 fn models_dir() -> PathBuf {
@@ -158,6 +176,18 @@ async fn main() -> anyhow::Result<()> {
         Some(l) => tracing::info!(url = l.url, context_window = l.context_window, "LLM configured"),
         None => tracing::info!("no --llm-url: retrieve-only, /v1/chat/completions answers 503"),
     }
+    let metrics = Arc::new(Metrics::default());
+    let guardrails = match args.output_guardrails {
+        false => None,
+        true => {
+            let path = args.output_guardrails_policy.clone().filter(|p| !p.as_os_str().is_empty());
+            let g = Arc::new(Guardrails::load(path, metrics.clone())?);
+            if args.output_guardrails_hot_reload && g.path.is_some() {
+                tokio::spawn(g.clone().watch(std::time::Duration::from_secs(2)));
+            }
+            Some(g)
+        }
+    };
     let state = Arc::new(AppState {
         store: Arc::new(store),
         embedder: Arc::new(embedder),
@@ -168,7 +198,8 @@ async fn main() -> anyhow::Result<()> {
         min_similarity: 1.0 - args.similarity_threshold / 2.0,
         ingest_batch: args.ingest_batch_docs,
         llm,
-        metrics: Arc::new(Metrics::default()),
+        metrics,
+        guardrails,
     });
     let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse().context("--host/--port")?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;

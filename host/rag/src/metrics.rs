@@ -72,6 +72,37 @@ pub struct KaitoRoute {
     pub latency: Family<Status, Histogram>,
 }
 
+/// Labels as name/value pairs (the guardrail series, whose label names are KAITO's).
+pub type Labels = Vec<(String, String)>;
+
+/// KAITO's output-guardrail series.
+#[derive(Default)]
+pub struct GuardrailMetrics {
+    /// `ragengine_guardrails_response_actions_total{final_action}`: allow, redact, block, fail_closed.
+    pub actions: Family<Labels, Counter>,
+    /// `ragengine_guardrails_response_scanner_hits_total{scanner_type,action}`.
+    pub hits: Family<Labels, Counter>,
+    /// `output_guardrails_policy_load_total{policy_status}`: success, missing, invalid, load_failed.
+    pub loads: Family<Labels, Counter>,
+    /// `guardrails_policy_reload_total{result}`: success, failure, noop.
+    pub reloads: Family<Labels, Counter>,
+}
+
+impl GuardrailMetrics {
+    /// One answer's final action.
+    pub fn count_action(&self, action: &str) {
+        self.actions.get_or_create(&vec![("final_action".into(), action.into())]).inc();
+    }
+    /// One scanner's hit.
+    pub fn count_hit(&self, scanner: &str, action: &str) {
+        self.hits.get_or_create(&vec![("scanner_type".into(), scanner.into()), ("action".into(), action.into())]).inc();
+    }
+    /// One policy read.
+    pub fn count_load(&self, status: &str) {
+        self.loads.get_or_create(&vec![("policy_status".into(), status.into())]).inc();
+    }
+}
+
 /// Every metric the service exports.
 pub struct Metrics {
     registry: Registry,
@@ -91,6 +122,8 @@ pub struct Metrics {
     pub documents: Gauge,
     /// Chunks stored, all indexes.
     pub chunks: Gauge,
+    /// Output guardrails (KAITO's series).
+    pub guardrails: GuardrailMetrics,
 }
 
 impl Default for Metrics {
@@ -111,6 +144,15 @@ impl Default for Metrics {
                 latency.clone(),
             );
             kaito.insert(name, KaitoRoute { requests, latency });
+        }
+        let guardrails = GuardrailMetrics::default();
+        for (name, help, family) in [
+            ("ragengine_guardrails_response_actions", "Final guardrail action per answer", &guardrails.actions),
+            ("ragengine_guardrails_response_scanner_hits", "Guardrail scanner hits", &guardrails.hits),
+            ("output_guardrails_policy_load", "Guardrail policy reads by outcome", &guardrails.loads),
+            ("guardrails_policy_reload", "Guardrail policy reloads by result", &guardrails.reloads),
+        ] {
+            root.register(name, help, family.clone());
         }
         let registry = root.sub_registry_with_prefix("kaito_rag");
         let requests = Family::<RouteLabels, Counter>::default();
@@ -142,6 +184,7 @@ impl Default for Metrics {
             documents_committed,
             documents,
             chunks,
+            guardrails,
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct AppState {
     pub min_similarity: f32,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Output guardrails every chat answer goes through, when on.
+    pub guardrails: Option<Arc<crate::guardrails::Guardrails>>,
 }
 
 /// Parses a JSON body; errors name the field (`documents[2].text`).

@@ -52,6 +52,7 @@ pub fn state_with_chunks(dir: &Path, llm: Option<Llm>, size: usize) -> Arc<AppSt
         ingest_batch: 256,
         llm,
         metrics: Arc::new(Metrics::default()),
+        guardrails: None,
     })
 }
 
