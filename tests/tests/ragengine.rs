@@ -155,6 +155,48 @@ async fn existing_nodes_and_remote_embeddings() {
     assert!(deploy["spec"]["template"]["spec"].get("tolerations").is_none());
 }
 
+/// Guardrails as KAITO passes them: the on/off variable, and with a ConfigMap its policy file mounted read-only
+/// where the path variable says; without one, no path (kaito-rag's built-in policy).
+#[tokio::test]
+async fn guardrails_reach_the_service_as_kaito_passes_them() {
+    let cluster = Cluster::new();
+    let ctx = operator_context(&cluster, shipped_registry(), "gpu-provisioner");
+    let name = "ragengine-guarded";
+    cluster.create(paths::RAGENGINES, example("kaito_ragengine_guardrails.yaml"));
+    reconcile(&cluster, &ctx, name).await;
+    assert_eq!(cluster.provision(GPUS_PER_NODE), 1);
+    reconcile(&cluster, &ctx, name).await;
+    let pod = |cluster: &Cluster| {
+        cluster.get(paths::DEPLOYMENTS, "default", name).expect("Deployment applied")["spec"]["template"]["spec"]
+            .clone()
+    };
+    let spec = pod(&cluster);
+    let env = spec["containers"][0]["env"].as_array().unwrap();
+    let var = |env: &[Value], n: &str| env.iter().find(|e| e["name"] == n).map(|e| e["value"].clone());
+    assert_eq!(var(env, "OUTPUT_GUARDRAILS_ENABLED"), Some(json!("true")));
+    assert_eq!(var(env, "OUTPUT_GUARDRAILS_POLICY_PATH"), Some(json!("/etc/ragengine/guardrails/guardrails.yaml")));
+    let volume = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "guardrails-policy").unwrap();
+    assert_eq!(
+        volume["configMap"],
+        json!({"name": "rag-guardrails", "items": [{"key": "guardrails.yaml", "path": "guardrails.yaml"}]})
+    );
+    let mounts = spec["containers"][0]["volumeMounts"].as_array().unwrap();
+    assert!(
+        mounts.contains(
+            &json!({"name": "guardrails-policy", "mountPath": "/etc/ragengine/guardrails", "readOnly": true})
+        )
+    );
+
+    // Turned off: the variable says so, and nothing is mounted.
+    cluster.edit(paths::RAGENGINES, "default", name, json!({"spec": {"guardrails": {"enabled": false}}}));
+    reconcile(&cluster, &ctx, name).await;
+    let spec = pod(&cluster);
+    let env = spec["containers"][0]["env"].as_array().unwrap();
+    assert_eq!(var(env, "OUTPUT_GUARDRAILS_ENABLED"), Some(json!("false")));
+    assert_eq!(var(env, "OUTPUT_GUARDRAILS_POLICY_PATH"), None);
+    assert!(!spec["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "guardrails-policy"));
+}
+
 #[tokio::test]
 async fn unsupported_specs_become_conditions_not_crashes() {
     let cluster = Cluster::new();

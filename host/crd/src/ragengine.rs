@@ -44,7 +44,33 @@ pub struct RAGEngineSpec {
     /// The LLM answering RAG chat; without it the service is retrieve-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference_service: Option<InferenceServiceSpec>,
+    /// Output guardrails on every chat answer (KAITO's `rag-output-guardrails`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guardrails: Option<GuardrailsSpec>,
 }
+
+/// Output guardrails: on or off, and the policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardrailsSpec {
+    /// Scan every chat answer (RAG and pass-through) with the policy.
+    #[serde(default)]
+    pub enabled: bool,
+    /// A ConfigMap in the RAGEngine's namespace whose `guardrails.yaml` key is the policy; without it, kaito-rag's
+    /// built-in policy (the same scanners as KAITO's template policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ConfigMapReference>,
+}
+
+/// A ConfigMap by name, in the RAGEngine's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfigMapReference {
+    /// Its name.
+    pub name: String,
+}
+
+/// The key of the guardrails ConfigMap that holds the policy (KAITO's).
+pub const GUARDRAILS_POLICY_KEY: &str = "guardrails.yaml";
 
 /// Storage of the index.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -179,6 +205,12 @@ impl RAGEngineSpec {
                 return Err(FieldError::new("spec.inferenceService.contextWindowSize", "must be greater than 0"));
             }
         }
+        if let Some(r) = self.guardrails.as_ref().and_then(|g| g.config_map_ref.as_ref())
+            && r.name.trim().is_empty()
+        {
+            return Err(FieldError::new("spec.guardrails.configMapRef.name", "must name a ConfigMap")
+                .hint("omit configMapRef for the built-in policy"));
+        }
         if let Some(s) = &self.storage {
             if s.vector_db.is_some() {
                 return Err(FieldError::new(
@@ -272,6 +304,10 @@ mod tests {
             (
                 "embedding: {local: {modelID: a}}\nstorage: {vectorDB: {engine: qdrant, url: http://q}}",
                 "spec.storage.vectorDB",
+            ),
+            (
+                "embedding: {local: {modelID: a}}\nguardrails: {enabled: true, configMapRef: {name: ''}}",
+                "spec.guardrails.configMapRef.name",
             ),
             (
                 "embedding: {local: {modelID: a}}\nstorage: {persistentVolume: {persistentVolumeClaim: c, mountPath: data}}",

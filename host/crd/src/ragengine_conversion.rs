@@ -1,7 +1,7 @@
 //! RAGEngine `kaito.sh/v1alpha1`, KAITO's first RAGEngine version, served beside the stored v1beta1 through the
 //! operator's conversion webhook. The two differ in `spec.storage` (v1alpha1: flat `persistentVolumeClaim` and
 //! `mountPath`; v1beta1: `persistentVolume` and `vectorDB`) and in v1alpha1's `queryServiceName` and
-//! `indexServiceName`. KAITO drops what the other version cannot hold; we keep it in [`CONVERSION_DATA`] so that
+//! `indexServiceName`; v1beta1 adds `guardrails`. KAITO drops what the other version cannot hold; we keep it in [`CONVERSION_DATA`] so that
 //! a round trip through either version gives back the object that was written.
 
 use serde_json::{Map, Value, json};
@@ -44,6 +44,9 @@ fn to_v1beta1(obj: &mut Value) -> Result<(), String> {
             if let Some(v) = spec.remove(field).filter(|v| v != "" && !v.is_null()) {
                 stash.insert(field.into(), v);
             }
+        }
+        if let Some(g) = kept.remove("guardrails") {
+            spec.insert("guardrails".into(), g);
         }
         let restored_db = kept.remove("vectorDB");
         let flat = spec.remove("storage");
@@ -89,6 +92,9 @@ fn to_v1alpha1(obj: &mut Value) -> Result<(), String> {
                 stash.insert("vectorDB".into(), db);
             }
             spec.insert("storage".into(), flat.into());
+        }
+        if let Some(g) = spec.remove("guardrails") {
+            stash.insert("guardrails".into(), g);
         }
         for field in V1ALPHA1_ONLY {
             if let Some(v) = kept.remove(field) {
@@ -145,6 +151,8 @@ pub fn v1alpha1_schema(v1beta1: &Value) -> Value {
         spec[field] =
             json!({"description": "KAITO v1alpha1 field, kept across conversion; names nothing.", "type": "string"});
     }
+    // v1alpha1 has no guardrails (a v1beta1 object's are kept in the conversion-data annotation).
+    spec.as_object_mut().expect("spec properties").remove("guardrails");
     schema
 }
 
@@ -192,11 +200,12 @@ mod tests {
 
         let beta = obj(
             V1BETA1,
-            json!({"embedding": {"remote": {"url": "http://e"}},
+            json!({"embedding": {"remote": {"url": "http://e"}}, "guardrails": {"enabled": true},
                    "storage": {"vectorDB": {"engine": "qdrant", "url": "http://q"}, "persistentVolume": {"persistentVolumeClaim": "c"}}}),
         );
         let alpha = convert(beta.clone(), V1ALPHA1).unwrap();
         assert_eq!(alpha["spec"]["storage"], json!({"persistentVolumeClaim": "c"}));
+        assert!(alpha["spec"].get("guardrails").is_none());
         assert_eq!(convert(alpha, V1BETA1).unwrap(), beta);
     }
 

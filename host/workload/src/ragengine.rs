@@ -5,14 +5,15 @@
 use crate::{RenderError, node_documents};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, LocalObjectReference,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    KeyToPath, LocalObjectReference, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Toleration,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kaito_crd::ragengine::{DEFAULT_MOUNT_PATH, RAGENGINE_LABEL};
+use kaito_crd::ragengine::{DEFAULT_MOUNT_PATH, GUARDRAILS_POLICY_KEY, RAGENGINE_LABEL};
 use kaito_crd::{FieldError, RAGEngine};
 use kaito_plugin_host::{NodeRequest, ProvisionerMode, Registry};
 use kube::ResourceExt;
@@ -179,7 +180,36 @@ fn env(rag: &RAGEngine) -> Result<Vec<EnvVar>, FieldError> {
             env.push(secret_env("LLM_ACCESS_SECRET", s));
         }
     }
+    // KAITO's variables: on/off whenever guardrails are given, the policy's path when a ConfigMap holds it.
+    if let Some(g) = &rag.spec.guardrails {
+        env.push(plain("OUTPUT_GUARDRAILS_ENABLED", g.enabled.to_string()));
+        if g.enabled && g.config_map_ref.is_some() {
+            env.push(plain("OUTPUT_GUARDRAILS_POLICY_PATH", format!("{GUARDRAILS_DIR}/{GUARDRAILS_POLICY_KEY}")));
+        }
+    }
     Ok(env)
+}
+
+/// Where a guardrails ConfigMap is mounted (KAITO's path).
+const GUARDRAILS_DIR: &str = "/etc/ragengine/guardrails";
+
+/// The guardrails policy's volume, when a ConfigMap holds it.
+fn guardrails_volume(rag: &RAGEngine) -> Option<Volume> {
+    let g = rag.spec.guardrails.as_ref().filter(|g| g.enabled)?;
+    let name = g.config_map_ref.as_ref()?.name.clone();
+    Some(Volume {
+        name: "guardrails-policy".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name,
+            items: Some(vec![KeyToPath {
+                key: GUARDRAILS_POLICY_KEY.into(),
+                path: GUARDRAILS_POLICY_KEY.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
 }
 
 fn deployment(
@@ -237,11 +267,21 @@ fn deployment(
             run_as_non_root: Some(true),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![
-            VolumeMount { name: "data".into(), mount_path, ..Default::default() },
-            // libtorch and the tokenizer write scratch files.
-            VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
-        ]),
+        volume_mounts: Some(
+            [
+                VolumeMount { name: "data".into(), mount_path, ..Default::default() },
+                // libtorch and the tokenizer write scratch files.
+                VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
+            ]
+            .into_iter()
+            .chain(guardrails_volume(rag).map(|v| VolumeMount {
+                name: v.name,
+                mount_path: GUARDRAILS_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            }))
+            .collect(),
+        ),
         ..Default::default()
     };
     let pod = PodSpec {
@@ -266,10 +306,15 @@ fn deployment(
             fs_group: Some(65532),
             ..Default::default()
         }),
-        volumes: Some(vec![
-            volume,
-            Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
-        ]),
+        volumes: Some(
+            [
+                volume,
+                Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+            ]
+            .into_iter()
+            .chain(guardrails_volume(rag))
+            .collect(),
+        ),
         ..Default::default()
     };
     Deployment {
