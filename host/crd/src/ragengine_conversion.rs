@@ -132,7 +132,10 @@ fn put_conversion_data(obj: &mut Value, stash: Map<String, Value>) {
     if !meta["annotations"].is_object() {
         meta["annotations"] = json!({});
     }
-    meta["annotations"][CONVERSION_DATA] = Value::String(Value::Object(stash).to_string());
+    // Keys sorted, so the annotation's text does not depend on serde_json's `preserve_order` being unified in.
+    let sorted: std::collections::BTreeMap<String, Value> = stash.into_iter().collect();
+    meta["annotations"][CONVERSION_DATA] =
+        Value::String(serde_json::to_string(&sorted).expect("JSON values serialize"));
 }
 
 /// The v1alpha1 openAPIV3Schema: the v1beta1 one with KAITO's v1alpha1 `storage` and service names.
