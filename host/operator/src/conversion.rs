@@ -7,7 +7,6 @@
 //! `caBundle`. Registration sets the CRD's conversion to this webhook and serves v1alpha1 in one patch: v1alpha1
 //! is never served without a conversion that keeps its fields.
 
-use crate::rbac;
 use axum::{Json, Router, routing::post};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -203,7 +202,6 @@ fn secret(config: &WebhookConfig, certs: &Certificates, sans: &str, expires: i32
 /// The certificates every replica serves: the Secret's when usable, else new ones written to it. Two replicas
 /// starting together race on create (or update): the loser reads the winner's.
 pub async fn certificates(client: &kube::Client, config: &WebhookConfig) -> anyhow::Result<Certificates> {
-    debug_assert!(rbac::RAGENGINE_PERMISSIONS.iter().any(|p| p.resource == "secrets"));
     let api: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
     let sans = config.subject_alt_names().join(",");
     for _ in 0..3 {

@@ -74,7 +74,7 @@ pub fn bytes_repr(bytes: &[u8]) -> String {
 
 /// Python's float repr: shortest round trip, `.0` on integers, exponent
 /// form below 1e-4 and from 1e16.
-fn write_float(out: &mut String, f: f64) {
+pub fn write_float(out: &mut String, f: f64) {
     if f.is_nan() {
         out.push_str("nan");
     } else if f.is_infinite() {

@@ -139,18 +139,8 @@ async fn streamed_answers_go_through_the_window() {
         Some("blockMessage: blocked-by-policy\nscanners:\n  - {type: ban_substrings, action: redact, substrings: [classified]}\n  - {type: sensitive, action: block, detectors: [email]}"),
     )
     .await;
-    let stream = |content: &str| {
-        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": content}]}).to_string()
-    };
-    let request = |body: String| {
-        axum::http::Request::builder().method("POST").uri("/v1/chat/completions").body(Body::from(body)).unwrap()
-    };
-    let resp = kaito_rag::api::router(state.clone(), 1 << 20)
-        .oneshot(request(stream("this is classified material")))
-        .await
-        .unwrap();
-    assert_eq!(resp.headers()["cache-control"], "no-cache");
-    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let (headers, text) = streamed(&state, "this is classified material").await;
+    assert_eq!(headers["cache-control"], "no-cache");
     let content: String = text
         .split("\n\n")
         .filter_map(|e| e.strip_prefix("data: "))
@@ -160,17 +150,27 @@ async fn streamed_answers_go_through_the_window() {
     assert_eq!(content, "this is [REDACTED] material");
     assert!(text.contains("\"finish_reason\":\"stop\"") && text.ends_with("data: [DONE]\n\n"), "{text}");
 
-    let resp = kaito_rag::api::router(state.clone(), 1 << 20)
-        .oneshot(request(stream("write to leaked@example.com")))
-        .await
-        .unwrap();
-    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let (_, text) = streamed(&state, "write to leaked@example.com").await;
     assert!(!text.contains("leaked"), "{text}");
     assert!(text.ends_with(
         "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"blocked-by-policy\"},\"finish_reason\":null}]}\n\n\
          data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"content_filter\"}]}\n\n\
          data: [DONE]\n\n"
     ), "{text}");
+}
+
+/// A streamed pass-through chat asking the echo LLM for `content`: the response headers and the whole event stream.
+async fn streamed(state: &Arc<AppState>, content: &str) -> (axum::http::HeaderMap, String) {
+    let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": content}]});
+    let request = axum::http::Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = kaito_rag::api::router(state.clone(), 1 << 20).oneshot(request).await.unwrap();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (headers, String::from_utf8(bytes.to_vec()).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

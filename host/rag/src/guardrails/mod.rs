@@ -4,16 +4,17 @@
 //!
 //! KAITO's policy rules are kept: keys in camelCase or snake_case, type names normalised (`ban-substrings`,
 //! `BanSubstrings`), an invalid entry skipped with a warning, scanners run in policy order, each seeing the
-//! previous one's output, a block ending the scan. Where KAITO fails open we fail loudly or keep what works: a
-//! policy file that cannot be read or parsed stops the service at start and is not swapped in on reload (KAITO
-//! then allows everything), and a scanner KAITO knows but kaito-rag does not run (`json`, `token_limit`) is
-//! refused rather than skipped.
+//! previous one's output, a block ending the scan; all eight of KAITO's scanner types run. Where KAITO fails open
+//! we fail loudly or keep what works: a policy file that cannot be read or parsed stops the service at start and
+//! is not swapped in on reload (KAITO then allows everything).
 
+mod json;
+mod json_repair;
 pub mod scanners;
 pub mod stream;
 
 use crate::metrics::Metrics;
-use scanners::{Detector, Pattern, RegexMode, Scanner, SecretsMode};
+use scanners::{Banned, Detector, Encoding, Pattern, RegexMode, Scanner, SecretsMode};
 use serde_json::Value;
 use serde_yaml::{Mapping, Value as Yaml};
 use sha2::Digest;
@@ -28,6 +29,10 @@ pub const SCAN_FAILED: &str = "Output guardrails failed while scanning the model
 /// (`ragengine-guardrails-policy-template`), which KAITO's controller copies for a RAGEngine without a ConfigMap.
 pub const DEFAULT_POLICY: &str = include_str!("default-policy.yaml");
 /// Scanners KAITO streams through its window, in its message's order.
+/// The scanner types of KAITO's registry, all of which kaito-rag runs.
+const SCANNERS: [&str; 8] =
+    ["ban_substrings", "invisible_text", "regex", "json", "reading_time", "token_limit", "secrets", "sensitive"];
+
 const STREAMABLE: [&str; 4] = ["ban_substrings", "invisible_text", "secrets", "sensitive"];
 
 /// What a scanner's hit does.
@@ -56,10 +61,6 @@ pub struct Configured {
     pub scanner: Scanner,
     /// Its action (its own, else the policy's).
     pub action: Action,
-    /// `contains_all` of a ban_substrings scanner, which the stream cannot follow.
-    contains_all: bool,
-    /// `redact_mode` of a secrets scanner.
-    secrets_mode: Option<SecretsMode>,
 }
 
 /// A parsed policy.
@@ -157,10 +158,11 @@ fn scanner(kind: &str, cfg: &Mapping) -> Result<Scanner, String> {
                     return Err(format!("ban_substrings 'match_type' must be one of ['str', 'word'], got '{other}'"));
                 }
             };
+            let case_sensitive = flag(cfg, "case_sensitive", false)?;
             Scanner::BanSubstrings {
-                substrings,
+                terms: substrings.iter().map(|s| Banned::new(s, case_sensitive)).collect::<Result<_, _>>()?,
                 word,
-                case_sensitive: flag(cfg, "case_sensitive", false)?,
+                case_sensitive,
                 contains_all: flag(cfg, "contains_all", false)?,
             }
         }
@@ -226,6 +228,44 @@ fn scanner(kind: &str, cfg: &Mapping) -> Result<Scanner, String> {
         "reading_time" => {
             Scanner::ReadingTime { max_time: positive("max_time")?, truncate: flag(cfg, "truncate", false)? }
         }
+        "json" => Scanner::Json {
+            required: match cfg.get("required_elements") {
+                None => 0,
+                Some(v) => v
+                    .as_u64()
+                    .ok_or("json 'required_elements' must be a non-negative integer")?
+                    .try_into()
+                    .map_err(|_| "json 'required_elements' is too large")?,
+            },
+            repair: flag(cfg, "repair", true)?,
+        },
+        "token_limit" => {
+            let limit = match cfg.get("limit") {
+                None => 4096,
+                Some(v) => v
+                    .as_u64()
+                    .filter(|n| *n > 0)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or("token_limit 'limit' must be a positive integer")?,
+            };
+            // KAITO takes `model_name: null` as unset, but not `encoding_name: null`.
+            let text = |key: &str, null_is_unset: bool| match cfg.get(key) {
+                None => Ok(None),
+                Some(Yaml::Null) if null_is_unset => Ok(None),
+                Some(Yaml::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+                Some(_) => Err(format!(
+                    "token_limit '{key}' must be a non-empty string{}",
+                    if null_is_unset { " when set" } else { "" }
+                )),
+            };
+            let encoding_name = text("encoding_name", false)?.unwrap_or_else(|| "cl100k_base".into());
+            // As tiktoken: a model name, when given, decides the encoding.
+            let encoding = match text("model_name", true)? {
+                Some(model) => Encoding::for_model(&model)?,
+                None => Encoding::named(&encoding_name)?,
+            };
+            Scanner::TokenLimit { limit, encoding }
+        }
         _ => unreachable!("checked by the caller"),
     })
 }
@@ -265,14 +305,7 @@ impl Policy {
             if kind.is_empty() {
                 continue;
             }
-            if ["json", "token_limit"].contains(&kind.as_str()) {
-                return Err(err(format!(
-                    "scanner {kind} is not supported by kaito-rag (it runs ban_substrings, regex, secrets, sensitive, invisible_text, reading_time): remove it, or the answers it should check would pass unchecked"
-                )));
-            }
-            if !["ban_substrings", "regex", "secrets", "sensitive", "invisible_text", "reading_time"]
-                .contains(&kind.as_str())
-            {
+            if !SCANNERS.contains(&kind.as_str()) {
                 warnings.push(format!("output_guardrails_policy_unknown_scanner type={kind}"));
                 continue;
             }
@@ -285,15 +318,7 @@ impl Policy {
                 }
             }
             match scanner(&kind, &cfg) {
-                Ok(scanner) => scanners.push(Configured {
-                    contains_all: matches!(scanner, Scanner::BanSubstrings { contains_all: true, .. }),
-                    secrets_mode: match &scanner {
-                        Scanner::Secrets { mode } => Some(*mode),
-                        _ => None,
-                    },
-                    scanner,
-                    action,
-                }),
+                Ok(scanner) => scanners.push(Configured { scanner, action }),
                 Err(e) => {
                     warnings.push(format!("output_guardrails_policy_invalid_scanner_config type={kind} error={e}"))
                 }
@@ -312,19 +337,24 @@ impl Policy {
                     "stream=true with output guardrails only supports ['ban_substrings', 'invisible_text', 'secrets', 'sensitive'] scanners. Unsupported scanner: {kind}."
                 ));
             }
-            if c.contains_all {
-                return Err("stream=true does not support contains_all=true for scanner=ban_substrings because the current windowed implementation cannot track matches across the complete response.".into());
-            }
-            if kind == "secrets" && c.action == Action::Redact && c.secrets_mode != Some(SecretsMode::All) {
-                return Err("stream=true with action=redact for scanner=secrets only supports redact_mode=all.".into());
+            match &c.scanner {
+                Scanner::BanSubstrings { contains_all: true, .. } => {
+                    return Err("stream=true does not support contains_all=true for scanner=ban_substrings because the current windowed implementation cannot track matches across the complete response.".into());
+                }
+                Scanner::Secrets { mode } if c.action == Action::Redact && *mode != SecretsMode::All => {
+                    return Err(
+                        "stream=true with action=redact for scanner=secrets only supports redact_mode=all.".into()
+                    );
+                }
+                _ => {}
             }
         }
         Ok(())
     }
 }
 
-/// How one answer fared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How one answer fared; ordered by severity, so a request's verdict is the `max` of its choices'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Verdict {
     /// Nothing found.
     Allow,
@@ -380,10 +410,10 @@ impl Guardrails {
     /// symlink, which a read follows).
     pub async fn watch(self: Arc<Self>, every: std::time::Duration) {
         let Some(path) = self.path.clone() else { return };
-        let mut seen = std::fs::read(&path).ok();
+        let mut seen = tokio::fs::read(&path).await.ok();
         loop {
             tokio::time::sleep(every).await;
-            let now = std::fs::read(&path).ok();
+            let now = tokio::fs::read(&path).await.ok();
             if now != seen {
                 seen = now;
                 let me = self.clone();
@@ -431,19 +461,9 @@ impl Guardrails {
                 message["content"] =
                     Value::String(if verdict == Verdict::Block { policy.block_message.clone() } else { out.text });
             }
-            overall = overall.max_with(verdict);
+            overall = overall.max(verdict);
         }
         Ok(overall)
-    }
-}
-
-impl Verdict {
-    fn max_with(self, other: Verdict) -> Verdict {
-        match (self, other) {
-            (Verdict::Block, _) | (_, Verdict::Block) => Verdict::Block,
-            (Verdict::Redact, _) | (_, Verdict::Redact) => Verdict::Redact,
-            _ => Verdict::Allow,
-        }
     }
 }
 
@@ -542,8 +562,22 @@ mod tests {
         // Where KAITO would run unguarded, we refuse.
         assert!(policy("- a list").0.is_err());
         assert!(policy("scanners: [unclosed").0.is_err());
-        let e = policy("scanners: [{type: json}]").0.unwrap_err();
-        assert!(e.message.contains("scanner json is not supported"), "{e}");
+        // json and token_limit: KAITO's defaults, its validation, and an encoding tiktoken does not have.
+        let (p, w) = policy(
+            "scanners:\n  - {type: json}\n  - {type: token-limit}\n  - {type: json, required_elements: -1}\n  - {type: json, repair: 'yes'}\n  - {type: token_limit, limit: 0}\n  - {type: token_limit, encoding_name: ''}\n  - {type: token_limit, encodingName: klingon}\n  - {type: token_limit, model_name: gpt-4o, encoding_name: r50k_base}\n  - {type: token_limit, model_name: null, limit: 7}",
+        );
+        let p = p.unwrap();
+        assert!(matches!(p.scanners[0].scanner, Scanner::Json { required: 0, repair: true }));
+        let limits: Vec<(usize, &str)> = p.scanners[1..]
+            .iter()
+            .map(|c| match &c.scanner {
+                Scanner::TokenLimit { limit, encoding } => (*limit, encoding.name),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(limits, [(4096, "cl100k_base"), (4096, "o200k_base"), (7, "cl100k_base")]);
+        assert_eq!(w.len(), 5, "{w:#?}");
+        assert!(w[4].contains("\"klingon\" is not a tiktoken encoding"), "{w:#?}");
         assert_eq!(policy("scanners: {type: regex}").1, ["output_guardrails_policy_invalid_scanners path=p.yaml"]);
     }
 

@@ -2,6 +2,7 @@
 //! their matching and redaction rules. None needs a model: they are substrings, regular expressions (Python `re`
 //! syntax, through fancy-regex: look-around and back-references work), Unicode categories and word counts.
 
+use super::json;
 use fancy_regex::Regex;
 use std::sync::LazyLock;
 
@@ -12,7 +13,7 @@ pub const REDACTED: &str = "[REDACTED]";
 #[derive(Debug, Clone)]
 pub enum Scanner {
     /// `ban_substrings`: substrings, as words or anywhere.
-    BanSubstrings { substrings: Vec<String>, word: bool, case_sensitive: bool, contains_all: bool },
+    BanSubstrings { terms: Vec<Banned>, word: bool, case_sensitive: bool, contains_all: bool },
     /// `regex`: the first pattern that matches decides.
     Regex { patterns: Vec<Pattern>, is_blocked: bool, mode: RegexMode },
     /// `secrets`: credentials by the shape their issuers give them.
@@ -23,6 +24,101 @@ pub enum Scanner {
     InvisibleText,
     /// `reading_time`: at most `max_time` minutes at 200 words a minute.
     ReadingTime { max_time: f64, truncate: bool },
+    /// `json`: every JSON object in the answer parses (after repair, when allowed), and at least `required` do.
+    Json { required: usize, repair: bool },
+    /// `token_limit`: fewer than `limit` tokens; an answer that reaches it is cut to its first `limit` tokens.
+    TokenLimit { limit: usize, encoding: Encoding },
+}
+
+/// A tiktoken encoding (tiktoken-rs bundles OpenAI's; loaded once per process, on first use).
+#[derive(Clone)]
+pub struct Encoding {
+    /// tiktoken's name for it.
+    pub name: &'static str,
+    bpe: &'static tiktoken_rs::CoreBPE,
+}
+
+impl std::fmt::Debug for Encoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl Encoding {
+    /// tiktoken's encodings by name (`tiktoken.get_encoding`).
+    const NAMED: [(&'static str, tiktoken_rs::tokenizer::Tokenizer); 7] = {
+        use tiktoken_rs::tokenizer::Tokenizer as T;
+        [
+            ("gpt2", T::Gpt2),
+            ("r50k_base", T::R50kBase),
+            ("p50k_base", T::P50kBase),
+            ("p50k_edit", T::P50kEdit),
+            ("cl100k_base", T::Cl100kBase),
+            ("o200k_base", T::O200kBase),
+            ("o200k_harmony", T::O200kHarmony),
+        ]
+    };
+
+    /// `tiktoken.get_encoding(name)`.
+    pub fn named(name: &str) -> Result<Encoding, String> {
+        let (name, tokenizer) = Self::NAMED.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+            let known: Vec<&str> = Self::NAMED.iter().map(|(n, _)| *n).collect();
+            format!("token_limit 'encoding_name' {name:?} is not a tiktoken encoding (one of {known:?})")
+        })?;
+        Self::load(name, *tokenizer)
+    }
+
+    /// `tiktoken.encoding_for_model(model)`: OpenAI's model names and prefixes.
+    pub fn for_model(model: &str) -> Result<Encoding, String> {
+        let tokenizer = tiktoken_rs::tokenizer::get_tokenizer(model)
+            .ok_or_else(|| format!("token_limit 'model_name' {model:?} has no tiktoken encoding"))?;
+        let name = Self::NAMED.iter().find(|(_, t)| *t == tokenizer).map(|(n, _)| *n).unwrap_or("gpt2");
+        Self::load(name, tokenizer)
+    }
+
+    fn load(name: &'static str, tokenizer: tiktoken_rs::tokenizer::Tokenizer) -> Result<Encoding, String> {
+        let bpe = tiktoken_rs::bpe_for_tokenizer(tokenizer).map_err(|e| format!("encoding {name}: {e}"))?;
+        Ok(Encoding { name, bpe })
+    }
+
+    /// The tokens of `text`. Special-token text (`<|endoftext|>`) counts as ordinary text: tiktoken's `encode`
+    /// raises on it, which would fail every such answer closed.
+    pub fn encode(&self, text: &str) -> Vec<tiktoken_rs::Rank> {
+        self.bpe.encode_ordinary(text)
+    }
+
+    /// The text of `tokens`, a split UTF-8 sequence replaced by U+FFFD (tiktoken's `errors="replace"`).
+    pub fn decode(&self, tokens: &[tiktoken_rs::Rank]) -> String {
+        let bytes = self.bpe.decode_bytes(tokens).expect("tokens this encoding produced decode");
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// A banned substring with its matchers, compiled once when the policy loads: the answer path only runs them.
+#[derive(Debug, Clone)]
+pub struct Banned {
+    /// As the policy wrote it, lowercased when matching ignores case.
+    pub text: String,
+    /// Every occurrence, case folded as configured (redaction, and the stream's word matcher).
+    anywhere: regex::Regex,
+    /// As a whole word in the folded text (llm-guard's `\b..\b`).
+    word: regex::Regex,
+}
+
+impl Banned {
+    /// Compiles the matchers for `text`; a literal always compiles, so the error only guards the size limit.
+    pub fn new(text: &str, case_sensitive: bool) -> Result<Banned, String> {
+        let text = if case_sensitive { text.to_string() } else { text.to_lowercase() };
+        let quoted = regex::escape(&text);
+        let flags = if case_sensitive { "" } else { "(?i)" };
+        let compile = |p: String| regex::Regex::new(&p).map_err(|e| format!("substring {text:?}: {e}"));
+        Ok(Banned { anywhere: compile(format!("{flags}{quoted}"))?, word: compile(format!(r"\b{quoted}\b"))?, text })
+    }
+
+    /// The occurrences of this substring in `s` (case folded as configured).
+    pub fn find_iter<'s>(&self, s: &'s str) -> impl Iterator<Item = regex::Match<'s>> {
+        self.anywhere.find_iter(s)
+    }
 }
 
 /// A regex pattern compiled for searching and for whole-text matching.
@@ -175,6 +271,8 @@ impl Scanner {
             Scanner::Sensitive { .. } => "sensitive",
             Scanner::InvisibleText => "invisible_text",
             Scanner::ReadingTime { .. } => "reading_time",
+            Scanner::Json { .. } => "json",
+            Scanner::TokenLimit { .. } => "token_limit",
         }
     }
 
@@ -186,34 +284,21 @@ impl Scanner {
         }
         let fail = |e: fancy_regex::Error| ScanError { scanner: self.kind(), message: e.to_string() };
         Ok(match self {
-            Scanner::BanSubstrings { substrings, word, case_sensitive, contains_all } => {
+            Scanner::BanSubstrings { terms, word, case_sensitive, contains_all } => {
                 let hay = if *case_sensitive { text.to_string() } else { text.to_lowercase() };
-                let mut matched = Vec::new();
-                for s in substrings {
-                    let s = if *case_sensitive { s.clone() } else { s.to_lowercase() };
-                    let found = if *word {
-                        Regex::new(&format!(r"\b{}\b", fancy_regex::escape(&s)))
-                            .map_err(fail)?
-                            .is_match(&hay)
-                            .map_err(fail)?
-                    } else {
-                        hay.contains(&s)
-                    };
-                    if found {
-                        matched.push(s);
-                    }
-                }
-                let hit = if *contains_all { matched.len() == substrings.len() } else { !matched.is_empty() };
+                let matched: Vec<&Banned> = terms
+                    .iter()
+                    .filter(|t| if *word { t.word.is_match(&hay) } else { hay.contains(&t.text) })
+                    .collect();
+                let hit = if *contains_all { matched.len() == terms.len() } else { !matched.is_empty() };
                 if !hit {
                     return Ok(Scan::pass(text));
                 }
                 let mut out = text.to_string();
                 if redact {
                     // llm-guard replaces every occurrence of each matched substring, without the word check.
-                    for s in &matched {
-                        let flags = if *case_sensitive { "" } else { "(?i)" };
-                        let re = Regex::new(&format!("{flags}{}", fancy_regex::escape(s))).map_err(fail)?;
-                        out = re.replace_all(&out, REDACTED).into_owned();
+                    for t in &matched {
+                        out = t.anywhere.replace_all(&out, REDACTED).into_owned();
                     }
                 }
                 Scan::hit(out)
@@ -301,6 +386,38 @@ impl Scanner {
                 let keep = (max_time * 200.0) as usize;
                 Scan::hit(if *truncate { words[..keep.min(words.len())].join(" ") } else { text.into() })
             }
+            Scanner::Json { required, repair } => {
+                let mut out = text.to_string();
+                let found = json::candidates(text);
+                let mut valid = 0;
+                for &(a, b) in &found {
+                    let candidate = &text[a..b];
+                    if json::is_valid(candidate) {
+                        valid += 1;
+                    } else if *repair {
+                        let fixed = json::repair(candidate).map_err(|_| ScanError {
+                            scanner: "json",
+                            message: format!(
+                                "a JSON object nests deeper than {} levels",
+                                super::json_repair::MAX_DEPTH
+                            ),
+                        })?;
+                        if json::is_valid(&fixed) {
+                            valid += 1;
+                            // llm-guard replaces every occurrence, in the text as repaired so far.
+                            out = out.replace(candidate, &fixed);
+                        }
+                    }
+                }
+                Scan { text: out, valid: valid >= *required && valid == found.len() }
+            }
+            Scanner::TokenLimit { limit, encoding } => {
+                let tokens = encoding.encode(text);
+                if tokens.len() < *limit {
+                    return Ok(Scan::pass(text));
+                }
+                Scan::hit(encoding.decode(&tokens[..*limit]))
+            }
         })
     }
 }
@@ -385,18 +502,10 @@ pub fn redact_secret(secret: &str, mode: SecretsMode) -> String {
 
 /// The streaming word matcher (KAITO's): where `sub` occurs in `s` as a word, given the character before `s`
 /// (`preceding`); a match touching the end is unconfirmed until `flush`, since the next chunk may extend the word.
-pub fn word_spans(
-    s: &str,
-    sub: &str,
-    case_sensitive: bool,
-    preceding: Option<char>,
-    flush: bool,
-) -> Vec<(usize, usize)> {
+pub fn word_spans(s: &str, sub: &Banned, preceding: Option<char>, flush: bool) -> Vec<(usize, usize)> {
     let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
-    let flags = if case_sensitive { "" } else { "(?i)" };
-    let Ok(re) = regex::Regex::new(&format!("{flags}{}", regex::escape(sub))) else { return Vec::new() };
     let mut spans = Vec::new();
-    for m in re.find_iter(s) {
+    for m in sub.find_iter(s) {
         let (start, end) = (m.start(), m.end());
         let left = if start > 0 { s[..start].chars().next_back() } else { preceding };
         let first = s[start..].chars().next();
@@ -468,7 +577,7 @@ mod tests {
     #[test]
     fn substrings_regex_invisible_and_reading_time() {
         let ban = |word: bool| Scanner::BanSubstrings {
-            substrings: vec!["unsafe".into()],
+            terms: vec![Banned::new("unsafe", false).unwrap()],
             word,
             case_sensitive: false,
             contains_all: false,
@@ -500,11 +609,14 @@ mod tests {
 
     #[test]
     fn streaming_word_matcher_waits_for_the_next_character() {
-        assert_eq!(word_spans("x unsafe", "unsafe", false, None, false), []);
-        assert_eq!(word_spans("x unsafe", "unsafe", false, None, true), [(2, 8)]);
-        assert_eq!(word_spans("x unsafeish", "unsafe", false, None, true), []);
-        assert_eq!(word_spans("safe", "safe", false, Some('a'), true), [], "the word began in emitted text");
-        assert_eq!(word_spans("UNSAFE unsafe", "unsafe", true, None, true), [(7, 13)]);
-        assert_eq!(word_spans(" a.b ", ".", false, None, true), [(2, 3)]);
+        let term = |s: &str, case_sensitive: bool| Banned::new(s, case_sensitive).unwrap();
+        let unsafe_ = term("unsafe", false);
+        assert_eq!(word_spans("x unsafe", &unsafe_, None, false), []);
+        assert_eq!(word_spans("x unsafe", &unsafe_, None, true), [(2, 8)]);
+        assert_eq!(word_spans("x UNSAFEish", &unsafe_, None, true), []);
+        assert_eq!(word_spans("x UnSafe", &unsafe_, None, true), [(2, 8)]);
+        assert_eq!(word_spans("safe", &term("safe", false), Some('a'), true), [], "the word began in emitted text");
+        assert_eq!(word_spans("UNSAFE unsafe", &term("unsafe", true), None, true), [(7, 13)]);
+        assert_eq!(word_spans(" a.b ", &term(".", false), None, true), [(2, 3)]);
     }
 }

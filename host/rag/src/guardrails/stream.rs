@@ -10,6 +10,9 @@ use crate::metrics::Metrics;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
+/// The frame that ends an event stream.
+const DONE: &str = "data: [DONE]\n\n";
+
 /// Characters always held back (KAITO's floor).
 const MIN_HOLDBACK: usize = 256;
 
@@ -38,9 +41,9 @@ impl Window {
             .scanners
             .iter()
             .filter_map(|c| match &c.scanner {
-                Scanner::BanSubstrings { substrings, word, .. } => substrings
+                Scanner::BanSubstrings { terms, word, .. } => terms
                     .iter()
-                    .map(|s| if *word { s.chars().count() } else { s.chars().count().saturating_sub(1) })
+                    .map(|t| if *word { t.text.chars().count() } else { t.text.chars().count().saturating_sub(1) })
                     .max(),
                 _ => None,
             })
@@ -109,9 +112,8 @@ impl Window {
 
 /// Spans of a word-matched ban_substrings scanner in `s`, overlapping ones merged.
 fn banned_words(scanner: &Scanner, s: &str, preceding: Option<char>, flush: bool) -> Option<Vec<(usize, usize)>> {
-    let Scanner::BanSubstrings { substrings, word: true, case_sensitive, .. } = scanner else { return None };
-    let mut spans: Vec<(usize, usize)> =
-        substrings.iter().flat_map(|sub| word_spans(s, sub, *case_sensitive, preceding, flush)).collect();
+    let Scanner::BanSubstrings { terms, word: true, .. } = scanner else { return None };
+    let mut spans: Vec<(usize, usize)> = terms.iter().flat_map(|t| word_spans(s, t, preceding, flush)).collect();
     spans.sort();
     let mut merged: Vec<(usize, usize)> = Vec::new();
     for (a, b) in spans {
@@ -288,45 +290,56 @@ impl StreamGuard {
     /// The LLM closed the stream without `[DONE]`: send what is left (no `[DONE]`, as KAITO).
     pub fn finish(&mut self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.done {
-            return out;
+        if !self.done {
+            self.end(&mut out, false);
         }
-        match self.window.flush(&self.policy) {
-            Err(Blocked) => return self.refuse(),
-            Ok(text) => out.extend(text.map(|t| chunk(&t))),
-        }
-        self.done = true;
-        self.count_redact();
         out
     }
 
     fn event(&mut self, raw: &str, out: &mut Vec<String>) {
         match parse_event(raw) {
-            Event::Done => match self.window.flush(&self.policy) {
-                Err(Blocked) => out.extend(self.refuse()),
-                Ok(text) => {
-                    out.extend(text.map(|t| chunk(&t)));
-                    out.push("data: [DONE]\n\n".into());
-                    self.done = true;
-                    self.count_redact();
-                }
-            },
+            Event::Done => self.end(out, true),
             Event::Refused => out.extend(self.refuse()),
             Event::Empty => {}
             Event::Choice { content, finish, raw } => {
                 if let Some(content) = content {
-                    match self.window.feed(&self.policy, &content) {
-                        Err(Blocked) => return out.extend(self.refuse()),
-                        Ok(text) => out.extend(text.map(|t| chunk(&t))),
+                    let fed = self.window.feed(&self.policy, &content);
+                    if !self.pass(fed, out) {
+                        return;
                     }
                 }
                 if finish {
-                    match self.window.flush(&self.policy) {
-                        Err(Blocked) => return out.extend(self.refuse()),
-                        Ok(text) => out.extend(text.map(|t| chunk(&t))),
+                    let fed = self.window.flush(&self.policy);
+                    if self.pass(fed, out) {
+                        out.push(format!("{raw}\n\n"));
                     }
-                    out.push(format!("{raw}\n\n"));
                 }
+            }
+        }
+    }
+
+    /// Flushes the window and ends the stream, with `[DONE]` when the LLM sent one.
+    fn end(&mut self, out: &mut Vec<String>, with_done: bool) {
+        let fed = self.window.flush(&self.policy);
+        if self.pass(fed, out) {
+            if with_done {
+                out.push(DONE.into());
+            }
+            self.done = true;
+            self.count_redact();
+        }
+    }
+
+    /// Sends what the window let through, or KAITO's refusal; `false` once refused.
+    fn pass(&mut self, fed: Fed, out: &mut Vec<String>) -> bool {
+        match fed {
+            Ok(text) => {
+                out.extend(text.map(|t| chunk(&t)));
+                true
+            }
+            Err(Blocked) => {
+                out.extend(self.refuse());
+                false
             }
         }
     }
@@ -342,7 +355,7 @@ impl StreamGuard {
         self.done = true;
         self.metrics.guardrails.count_action("block");
         let filter = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "content_filter"}]});
-        vec![chunk(&self.policy.block_message), format!("data: {filter}\n\n"), "data: [DONE]\n\n".into()]
+        vec![chunk(&self.policy.block_message), format!("data: {filter}\n\n"), DONE.into()]
     }
 }
 
