@@ -106,9 +106,13 @@ fn smollm2_adapters_match_peft_alone_and_batched_with_the_base_model() {
     // KAITO's strength scales the adapter: 0 is the base model, 0.5 lands between.
     let zero = Adapter::load_with_strength("zero", &dir_a, &shape, 0.0).unwrap();
     let half = Adapter::load_with_strength("half", &dir_a, &shape, 0.5).unwrap();
-    let (scaled, _) = batched(&model, &[(&p1, Some(&zero)), (&p1, Some(&half))]);
-    assert!(max_diff(&scaled[0], &plain[0]) < 1e-5, "strength 0 is the base model");
-    let (to_base, to_full) = (max_diff(&scaled[1], &plain[0]), max_diff(&scaled[1], &want_a));
+    // The same prompt at another place in the packed batch goes through other GEMM tiles, which round
+    // differently (2.2e-5 apart on one of our CI machines), so "the same" is within the bound the neighbours
+    // check above uses; strength 0.5 moves them by more than 1e-3.
+    let (scaled, _) = batched(&model, &[(&p1, Some(&zero)), (&p1, Some(&half)), (&p1, None)]);
+    let d0 = max_diff(&scaled[0], &scaled[2]);
+    assert!(d0 < 1e-4, "strength 0 is the base model: logits differ by {d0}");
+    let (to_base, to_full) = (max_diff(&scaled[1], &scaled[2]), max_diff(&scaled[1], &want_a));
     assert!(to_base > 1e-3 && to_full > 1e-3, "strength 0.5 is neither: {to_base}, {to_full}");
     assert!(Adapter::load_with_strength("over", &dir_a, &shape, 1.5).is_err());
 }
