@@ -17,39 +17,48 @@ import types
 
 import tiktoken.load
 
-request = json.load(sys.stdin)
-assets = request["tiktoken_assets"]
+
+def use_bundled_encodings(assets: str) -> None:
+    """tiktoken reads OpenAI's encodings from `assets` (tiktoken-rs's bundled files) instead of downloading."""
+
+    def bundled(blobpath: str) -> bytes:
+        with open(os.path.join(assets, os.path.basename(blobpath)), "rb") as f:
+            return f.read()
+
+    tiktoken.load.read_file = bundled
+    os.environ["TIKTOKEN_CACHE_DIR"] = ""
 
 
-def bundled(blobpath: str) -> bytes:
-    with open(os.path.join(assets, os.path.basename(blobpath)), "rb") as f:
-        return f.read()
+# llm-guard's packages without their __init__ files, which import every scanner and its models.
+_root = importlib.util.find_spec("llm_guard").submodule_search_locations[0]
+for _name, _sub in [("llm_guard", ""), ("llm_guard.output_scanners", "output_scanners"),
+                    ("llm_guard.input_scanners", "input_scanners")]:
+    _package = types.ModuleType(_name)
+    _package.__path__ = [os.path.join(_root, _sub)]
+    sys.modules.setdefault(_name, _package)
 
 
-tiktoken.load.read_file = bundled
-os.environ["TIKTOKEN_CACHE_DIR"] = ""
+def main():
+    from llm_guard.input_scanners.token_limit import TokenLimit
+    from llm_guard.output_scanners.json import JSON
+    import structlog
 
-root = importlib.util.find_spec("llm_guard").submodule_search_locations[0]
-for name, sub in [("llm_guard", ""), ("llm_guard.output_scanners", "output_scanners"),
-                  ("llm_guard.input_scanners", "input_scanners")]:
-    package = types.ModuleType(name)
-    package.__path__ = [os.path.join(root, sub)]
-    sys.modules[name] = package
+    request = json.load(sys.stdin)
+    use_bundled_encodings(request["tiktoken_assets"])
+    # llm-guard logs every invalid candidate; stdout carries the answer.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
 
-from llm_guard.input_scanners.token_limit import TokenLimit  # noqa: E402
-from llm_guard.output_scanners.json import JSON  # noqa: E402
-import structlog  # noqa: E402
+    out = []
+    for case in request["cases"]:
+        if case["scanner"] == "json":
+            scanner = JSON(required_elements=case["required"], repair=case["repair"])
+            text, valid, _ = scanner.scan("", case["text"])
+        else:
+            scanner = TokenLimit(limit=case["limit"], encoding_name=case["encoding"])
+            text, valid, _ = scanner.scan(case["text"])
+        out.append([text, valid])
+    json.dump(out, sys.stdout)
 
-# llm-guard logs every invalid candidate; stdout carries the answer.
-structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
 
-out = []
-for case in request["cases"]:
-    if case["scanner"] == "json":
-        scanner = JSON(required_elements=case["required"], repair=case["repair"])
-        text, valid, _ = scanner.scan("", case["text"])
-    else:
-        scanner = TokenLimit(limit=case["limit"], encoding_name=case["encoding"])
-        text, valid, _ = scanner.scan(case["text"])
-    out.append([text, valid])
-json.dump(out, sys.stdout)
+if __name__ == "__main__":
+    main()

