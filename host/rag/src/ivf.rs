@@ -1,6 +1,8 @@
 //! A coarse partition of a large index (an inverted file): spherical k-means
 //! centroids trained on a sample, each row filed under its nearest centroid.
-//! A query scans only the rows of its `nprobe` nearest lists.
+//! A query scans only the rows of its `nprobe` nearest lists. Each list keeps
+//! its rows' binary codes side by side, as FAISS's inverted lists do: a probe
+//! then reads its lists' codes in order instead of one scattered row at a time.
 
 use crate::kernels::{DOT, TopK};
 
@@ -13,17 +15,21 @@ const ROUNDS: usize = 6;
 #[derive(Debug, Clone)]
 pub struct Ivf {
     dim: usize,
+    /// u64 words per code.
+    words: usize,
     centroids: Vec<f32>,
     /// Row numbers per list.
     lists: Vec<Vec<u32>>,
+    /// Codes per list, in the order of `lists`.
+    codes: Vec<Vec<u64>>,
     /// List of each row.
     row_list: Vec<u32>,
 }
 
 impl Ivf {
     /// Trains about sqrt(n) centroids on a sample of `data` (row-major, unit
-    /// rows) and files every row.
-    pub fn train(data: &[f32], dim: usize) -> Ivf {
+    /// rows) and files every row with its code (`codes`, row-major, `words` per row).
+    pub fn train(data: &[f32], dim: usize, codes: &[u64], words: usize) -> Ivf {
         let n = data.len() / dim;
         let nlist = ((n as f64).sqrt() as usize).clamp(16, 1024).min(n.max(1));
         let step = (n / SAMPLE).max(1);
@@ -31,7 +37,14 @@ impl Ivf {
         let pick = (sample.len() / nlist).max(1);
         let mut centroids: Vec<f32> = sample.iter().step_by(pick).take(nlist).flat_map(|r| r.iter().copied()).collect();
         let nlist = centroids.len() / dim;
-        let mut ivf = Ivf { dim, centroids: Vec::new(), lists: vec![Vec::new(); nlist], row_list: Vec::new() };
+        let mut ivf = Ivf {
+            dim,
+            words,
+            centroids: Vec::new(),
+            lists: vec![Vec::new(); nlist],
+            codes: vec![Vec::new(); nlist],
+            row_list: Vec::new(),
+        };
         for _ in 0..ROUNDS {
             ivf.centroids = centroids.clone();
             let mut sums = vec![0f32; nlist * dim];
@@ -56,9 +69,26 @@ impl Ivf {
         for (row, r) in data.chunks_exact(dim).enumerate() {
             let l = ivf.nearest(r);
             ivf.lists[l].push(row as u32);
+            ivf.codes[l].extend_from_slice(&codes[row * words..(row + 1) * words]);
             ivf.row_list.push(l as u32);
         }
         ivf
+    }
+
+    /// Bytes held by centroids, lists and codes.
+    pub fn memory_bytes(&self) -> usize {
+        self.centroids.len() * 4 + self.row_list.len() * (4 + 4 + self.words * 8)
+    }
+
+    /// Replaces every row's code (`codes`, row-major), after the codes were recomputed.
+    pub fn recode(&mut self, codes: &[u64]) {
+        let w = self.words;
+        for (rows, list_codes) in self.lists.iter().zip(&mut self.codes) {
+            list_codes.clear();
+            for &r in rows {
+                list_codes.extend_from_slice(&codes[r as usize * w..(r as usize + 1) * w]);
+            }
+        }
     }
 
     /// Number of lists.
@@ -78,35 +108,47 @@ impl Ivf {
         best.1
     }
 
-    /// The rows of the `nprobe` lists nearest `q`.
+    /// The `nprobe` lists nearest `q`, nearest first.
     pub fn probe(&self, q: &[f32], nprobe: usize) -> Vec<u32> {
         let dot = *DOT;
         let mut top = TopK::new(nprobe.min(self.nlist()));
         for (l, c) in self.centroids.chunks_exact(self.dim).enumerate() {
             top.push(l as u32, dot(q, c));
         }
-        top.into_sorted().iter().flat_map(|h| self.lists[h.id as usize].iter().copied()).collect()
+        top.into_sorted().iter().map(|h| h.id).collect()
     }
 
-    /// Files a new row (the next row number).
-    pub fn push(&mut self, v: &[f32]) {
+    /// A list's rows and their codes (`words` per row, in the same order).
+    pub fn list(&self, l: u32) -> (&[u32], &[u64]) {
+        (&self.lists[l as usize], &self.codes[l as usize])
+    }
+
+    /// Files a new row (the next row number) with its code.
+    pub fn push(&mut self, v: &[f32], code: &[u64]) {
         let l = self.nearest(v);
         self.lists[l].push(self.row_list.len() as u32);
+        self.codes[l].extend_from_slice(code);
         self.row_list.push(l as u32);
     }
 
-    /// Refiles `row` after its vector changed.
-    pub fn refile(&mut self, row: usize, v: &[f32]) {
+    /// Refiles `row` after its vector (and code) changed.
+    pub fn refile(&mut self, row: usize, v: &[f32], code: &[u64]) {
         self.unfile(row);
         let l = self.nearest(v);
         self.lists[l].push(row as u32);
+        self.codes[l].extend_from_slice(code);
         self.row_list[row] = l as u32;
     }
 
+    /// Takes `row` out of its list; the list's last row fills its place, code too.
     fn unfile(&mut self, row: usize) {
-        let list = &mut self.lists[self.row_list[row] as usize];
+        let l = self.row_list[row] as usize;
+        let (list, codes, w) = (&mut self.lists[l], &mut self.codes[l], self.words);
         if let Some(i) = list.iter().position(|&r| r as usize == row) {
+            let last = list.len() - 1;
             list.swap_remove(i);
+            codes.copy_within(last * w..(last + 1) * w, i * w);
+            codes.truncate(last * w);
         }
     }
 

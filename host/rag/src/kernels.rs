@@ -40,7 +40,8 @@ pub static DOT: LazyLock<DotFn> = LazyLock::new(|| {
     dot_portable
 });
 
-/// A scan of every code's Hamming distance to a query code, with a histogram of the distances.
+/// A scan of every code's Hamming distance to a query code, appended to `out`, each distance counted in `hist`
+/// (so one query's scans of several lists add up).
 pub type ScanFn = fn(&[u64], &[u64], usize, &mut Vec<u16>, &mut [u32]);
 
 /// Hamming distances of all rows, one call per query (not one per row).
@@ -77,11 +78,25 @@ fn scan_dispatch(q: &[u64], codes: &[u64], words: usize, out: &mut Vec<u16>, his
 #[inline(always)]
 fn scan_fixed<const W: usize>(q: &[u64], codes: &[u64], out: &mut Vec<u16>, hist: &mut [u32]) {
     let q: [u64; W] = q[..W].try_into().expect("query code width");
+    let start = out.len();
+    if codes.len() < 4096 * W {
+        // A short run (one inverted list): four histograms would cost more to
+        // clear and fold than the increments they spare.
+        out.resize(start + codes.len() / W, 0);
+        for (code, slot) in codes.chunks_exact(W).zip(&mut out[start..]) {
+            let mut d = 0;
+            for w in 0..W {
+                d += (q[w] ^ code[w]).count_ones();
+            }
+            *slot = d as u16;
+            hist[d as usize] += 1;
+        }
+        return;
+    }
     // Four histograms, so consecutive rows at the same distance do not wait
     // on each other's increment.
     let bins = hist.len();
     let mut lanes = vec![0u32; 4 * bins];
-    let start = out.len();
     out.resize(start + codes.len() / W, 0);
     for (i, (code, slot)) in codes.chunks_exact(W).zip(&mut out[start..]).enumerate() {
         let mut d = 0;
