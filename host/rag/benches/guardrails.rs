@@ -18,7 +18,6 @@ use kaito_rag::guardrails::Policy;
 use kaito_rag::guardrails::scanners::Scanner;
 use serde_json::{Value, json};
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -92,28 +91,6 @@ fn rows() -> Vec<Row> {
     ]
 }
 
-/// The directory of OpenAI's encoding files that tiktoken-rs (at the version Cargo.lock pins) bundles.
-fn tiktoken_assets() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let lock = std::fs::read_to_string(root.join("Cargo.lock")).expect("Cargo.lock");
-    let version = lock
-        .split("[[package]]")
-        .find(|p| p.contains("name = \"tiktoken-rs\""))
-        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
-        .map(|v| v.trim_end_matches('"').to_string())
-        .expect("tiktoken-rs in Cargo.lock");
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cargo"));
-    let registry = cargo_home.join("registry/src");
-    std::fs::read_dir(&registry)
-        .unwrap_or_else(|e| panic!("{}: {e}", registry.display()))
-        .flatten()
-        .map(|d| d.path().join(format!("tiktoken-rs-{version}/assets")))
-        .find(|p| p.join("cl100k_base.tiktoken").is_file())
-        .unwrap_or_else(|| panic!("tiktoken-rs {version}'s assets are not under {}", registry.display()))
-}
-
 /// Mean seconds per answer on this thread, over as many passes as take a second.
 fn one_thread(scanner: &Scanner, texts: &[String]) -> f64 {
     let start = Instant::now();
@@ -163,7 +140,7 @@ fn main() {
         .spawn()
         .expect("python starts");
     let request = json!({
-        "tiktoken_assets": tiktoken_assets(),
+        "tiktoken_assets": common::tiktoken_assets(),
         "answers": answers,
         "sentences": 5,
         "json_answers": json_answers,

@@ -8,7 +8,6 @@ mod common;
 use kaito_rag::guardrails::Policy;
 use serde_json::{Value, json};
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 /// Answers for token_limit: prose, code, other scripts, emoji.
@@ -19,28 +18,6 @@ const TOKEN_ANSWERS: [&str; 5] = [
     "Emoji 😀🎉 and accents: déjà vu, naïve, Ångström.",
     "hello world",
 ];
-
-/// The directory of OpenAI's encoding files that tiktoken-rs (at the version Cargo.lock pins) bundles.
-fn tiktoken_assets() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let lock = std::fs::read_to_string(root.join("Cargo.lock")).expect("Cargo.lock");
-    let version = lock
-        .split("[[package]]")
-        .find(|p| p.contains("name = \"tiktoken-rs\""))
-        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
-        .map(|v| v.trim_end_matches('"').to_string())
-        .expect("tiktoken-rs in Cargo.lock");
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cargo"));
-    let registry = cargo_home.join("registry/src");
-    std::fs::read_dir(&registry)
-        .unwrap_or_else(|e| panic!("{}: {e}", registry.display()))
-        .flatten()
-        .map(|d| d.path().join(format!("tiktoken-rs-{version}/assets")))
-        .find(|p| p.join("cl100k_base.tiktoken").is_file())
-        .unwrap_or_else(|| panic!("tiktoken-rs {version}'s assets are not under {}", registry.display()))
-}
 
 #[test]
 fn json_and_token_limit_agree_with_llm_guard() {
@@ -76,7 +53,7 @@ fn json_and_token_limit_agree_with_llm_guard() {
         .spawn()
         .expect("python starts");
     let request = json!({
-        "tiktoken_assets": tiktoken_assets(),
+        "tiktoken_assets": common::tiktoken_assets(),
         "cases": cases.iter().map(|c| &c.1).collect::<Vec<_>>(),
     });
     child.stdin.take().unwrap().write_all(request.to_string().as_bytes()).unwrap();

@@ -11,6 +11,8 @@
 
 use super::vector_db::ChunkSet;
 use crate::error::Result;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tantivy::collector::{FilterCollector, TopDocs};
@@ -186,9 +188,16 @@ impl TextIndex {
             }
         };
         let mut out = Vec::with_capacity(hits.len());
+        // The chunk id is read from its fast field (nothing is stored in tantivy); each segment's column is
+        // opened once per query, not once per hit.
+        let mut columns = HashMap::new();
         for (score, addr) in hits {
-            // The chunk id is read from its fast field (nothing is stored in tantivy).
-            let ids = searcher.segment_reader(addr.segment_ord).fast_fields().u64("chunk").map_err(tantivy_err)?;
+            let ids = match columns.entry(addr.segment_ord) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    e.insert(searcher.segment_reader(addr.segment_ord).fast_fields().u64("chunk").map_err(tantivy_err)?)
+                }
+            };
             if let Some(id) = ids.first(addr.doc_id) {
                 out.push((id as u32, score));
             }

@@ -12,7 +12,7 @@ use kaito_rag::metrics::Metrics;
 use kaito_rag::service::AppState;
 use kaito_rag::store::{Store, StoreOptions};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use tower::ServiceExt;
 
@@ -63,4 +63,26 @@ pub async fn call(state: &Arc<AppState>, method: &str, path: &str, body: &str) -
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())))
+}
+
+/// The directory of OpenAI's encoding files that tiktoken-rs (at the version Cargo.lock pins) bundles.
+pub fn tiktoken_assets() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).expect("Cargo.lock");
+    let version = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"tiktoken-rs\""))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
+        .map(|v| v.trim_end_matches('"').to_string())
+        .expect("tiktoken-rs in Cargo.lock");
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cargo"));
+    let registry = cargo_home.join("registry/src");
+    std::fs::read_dir(&registry)
+        .unwrap_or_else(|e| panic!("{}: {e}", registry.display()))
+        .flatten()
+        .map(|d| d.path().join(format!("tiktoken-rs-{version}/assets")))
+        .find(|p| p.join("cl100k_base.tiktoken").is_file())
+        .unwrap_or_else(|| panic!("tiktoken-rs {version}'s assets are not under {}", registry.display()))
 }
