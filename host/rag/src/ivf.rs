@@ -7,9 +7,64 @@
 use crate::kernels::{DOT, TopK};
 
 /// Rows sampled to train the centroids.
-const SAMPLE: usize = 16_384;
+pub const SAMPLE: usize = 16_384;
 /// k-means rounds over the sample.
 const ROUNDS: usize = 6;
+
+/// Lists for an index of `n` rows: about sqrt(n).
+pub fn nlist_for(n: usize) -> usize {
+    ((n as f64).sqrt() as usize).clamp(16, 1024).min(n.max(1))
+}
+
+/// Spherical k-means: about `nlist` unit centroids (row-major) trained on `sample` (unit rows).
+pub fn train_centroids(sample: &[&[f32]], dim: usize, nlist: usize) -> Vec<f32> {
+    let pick = (sample.len() / nlist.max(1)).max(1);
+    let mut centroids: Vec<f32> = sample.iter().step_by(pick).take(nlist).flat_map(|r| r.iter().copied()).collect();
+    let nlist = centroids.len() / dim;
+    for _ in 0..ROUNDS {
+        let mut sums = vec![0f32; nlist * dim];
+        let mut counts = vec![0usize; nlist];
+        for r in sample {
+            let l = nearest(&centroids, dim, r);
+            counts[l] += 1;
+            for (s, x) in sums[l * dim..(l + 1) * dim].iter_mut().zip(r.iter()) {
+                *s += x;
+            }
+        }
+        for l in 0..nlist {
+            // An empty cluster keeps its centroid.
+            if counts[l] > 0 {
+                let c = &mut sums[l * dim..(l + 1) * dim];
+                crate::kernels::normalize(c);
+                centroids[l * dim..(l + 1) * dim].copy_from_slice(c);
+            }
+        }
+    }
+    centroids
+}
+
+/// The centroid (of `centroids`, row-major) nearest `v`.
+pub fn nearest(centroids: &[f32], dim: usize, v: &[f32]) -> usize {
+    let dot = *DOT;
+    let mut best = (f32::MIN, 0);
+    for (l, c) in centroids.chunks_exact(dim).enumerate() {
+        let s = dot(v, c);
+        if s > best.0 {
+            best = (s, l);
+        }
+    }
+    best.1
+}
+
+/// The `nprobe` centroids nearest `q`, nearest first.
+pub fn probe(centroids: &[f32], dim: usize, q: &[f32], nprobe: usize) -> Vec<u32> {
+    let dot = *DOT;
+    let mut top = TopK::new(nprobe.min(centroids.len() / dim));
+    for (l, c) in centroids.chunks_exact(dim).enumerate() {
+        top.push(l as u32, dot(q, c));
+    }
+    top.into_sorted().iter().map(|h| h.id).collect()
+}
 
 /// Centroids and the rows filed under each.
 #[derive(Debug, Clone)]
@@ -31,41 +86,17 @@ impl Ivf {
     /// rows) and files every row with its code (`codes`, row-major, `words` per row).
     pub fn train(data: &[f32], dim: usize, codes: &[u64], words: usize) -> Ivf {
         let n = data.len() / dim;
-        let nlist = ((n as f64).sqrt() as usize).clamp(16, 1024).min(n.max(1));
-        let step = (n / SAMPLE).max(1);
-        let sample: Vec<&[f32]> = data.chunks_exact(dim).step_by(step).collect();
-        let pick = (sample.len() / nlist).max(1);
-        let mut centroids: Vec<f32> = sample.iter().step_by(pick).take(nlist).flat_map(|r| r.iter().copied()).collect();
+        let sample: Vec<&[f32]> = data.chunks_exact(dim).step_by((n / SAMPLE).max(1)).collect();
+        let centroids = train_centroids(&sample, dim, nlist_for(n));
         let nlist = centroids.len() / dim;
         let mut ivf = Ivf {
             dim,
             words,
-            centroids: Vec::new(),
+            centroids,
             lists: vec![Vec::new(); nlist],
             codes: vec![Vec::new(); nlist],
             row_list: Vec::new(),
         };
-        for _ in 0..ROUNDS {
-            ivf.centroids = centroids.clone();
-            let mut sums = vec![0f32; nlist * dim];
-            let mut counts = vec![0usize; nlist];
-            for r in &sample {
-                let l = ivf.nearest(r);
-                counts[l] += 1;
-                for (s, x) in sums[l * dim..(l + 1) * dim].iter_mut().zip(r.iter()) {
-                    *s += x;
-                }
-            }
-            for l in 0..nlist {
-                // An empty cluster keeps its centroid.
-                if counts[l] > 0 {
-                    let c = &mut sums[l * dim..(l + 1) * dim];
-                    crate::kernels::normalize(c);
-                    centroids[l * dim..(l + 1) * dim].copy_from_slice(c);
-                }
-            }
-        }
-        ivf.centroids = centroids;
         for (row, r) in data.chunks_exact(dim).enumerate() {
             let l = ivf.nearest(r);
             ivf.lists[l].push(row as u32);
@@ -97,25 +128,12 @@ impl Ivf {
     }
 
     fn nearest(&self, v: &[f32]) -> usize {
-        let dot = *DOT;
-        let mut best = (f32::MIN, 0);
-        for (l, c) in self.centroids.chunks_exact(self.dim).enumerate() {
-            let s = dot(v, c);
-            if s > best.0 {
-                best = (s, l);
-            }
-        }
-        best.1
+        nearest(&self.centroids, self.dim, v)
     }
 
     /// The `nprobe` lists nearest `q`, nearest first.
     pub fn probe(&self, q: &[f32], nprobe: usize) -> Vec<u32> {
-        let dot = *DOT;
-        let mut top = TopK::new(nprobe.min(self.nlist()));
-        for (l, c) in self.centroids.chunks_exact(self.dim).enumerate() {
-            top.push(l as u32, dot(q, c));
-        }
-        top.into_sorted().iter().map(|h| h.id).collect()
+        probe(&self.centroids, self.dim, q, nprobe)
     }
 
     /// A list's rows and their codes (`words` per row, in the same order).

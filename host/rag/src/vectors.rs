@@ -400,7 +400,7 @@ impl VectorIndex {
 
 /// Positions of the `want` smallest distances (ties at the cut taken in
 /// order), found with the distances' histogram instead of a sort.
-fn closest<'a>(dists: &'a [u16], hist: &[u32], want: usize) -> impl Iterator<Item = u32> + 'a {
+pub(crate) fn closest<'a>(dists: &'a [u16], hist: &[u32], want: usize) -> impl Iterator<Item = u32> + 'a {
     let (mut seen, mut t) = (0usize, hist.len());
     for (d, &count) in hist.iter().enumerate() {
         if seen + count as usize >= want {
@@ -426,7 +426,7 @@ fn closest<'a>(dists: &'a [u16], hist: &[u32], want: usize) -> impl Iterator<Ite
 /// Runs `f` with this thread's distance buffer, emptied. A fresh buffer per
 /// query would be a large allocation, and the kernel would zero its pages on
 /// every search.
-fn with_scratch<T>(f: impl FnOnce(&mut Vec<u16>) -> T) -> T {
+pub(crate) fn with_scratch<T>(f: impl FnOnce(&mut Vec<u16>) -> T) -> T {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
     }

@@ -146,8 +146,15 @@ pub struct Store {
     texts: RwLock<HashMap<String, Arc<TextIndex>>>,
     /// Where the keyword indexes live (`<lmdb dir>/text/<arroy number>`).
     text_dir: PathBuf,
+    /// Threads that run a hybrid query's BM25 side while its caller runs the
+    /// dense side; its own pool, so arroy's tree builds (on rayon's global
+    /// pool) never queue ahead of a query.
+    keyword_pool: rayon::ThreadPool,
     options: StoreOptions,
 }
+
+/// One index's vectors added (chunk id, vector) and chunk ids removed by a write transaction.
+type Filed<'a> = (Vec<(u32, &'a [f32])>, Vec<u32>);
 
 /// Key of a document in `docs`.
 fn doc_key(index: &str, doc_id: &str) -> String {
@@ -166,7 +173,7 @@ impl Store {
         // SAFETY: the environment is opened once per process and the data
         // directory is not shared with another process (LMDB's lock file
         // also guards against that).
-        let env = unsafe { EnvOpenOptions::new().map_size(options.map_size).max_dbs(12).open(dir)? };
+        let env = unsafe { EnvOpenOptions::new().map_size(options.map_size).max_dbs(16).open(dir)? };
         let wtxn = env.write_txn()?;
         let (indexes, docs, order, chunks, counters, vectors, legacy_counters) = env
             .create_databases_and_commit(wtxn, |dbs, wtxn| -> Result<_, heed::Error> {
@@ -193,10 +200,14 @@ impl Store {
             cache: RwLock::new(Cache { indexes: HashMap::new(), budget: options.vector_cache_bytes }),
             texts: RwLock::new(HashMap::new()),
             text_dir: dir.join("text"),
+            keyword_pool: rayon::ThreadPoolBuilder::new()
+                .thread_name(|i| format!("bm25-{i}"))
+                .build()
+                .map_err(|e| anyhow::anyhow!("starting the keyword search threads: {e}"))?,
             options,
         };
         store.upgrade(legacy_counters)?;
-        store.recalibrate(|t| t.target != options.search.target_recall)?;
+        store.recalibrate(|t| t.target != options.search.target_recall || t.version != vector_db::TUNING_VERSION)?;
         store.fill_cache()?;
         store.open_texts()?;
         Ok(store)
@@ -348,13 +359,34 @@ impl Store {
                 _ => None,
             })
             .collect();
+        // Each index's vectors added and removed by this transaction, netted
+        // (a chunk added and removed again never reaches the partition).
+        let mut filed: HashMap<&str, Filed> = HashMap::new();
+        for c in &changes {
+            match c {
+                Change::AddChunk { index, id, vector, .. } => filed.entry(index).or_default().0.push((*id, vector)),
+                Change::RemoveChunk { index, id } => {
+                    let (adds, removes) = filed.entry(index).or_default();
+                    match adds.iter().position(|(a, _)| a == id) {
+                        Some(i) => {
+                            adds.swap_remove(i);
+                        }
+                        None => removes.push(*id),
+                    }
+                }
+                _ => {}
+            }
+        }
         let mut generations = HashMap::new();
         for index in touched {
             let Some(mut meta) = self.indexes.get(&wtxn, index)? else { continue };
             self.vectors.build(&mut wtxn, meta.arroy, meta.dimensions)?;
+            let (adds, removes) = filed.remove(index).unwrap_or_default();
+            let retrained =
+                self.vectors.file(&mut wtxn, meta.arroy, meta.dimensions, &adds, &removes, self.train_at())?;
             meta.generation += 1;
             generations.insert(index.to_string(), meta.generation);
-            self.calibrate_if(&mut wtxn, &mut meta, |_| false)?;
+            self.calibrate_if(&mut wtxn, &mut meta, |_| retrained)?;
             self.indexes.put(&mut wtxn, index, &meta)?;
         }
         wtxn.commit()?;
@@ -405,6 +437,12 @@ impl Store {
         }
     }
 
+    /// Size at which an index's on-disk partition is trained: where the
+    /// on-disk search stops scanning exactly.
+    fn train_at(&self) -> usize {
+        self.options.search.exact_below.max(1000)
+    }
+
     /// Recalibrates `meta`'s search when it has none, when its size moved by
     /// a quarter since the last calibration, or when `stale` says so.
     fn calibrate_if(&self, wtxn: &mut RwTxn, meta: &mut IndexMeta, stale: impl Fn(&Tuning) -> bool) -> Result<bool> {
@@ -417,7 +455,7 @@ impl Store {
         });
         if due {
             let tuning = self.vectors.calibrate(wtxn, meta.arroy, &self.options.search)?;
-            tracing::info!(index = meta.name, chunks = meta.chunks, walk = ?tuning.walk, recall = tuning.recall, "vector search calibrated");
+            tracing::info!(index = meta.name, chunks = meta.chunks, walk = ?tuning.walk, shortlist = tuning.shortlist, recall = tuning.recall, "vector search calibrated");
             meta.tuning = Some(tuning);
         }
         Ok(due)
@@ -429,7 +467,9 @@ impl Store {
         let mut wtxn = self.env.write_txn()?;
         let metas: Vec<IndexMeta> = self.indexes.iter(&wtxn)?.map(|r| r.map(|(_, m)| m)).collect::<Result<_, _>>()?;
         for mut meta in metas {
-            if self.calibrate_if(&mut wtxn, &mut meta, &stale)? {
+            // An index written before the on-disk partition existed gets one here.
+            let trained = self.vectors.file(&mut wtxn, meta.arroy, meta.dimensions, &[], &[], self.train_at())?;
+            if self.calibrate_if(&mut wtxn, &mut meta, |t| trained || stale(t))? {
                 self.indexes.put(&mut wtxn, &meta.name.clone(), &meta)?;
             }
         }
@@ -602,6 +642,12 @@ impl Store {
             if per_index.get(name).copied().unwrap_or_default() != (meta.documents, meta.chunks) {
                 return Err(anyhow::anyhow!("index {name}: recorded counts disagree with its documents").into());
             }
+            if self.vectors.partition(&rtxn, meta.arroy)?.is_some() {
+                let ids: Vec<u32> = items.iter().collect();
+                if let Some(i) = self.vectors.filed(&rtxn, meta.arroy, &ids)?.iter().position(Option::is_none) {
+                    return Err(anyhow::anyhow!("index {name}: chunk {} is missing from its partition", ids[i]).into());
+                }
+            }
         }
         if vectors != chunks {
             return Err(anyhow::anyhow!("{vectors} vectors stored for {chunks} chunks").into());
@@ -741,6 +787,90 @@ mod tests {
         let mut rows = crate::vectors::tests::vectors(n, dim, seed);
         rows.iter_mut().for_each(|v| crate::kernels::normalize(v));
         rows
+    }
+
+    #[test]
+    fn on_disk_partition_follows_every_write_and_finds_what_an_exact_scan_finds() {
+        const DIM: usize = 64;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            map_size: 1 << 28,
+            vector_cache_bytes: 0,
+            search: SearchConfig { exact_below: 300, target_recall: 0.9 },
+            ..StoreOptions::default()
+        };
+        let store = Store::open(dir.path(), opts).unwrap();
+        let data = embedding_like(6000, DIM, 5);
+        let doc = |i: usize, v: &[f32]| NewDoc {
+            doc_id: format!("d{i}"),
+            text: format!("document {i} {}", v[0]),
+            metadata: serde_json::Map::new(),
+            chunks: vec![(format!("chunk {i}"), v.to_vec())],
+        };
+        let add = |range: std::ops::Range<usize>| {
+            store.index_documents("ix", "m", DIM, range.map(|i| doc(i, &data[i])).collect()).unwrap();
+        };
+        let partition = || {
+            let arroy = store.index_meta("ix").unwrap().unwrap().arroy;
+            let rtxn = store.env.read_txn().unwrap();
+            store.vectors.partition(&rtxn, arroy).unwrap().map(|h| (h.trained_at, h.nlist()))
+        };
+        add(0..600);
+        assert_eq!(partition(), None, "trained from 1000 vectors on");
+        add(600..1200);
+        assert_eq!(partition().map(|p| p.0), Some(1200));
+        // Deletions, replacements (new vectors for old ids: new chunks) and additions, one request each.
+        let gone: Vec<String> = (0..100).map(|i| format!("d{i}")).collect();
+        let gone_chunks: Vec<u32> = {
+            let rtxn = store.env.read_txn().unwrap();
+            gone.iter().flat_map(|d| store.docs.get(&rtxn, &doc_key("ix", d)).unwrap().unwrap().chunks).collect()
+        };
+        store.delete_documents("ix", &gone).unwrap();
+        store.index_documents("ix", "m", DIM, (100..150).map(|i| doc(i, &data[5999 - i])).collect()).unwrap();
+        add(1200..1500);
+        assert_eq!(partition().map(|p| p.0), Some(1200), "filed incrementally, not retrained");
+        assert_eq!(store.verify().unwrap(), (1400, 1400), "every vector is filed under its list");
+        let meta = store.index_meta("ix").unwrap().unwrap();
+        let nlist = partition().unwrap().1;
+        let rtxn = store.env.read_txn().unwrap();
+        assert!(store.vectors.filed(&rtxn, meta.arroy, &gone_chunks).unwrap().iter().all(Option::is_none));
+        // Every list probed, every row rescored: the exact answer, so nothing is missing or stale.
+        let all = store.vectors.items(&rtxn, meta.arroy).unwrap();
+        let whole = vector_db::Probe { nprobe: nlist, oversample: 10_000, micros: 0.0, recall: 0.0 };
+        for q in &data[5900..5920] {
+            let exact = store.vectors.exact_search(&rtxn, q, 10, all.iter()).unwrap();
+            let probed = store.vectors.probe_search(&rtxn, meta.arroy, q, 10, &whole).unwrap().unwrap();
+            assert_eq!(probed, exact);
+        }
+        drop(rtxn);
+        // Fourfold growth retrains it (more lists), and the search still meets its target.
+        add(1500..5800);
+        let (trained_at, lists) = partition().unwrap();
+        assert_eq!(trained_at, 5700);
+        assert!(lists > nlist, "{lists} lists after growing, {nlist} before");
+        assert_eq!(store.verify().unwrap(), (5700, 5700));
+        let meta = store.index_meta("ix").unwrap().unwrap();
+        let tuning = meta.tuning.unwrap();
+        let rtxn = store.env.read_txn().unwrap();
+        if let Some(probe) = tuning.probe {
+            assert!(probe.recall >= 0.9, "{probe:?}");
+            let all = store.vectors.items(&rtxn, meta.arroy).unwrap();
+            let mut found = 0;
+            for q in &data[5800..5900] {
+                let truth: Vec<u32> =
+                    store.vectors.exact_search(&rtxn, q, 10, all.iter()).unwrap().iter().map(|h| h.id).collect();
+                let got = store.vectors.probe_search(&rtxn, meta.arroy, q, 10, &probe).unwrap().unwrap();
+                found += got.iter().filter(|h| truth.contains(&h.id)).count();
+            }
+            assert!(found as f32 / 1000.0 >= 0.85, "held-out recall {found}/1000 with {probe:?}");
+        }
+        drop(rtxn);
+        // Deleting the index deletes its partition.
+        store.delete_index("ix").unwrap();
+        let rtxn = store.env.read_txn().unwrap();
+        assert!(store.vectors.partition(&rtxn, meta.arroy).unwrap().is_none());
+        assert_eq!(store.vectors.lists.len(&rtxn).unwrap(), 0);
+        assert_eq!(store.vectors.rows.len(&rtxn).unwrap(), 0);
     }
 
     #[test]

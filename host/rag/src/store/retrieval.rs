@@ -132,6 +132,15 @@ impl Store {
         self.dense(&rtxn, &meta, query_vector, k, None)
     }
 
+    /// BM25 alone (no vectors, no filter): the `k` best chunk ids and
+    /// scores for `query_text`, best first. What benchmarks time.
+    pub fn keyword_search(&self, index: &str, query_text: &str, k: usize) -> Result<Vec<(u32, f32)>> {
+        match self.text(index) {
+            Some(t) => t.top(query_text, k, None),
+            None => Err(Error::IndexNotFound(index.into())),
+        }
+    }
+
     /// Dense retrieval alone (what KAITO's chat uses for its context): the
     /// `k` chunks most similar to `query_vector`, best first.
     pub fn retrieve_dense(&self, index: &str, query_vector: &[f32], k: usize) -> Result<Vec<Retrieved>> {
@@ -202,11 +211,18 @@ impl Store {
         let meta = self.query_meta(&rtxn, index, query_vector)?;
         let allowed = filter.map(|f| self.allowed_chunks(&rtxn, index, f)).transpose()?;
         let pool = k * POOL_FACTOR;
-        let dense = self.dense(&rtxn, &meta, query_vector, pool, allowed.as_ref())?;
-        let sparse = match self.text(index) {
-            Some(t) => t.top(query_text, pool, allowed.as_ref())?,
-            None => Vec::new(),
-        };
+        let text = self.text(index);
+        // The two retrievers run at once: BM25 on the keyword pool, the dense
+        // side here, in this read transaction.
+        let mut sparse = Ok(Vec::new());
+        let dense = self.keyword_pool.in_place_scope(|scope| {
+            if let Some(t) = &text {
+                let (sparse, allowed) = (&mut sparse, allowed.as_ref());
+                scope.spawn(move |_| *sparse = t.top(query_text, pool, allowed));
+            }
+            self.dense(&rtxn, &meta, query_vector, pool, allowed.as_ref())
+        });
+        let (dense, sparse) = (dense?, sparse?);
         self.shape(&rtxn, index, fuse(&dense, &sparse, k).into_iter())
     }
 }

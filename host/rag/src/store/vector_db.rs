@@ -15,11 +15,15 @@
 //! recall@10 on sample queries against an exact scan and keeps the
 //! smallest walk that meets the recall target ([`Tuning`]).
 
+mod partition;
+
+pub use partition::Probe;
+
 use crate::error::Result;
 use crate::kernels::{DOT, Hit, TopK, normalize};
 use arroy::distances::{BinaryQuantizedCosine, Cosine};
 use heed::byteorder::BigEndian;
-use heed::types::{Bytes, U32};
+use heed::types::{Bytes, U16, U32};
 use heed::{Database, RoTxn, RwTxn};
 use rand10::SeedableRng;
 use roaring::RoaringBitmap;
@@ -33,22 +37,24 @@ pub type ChunkSet = RoaringBitmap;
 const CALIBRATION_K: usize = 10;
 /// Sample queries per calibration.
 const CALIBRATION_QUERIES: usize = 48;
-/// Tree walks tried, in leaves gathered per tree per 100 shortlisted.
-const WALKS: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
-/// Shortlists tried (per 10 results): candidates arroy ranks by its 1-bit
-/// distance and we rescore exactly. Embeddings share a large common
-/// component, so raw sign bits separate neighbours poorly: a long shortlist
-/// can be cheaper than a long walk.
-const SHORTLISTS: [usize; 4] = [100, 300, 1000, 3000];
-/// A walk gathers `WALK_UNIT × trees × walk` leaves.
-const WALK_UNIT: usize = 100;
+/// Tree walks tried: items gathered from the trees per 10 results, each
+/// then read and ranked by its 1-bit distance. arroy's own default gathers
+/// 3 × trees × count, and it builds trees until their nodes outnumber the
+/// items (about 200 trees at 100k × 384): a near-exhaustive read of the index.
+const WALKS: [usize; 10] = [100, 200, 400, 800, 1600, 3200, 6400, 12_800, 25_600, 51_200];
+/// Shortlists tried (per 10 results): the best-ranked gathered items,
+/// rescored exactly. Embeddings share a large common component, so raw sign
+/// bits separate neighbours poorly: a long shortlist can beat a long walk.
+const SHORTLISTS: [usize; 5] = [30, 100, 300, 1000, 3000];
+/// What `Tuning::walk` counts; tunings stored in other units are recalibrated at open.
+pub const TUNING_VERSION: u32 = 1;
 
 /// How a query walks one index, chosen by [`VectorDb::calibrate`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Tuning {
     /// Item count when it was chosen.
     pub items: u64,
-    /// How far the trees are walked (see `WALK_UNIT`); `None`: nothing met the target, scan exactly.
+    /// Items gathered from the trees per 10 results (see `WALKS`); `None`: nothing met the target, scan exactly.
     pub walk: Option<usize>,
     /// Candidates rescored exactly per 10 results.
     #[serde(default = "default_shortlist")]
@@ -61,6 +67,13 @@ pub struct Tuning {
     /// The target it was chosen for.
     #[serde(default)]
     pub target: f32,
+    /// Units of `walk` ([`TUNING_VERSION`]; 0: leaves per tree per 100 shortlisted).
+    #[serde(default)]
+    pub version: u32,
+    /// How unfiltered queries probe the on-disk partition, when that met the
+    /// target faster than the walk; `None`: they walk arroy's trees.
+    #[serde(default)]
+    pub probe: Option<Probe>,
 }
 
 fn default_shortlist() -> usize {
@@ -86,6 +99,12 @@ impl Default for SearchConfig {
 pub struct VectorDb {
     quantized: arroy::Database<'static, BinaryQuantizedCosine>,
     exact: Database<'static, U32<BigEndian>, Bytes>,
+    /// On-disk partition headers, by arroy index number (see [`partition`]).
+    pub(super) headers: Database<'static, U16<BigEndian>, Bytes>,
+    /// On-disk partition lists, by arroy index number and list.
+    pub(super) lists: Database<'static, Bytes, Bytes>,
+    /// The list each chunk is filed under.
+    pub(super) rows: Database<'static, U32<BigEndian>, U32<BigEndian>>,
     /// Layout 1's cosine database, when the environment still has one.
     legacy: Option<arroy::Database<'static, Cosine>>,
 }
@@ -94,6 +113,7 @@ pub struct VectorDb {
 pub type Handles<'e> = (
     arroy::Database<'e, BinaryQuantizedCosine>,
     Database<'e, U32<BigEndian>, Bytes>,
+    (Database<'e, U16<BigEndian>, Bytes>, Database<'e, Bytes, Bytes>, Database<'e, U32<BigEndian>, U32<BigEndian>>),
     Option<arroy::Database<'e, Cosine>>,
 );
 
@@ -103,6 +123,11 @@ pub fn create_databases<'e, T>(dbs: &heed::DatabaseOpener<'e, T>, wtxn: &mut RwT
     Ok((
         dbs.create_database(wtxn, Some("vectors-bq"))?,
         dbs.create_database(wtxn, Some("vectors-exact"))?,
+        (
+            dbs.create_database(wtxn, Some("vectors-partition"))?,
+            dbs.create_database(wtxn, Some("vectors-lists"))?,
+            dbs.create_database(wtxn, Some("vectors-rows"))?,
+        ),
         dbs.open_database(wtxn, Some("vectors"))?,
     ))
 }
@@ -117,8 +142,8 @@ fn from_bytes(b: &[u8]) -> Vec<f32> {
 
 impl VectorDb {
     /// The vector database over committed handles.
-    pub fn new((quantized, exact, legacy): Handles<'static>) -> VectorDb {
-        VectorDb { quantized, exact, legacy }
+    pub fn new((quantized, exact, (headers, lists, rows), legacy): Handles<'static>) -> VectorDb {
+        VectorDb { quantized, exact, headers, lists, rows, legacy }
     }
 
     fn writer(&self, arroy: u16, dim: usize) -> arroy::Writer<BinaryQuantizedCosine> {
@@ -144,9 +169,11 @@ impl VectorDb {
     /// Removes index number `arroy` and the exact vectors of `ids`.
     pub fn clear(&self, wtxn: &mut RwTxn, arroy: u16, dim: usize, ids: impl IntoIterator<Item = u32>) -> Result<()> {
         self.writer(arroy, dim).clear(wtxn)?;
-        for id in ids {
-            self.exact.delete(wtxn, &id)?;
+        let ids: Vec<u32> = ids.into_iter().collect();
+        for id in &ids {
+            self.exact.delete(wtxn, id)?;
         }
+        self.clear_partition(wtxn, arroy, &ids)?;
         Ok(())
     }
 
@@ -221,12 +248,18 @@ impl VectorDb {
         };
         // Small sets, and indexes nothing serves at the target, are scanned
         // exactly; arroy itself scans candidate sets under half the index.
-        let Some((walk, shortlist)) = tuning.and_then(|t| t.walk.map(|w| (w, t.shortlist))) else {
-            return self.exact_search(rtxn, q, k, pool.iter());
-        };
+        let Some(tuning) = tuning else { return self.exact_search(rtxn, q, k, pool.iter()) };
         if (pool.len() as usize) < config.exact_below {
             return self.exact_search(rtxn, q, k, pool.iter());
         }
+        // Unfiltered queries probe the partition when calibration chose it.
+        if let (None, Some(probe)) = (allowed, tuning.probe)
+            && let Some(hits) = self.probe_search(rtxn, arroy, q, k, &probe)?
+        {
+            return Ok(hits);
+        }
+        let Some(walk) = tuning.walk else { return self.exact_search(rtxn, q, k, pool.iter()) };
+        let shortlist = tuning.shortlist;
         // Calibrated for 10 results; more results walk and rescore proportionally more.
         let scale = k.div_ceil(CALIBRATION_K).max(1);
         self.walk(rtxn, &reader, q, k, shortlist * scale, walk * scale, allowed)
@@ -243,10 +276,10 @@ impl VectorDb {
         walk: usize,
         allowed: Option<&ChunkSet>,
     ) -> Result<Vec<Hit>> {
-        let leaves = (WALK_UNIT * reader.n_trees().max(1) * walk).max(shortlist);
-        let search_k = NonZeroUsize::new(leaves).expect("positive walk");
+        let leaves = walk.max(shortlist);
         let mut query = reader.nns(shortlist);
-        query.search_k(search_k);
+        // Exactly `leaves` items, not arroy's default of three times as many for binary codes.
+        query.search_k(NonZeroUsize::new(leaves).expect("positive walk")).oversampling(NonZeroUsize::MIN);
         if let Some(a) = allowed {
             query.candidates(a);
         }
@@ -290,7 +323,8 @@ impl VectorDb {
             tops.into_iter().map(|t| t.into_sorted().into_iter().map(|h| h.id).collect()).collect();
         let mut best: Option<Tuning> = None;
         for shortlist in SHORTLISTS {
-            for walk in WALKS {
+            // A walk shorter than the shortlist gathers the shortlist anyway.
+            for walk in WALKS.into_iter().filter(|&w| w >= shortlist) {
                 let start = std::time::Instant::now();
                 let mut found = 0;
                 for (q, t) in queries.iter().zip(&truth) {
@@ -303,7 +337,16 @@ impl VectorDb {
                 if recall >= config.target_recall {
                     if best.is_none_or(|b| micros < b.micros) {
                         let target = config.target_recall;
-                        best = Some(Tuning { items: n as u64, walk: Some(walk), shortlist, micros, recall, target });
+                        best = Some(Tuning {
+                            items: n as u64,
+                            walk: Some(walk),
+                            shortlist,
+                            micros,
+                            recall,
+                            target,
+                            version: TUNING_VERSION,
+                            probe: None,
+                        });
                     }
                     // Longer walks with this shortlist are only slower.
                     break;
@@ -314,7 +357,71 @@ impl VectorDb {
                 }
             }
         }
-        Ok(best.unwrap_or_else(|| self.exact_tuning(n, config)))
+        let mut tuning = best.unwrap_or_else(|| self.exact_tuning(n, config));
+        // The partition, on the same sample: kept when it meets the target faster than the walk.
+        if let Some(probe) = self.calibrate_probe(rtxn, arroy, &queries, &truth, config.target_recall)?
+            && (tuning.walk.is_none() || probe.micros < tuning.micros)
+        {
+            tracing::debug!(arroy, ?probe, walk_micros = tuning.micros, "on-disk partition chosen");
+            tuning.probe = Some(probe);
+        }
+        Ok(tuning)
+    }
+
+    /// For each candidate count, the fewest lists whose probe meets `target`
+    /// on the sample (doubling, then halving the gap); of those, the fastest.
+    /// `None` when the index has no partition.
+    fn calibrate_probe(
+        &self,
+        rtxn: &RoTxn,
+        arroy: u16,
+        queries: &[Vec<f32>],
+        truth: &[Vec<u32>],
+        target: f32,
+    ) -> Result<Option<Probe>> {
+        let Some(nlist) = self.partition(rtxn, arroy)?.map(|h| h.nlist()) else { return Ok(None) };
+        let recall = |probe: &Probe| -> Result<f32> {
+            let mut found = 0;
+            for (q, t) in queries.iter().zip(truth) {
+                let hits = self.probe_search(rtxn, arroy, q, CALIBRATION_K, probe)?.unwrap_or_default();
+                found += hits.iter().filter(|h| t.contains(&h.id)).count();
+            }
+            Ok(found as f32 / (queries.len() * CALIBRATION_K).max(1) as f32)
+        };
+        let mut best: Option<Probe> = None;
+        // Below 20 per result the RAM cache's sample recall overstated real queries'.
+        for oversample in [20, 30, 40, 60] {
+            let at = |nprobe| Probe { nprobe, oversample, micros: 0.0, recall: 0.0 };
+            let (mut low, mut high) = (0, 8.min(nlist));
+            while high < nlist && recall(&at(high))? < target {
+                (low, high) = (high, (high * 2).min(nlist));
+            }
+            let step = (high / 8).max(1);
+            while high - low > step {
+                let mid = (low + high) / 2;
+                if recall(&at(mid))? >= target { high = mid } else { low = mid }
+            }
+            let mut probe = at(high);
+            probe.recall = recall(&probe)?;
+            if probe.recall < target {
+                continue;
+            }
+            // The fastest of three passes over the sample, so a pause elsewhere does not decide.
+            let mut secs = f64::INFINITY;
+            for _ in 0..3 {
+                let start = std::time::Instant::now();
+                for q in queries {
+                    std::hint::black_box(self.probe_search(rtxn, arroy, q, CALIBRATION_K, &probe)?);
+                }
+                secs = secs.min(start.elapsed().as_secs_f64());
+            }
+            probe.micros = (secs * 1e6 / queries.len().max(1) as f64) as f32;
+            tracing::debug!(arroy, ?probe, nlist, "calibrating the on-disk partition");
+            if best.is_none_or(|b| probe.micros < b.micros) {
+                best = Some(probe);
+            }
+        }
+        Ok(best)
     }
 
     fn exact_tuning(&self, n: usize, config: &SearchConfig) -> Tuning {
@@ -325,6 +432,8 @@ impl VectorDb {
             micros: 0.0,
             recall: 1.0,
             target: config.target_recall,
+            version: TUNING_VERSION,
+            probe: None,
         }
     }
 
