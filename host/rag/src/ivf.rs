@@ -56,6 +56,17 @@ pub fn nearest(centroids: &[f32], dim: usize, v: &[f32]) -> usize {
     best.1
 }
 
+/// The 1-bit code of `v`: the signs of `v` minus `centre`, 64 dimensions per word.
+pub fn code(v: &[f32], centre: &[f32]) -> Vec<u64> {
+    let mut code = vec![0u64; v.len().div_ceil(64)];
+    for (i, (x, c)) in v.iter().zip(centre).enumerate() {
+        if x > c {
+            code[i / 64] |= 1 << (i % 64);
+        }
+    }
+    code
+}
+
 /// The `nprobe` centroids nearest `q`, nearest first.
 pub fn probe(centroids: &[f32], dim: usize, q: &[f32], nprobe: usize) -> Vec<u32> {
     let dot = *DOT;

@@ -363,13 +363,7 @@ impl VectorIndex {
     }
 
     fn code(&self, v: &[f32]) -> Vec<u64> {
-        let mut code = vec![0u64; self.words];
-        for (i, (x, c)) in v.iter().zip(&self.center).enumerate() {
-            if x > c {
-                code[i / 64] |= 1 << (i % 64);
-            }
-        }
-        code
+        crate::ivf::code(v, &self.center)
     }
 
     /// Recomputes the mean and every code when the row count has doubled or

@@ -34,7 +34,7 @@ use heed::byteorder::BigEndian;
 use heed::types::{SerdeJson, Str, U32, U64};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use text_index::{TextChange, TextIndex};
@@ -352,16 +352,10 @@ impl Store {
         let mut wtxn = self.env.write_txn()?;
         let mut changes = Vec::new();
         let out = f(&mut wtxn, &mut changes)?;
-        let touched: BTreeSet<&str> = changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::AddChunk { index, .. } | Change::RemoveChunk { index, .. } => Some(index.as_str()),
-                _ => None,
-            })
-            .collect();
-        // Each index's vectors added and removed by this transaction, netted
-        // (a chunk added and removed again never reaches the partition).
-        let mut filed: HashMap<&str, Filed> = HashMap::new();
+        // Each index whose chunks this transaction touched, in name order, with
+        // its vectors added and removed, netted (a chunk added and removed
+        // again never reaches the partition).
+        let mut filed: BTreeMap<&str, Filed> = BTreeMap::new();
         for c in &changes {
             match c {
                 Change::AddChunk { index, id, vector, .. } => filed.entry(index).or_default().0.push((*id, vector)),
@@ -378,10 +372,9 @@ impl Store {
             }
         }
         let mut generations = HashMap::new();
-        for index in touched {
+        for (index, (adds, removes)) in filed {
             let Some(mut meta) = self.indexes.get(&wtxn, index)? else { continue };
             self.vectors.build(&mut wtxn, meta.arroy, meta.dimensions)?;
-            let (adds, removes) = filed.remove(index).unwrap_or_default();
             let retrained =
                 self.vectors.file(&mut wtxn, meta.arroy, meta.dimensions, &adds, &removes, self.train_at())?;
             meta.generation += 1;
@@ -678,6 +671,16 @@ mod tests {
         StoreOptions { map_size: 1 << 26, vector_cache_bytes: cache, ..StoreOptions::default() }
     }
 
+    /// No cache, searched on disk from `exact_below` vectors on, calibrated to recall 0.9.
+    fn on_disk(exact_below: usize) -> StoreOptions {
+        StoreOptions {
+            map_size: 1 << 28,
+            vector_cache_bytes: 0,
+            search: SearchConfig { exact_below, target_recall: 0.9 },
+            ..StoreOptions::default()
+        }
+    }
+
     #[test]
     fn documents_survive_reopen_and_delete_cleans_everything() {
         // With the vectors in the cache, and searched on disk.
@@ -793,12 +796,7 @@ mod tests {
     fn on_disk_partition_follows_every_write_and_finds_what_an_exact_scan_finds() {
         const DIM: usize = 64;
         let dir = tempfile::tempdir().unwrap();
-        let opts = StoreOptions {
-            map_size: 1 << 28,
-            vector_cache_bytes: 0,
-            search: SearchConfig { exact_below: 300, target_recall: 0.9 },
-            ..StoreOptions::default()
-        };
+        let opts = on_disk(300);
         let store = Store::open(dir.path(), opts).unwrap();
         let data = embedding_like(6000, DIM, 5);
         let doc = |i: usize, v: &[f32]| NewDoc {
@@ -877,12 +875,7 @@ mod tests {
     fn on_disk_search_is_calibrated_to_the_recall_target() {
         const DIM: usize = 384;
         let dir = tempfile::tempdir().unwrap();
-        let opts = StoreOptions {
-            map_size: 1 << 28,
-            vector_cache_bytes: 0,
-            search: SearchConfig { exact_below: 500, target_recall: 0.9 },
-            ..StoreOptions::default()
-        };
+        let opts = on_disk(500);
         let store = Store::open(dir.path(), opts).unwrap();
         let mut data = embedding_like(4060, DIM, 7);
         // Held-out queries from the same distribution, not in the index.

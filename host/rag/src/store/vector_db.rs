@@ -137,7 +137,7 @@ fn to_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn from_bytes(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    slice_of::<f32>(b).into_owned()
 }
 
 impl VectorDb {
@@ -359,7 +359,7 @@ impl VectorDb {
         }
         let mut tuning = best.unwrap_or_else(|| self.exact_tuning(n, config));
         // The partition, on the same sample: kept when it meets the target faster than the walk.
-        if let Some(probe) = self.calibrate_probe(rtxn, arroy, &queries, &truth, config.target_recall)?
+        if let Some(probe) = self.calibrate_probe(rtxn, arroy, &queries, &truth, config.target_recall, n)?
             && (tuning.walk.is_none() || probe.micros < tuning.micros)
         {
             tracing::debug!(arroy, ?probe, walk_micros = tuning.micros, "on-disk partition chosen");
@@ -370,7 +370,7 @@ impl VectorDb {
 
     /// For each candidate count, the fewest lists whose probe meets `target`
     /// on the sample (doubling, then halving the gap); of those, the fastest.
-    /// `None` when the index has no partition.
+    /// `n`: vectors in the index. `None` when the index has no partition.
     fn calibrate_probe(
         &self,
         rtxn: &RoTxn,
@@ -378,6 +378,7 @@ impl VectorDb {
         queries: &[Vec<f32>],
         truth: &[Vec<u32>],
         target: f32,
+        n: usize,
     ) -> Result<Option<Probe>> {
         let Some(nlist) = self.partition(rtxn, arroy)?.map(|h| h.nlist()) else { return Ok(None) };
         let recall = |probe: &Probe| -> Result<f32> {
@@ -389,7 +390,6 @@ impl VectorDb {
             Ok(found as f32 / (queries.len() * CALIBRATION_K).max(1) as f32)
         };
         let mut best: Option<Probe> = None;
-        let n = self.items(rtxn, arroy)?.len() as usize;
         // Below 20 per result the RAM cache's sample recall overstated real queries'. Large indexes
         // at high targets need long shortlists: at 1M synthetic vectors 60 per result fell short of
         // 0.99 even with every list probed (and the index was then scanned exactly, 670 ms a query).
@@ -455,17 +455,43 @@ impl VectorDb {
 }
 
 fn dot_bytes(dot: crate::kernels::DotFn, q: &[f32], bytes: &[u8]) -> f32 {
-    // LMDB values are not aligned for f32; aligned pages are read in place.
-    match bytemuck_cast(bytes) {
-        Some(v) => dot(q, v),
-        None => dot(q, &from_bytes(bytes)),
+    dot(q, &slice_of::<f32>(bytes))
+}
+
+/// Types every bit pattern of which is a value, read from little-endian bytes.
+trait Plain: Copy {
+    /// Reads one from its little-endian bytes.
+    fn read(b: &[u8]) -> Self;
+}
+
+impl Plain for f32 {
+    fn read(b: &[u8]) -> Self {
+        f32::from_le_bytes(b.try_into().expect("4 bytes"))
     }
 }
 
-fn bytemuck_cast(bytes: &[u8]) -> Option<&[f32]> {
-    // SAFETY: f32 has no invalid bit patterns; alignment and length are checked by align_to.
-    let (head, body, tail) = unsafe { bytes.align_to::<f32>() };
-    (head.is_empty() && tail.is_empty() && cfg!(target_endian = "little")).then_some(body)
+impl Plain for u32 {
+    fn read(b: &[u8]) -> Self {
+        u32::from_le_bytes(b.try_into().expect("4 bytes"))
+    }
+}
+
+impl Plain for u64 {
+    fn read(b: &[u8]) -> Self {
+        u64::from_le_bytes(b.try_into().expect("8 bytes"))
+    }
+}
+
+/// `b` as a slice of `T`: borrowed in place when aligned (LMDB's large
+/// values are), copied when not (small values are only 2-byte aligned).
+fn slice_of<T: Plain>(b: &[u8]) -> std::borrow::Cow<'_, [T]> {
+    // SAFETY: `Plain` types have no invalid bit patterns; align_to checks alignment and length.
+    let (head, body, tail) = unsafe { b.align_to::<T>() };
+    if head.is_empty() && tail.is_empty() && cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(body)
+    } else {
+        std::borrow::Cow::Owned(b.chunks_exact(size_of::<T>()).map(T::read).collect())
+    }
 }
 
 impl VectorDb {

@@ -17,7 +17,7 @@
 //! Everything is written in the caller's write transaction: a crash leaves
 //! the lists and the vectors as of the last commit, together.
 
-use super::{VectorDb, dot_bytes, to_bytes};
+use super::{VectorDb, dot_bytes, slice_of, to_bytes};
 use crate::error::Result;
 use crate::ivf;
 use crate::kernels::{DOT, Hit, SCAN, TopK, normalize};
@@ -38,44 +38,6 @@ pub struct Header<'a> {
     dim: usize,
     centre: Cow<'a, [f32]>,
     centroids: Cow<'a, [f32]>,
-}
-
-/// Reinterprets little-endian bytes in place when they are aligned, else `None`.
-fn cast<T: bytemuck_free::Plain>(b: &[u8]) -> Option<&[T]> {
-    // SAFETY: `Plain` types (f32, u32, u64) have no invalid bit patterns; align_to checks alignment and length.
-    let (head, body, tail) = unsafe { b.align_to::<T>() };
-    (head.is_empty() && tail.is_empty() && cfg!(target_endian = "little")).then_some(body)
-}
-
-mod bytemuck_free {
-    /// Types every bit pattern of which is a value.
-    pub trait Plain: Copy {
-        /// Reads one from little-endian bytes.
-        fn read(b: &[u8]) -> Self;
-    }
-    impl Plain for f32 {
-        fn read(b: &[u8]) -> Self {
-            f32::from_le_bytes(b.try_into().expect("4 bytes"))
-        }
-    }
-    impl Plain for u32 {
-        fn read(b: &[u8]) -> Self {
-            u32::from_le_bytes(b.try_into().expect("4 bytes"))
-        }
-    }
-    impl Plain for u64 {
-        fn read(b: &[u8]) -> Self {
-            u64::from_le_bytes(b.try_into().expect("8 bytes"))
-        }
-    }
-}
-
-/// `b` as a slice of `T`, borrowed when aligned, copied when not.
-fn slice_of<T: bytemuck_free::Plain>(b: &[u8]) -> Cow<'_, [T]> {
-    match cast::<T>(b) {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(b.chunks_exact(size_of::<T>()).map(T::read).collect()),
-    }
 }
 
 impl<'a> Header<'a> {
@@ -103,19 +65,8 @@ impl<'a> Header<'a> {
     }
 
     fn code(&self, v: &[f32]) -> Vec<u64> {
-        code(v, &self.centre)
+        ivf::code(v, &self.centre)
     }
-}
-
-/// The signs of `v` minus `centre`, 64 dimensions per word (as the RAM cache codes them).
-fn code(v: &[f32], centre: &[f32]) -> Vec<u64> {
-    let mut code = vec![0u64; v.len().div_ceil(64)];
-    for (i, (x, c)) in v.iter().zip(centre).enumerate() {
-        if x > c {
-            code[i / 64] |= 1 << (i % 64);
-        }
-    }
-    code
 }
 
 /// Key of list `list` of index number `arroy`: both big-endian, so an index's lists are adjacent.
@@ -182,10 +133,13 @@ impl VectorDb {
     ) -> Result<bool> {
         let ids = self.items(wtxn, arroy)?;
         let n = ids.len() as usize;
-        let trained_at = self.partition(wtxn, arroy)?.map(|h| h.trained_at as usize);
-        let stale = match trained_at {
+        // Owned: the lists are rewritten below, in the transaction the header is read from.
+        let header = self
+            .partition(wtxn, arroy)?
+            .map(|h| (h.trained_at as usize, h.centroids.into_owned(), h.centre.into_owned()));
+        let stale = match &header {
             None => n >= train_at,
-            Some(at) => n > at.saturating_mul(4) || n.saturating_mul(4) < at,
+            Some((at, ..)) => n > at.saturating_mul(4) || n.saturating_mul(4) < *at,
         };
         if stale {
             for id in removes {
@@ -202,13 +156,7 @@ impl VectorDb {
             }
             return Ok(true);
         }
-        if trained_at.is_none() {
-            return Ok(false);
-        }
-        let (centroids, centre) = {
-            let h = self.partition(wtxn, arroy)?.expect("trained");
-            (h.centroids.into_owned(), h.centre.into_owned())
-        };
+        let Some((_, centroids, centre)) = header else { return Ok(false) };
         let mut gone: HashMap<u32, HashSet<u32>> = HashMap::new();
         for &id in removes {
             if let Some(l) = self.rows.get(wtxn, &id)? {
@@ -222,7 +170,7 @@ impl VectorDb {
             normalize(&mut v);
             let l = ivf::nearest(&centroids, dim, &v) as u32;
             let list = added.entry(l).or_insert_with(|| List { codes: Vec::new(), ids: Vec::new() });
-            list.codes.extend(code(&v, &centre));
+            list.codes.extend(ivf::code(&v, &centre));
             list.ids.push(id);
             self.rows.put(wtxn, &id, &l)?;
         }
@@ -302,7 +250,7 @@ impl VectorDb {
             let mut list = List { codes: Vec::with_capacity(list_ids.len() * dim.div_ceil(64)), ids: list_ids };
             for id in &list.ids {
                 let v = self.vector(wtxn, *id)?.unwrap_or_else(|| vec![0.0; dim]);
-                list.codes.extend(code(&v, &centre));
+                list.codes.extend(ivf::code(&v, &centre));
             }
             self.lists.put(wtxn, &list_key(arroy, l as u32), &list.encode())?;
             for id in &list.ids {
@@ -373,24 +321,22 @@ impl VectorDb {
         Ok(Some(top.into_sorted()))
     }
 
-    /// The list each of `ids` is filed under (`None`: not filed), for consistency checks.
+    /// The list each of `ids` is filed under (`None`: not filed, or its
+    /// list does not hold it), for consistency checks; each list is read once.
     pub fn filed(&self, rtxn: &RoTxn, arroy: u16, ids: &[u32]) -> Result<Vec<Option<u32>>> {
         let words = match self.partition(rtxn, arroy)? {
             Some(h) => h.dim.div_ceil(64),
             None => return Ok(vec![None; ids.len()]),
         };
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let l = self.rows.get(rtxn, id)?;
-            let listed = match l {
-                Some(l) => {
-                    self.lists.get(rtxn, &list_key(arroy, l))?.is_some_and(|b| List::decode(b, words).ids.contains(id))
-                }
-                None => false,
-            };
-            out.push(l.filter(|_| listed));
+        let recorded: Vec<Option<u32>> = ids.iter().map(|id| self.rows.get(rtxn, id)).collect::<Result<_, _>>()?;
+        let mut held: HashMap<u32, HashSet<u32>> = HashMap::new();
+        for &l in recorded.iter().flatten() {
+            if let std::collections::hash_map::Entry::Vacant(e) = held.entry(l) {
+                let list = self.lists.get(rtxn, &list_key(arroy, l))?.map(|b| List::decode(b, words).ids);
+                e.insert(list.unwrap_or_default().into_iter().collect());
+            }
         }
-        Ok(out)
+        Ok(ids.iter().zip(recorded).map(|(id, l)| l.filter(|l| held[l].contains(id))).collect())
     }
 }
 
@@ -415,6 +361,6 @@ mod tests {
         let list = List { codes: vec![1, 2, u64::MAX, 4], ids: vec![7, 9] };
         let back = List::decode(&list.encode(), 2);
         assert_eq!((back.codes, back.ids), (list.codes, list.ids));
-        assert_eq!(code(&[0.6, -0.3, 0.1], &centre), vec![0b101]);
+        assert_eq!(ivf::code(&[0.6, -0.3, 0.1], &centre), vec![0b101]);
     }
 }
