@@ -11,17 +11,17 @@
 
 use super::vector_db::ChunkSet;
 use crate::error::Result;
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use tantivy::collector::{FilterCollector, TopDocs};
-use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::columnar::Column;
+use tantivy::fastfield::AliveBitSet;
+use tantivy::fieldnorm::FieldNormReader;
+use tantivy::postings::BlockSegmentPostings;
+use tantivy::query::Bm25Weight;
 use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, Schema, TextFieldIndexing, TextOptions};
 use tantivy::tokenizer::{
     Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
 };
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{DocId, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 /// The analyzer's name in the schema.
 const ANALYZER: &str = "kaito_en";
@@ -152,59 +152,67 @@ impl TextIndex {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// The `k` chunks (among `allowed`) with the best BM25 score for `query`'s words, best first.
+    /// The query's distinct words, cut as the indexed text was.
+    fn words(&self, query: &str) -> Result<Vec<Term>> {
+        let mut analyzer = self.index.tokenizer_for_field(self.text).map_err(tantivy_err)?;
+        let mut stream = analyzer.token_stream(query);
+        let mut words: Vec<Term> = Vec::new();
+        while let Some(token) = stream.next() {
+            let term = Term::from_field_text(self.text, &token.text);
+            if !words.contains(&term) {
+                words.push(term);
+            }
+        }
+        Ok(words)
+    }
+
+    /// The `k` chunks (among `allowed`) with the best BM25 score for `query`'s
+    /// words, best first; equal scores in chunk-id order.
+    ///
+    /// Scored as tantivy's `BooleanQuery` of `Should` term queries scores
+    /// (its `Bm25Weight` per word, statistics over all segments), but term at
+    /// a time over windows of documents instead of its block-max WAND: a
+    /// query is a whole question, 10-20 words after stop words, and WAND
+    /// skips little across that many lists (on the 100k real sentences, p50
+    /// 0.28 ms against 0.50 ms, and 0.7 against 2.6 ms for the longest
+    /// queries). Each window's accumulator is small enough to stay in cache
+    /// whatever the segment's size.
     pub fn top(&self, query: &str, k: usize, allowed: Option<&ChunkSet>) -> Result<Vec<(u32, f32)>> {
         if k == 0 {
             return Ok(Vec::new());
         }
-        // The query's words, cut as the indexed text was, each an optional clause.
-        let mut analyzer = self.index.tokenizer_for_field(self.text).map_err(tantivy_err)?;
-        let mut stream = analyzer.token_stream(query);
-        let mut words: Vec<String> = Vec::new();
-        while let Some(token) = stream.next() {
-            if !words.contains(&token.text) {
-                words.push(token.text.clone());
-            }
-        }
-        if words.is_empty() {
+        let terms = self.words(query)?;
+        if terms.is_empty() {
             return Ok(Vec::new());
         }
-        let clauses: Vec<(Occur, Box<dyn Query>)> = words
-            .iter()
-            .map(|w| {
-                let q = TermQuery::new(Term::from_field_text(self.text, w), IndexRecordOption::WithFreqs);
-                (Occur::Should, Box::new(q) as Box<dyn Query>)
-            })
-            .collect();
-        let query = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
-        let hits = match allowed {
-            None => searcher.search(&query, &TopDocs::with_limit(k)).map_err(tantivy_err)?,
-            Some(set) => {
-                let set = Arc::new(set.clone());
-                let keep = move |id: u64| u32::try_from(id).is_ok_and(|id| set.contains(id));
-                let collector = FilterCollector::new("chunk".to_string(), keep, TopDocs::with_limit(k));
-                searcher.search(&query, &collector).map_err(tantivy_err)?
-            }
-        };
-        let mut out = Vec::with_capacity(hits.len());
-        // The chunk id is read from its fast field (nothing is stored in tantivy); each segment's column is
-        // opened once per query, not once per hit.
-        let mut columns = HashMap::new();
-        for (score, addr) in hits {
-            let ids = match columns.entry(addr.segment_ord) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => {
-                    e.insert(searcher.segment_reader(addr.segment_ord).fast_fields().u64("chunk").map_err(tantivy_err)?)
+        let weights = terms
+            .iter()
+            .map(|t| Bm25Weight::for_terms(&searcher, std::slice::from_ref(t)))
+            .collect::<tantivy::Result<Vec<_>>>()
+            .map_err(tantivy_err)?;
+        let mut best = Best::new(k);
+        for (ord, segment) in searcher.segment_readers().iter().enumerate() {
+            let inverted = segment.inverted_index(self.text).map_err(tantivy_err)?;
+            let mut lists = Vec::with_capacity(terms.len());
+            for (term, weight) in terms.iter().zip(&weights) {
+                if let Some(info) = inverted.get_term_info(term).map_err(io_err)? {
+                    let postings = inverted
+                        .read_block_postings_from_terminfo(&info, IndexRecordOption::WithFreqs)
+                        .map_err(io_err)?;
+                    lists.push(List { postings, at: 0, weight });
                 }
-            };
-            if let Some(id) = ids.first(addr.doc_id) {
-                out.push((id as u32, score));
             }
+            let segment_hits = Segment {
+                ord: ord as u32,
+                norms: segment.get_fieldnorms_reader(self.text).map_err(tantivy_err)?,
+                ids: segment.fast_fields().u64("chunk").map_err(tantivy_err)?,
+                alive: segment.alive_bitset(),
+                allowed,
+            };
+            segment_hits.score(&mut lists, &mut best);
         }
-        // Equal scores in id order, so results do not depend on segment layout.
-        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        Ok(out)
+        Ok(best.into_sorted())
     }
 
     /// Chunks indexed.
@@ -215,6 +223,143 @@ impl TextIndex {
     /// True when no chunk is indexed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Documents scored together: 16 KiB of scores.
+const WINDOW: u32 = 4096;
+
+fn io_err(e: std::io::Error) -> crate::error::Error {
+    crate::error::Error::Internal(anyhow::anyhow!("keyword index: {e}"))
+}
+
+/// One word's postings in one segment, read block by block.
+struct List<'a> {
+    postings: BlockSegmentPostings,
+    /// Next unread position in the current block.
+    at: usize,
+    weight: &'a Bm25Weight,
+}
+
+impl List<'_> {
+    fn next_doc(&self) -> Option<DocId> {
+        self.postings.docs().get(self.at).copied()
+    }
+}
+
+/// What scoring one segment needs besides its postings.
+struct Segment<'a> {
+    ord: u32,
+    norms: FieldNormReader,
+    ids: Column<u64>,
+    alive: Option<&'a AliveBitSet>,
+    allowed: Option<&'a ChunkSet>,
+}
+
+impl Segment<'_> {
+    /// Adds every word's score of each document, a window at a time, and
+    /// offers each scored document to `best`.
+    fn score(&self, lists: &mut [List], best: &mut Best) {
+        let mut acc = vec![0f32; WINDOW as usize];
+        let mut touched: Vec<u32> = Vec::with_capacity(WINDOW as usize);
+        // Each round scores the window holding the smallest unread document.
+        while let Some(first) = lists.iter().filter_map(List::next_doc).min() {
+            let base = first - first % WINDOW;
+            let end = base + WINDOW;
+            for list in lists.iter_mut() {
+                loop {
+                    let docs = list.postings.docs();
+                    if docs.is_empty() {
+                        break; // read to the end
+                    }
+                    let freqs = list.postings.freqs();
+                    while list.at < docs.len() && docs[list.at] < end {
+                        let doc = docs[list.at];
+                        let slot = &mut acc[(doc - base) as usize];
+                        if *slot == 0.0 {
+                            touched.push(doc);
+                        }
+                        // Every word's score is positive (BM25's idf is), so 0 means untouched.
+                        *slot += list.weight.score(self.norms.fieldnorm_id(doc), freqs[list.at]);
+                        list.at += 1;
+                    }
+                    if list.at < docs.len() {
+                        break; // the rest is past this window
+                    }
+                    list.postings.advance();
+                    list.at = 0;
+                }
+            }
+            // Documents in increasing order, so a later equal score loses the tie, as in tantivy's TopDocs.
+            touched.sort_unstable();
+            for &doc in &touched {
+                let score = std::mem::take(&mut acc[(doc - base) as usize]);
+                if !best.admits(score) || self.alive.is_some_and(|a| !a.is_alive(doc)) {
+                    continue;
+                }
+                let Some(chunk) = self.ids.first(doc).and_then(|id| u32::try_from(id).ok()) else { continue };
+                if self.allowed.is_some_and(|set| !set.contains(chunk)) {
+                    continue;
+                }
+                best.push(Scored { score, ord: self.ord, doc, chunk });
+            }
+            touched.clear();
+        }
+    }
+}
+
+/// A scored document.
+#[derive(Clone, Copy)]
+struct Scored {
+    score: f32,
+    ord: u32,
+    doc: DocId,
+    chunk: u32,
+}
+
+/// Better first: higher score, then earlier document.
+fn better(a: &Scored, b: &Scored) -> std::cmp::Ordering {
+    b.score.total_cmp(&a.score).then((a.ord, a.doc).cmp(&(b.ord, b.doc)))
+}
+
+/// The `k` best scored documents seen: collected up to `2k`, then cut back to `k`.
+struct Best {
+    k: usize,
+    kept: Vec<Scored>,
+    /// The `k`-th best score after the last cut: a score not above it cannot enter.
+    floor: Option<f32>,
+}
+
+impl Best {
+    fn new(k: usize) -> Best {
+        Best { k, kept: Vec::with_capacity(2 * k), floor: None }
+    }
+
+    fn admits(&self, score: f32) -> bool {
+        self.floor.is_none_or(|f| score > f)
+    }
+
+    fn push(&mut self, s: Scored) {
+        self.kept.push(s);
+        if self.kept.len() >= 2 * self.k {
+            self.cut();
+        }
+    }
+
+    fn cut(&mut self) {
+        if self.kept.len() > self.k {
+            self.kept.select_nth_unstable_by(self.k - 1, better);
+            self.kept.truncate(self.k);
+            self.floor = self.kept.iter().map(|s| s.score).min_by(f32::total_cmp);
+        }
+    }
+
+    /// Chunk ids and scores, best first; equal scores in chunk-id order, so results do not depend on segment layout.
+    fn into_sorted(mut self) -> Vec<(u32, f32)> {
+        self.cut();
+        let mut out: Vec<(u32, f32)> = self.kept.iter().map(|s| (s.chunk, s.score)).collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
     }
 }
 
@@ -251,5 +396,92 @@ mod tests {
         assert_eq!((generation, index.len()), (Some(2), 2));
         assert_eq!(index.rebuild([(7, "gpu")].into_iter(), 3).unwrap(), 1);
         assert_eq!(index.top("gpu cat", 10, None).unwrap().iter().map(|h| h.0).collect::<Vec<_>>(), [7]);
+    }
+
+    /// Tantivy's own evaluation of the same words (a `BooleanQuery` of
+    /// `Should` term queries, block-max WAND under `TopDocs`): what `top` must agree with.
+    fn tantivy_top(index: &TextIndex, query: &str, k: usize) -> Vec<(u32, f32)> {
+        use tantivy::collector::TopDocs;
+        use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+        let clauses: Vec<(Occur, Box<dyn Query>)> = index
+            .words(query)
+            .unwrap()
+            .into_iter()
+            .map(|t| (Occur::Should, Box::new(TermQuery::new(t, IndexRecordOption::WithFreqs)) as Box<dyn Query>))
+            .collect();
+        let searcher = index.reader.searcher();
+        let hits = searcher.search(&BooleanQuery::new(clauses), &TopDocs::with_limit(k)).unwrap();
+        let mut out: Vec<(u32, f32)> = hits
+            .into_iter()
+            .map(|(score, at)| {
+                let ids = searcher.segment_reader(at.segment_ord).fast_fields().u64("chunk").unwrap();
+                (ids.first(at.doc_id).unwrap() as u32, score)
+            })
+            .collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
+    }
+
+    fn assert_same(ours: &[(u32, f32)], theirs: &[(u32, f32)], query: &str) {
+        assert_eq!(ours.len(), theirs.len(), "{query:?}");
+        for (a, b) in ours.iter().zip(theirs) {
+            assert!((a.1 - b.1).abs() <= 1e-5 * b.1.abs().max(1.0), "{query:?}: {ours:?} vs {theirs:?}");
+        }
+        // The same chunks: compare as sets of ids above the last score (ties there may be cut either way).
+        let last = theirs.last().map_or(0.0, |h| h.1);
+        let above = |hits: &[(u32, f32)]| {
+            let mut ids: Vec<u32> = hits.iter().filter(|h| h.1 > last + 1e-4).map(|h| h.0).collect();
+            ids.sort_unstable();
+            ids
+        };
+        assert_eq!(above(ours), above(theirs), "{query:?}");
+    }
+
+    #[test]
+    fn scores_as_tantivys_own_query_across_segments_windows_and_deletes() {
+        let words: Vec<String> = (0..400).map(|i| format!("w{i}x")).collect();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |m: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % m as u64) as usize
+        };
+        // Zipf-like: low word numbers are common, so lists range from a few documents to most of them.
+        let mut text = |len: usize| -> String {
+            (0..len)
+                .map(|_| {
+                    let bound = 1 + next(words.len());
+                    words[next(bound)].as_str()
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (index, _) = TextIndex::open(dir.path()).unwrap();
+        let docs: Vec<String> = (0..12_000).map(|i| text(3 + i % 17)).collect();
+        // Four commits (several segments), each past one window, then every 7th chunk removed.
+        for (part, rows) in docs.chunks(3_000).enumerate() {
+            let changes: Vec<TextChange> =
+                rows.iter().enumerate().map(|(i, t)| TextChange::Add((part * 3_000 + i) as u32, t)).collect();
+            index.apply(&changes, part as u64 + 1).unwrap();
+        }
+        let removed: Vec<TextChange> = (0..12_000).step_by(7).map(TextChange::Remove).collect();
+        index.apply(&removed, 5).unwrap();
+        assert!(index.reader.searcher().segment_readers().len() > 1, "several segments");
+        let even: ChunkSet = (0..12_000u32).step_by(2).collect();
+        for n in 0..40 {
+            let query = text(1 + n % 15);
+            for k in [1, 10, 30] {
+                assert_same(&index.top(&query, k, None).unwrap(), &tantivy_top(&index, &query, k), &query);
+            }
+            // Filtered: tantivy's full ranking, kept to the allowed chunks.
+            let mut theirs = tantivy_top(&index, &query, 12_000);
+            theirs.retain(|h| even.contains(h.0));
+            theirs.truncate(30);
+            let ours = index.top(&query, 30, Some(&even)).unwrap();
+            assert!(ours.iter().all(|h| h.0 % 2 == 0 && h.0 % 7 != 0));
+            assert_same(&ours, &theirs, &query);
+        }
     }
 }
