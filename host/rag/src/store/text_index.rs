@@ -186,19 +186,34 @@ impl TextIndex {
             return Ok(Vec::new());
         }
         let searcher = self.reader.searcher();
-        let weights = terms
-            .iter()
-            .map(|t| Bm25Weight::for_terms(&searcher, std::slice::from_ref(t)))
-            .collect::<tantivy::Result<Vec<_>>>()
-            .map_err(tantivy_err)?;
+        let segments = searcher.segment_readers();
+        // Each word is looked up once per segment: its postings there, and its document frequency for the
+        // statistics tantivy's `Bm25Weight::for_terms` would gather with a second lookup (the same numbers:
+        // documents and tokens over all segments, deleted ones included).
+        let mut infos = Vec::with_capacity(segments.len());
+        let (mut docs, mut tokens) = (0u64, 0u64);
+        for segment in segments {
+            let inverted = segment.inverted_index(self.text).map_err(tantivy_err)?;
+            let found = terms.iter().map(|t| inverted.get_term_info(t)).collect::<std::io::Result<Vec<_>>>();
+            infos.push(found.map_err(io_err)?);
+            docs += u64::from(segment.max_doc());
+            tokens += inverted.total_num_tokens();
+        }
+        let average = tokens as f32 / docs as f32;
+        let weights: Vec<Bm25Weight> = (0..terms.len())
+            .map(|t| {
+                let freq = infos.iter().filter_map(|found| found[t].as_ref()).map(|i| u64::from(i.doc_freq)).sum();
+                Bm25Weight::for_one_term_without_explain(freq, docs, average)
+            })
+            .collect();
         let mut best = Best::new(k);
-        for (ord, segment) in searcher.segment_readers().iter().enumerate() {
+        for (ord, (segment, found)) in segments.iter().zip(&infos).enumerate() {
             let inverted = segment.inverted_index(self.text).map_err(tantivy_err)?;
             let mut lists = Vec::with_capacity(terms.len());
-            for (term, weight) in terms.iter().zip(&weights) {
-                if let Some(info) = inverted.get_term_info(term).map_err(io_err)? {
+            for (info, weight) in found.iter().zip(&weights) {
+                if let Some(info) = info {
                     let postings = inverted
-                        .read_block_postings_from_terminfo(&info, IndexRecordOption::WithFreqs)
+                        .read_block_postings_from_terminfo(info, IndexRecordOption::WithFreqs)
                         .map_err(io_err)?;
                     lists.push(List { postings, at: 0, weight });
                 }
@@ -261,7 +276,9 @@ impl Segment<'_> {
     /// offers each scored document to `best`.
     fn score(&self, lists: &mut [List], best: &mut Best) {
         let mut acc = vec![0f32; WINDOW as usize];
-        let mut touched: Vec<u32> = Vec::with_capacity(WINDOW as usize);
+        // Which of the window's documents some word scored, one bit each: read back word by word, they come
+        // out in document order without a sort.
+        let mut seen = [0u64; (WINDOW / 64) as usize];
         // Each round scores the window holding the smallest unread document.
         while let Some(first) = lists.iter().filter_map(List::next_doc).min() {
             let base = first - first % WINDOW;
@@ -275,12 +292,9 @@ impl Segment<'_> {
                     let freqs = list.postings.freqs();
                     while list.at < docs.len() && docs[list.at] < end {
                         let doc = docs[list.at];
-                        let slot = &mut acc[(doc - base) as usize];
-                        if *slot == 0.0 {
-                            touched.push(doc);
-                        }
-                        // Every word's score is positive (BM25's idf is), so 0 means untouched.
-                        *slot += list.weight.score(self.norms.fieldnorm_id(doc), freqs[list.at]);
+                        let at = (doc - base) as usize;
+                        seen[at / 64] |= 1 << (at % 64);
+                        acc[at] += list.weight.score(self.norms.fieldnorm_id(doc), freqs[list.at]);
                         list.at += 1;
                     }
                     if list.at < docs.len() {
@@ -291,19 +305,22 @@ impl Segment<'_> {
                 }
             }
             // Documents in increasing order, so a later equal score loses the tie, as in tantivy's TopDocs.
-            touched.sort_unstable();
-            for &doc in &touched {
-                let score = std::mem::take(&mut acc[(doc - base) as usize]);
-                if !best.admits(score) || self.alive.is_some_and(|a| !a.is_alive(doc)) {
-                    continue;
+            for (word, bits) in seen.iter_mut().enumerate() {
+                while *bits != 0 {
+                    let at = word * 64 + bits.trailing_zeros() as usize;
+                    *bits &= *bits - 1;
+                    let doc = base + at as u32;
+                    let score = std::mem::take(&mut acc[at]);
+                    if !best.admits(score) || self.alive.is_some_and(|a| !a.is_alive(doc)) {
+                        continue;
+                    }
+                    let Some(chunk) = self.ids.first(doc).and_then(|id| u32::try_from(id).ok()) else { continue };
+                    if self.allowed.is_some_and(|set| !set.contains(chunk)) {
+                        continue;
+                    }
+                    best.push(Scored { score, ord: self.ord, doc, chunk });
                 }
-                let Some(chunk) = self.ids.first(doc).and_then(|id| u32::try_from(id).ok()) else { continue };
-                if self.allowed.is_some_and(|set| !set.contains(chunk)) {
-                    continue;
-                }
-                best.push(Scored { score, ord: self.ord, doc, chunk });
             }
-            touched.clear();
         }
     }
 }
