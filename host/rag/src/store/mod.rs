@@ -305,9 +305,9 @@ impl Store {
             let (name, meta) = item?;
             let fits = cache.vector_bytes() + Self::cached_bytes(&meta) <= cache.budget;
             let vectors = if fits {
-                let mut v = VectorIndex::new(meta.dimensions, self.options.cached);
-                self.vectors.each(&rtxn, meta.arroy, |id, vector| v.insert(id, &vector))?;
-                Some(v)
+                let mut v = VectorIndex::bulk(meta.dimensions, self.options.cached);
+                self.vectors.each(&rtxn, meta.arroy, |id, vector| v.push(id, &vector))?;
+                Some(v.finish())
             } else {
                 None
             };
