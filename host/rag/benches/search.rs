@@ -335,22 +335,28 @@ fn table(title: &str, rows: &[Row]) {
 }
 
 /// Hybrid (dense + BM25, KAITO's fusion) against dense alone through the
-/// store's retrieval, on the real sentences, cache on and off.
+/// store's retrieval, on the real sentences, cache on and off; also on the
+/// first `KAITO_BENCH_HYBRID_SIZES` sentences (e.g. `25000,50000`), to see
+/// how the ratio moves with the corpus.
 fn hybrid(base: &[Vec<f32>], texts: &[String], queries: &[Vec<f32>], query_texts: &[String]) {
     println!(
-        "\nHybrid vs dense retrieval, {} real sentences, {} queries, k={K}, one thread:",
+        "\nHybrid vs dense retrieval, real sentences (the first n of {}), {} queries, k={K}, one thread:",
         base.len(),
         queries.len()
     );
     println!(
-        "| vectors | dense p50 ms | hybrid p50 ms | hybrid p99 ms | hybrid / dense p50 | hybrid top-10 ∩ dense top-10 | its parts: dense k={pool} p50 ms | BM25 k={pool} p50 ms |",
+        "| n | vectors | dense p50 ms | hybrid p50 ms | hybrid p99 ms | hybrid / dense p50 | hybrid top-10 ∩ dense top-10 | its parts: dense k={pool} p50 ms | BM25 k={pool} p50 ms |",
         pool = 3 * K
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for cache in [true, false] {
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut ns: Vec<usize> = sizes("KAITO_BENCH_HYBRID_SIZES", base.len());
+    ns.retain(|&n| n > 0 && n <= base.len());
+    ns.sort_unstable();
+    ns.dedup();
+    for (n, cache) in ns.into_iter().flat_map(|n| [(n, true), (n, false)]) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("lmdb"), options(cache, 0.95)).unwrap();
-        fill(&store, base, Some(texts));
+        fill(&store, &base[..n], Some(&texts[..n]));
         let (mut dense_t, mut hybrid_t, mut overlap) = (Vec::new(), Vec::new(), 0usize);
         let (mut pool_t, mut bm25_t) = (Vec::new(), Vec::new());
         for (q, text) in queries.iter().zip(query_texts) {
@@ -376,7 +382,7 @@ fn hybrid(base: &[Vec<f32>], texts: &[String], queries: &[Vec<f32>], query_texts
         hybrid_t.sort_by(f64::total_cmp);
         let (d50, h50, h99) = (percentile(&dense_t, 0.5), percentile(&hybrid_t, 0.5), percentile(&hybrid_t, 0.99));
         println!(
-            "| {} | {d50:.3} | {h50:.3} | {h99:.3} | {:.2}x | {:.2} | {:.3} | {:.3} |",
+            "| {n} | {} | {d50:.3} | {h50:.3} | {h99:.3} | {:.2}x | {:.2} | {:.3} | {:.3} |",
             if cache { "RAM cache" } else { "on disk (LMDB)" },
             h50 / d50,
             overlap as f64 / (K * queries.len()) as f64,
