@@ -5,6 +5,7 @@
 //! then reads its lists' codes in order instead of one scattered row at a time.
 
 use crate::kernels::{DOT, TopK};
+use rayon::prelude::*;
 
 /// Rows sampled to train the centroids.
 pub const SAMPLE: usize = 16_384;
@@ -24,8 +25,9 @@ pub fn train_centroids(sample: &[&[f32]], dim: usize, nlist: usize) -> Vec<f32> 
     for _ in 0..ROUNDS {
         let mut sums = vec![0f32; nlist * dim];
         let mut counts = vec![0usize; nlist];
-        for r in sample {
-            let l = nearest(&centroids, dim, r);
+        // The nearest centroids on all cores; the sums in order, so training does not depend on the core count.
+        let nearest: Vec<usize> = sample.par_iter().map(|r| nearest(&centroids, dim, r)).collect();
+        for (r, &l) in sample.iter().zip(&nearest) {
             counts[l] += 1;
             for (s, x) in sums[l * dim..(l + 1) * dim].iter_mut().zip(r.iter()) {
                 *s += x;
@@ -108,8 +110,9 @@ impl Ivf {
             codes: vec![Vec::new(); nlist],
             row_list: Vec::new(),
         };
-        for (row, r) in data.chunks_exact(dim).enumerate() {
-            let l = ivf.nearest(r);
+        // Filing every row is sqrt(n) dot products a row (most of a training): on all cores.
+        let nearest: Vec<usize> = data.par_chunks_exact(dim).map(|r| ivf.nearest(r)).collect();
+        for (row, l) in nearest.into_iter().enumerate() {
             ivf.lists[l].push(row as u32);
             ivf.codes[l].extend_from_slice(&codes[row * words..(row + 1) * words]);
             ivf.row_list.push(l as u32);
