@@ -319,10 +319,13 @@ fn faiss(python: &Path, base: &[Vec<f32>], queries: &[Vec<f32>], truth: &[Vec<u3
 }
 
 fn exact_truth(base: &[Vec<f32>], queries: &[Vec<f32>]) -> Vec<Vec<u32>> {
-    let mut exact = VectorIndex::new(DIM, SearchParams { exact_below: usize::MAX, ..SearchParams::default() });
+    // Only exact scans: no partition trained or calibrated on the way.
+    let params = SearchParams { exact_below: usize::MAX, ivf_above: usize::MAX, ..SearchParams::default() };
+    let mut exact = VectorIndex::bulk(DIM, params);
     for (i, v) in base.iter().enumerate() {
-        exact.insert(i as u32, v);
+        exact.push(i as u32, v);
     }
+    let exact = exact.finish();
     queries.iter().map(|q| exact.exact(q, K, None).iter().map(|h| h.id).collect()).collect()
 }
 
