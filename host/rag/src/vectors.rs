@@ -367,7 +367,7 @@ impl VectorIndex {
         if stale {
             let ivf = Ivf::train(&self.data, self.dim, &self.codes, self.words);
             self.ivf = Some(self.calibrate(ivf, n));
-        } else if let Some(p) = self.ivf.take_if(|p| n * 4 > p.calibrated_at * 5 || n * 4 < p.calibrated_at * 3) {
+        } else if let Some(p) = self.ivf.take_if(|p| moved_by_a_quarter(p.calibrated_at, n)) {
             self.ivf = Some(self.calibrate(p.ivf, p.trained_at));
         }
     }
@@ -413,6 +413,12 @@ impl VectorIndex {
             p.ivf.recode(&self.codes);
         }
     }
+}
+
+/// Whether a size went from `then` to `now` by more than a quarter either way: when a calibrated search
+/// (the cache's and the store's) is measured again.
+pub(crate) fn moved_by_a_quarter(then: usize, now: usize) -> bool {
+    now * 4 > then * 5 || now * 4 < then * 3
 }
 
 /// A [`VectorIndex`] being filled in bulk.

@@ -442,10 +442,9 @@ impl Store {
         if (meta.chunks as usize) < self.options.search.exact_below {
             return Ok(false);
         }
-        let due = meta.tuning.is_none_or(|t| {
-            let (then, now) = (t.items as f64, meta.chunks as f64);
-            now > then * 1.25 || now < then * 0.75 || stale(&t)
-        });
+        let due = meta
+            .tuning
+            .is_none_or(|t| crate::vectors::moved_by_a_quarter(t.items as usize, meta.chunks as usize) || stale(&t));
         if due {
             let tuning = self.vectors.calibrate(wtxn, meta.arroy, &self.options.search)?;
             tracing::info!(index = meta.name, chunks = meta.chunks, walk = ?tuning.walk, shortlist = tuning.shortlist, recall = tuning.recall, "vector search calibrated");
