@@ -101,6 +101,20 @@ impl Ivf {
         let n = data.len() / dim;
         let sample: Vec<&[f32]> = data.chunks_exact(dim).step_by((n / SAMPLE).max(1)).collect();
         let centroids = train_centroids(&sample, dim, nlist_for(n));
+        Ivf::filed(data, dim, codes, words, centroids, |_| None)
+    }
+
+    /// Files every row of `data` with its code under `centroids` (trained
+    /// elsewhere): under the list `list_of(row)` names, where it names one
+    /// within range, else under the nearest centroid.
+    pub fn filed(
+        data: &[f32],
+        dim: usize,
+        codes: &[u64],
+        words: usize,
+        centroids: Vec<f32>,
+        list_of: impl Fn(usize) -> Option<u32> + Sync,
+    ) -> Ivf {
         let nlist = centroids.len() / dim;
         let mut ivf = Ivf {
             dim,
@@ -110,9 +124,13 @@ impl Ivf {
             codes: vec![Vec::new(); nlist],
             row_list: Vec::new(),
         };
-        // Filing every row is sqrt(n) dot products a row (most of a training): on all cores.
-        let nearest: Vec<usize> = data.par_chunks_exact(dim).map(|r| ivf.nearest(r)).collect();
-        for (row, l) in nearest.into_iter().enumerate() {
+        // Finding the nearest is sqrt(n) dot products a row (most of a training): on all cores.
+        let filed: Vec<usize> = data
+            .par_chunks_exact(dim)
+            .enumerate()
+            .map(|(row, r)| list_of(row).map(|l| l as usize).filter(|&l| l < nlist).unwrap_or_else(|| ivf.nearest(r)))
+            .collect();
+        for (row, l) in filed.into_iter().enumerate() {
             ivf.lists[l].push(row as u32);
             ivf.codes[l].extend_from_slice(&codes[row * words..(row + 1) * words]);
             ivf.row_list.push(l as u32);

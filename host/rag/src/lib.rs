@@ -11,6 +11,7 @@
 //! answer with.
 
 pub mod api;
+mod calibration;
 pub mod chat;
 pub mod chunk;
 pub mod embed;

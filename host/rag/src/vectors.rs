@@ -10,10 +10,12 @@
 //! [`SearchParams::ivf_above`] rows the index is also partitioned
 //! ([`Ivf`]) and only the nearest partitions' codes are scanned.
 
+use crate::calibration;
 use crate::ivf::Ivf;
 use crate::kernels::{DOT, Hit, SCAN, TopK, normalize};
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::convert::Infallible;
 
 /// Tuning of the search path.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +75,18 @@ struct Partition {
     trained_at: usize,
     /// Row count the probe below was calibrated at.
     calibrated_at: usize,
+    /// How queries probe it; `None` when no setting met the target on the
+    /// calibration sample, and queries then scan every row exactly.
+    probe: Option<Probe>,
+}
+
+/// A probe as (lists scanned, candidates rescored per result), for tests.
+#[cfg(test)]
+pub(crate) type ProbeShape = (usize, usize);
+
+/// Lists a query scans and candidates it rescores.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
     /// Partitions a query scans.
     nprobe: usize,
     /// Candidates rescored exactly per requested result (at least `CALIBRATION_K` results' worth).
@@ -199,10 +213,10 @@ impl VectorIndex {
         if self.len() < self.params.exact_below || allow.is_some() {
             return self.exact(&q, k, allow);
         }
-        let partition = self.ivf.as_ref().filter(|_| self.len() >= self.params.ivf_above);
-        let want = match partition {
-            Some(p) => k.max(CALIBRATION_K) * p.oversample,
-            None => (k * self.params.oversample).max(self.params.min_candidates),
+        let (partition, want) = match self.ivf.as_ref().filter(|_| self.len() >= self.params.ivf_above) {
+            Some(Partition { probe: None, .. }) => return self.exact(&q, k, None),
+            Some(Partition { ivf, probe: Some(p), .. }) => (Some((ivf, p.nprobe)), k.max(CALIBRATION_K) * p.oversample),
+            None => (None, (k * self.params.oversample).max(self.params.min_candidates)),
         };
         if want >= self.len() {
             return self.exact(&q, k, None);
@@ -212,12 +226,12 @@ impl VectorIndex {
 
     /// The quantised search: codes scanned (all, or the calibrated nearest
     /// partitions'), the `want` closest rescored exactly.
-    fn approximate(&self, q: &[f32], k: usize, want: usize, partition: Option<&Partition>) -> Vec<Hit> {
+    fn approximate(&self, q: &[f32], k: usize, want: usize, partition: Option<(&Ivf, usize)>) -> Vec<Hit> {
         let qc = self.code(q);
         let mut top = TopK::new(k);
-        if let Some(p) = partition {
+        if let Some((ivf, nprobe)) = partition {
             // Only the nearest partitions' codes are scanned.
-            self.rescore_probed(&p.ivf, q, &qc, p.nprobe, want, &mut top);
+            self.rescore_probed(ivf, q, &qc, nprobe, want, &mut top);
         } else {
             let picked: Vec<usize> = with_scratch(|dists| {
                 let mut hist = vec![0u32; self.dim + 1];
@@ -229,17 +243,16 @@ impl VectorIndex {
         top.into_sorted()
     }
 
-    /// How to search `ivf`: for each candidate count, the fewest partitions
-    /// whose search meets the recall target on sample queries (midpoints of two
-    /// stored vectors, against the exact scan); of those pairs, the one that
-    /// answered the sample fastest. Fewer candidates need more partitions, and
-    /// which costs less depends on the data: on real MiniLM embeddings 20-30
-    /// per result won at 0.95 and 40 at 0.99.
+    /// How to search `ivf`: the fastest setting of lists probed and
+    /// candidates rescored whose recall@10 on sample queries (midpoints of two
+    /// stored vectors, against the exact scan) meets the target, found by
+    /// [`calibration::fastest`] as the on-disk partition's is. Which costs less
+    /// depends on the data: on real MiniLM embeddings 20-30 candidates per
+    /// result won at 0.95 and 40 at 0.99; at 1M synthetic vectors 0.99 took more.
     fn calibrate(&self, ivf: Ivf, trained_at: usize) -> Partition {
         const K: usize = CALIBRATION_K;
         const QUERIES: usize = 48;
         let n = self.len();
-        let nlist = ivf.nlist();
         let row = |i: usize| &self.data[i * self.dim..(i + 1) * self.dim];
         let queries: Vec<Vec<f32>> = (0..QUERIES)
             .map(|i| {
@@ -250,59 +263,36 @@ impl VectorIndex {
             })
             .collect();
         // Recall is counted on all cores (the exact scans dominate a calibration at start, when the
-        // cache is filled); only the timing passes below run on one thread, as queries do.
+        // cache is filled); only the timing passes run on one thread, as queries do.
         let truth: Vec<Vec<u32>> =
             queries.par_iter().map(|q| self.exact(q, K, None).iter().map(|h| h.id).collect()).collect();
-        let meets = |nprobe: usize, want: usize| {
+        let recall = |nprobe: usize, oversample: usize| {
             let found: usize = queries
                 .par_iter()
                 .zip(&truth)
                 .map(|(q, t)| {
-                    self.approximate_with(&ivf, q, K, want, nprobe).iter().filter(|h| t.contains(&h.id)).count()
+                    let hits = self.approximate_with(&ivf, q, K, K * oversample, nprobe);
+                    hits.iter().filter(|h| t.contains(&h.id)).count()
                 })
                 .sum();
-            found as f32 / (QUERIES * K) as f32 >= self.params.target_recall
+            Ok::<_, Infallible>(found as f32 / (QUERIES * K) as f32)
         };
-        // Doubling finds a count that meets the target; halving the gap below it
-        // (to an eighth of it) then finds nearly the fewest: doubling alone
-        // overshoots, and every extra partition is paid on every query.
-        let fewest = |want: usize| {
-            let (mut low, mut high) = (0, 8.min(nlist));
-            while high < nlist && !meets(high, want) {
-                (low, high) = (high, (high * 2).min(nlist));
+        let pass = |nprobe: usize, oversample: usize| {
+            for q in &queries {
+                std::hint::black_box(self.approximate_with(&ivf, q, K, K * oversample, nprobe));
             }
-            let step = (high / 8).max(1);
-            while high - low > step {
-                let mid = (low + high) / 2;
-                if meets(mid, want) { high = mid } else { low = mid }
-            }
-            high
+            Ok(())
         };
-        // Below 20 per result the sample's recall overstated real queries' (0.98 for 0.99 at 15).
-        let mut best: Option<(f64, usize, usize)> = None;
-        for oversample in [20, 30, 40, 60] {
-            let want = K * oversample;
-            if want >= n {
-                continue;
-            }
-            let nprobe = fewest(want);
-            // The fastest of three passes over the sample, so a pause elsewhere does not decide.
-            let secs = (0..3)
-                .map(|_| {
-                    let start = std::time::Instant::now();
-                    for q in &queries {
-                        std::hint::black_box(self.approximate_with(&ivf, q, K, want, nprobe));
-                    }
-                    start.elapsed().as_secs_f64()
-                })
-                .fold(f64::INFINITY, f64::min);
-            if best.is_none_or(|(b, _, _)| secs < b) {
-                best = Some((secs, nprobe, oversample));
-            }
+        let Ok(choice) = calibration::fastest(ivf.nlist(), n, K, self.params.target_recall, recall, pass);
+        let probe = choice.map(|c| Probe { nprobe: c.nprobe, oversample: c.oversample });
+        if probe.is_none() {
+            tracing::warn!(
+                rows = n,
+                target = self.params.target_recall,
+                "no partitioned search met the target; scanning exactly"
+            );
         }
-        let (_, nprobe, oversample) = best.unwrap_or((0.0, nlist, self.params.oversample));
-        tracing::debug!(rows = n, nprobe, nlist, oversample, "partitioned search calibrated");
-        Partition { ivf, trained_at, calibrated_at: n, nprobe, oversample }
+        Partition { ivf, trained_at, calibrated_at: n, probe }
     }
 
     fn approximate_with(&self, ivf: &Ivf, q: &[f32], k: usize, want: usize, nprobe: usize) -> Vec<Hit> {
@@ -348,7 +338,8 @@ impl VectorIndex {
     }
 
     /// Trains the partition when the index grows past `ivf_above`, and again
-    /// each time it doubles or halves; drops it below half the threshold.
+    /// when it grew or shrank fourfold ([`retrain_due`], the on-disk
+    /// partition's rule too); drops it below half the threshold.
     /// Between trainings the probe is calibrated again whenever the size moved
     /// by a quarter: lists twice as long need more candidates or more lists
     /// for the same recall (a probe calibrated at 50k vectors reached 0.980
@@ -362,7 +353,7 @@ impl VectorIndex {
         let trained_at = self.ivf.as_ref().map(|p| p.trained_at);
         let stale = match trained_at {
             None => n >= self.params.ivf_above,
-            Some(at) => n > at * 2 || n * 2 < at,
+            Some(at) => retrain_due(at, n),
         };
         if stale {
             let ivf = Ivf::train(&self.data, self.dim, &self.codes, self.words);
@@ -370,6 +361,12 @@ impl VectorIndex {
         } else if let Some(p) = self.ivf.take_if(|p| moved_by_a_quarter(p.calibrated_at, n)) {
             self.ivf = Some(self.calibrate(p.ivf, p.trained_at));
         }
+    }
+
+    /// The partition's training size, list count and probe (lists, candidates per result), for tests.
+    #[cfg(test)]
+    pub(crate) fn partition_shape(&self) -> Option<(usize, usize, Option<ProbeShape>)> {
+        self.ivf.as_ref().map(|p| (p.trained_at, p.ivf.nlist(), p.probe.map(|q| (q.nprobe, q.oversample))))
     }
 
     /// Exact scan, optionally over the rows `allow` accepts.
@@ -421,6 +418,42 @@ pub(crate) fn moved_by_a_quarter(then: usize, now: usize) -> bool {
     now * 4 > then * 5 || now * 4 < then * 3
 }
 
+/// Whether a partition trained at `trained_at` vectors is trained again at
+/// `now`: when the size grew or shrank fourfold. Between trainings lists grow
+/// longer and the calibration probes more of them for the same recall; a
+/// training costs a pass over every vector (a rewrite of every list on disk).
+pub(crate) fn retrain_due(trained_at: usize, now: usize) -> bool {
+    now > trained_at.saturating_mul(4) || now.saturating_mul(4) < trained_at
+}
+
+/// A partition trained elsewhere (the store's on-disk one) that a cache being
+/// filled takes over instead of training and calibrating its own: filling a
+/// cache of 1M vectors then reads them and files each by its stored list.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    /// Vectors in the index when it was trained.
+    pub trained_at: usize,
+    /// The mean its codes are taken around.
+    pub centre: Vec<f32>,
+    /// Its centroids, row-major.
+    pub centroids: Vec<f32>,
+    /// The list each id is filed under.
+    pub lists: HashMap<u32, u32>,
+    /// How it was calibrated to be probed for this cache's recall target, if it was.
+    pub probe: Option<SeedProbe>,
+}
+
+/// A calibrated probe of a [`Seed`].
+#[derive(Debug, Clone, Copy)]
+pub struct SeedProbe {
+    /// Lists scanned per query.
+    pub nprobe: usize,
+    /// Candidates rescored exactly per result.
+    pub oversample: usize,
+    /// Vectors in the index when it was calibrated.
+    pub calibrated_at: usize,
+}
+
 /// A [`VectorIndex`] being filled in bulk.
 pub struct Bulk(VectorIndex);
 
@@ -434,6 +467,44 @@ impl Bulk {
     pub fn finish(mut self) -> VectorIndex {
         self.0.maybe_recenter();
         self.0.maybe_partition();
+        self.0
+    }
+
+    /// The filled index with `seed`'s partition, centre and (when still
+    /// current) probe, where the index is large enough to be partitioned and
+    /// the seed fits it (same dimensions, not due to be trained again at this
+    /// size); otherwise as [`Bulk::finish`].
+    pub fn finish_with(mut self, seed: Seed) -> VectorIndex {
+        let index = &mut self.0;
+        let n = index.len();
+        let fits = n >= index.params.ivf_above
+            && index.params.ivf_above != usize::MAX
+            && seed.centre.len() == index.dim
+            && !seed.centroids.is_empty()
+            && seed.centroids.len().is_multiple_of(index.dim)
+            && !retrain_due(seed.trained_at, n);
+        if !fits {
+            return self.finish();
+        }
+        // The seed's centre, so each row's code is the one its stored list was probed with; taken as
+        // current at this size (recentring later recodes every row, and the probe was calibrated on these).
+        index.center = seed.centre;
+        index.centered_at = n;
+        let codes: Vec<u64> = index.data.chunks_exact(index.dim).flat_map(|row| index.code(row)).collect();
+        index.codes = codes;
+        let ivf = Ivf::filed(&index.data, index.dim, &index.codes, index.words, seed.centroids, |row| {
+            seed.lists.get(&index.ids[row]).copied()
+        });
+        let current = seed.probe.filter(|p| !moved_by_a_quarter(p.calibrated_at, n));
+        index.ivf = Some(match current {
+            Some(p) => Partition {
+                ivf,
+                trained_at: seed.trained_at,
+                calibrated_at: p.calibrated_at,
+                probe: Some(Probe { nprobe: p.nprobe, oversample: p.oversample }),
+            },
+            None => index.calibrate(ivf, seed.trained_at),
+        });
         self.0
     }
 }

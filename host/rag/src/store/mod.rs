@@ -307,7 +307,12 @@ impl Store {
             let vectors = if fits {
                 let mut v = VectorIndex::bulk(meta.dimensions, self.options.cached);
                 self.vectors.each(&rtxn, meta.arroy, |id, vector| v.push(id, &vector))?;
-                Some(v.finish())
+                // The on-disk partition, where there is one, spares the cache training and calibrating its own.
+                let target = self.options.cached.target_recall;
+                match self.vectors.seed(&rtxn, meta.arroy, meta.tuning.as_ref(), target)? {
+                    Some(seed) => Some(v.finish_with(seed)),
+                    None => Some(v.finish()),
+                }
             } else {
                 None
             };
@@ -868,6 +873,71 @@ mod tests {
         assert!(store.vectors.partition(&rtxn, meta.arroy).unwrap().is_none());
         assert_eq!(store.vectors.lists.len(&rtxn).unwrap(), 0);
         assert_eq!(store.vectors.rows.len(&rtxn).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_cache_filled_at_start_takes_over_the_on_disk_partition() {
+        const DIM: usize = 128;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            map_size: 1 << 28,
+            vector_cache_bytes: 1 << 26,
+            search: SearchConfig { exact_below: 500, target_recall: 0.9 },
+            cached: SearchParams { exact_below: 500, ivf_above: 1000, target_recall: 0.9, ..SearchParams::default() },
+        };
+        let mut data = embedding_like(3050, DIM, 13);
+        let queries = data.split_off(3000);
+        let docs = |rows: &[Vec<f32>], from: usize| -> Vec<NewDoc> {
+            rows.iter()
+                .enumerate()
+                .map(|(i, v)| NewDoc {
+                    doc_id: format!("d{}", from + i),
+                    text: format!("document {}", from + i),
+                    metadata: serde_json::Map::new(),
+                    chunks: vec![(format!("chunk {}", from + i), v.clone())],
+                })
+                .collect()
+        };
+        {
+            let store = Store::open(dir.path(), opts).unwrap();
+            store.index_documents("ix", "m", DIM, docs(&data[..1500], 0)).unwrap();
+            store.index_documents("ix", "m", DIM, docs(&data[1500..], 1500)).unwrap();
+        }
+        let store = Store::open(dir.path(), opts).unwrap();
+        assert!(store.is_cached("ix"));
+        let meta = store.index_meta("ix").unwrap().unwrap();
+        let tuning = meta.tuning.expect("calibrated");
+        let rtxn = store.env.read_txn().unwrap();
+        let header = store.vectors.partition(&rtxn, meta.arroy).unwrap().expect("partitioned on disk");
+        let (trained_at, nlist) = (header.trained_at as usize, header.nlist());
+        drop(header);
+        let cache = store.cache.read().unwrap();
+        let cached = cache.indexes["ix"].vectors.as_ref().unwrap();
+        let (cache_trained_at, cache_nlist, cache_probe) = cached.partition_shape().expect("partitioned in RAM");
+        // The disk's lists, not a training of the cache's own (which would be at 3000, with other lists).
+        assert_eq!((cache_trained_at, cache_nlist), (trained_at, nlist));
+        assert!(trained_at < 3000, "trained at {trained_at}, before the second request");
+        let probe = tuning.probe.map(|p| (p.nprobe, p.oversample));
+        if probe.is_some() {
+            // The disk's calibration, taken over: the same search, so the same answers.
+            assert_eq!(cache_probe, probe);
+            let disk_probe = tuning.probe.unwrap();
+            for q in &queries {
+                let disk = store.vectors.probe_search(&rtxn, meta.arroy, q, 10, &disk_probe).unwrap().unwrap();
+                let ram = cached.search(q, 10, None);
+                let ids = |h: &[crate::kernels::Hit]| h.iter().map(|h| h.id).collect::<std::collections::BTreeSet<_>>();
+                assert_eq!(ids(&ram), ids(&disk));
+            }
+        }
+        // Either way the cache meets the target on held-out queries.
+        let all = store.vectors.items(&rtxn, meta.arroy).unwrap();
+        let mut found = 0;
+        for q in &queries {
+            let truth: Vec<u32> =
+                store.vectors.exact_search(&rtxn, q, 10, all.iter()).unwrap().iter().map(|h| h.id).collect();
+            found += cached.search(q, 10, None).iter().filter(|h| truth.contains(&h.id)).count();
+        }
+        assert!(found as f32 / 500.0 >= 0.85, "held-out recall {found}/500, probe {cache_probe:?}");
     }
 
     #[test]

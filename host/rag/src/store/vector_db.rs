@@ -19,6 +19,7 @@ mod partition;
 
 pub use partition::Probe;
 
+use crate::calibration;
 use crate::error::Result;
 use crate::kernels::{DOT, Hit, TopK, normalize};
 use arroy::distances::{BinaryQuantizedCosine, Cosine};
@@ -368,9 +369,9 @@ impl VectorDb {
         Ok(tuning)
     }
 
-    /// For each candidate count, the fewest lists whose probe meets `target`
-    /// on the sample (doubling, then halving the gap); of those, the fastest.
-    /// `n`: vectors in the index. `None` when the index has no partition.
+    /// The fastest probe of the partition that meets `target` on the sample,
+    /// found by [`calibration::fastest`] as the RAM cache's is. `n`: vectors in
+    /// the index. `None` when the index has no partition or no probe meets it.
     fn calibrate_probe(
         &self,
         rtxn: &RoTxn,
@@ -381,53 +382,29 @@ impl VectorDb {
         n: usize,
     ) -> Result<Option<Probe>> {
         let Some(nlist) = self.partition(rtxn, arroy)?.map(|h| h.nlist()) else { return Ok(None) };
-        let recall = |probe: &Probe| -> Result<f32> {
+        let at = |nprobe, oversample| Probe { nprobe, oversample, micros: 0.0, recall: 0.0 };
+        let recall = |nprobe, oversample| -> Result<f32> {
             let mut found = 0;
             for (q, t) in queries.iter().zip(truth) {
-                let hits = self.probe_search(rtxn, arroy, q, CALIBRATION_K, probe)?.unwrap_or_default();
+                let probe = at(nprobe, oversample);
+                let hits = self.probe_search(rtxn, arroy, q, CALIBRATION_K, &probe)?.unwrap_or_default();
                 found += hits.iter().filter(|h| t.contains(&h.id)).count();
             }
             Ok(found as f32 / (queries.len() * CALIBRATION_K).max(1) as f32)
         };
-        let mut best: Option<Probe> = None;
-        // Below 20 per result the RAM cache's sample recall overstated real queries'. Large indexes
-        // at high targets need long shortlists: at 1M synthetic vectors 60 per result fell short of
-        // 0.99 even with every list probed (and the index was then scanned exactly, 670 ms a query).
-        for oversample in [20, 30, 40, 60, 100, 200, 400] {
-            if CALIBRATION_K * oversample >= n {
-                continue;
+        let pass = |nprobe, oversample| -> Result<()> {
+            for q in queries {
+                std::hint::black_box(self.probe_search(rtxn, arroy, q, CALIBRATION_K, &at(nprobe, oversample))?);
             }
-            let at = |nprobe| Probe { nprobe, oversample, micros: 0.0, recall: 0.0 };
-            let (mut low, mut high) = (0, 8.min(nlist));
-            while high < nlist && recall(&at(high))? < target {
-                (low, high) = (high, (high * 2).min(nlist));
-            }
-            let step = (high / 8).max(1);
-            while high - low > step {
-                let mid = (low + high) / 2;
-                if recall(&at(mid))? >= target { high = mid } else { low = mid }
-            }
-            let mut probe = at(high);
-            probe.recall = recall(&probe)?;
-            if probe.recall < target {
-                continue;
-            }
-            // The fastest of three passes over the sample, so a pause elsewhere does not decide.
-            let mut secs = f64::INFINITY;
-            for _ in 0..3 {
-                let start = std::time::Instant::now();
-                for q in queries {
-                    std::hint::black_box(self.probe_search(rtxn, arroy, q, CALIBRATION_K, &probe)?);
-                }
-                secs = secs.min(start.elapsed().as_secs_f64());
-            }
-            probe.micros = (secs * 1e6 / queries.len().max(1) as f64) as f32;
-            tracing::debug!(arroy, ?probe, nlist, "calibrating the on-disk partition");
-            if best.is_none_or(|b| probe.micros < b.micros) {
-                best = Some(probe);
-            }
-        }
-        Ok(best)
+            Ok(())
+        };
+        let choice = calibration::fastest(nlist, n, CALIBRATION_K, target, recall, pass)?;
+        Ok(choice.map(|c| Probe {
+            nprobe: c.nprobe,
+            oversample: c.oversample,
+            micros: (c.secs * 1e6 / queries.len().max(1) as f64) as f32,
+            recall: c.recall,
+        }))
     }
 
     fn exact_tuning(&self, n: usize, config: &SearchConfig) -> Tuning {

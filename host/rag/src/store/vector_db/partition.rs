@@ -21,7 +21,7 @@ use super::{VectorDb, dot_bytes, slice_of, to_bytes};
 use crate::error::Result;
 use crate::ivf;
 use crate::kernels::{DOT, Hit, SCAN, TopK, normalize};
-use crate::vectors::{closest, with_scratch};
+use crate::vectors::{Seed, SeedProbe, closest, with_scratch};
 use heed::{RoTxn, RwTxn};
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -121,7 +121,7 @@ impl VectorDb {
     /// chunks and their vectors; `removes`: chunks gone) into the partition
     /// of index number `arroy`, whose item count is now `n`; trains it the
     /// first time the index holds `train_at` vectors, and again whenever it
-    /// has grown or shrunk fourfold. True when it was (re)trained or dropped.
+    /// has grown or shrunk fourfold ([`crate::vectors::retrain_due`]). True when it was (re)trained or dropped.
     pub fn file(
         &self,
         wtxn: &mut RwTxn,
@@ -139,7 +139,7 @@ impl VectorDb {
             .map(|h| (h.trained_at as usize, h.centroids.into_owned(), h.centre.into_owned()));
         let stale = match &header {
             None => n >= train_at,
-            Some((at, ..)) => n > at.saturating_mul(4) || n.saturating_mul(4) < *at,
+            Some((at, ..)) => crate::vectors::retrain_due(*at, n),
         };
         if stale {
             for id in removes {
@@ -319,6 +319,35 @@ impl VectorDb {
             }
         }
         Ok(Some(top.into_sorted()))
+    }
+
+    /// The partition of index number `arroy` as a RAM cache takes it over
+    /// ([`crate::vectors::Bulk::finish_with`]): its centre, centroids, each
+    /// id's list (the lists read in key order, one value each), and `tuning`'s
+    /// probe where it was calibrated for `target`. `None` without a partition.
+    pub fn seed(&self, rtxn: &RoTxn, arroy: u16, tuning: Option<&super::Tuning>, target: f32) -> Result<Option<Seed>> {
+        let Some(header) = self.partition(rtxn, arroy)? else { return Ok(None) };
+        let words = header.dim.div_ceil(64);
+        let mut lists = HashMap::new();
+        for entry in self.lists.prefix_iter(rtxn, &arroy.to_be_bytes())? {
+            let (key, bytes) = entry?;
+            let l = u32::from_be_bytes(key[2..6].try_into().expect("list key"));
+            let rows = bytes.len() / (words * 8 + 4);
+            // The ids follow the codes; only they are read.
+            for id in slice_of::<u32>(&bytes[rows * words * 8..]).iter() {
+                lists.insert(*id, l);
+            }
+        }
+        let probe = tuning.filter(|t| t.target == target).and_then(|t| {
+            t.probe.map(|p| SeedProbe { nprobe: p.nprobe, oversample: p.oversample, calibrated_at: t.items as usize })
+        });
+        Ok(Some(Seed {
+            trained_at: header.trained_at as usize,
+            centre: header.centre.into_owned(),
+            centroids: header.centroids.into_owned(),
+            lists,
+            probe,
+        }))
     }
 
     /// The list each of `ids` is filed under (`None`: not filed, or its
